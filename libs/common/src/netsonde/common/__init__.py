@@ -1,0 +1,1 @@
+"""Shared foundation of every Netsonde service: bus contract, config, lifecycle, storage access."""
