@@ -1,0 +1,1 @@
+"""Netsonde package (filled in by its issue)."""
