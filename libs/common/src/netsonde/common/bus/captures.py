@@ -1,0 +1,52 @@
+"""Capture definitions (JetStream KV bucket `<prefix>_captures`, key = UUID) and their status on nodes.
+
+Fields and defaults follow Skydive's `/api/capture` object so Skydive clients work unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+
+class Capture(msgspec.Struct, omit_defaults=True):
+    VERSION: ClassVar[int] = 1
+    UUID: str
+    GremlinQuery: str
+    BPFFilter: str = ""
+    Name: str = ""
+    Description: str = ""
+    Type: str = ""
+    """afpacket, pcap, ovssflow, sflow ... ("" = the node type's default)."""
+    HeaderSize: int = 0
+    RawPacketLimit: int = 0
+    ExtraTCPMetric: bool = False
+    IPDefrag: bool = False
+    ReassembleTCP: bool = False
+    LayerKeyMode: str = "L2"
+    ExtraLayers: int = 0
+    NDPI: bool = False
+    """Deep packet inspection (nDPI protocol/category names as Application)."""
+    SamplingRate: int = 1
+    PollingInterval: int = 10
+    Port: int = 0
+    Target: str = ""
+    TargetType: str = ""
+    v: int = 1
+
+
+class CaptureStatus(msgspec.Struct, omit_defaults=True):
+    """A probe reports a capture running (or failing) on one node: shown as `Captures` metadata."""
+
+    VERSION: ClassVar[int] = 1
+    host: str
+    node_id: str
+    capture_id: str
+    state: str
+    """active, stopped or error."""
+    type: str = ""
+    error: str = ""
+    packets_received: int = 0
+    packets_dropped: int = 0
+    v: int = 1
