@@ -6,7 +6,9 @@ object unique on the host), so a probe restart yields the same IDs. graph-builde
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import hashlib
+import json
+from typing import Any, ClassVar, Iterable
 
 import msgspec
 
@@ -36,6 +38,11 @@ class TopologyMessage(msgspec.Struct, omit_defaults=True):
         `deleted_edges`, IDs). Deleting a node deletes its edges.
       - "digest": only `digest`, the hash of the full state; a receiver that disagrees asks for a resync.
     `seq` increases by one per message of a probe run (`boot` identifies the run) so gaps are visible.
+
+    A large "full" is split into `parts` messages (`part` = 0 .. parts-1, consecutive `seq`, same `boot`);
+    the receiver applies the full state once it holds every part (the union of their `nodes`/`edges` is the
+    state; anything of this host in none of the parts is gone). A single-message full has part=0, parts=1.
+    Deltas are never split into parts: each delta message stands on its own.
     """
 
     VERSION: ClassVar[int] = 1
@@ -51,6 +58,16 @@ class TopologyMessage(msgspec.Struct, omit_defaults=True):
     deleted_nodes: list[str] = []
     deleted_edges: list[str] = []
     digest: str = ""
+    """kind "digest": `state_digest(nodes, edges)` of the probe's complete current state (see that function:
+    sha1 hex over the sorted `N|ID|metadata-json` and `E|ID|Parent|Child|metadata-json` lines, joined by
+    newlines, metadata as JSON with sorted keys, `(",", ":")` separators, ensure_ascii=False). A receiver
+    computes the same over the nodes and edges it holds for this host (as last sent by the probe, the
+    probe's Metadata only) and sends a ResyncRequest when they differ. Also set on "full" messages (on
+    the last part) so a receiver can check it rebuilt the state correctly."""
+    part: int = 0
+    """Index of this message in a split "full" (0-based)."""
+    parts: int = 1
+    """Number of messages of this "full" (1: not split)."""
 
 
 class ResyncRequest(msgspec.Struct, omit_defaults=True):
@@ -60,3 +77,25 @@ class ResyncRequest(msgspec.Struct, omit_defaults=True):
     host: str = ""
     reason: str = ""
     v: int = 1
+
+
+def _canonical(metadata: Any) -> str:
+    return json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def state_digest(nodes: Iterable[ProbeNode], edges: Iterable[ProbeEdge]) -> str:
+    """The digest of a host's state, computed the same way by the probe and by graph-builder.
+
+    Algorithm (exact, so other implementations can match it):
+      1. one line per node: ``"N|" + ID + "|" + canonical(Metadata)``;
+      2. one line per edge: ``"E|" + ID + "|" + Parent + "|" + Child + "|" + canonical(Metadata)``;
+      3. canonical(x) = ``json.dumps(x, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+         (nested maps sorted too, lists kept in their order);
+      4. sort all lines (Python str order = code point order), join with ``"\n"``, encode UTF-8,
+         sha1, lower-case hex.
+    The empty state gives sha1 of the empty string.
+    """
+    lines = [f"N|{n.ID}|{_canonical(n.Metadata)}" for n in nodes]
+    lines.extend(f"E|{e.ID}|{e.Parent}|{e.Child}|{_canonical(e.Metadata)}" for e in edges)
+    lines.sort()
+    return hashlib.sha1("\n".join(lines).encode("utf-8")).hexdigest()
