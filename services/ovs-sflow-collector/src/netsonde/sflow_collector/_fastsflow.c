@@ -1,0 +1,358 @@
+/* Hot path of the sFlow collector: validate an sFlow v5 datagram and aggregate its flow samples.
+ *
+ * scan(data, agg) checks the whole datagram first (the same rules as decode.py: every length and count
+ * against the bytes left, known records at least their fixed size), so a bad datagram is rejected before
+ * anything is counted. Then each flow sample that carries an Ethernet raw-packet-header record is keyed
+ * by (agent, source, input, output, sampling rate, frame length, the header's L2/L3/L4 flow fields and
+ * TCP flags) and counted in `agg`, a dict key -> [samples, header, rate, frame_length, input, output,
+ * agent, source_index]. Samples with the same key are the same packet for the flow logic, so Python only
+ * runs the flow logic once per distinct key and scales by the number of samples.
+ *
+ * Returns (reason or None, flow_samples, counter_samples, agent_address_bytes).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_COUNT 4096
+
+typedef struct {
+    const uint8_t *p;
+    Py_ssize_t len;
+} buf_t;
+
+static inline uint32_t rd32(const uint8_t *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+
+/* reasons, identical to decode.REASONS */
+static const char *R_VERSION = "version", *R_TRUNC = "truncated", *R_LENGTH = "length", *R_COUNT = "count",
+                  *R_ATYPE = "address_type";
+
+static const char *check_address(const uint8_t *b, Py_ssize_t off, Py_ssize_t end, Py_ssize_t *out) {
+    if (off + 4 > end) return R_TRUNC;
+    uint32_t t = rd32(b + off);
+    off += 4;
+    if (t == 1) { if (off + 4 > end) return R_TRUNC; off += 4; }
+    else if (t == 2) { if (off + 16 > end) return R_TRUNC; off += 16; }
+    else if (t != 0) return R_ATYPE;
+    *out = off;
+    return NULL;
+}
+
+static inline const char *check_count(uint32_t n, uint32_t min_size, Py_ssize_t off, Py_ssize_t end) {
+    if (n > MAX_COUNT || (Py_ssize_t)n * (Py_ssize_t)min_size > end - off) return R_COUNT;
+    return NULL;
+}
+
+static const char *check_flow_record(uint32_t fmt, const uint8_t *b, Py_ssize_t off, Py_ssize_t end) {
+    if (fmt >> 12) return NULL;
+    const char *e;
+    switch (fmt & 0xFFF) {
+    case 1:
+        if (off + 16 > end) return R_TRUNC;
+        if ((Py_ssize_t)rd32(b + off + 12) > end - off - 16) return R_LENGTH;
+        return NULL;
+    case 2: return off + 24 > end ? R_TRUNC : NULL;
+    case 3: return off + 32 > end ? R_TRUNC : NULL;
+    case 4: return off + 56 > end ? R_TRUNC : NULL;
+    case 1001: return off + 16 > end ? R_TRUNC : NULL;
+    case 1002: {
+        Py_ssize_t p;
+        if ((e = check_address(b, off, end, &p))) return e;
+        return p + 8 > end ? R_TRUNC : NULL;
+    }
+    case 1003: {
+        Py_ssize_t p;
+        if ((e = check_address(b, off, end, &p))) return e;
+        if (p + 16 > end) return R_TRUNC;
+        uint32_t nseg = rd32(b + p + 12);
+        p += 16;
+        if ((e = check_count(nseg, 8, p, end))) return e;
+        for (uint32_t i = 0; i < nseg; i++) {
+            if (p + 8 > end) return R_TRUNC;
+            uint32_t n = rd32(b + p + 4);
+            p += 8;
+            if ((e = check_count(n, 4, p, end))) return e;
+            p += 4 * (Py_ssize_t)n;
+        }
+        if (p + 4 > end) return R_TRUNC;
+        uint32_t nc = rd32(b + p);
+        p += 4;
+        if ((e = check_count(nc, 4, p, end))) return e;
+        p += 4 * (Py_ssize_t)nc;
+        return p + 4 > end ? R_TRUNC : NULL;
+    }
+    }
+    return NULL;
+}
+
+static const char *check_counter_record(uint32_t fmt, const uint8_t *b, Py_ssize_t off, Py_ssize_t end) {
+    if (fmt >> 12) return NULL;
+    switch (fmt & 0xFFF) {
+    case 1: return off + 88 > end ? R_TRUNC : NULL;
+    case 2: return off + 52 > end ? R_TRUNC : NULL;
+    case 1004: return off + 12 > end ? R_TRUNC : NULL;
+    case 1005:
+        if (off + 4 > end) return R_TRUNC;
+        return (Py_ssize_t)rd32(b + off) > end - off - 4 ? R_LENGTH : NULL;
+    }
+    return NULL;
+}
+
+static const char *check_records(const uint8_t *b, Py_ssize_t off, Py_ssize_t end, uint32_t n, int flow) {
+    const char *e;
+    if ((e = check_count(n, 8, off, end))) return e;
+    for (uint32_t i = 0; i < n; i++) {
+        if (off + 8 > end) return R_TRUNC;
+        uint32_t fmt = rd32(b + off), length = rd32(b + off + 4);
+        off += 8;
+        if ((Py_ssize_t)length > end - off) return R_LENGTH;
+        e = flow ? check_flow_record(fmt, b, off, off + length) : check_counter_record(fmt, b, off, off + length);
+        if (e) return e;
+        off += length;
+    }
+    return NULL;
+}
+
+/* Walk the samples. With agg == NULL only validate; else aggregate flow samples. */
+typedef struct {
+    uint32_t flow_samples, counter_samples;
+    Py_ssize_t agent_off, agent_len;
+} walk_out;
+
+static int aggregate_sample(PyObject *agg, const uint8_t *b, Py_ssize_t agent_off, Py_ssize_t agent_len,
+                            uint32_t src_type, uint32_t src_idx, uint32_t rate, uint32_t in_fmt, uint32_t in_val,
+                            uint32_t out_fmt, uint32_t out_val, Py_ssize_t roff, Py_ssize_t end, uint32_t nrec);
+
+static const char *walk(const uint8_t *b, Py_ssize_t end, PyObject *agg, walk_out *w, int *pyerr) {
+    const char *e;
+    if (end < 8) return R_TRUNC;
+    if (rd32(b) != 5) return R_VERSION;
+    Py_ssize_t off;
+    if ((e = check_address(b, 4, end, &off))) return e;
+    w->agent_off = 8;
+    w->agent_len = off - 8;
+    if (off + 16 > end) return R_TRUNC;
+    uint32_t ns = rd32(b + off + 12);
+    off += 16;
+    if ((e = check_count(ns, 8, off, end))) return e;
+    w->flow_samples = w->counter_samples = 0;
+    for (uint32_t i = 0; i < ns; i++) {
+        if (off + 8 > end) return R_TRUNC;
+        uint32_t fmt = rd32(b + off), length = rd32(b + off + 4);
+        off += 8;
+        if ((Py_ssize_t)length > end - off) return R_LENGTH;
+        Py_ssize_t s_end = off + length;
+        if (fmt == 1 || fmt == 3) {
+            Py_ssize_t hsz = fmt == 1 ? 32 : 44;
+            if (off + hsz > s_end) return R_TRUNC;
+            uint32_t nrec = rd32(b + off + hsz - 4);
+            if (!agg) {
+                if ((e = check_records(b, off + hsz, s_end, nrec, 1))) return e;
+            } else {
+                uint32_t st, si, rate, inf, inv, outf, outv;
+                if (fmt == 1) {
+                    uint32_t src = rd32(b + off + 4), in = rd32(b + off + 20), out = rd32(b + off + 24);
+                    st = src >> 24; si = src & 0xFFFFFF; rate = rd32(b + off + 8);
+                    inf = in >> 30; inv = in & 0x3FFFFFFF; outf = out >> 30; outv = out & 0x3FFFFFFF;
+                } else {
+                    st = rd32(b + off + 4); si = rd32(b + off + 8); rate = rd32(b + off + 12);
+                    inf = rd32(b + off + 24); inv = rd32(b + off + 28); outf = rd32(b + off + 32);
+                    outv = rd32(b + off + 36);
+                }
+                if (aggregate_sample(agg, b, w->agent_off, w->agent_len, st, si, rate, inf, inv, outf, outv,
+                                     off + hsz, s_end, nrec) < 0) {
+                    *pyerr = 1;
+                    return NULL;
+                }
+            }
+            w->flow_samples++;
+        } else if (fmt == 2 || fmt == 4) {
+            Py_ssize_t hsz = fmt == 2 ? 12 : 16;
+            if (off + hsz > s_end) return R_TRUNC;
+            if (!agg && (e = check_records(b, off + hsz, s_end, rd32(b + off + hsz - 4), 0))) return e;
+            w->counter_samples++;
+        }
+        off = s_end;
+    }
+    return NULL;
+}
+
+/* Flow key from an Ethernet header. kind: 0 = parsed L2/L3/L4, 1 = opaque (whole header is the key). */
+#define KEY_MAX 96
+static Py_ssize_t header_key(const uint8_t *h, Py_ssize_t n, uint8_t *k) {
+    Py_ssize_t kl = 0;
+    if (n < 14) return -1;
+    memcpy(k, h, 12); /* dst, src MAC */
+    kl = 12;
+    Py_ssize_t p = 12;
+    uint16_t et = rd16(h + p);
+    int tags = 0;
+    while ((et == 0x8100 || et == 0x88a8 || et == 0x9100) && tags < 4) {
+        if (p + 6 > n) return -1;
+        memcpy(k + kl, h + p + 2, 2); kl += 2;
+        p += 4;
+        et = rd16(h + p);
+        tags++;
+    }
+    k[kl++] = (uint8_t)tags;
+    k[kl++] = et >> 8; k[kl++] = et & 0xff;
+    p += 2;
+    int proto = -1;
+    Py_ssize_t l4 = 0;
+    if (et == 0x0800) {
+        if (p + 20 > n) return -1;
+        Py_ssize_t ihl = (h[p] & 0x0f) * 4;
+        if (ihl < 20) return -1;
+        uint16_t frag = rd16(h + p + 6);
+        proto = h[p + 9];
+        memcpy(k + kl, h + p + 12, 8); kl += 8;
+        k[kl++] = (uint8_t)proto;
+        k[kl++] = (frag & 0x1fff) ? 1 : ((frag & 0x2000) ? 2 : 0); /* fragments: no L4 */
+        if (frag & 0x1fff) return kl;
+        l4 = p + ihl;
+    } else if (et == 0x86dd) {
+        if (p + 40 > n) return -1;
+        proto = h[p + 6];
+        memcpy(k + kl, h + p + 8, 32); kl += 32;
+        l4 = p + 40;
+        /* common extension headers */
+        for (int i = 0; i < 4 && (proto == 0 || proto == 43 || proto == 60 || proto == 44); i++) {
+            if (l4 + 8 > n) return -1;
+            if (proto == 44) {
+                if (rd16(h + l4 + 2) & 0xfff8) { k[kl++] = 44; return kl; } /* not first fragment */
+                proto = h[l4];
+                l4 += 8;
+            } else {
+                int nh = h[l4];
+                l4 += (Py_ssize_t)(h[l4 + 1] + 1) * 8;
+                proto = nh;
+            }
+        }
+        k[kl++] = (uint8_t)proto;
+    } else if (et == 0x0806) {
+        if (p + 28 > n) return -1;
+        memcpy(k + kl, h + p + 6, 2); kl += 2;          /* ARP op */
+        memcpy(k + kl, h + p + 14, 4); kl += 4;         /* sender IP */
+        memcpy(k + kl, h + p + 24, 4); kl += 4;         /* target IP */
+        return kl;
+    } else {
+        return -1;
+    }
+    if (proto == 6) {
+        if (l4 + 14 > n) return -1;
+        memcpy(k + kl, h + l4, 4); kl += 4;
+        k[kl++] = h[l4 + 13]; /* flags: FIN/RST/SYN matter to the flow logic */
+    } else if (proto == 17) {
+        if (l4 + 8 > n) return -1;
+        uint16_t sp = rd16(h + l4), dp = rd16(h + l4 + 2);
+        /* tunnels (VXLAN, GENEVE, VXLAN-GPE, MPLS-over-UDP) carry inner flows: opaque */
+        if (dp == 4789 || dp == 6081 || dp == 4790 || dp == 6635 || dp == 8472 || sp == 4789 || sp == 6081)
+            return -1;
+        memcpy(k + kl, h + l4, 4); kl += 4;
+    } else if (proto == 132) {
+        if (l4 + 4 > n) return -1;
+        memcpy(k + kl, h + l4, 4); kl += 4;
+    } else if (proto == 1 || proto == 58) {
+        if (l4 + 8 > n) return -1;
+        memcpy(k + kl, h + l4, 2); kl += 2;        /* type, code */
+        memcpy(k + kl, h + l4 + 4, 2); kl += 2;    /* identifier (echo) */
+    } else if (proto == 2 || proto == 89 || proto == 112) {
+        /* IGMP, OSPF, VRRP: no ports */
+    } else {
+        return -1; /* GRE, IP-in-IP and the rest: opaque */
+    }
+    return kl;
+}
+
+static int aggregate_sample(PyObject *agg, const uint8_t *b, Py_ssize_t agent_off, Py_ssize_t agent_len,
+                            uint32_t src_type, uint32_t src_idx, uint32_t rate, uint32_t in_fmt, uint32_t in_val,
+                            uint32_t out_fmt, uint32_t out_val, Py_ssize_t off, Py_ssize_t end, uint32_t nrec) {
+    for (uint32_t i = 0; i < nrec; i++) {
+        uint32_t fmt = rd32(b + off), length = rd32(b + off + 4);
+        off += 8;
+        if (fmt == 1 && rd32(b + off) == 1) {
+            uint32_t frame_len = rd32(b + off + 4), hlen = rd32(b + off + 12);
+            const uint8_t *h = b + off + 16;
+            uint8_t key[32 + KEY_MAX + 256];
+            Py_ssize_t kl = 0;
+            memcpy(key, b + agent_off, agent_len); kl = agent_len;
+            uint32_t f[8] = {src_type, src_idx, (in_fmt << 30) | in_val, (out_fmt << 30) | out_val, rate, frame_len};
+            for (int j = 0; j < 6; j++) {
+                key[kl++] = f[j] >> 24; key[kl++] = f[j] >> 16; key[kl++] = f[j] >> 8; key[kl++] = f[j];
+            }
+            Py_ssize_t hk = header_key(h, hlen, key + kl + 1);
+            PyObject *k;
+            if (hk >= 0) {
+                key[kl] = 0;
+                k = PyBytes_FromStringAndSize((const char *)key, kl + 1 + hk);
+            } else {
+                /* opaque: key = prefix + whole header */
+                key[kl] = 1;
+                k = PyBytes_FromStringAndSize(NULL, kl + 1 + hlen);
+                if (k) {
+                    memcpy(PyBytes_AS_STRING(k), key, kl + 1);
+                    memcpy(PyBytes_AS_STRING(k) + kl + 1, h, hlen);
+                }
+            }
+            if (!k) return -1;
+            PyObject *v = PyDict_GetItemWithError(agg, k);
+            if (v) {
+                PyObject *cnt = PyList_GET_ITEM(v, 0);
+                PyObject *nc = PyLong_FromSsize_t(PyLong_AsSsize_t(cnt) + 1);
+                if (!nc) { Py_DECREF(k); return -1; }
+                PyList_SET_ITEM(v, 0, nc);
+                Py_DECREF(cnt);
+            } else if (PyErr_Occurred()) {
+                Py_DECREF(k);
+                return -1;
+            } else {
+                v = Py_BuildValue("[iy#IIIIy#I]", 1, (const char *)h, (Py_ssize_t)hlen, rate, frame_len,
+                                  in_val, out_val, (const char *)(b + agent_off), agent_len, src_idx);
+                if (!v || PyDict_SetItem(agg, k, v) < 0) { Py_XDECREF(v); Py_DECREF(k); return -1; }
+                Py_DECREF(v);
+            }
+            Py_DECREF(k);
+            return 0; /* one raw header per sample */
+        }
+        off += length;
+    }
+    return 0;
+}
+
+static PyObject *py_scan(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    PyObject *agg = NULL;
+    if (!PyArg_ParseTuple(args, "y*|O", &view, &agg)) return NULL;
+    if (agg == Py_None) agg = NULL;
+    if (agg && !PyDict_Check(agg)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError, "agg must be a dict");
+        return NULL;
+    }
+    walk_out w = {0, 0, 0, 0};
+    int pyerr = 0;
+    const uint8_t *b = view.buf;
+    const char *e = walk(b, view.len, NULL, &w, &pyerr);
+    if (!e && agg) e = walk(b, view.len, agg, &w, &pyerr);
+    PyObject *res;
+    if (pyerr) res = NULL;
+    else if (e) res = Py_BuildValue("(sIIy#)", e, 0, 0, "", (Py_ssize_t)0);
+    else res = Py_BuildValue("(OIIy#)", Py_None, w.flow_samples, w.counter_samples,
+                             (const char *)(b + w.agent_off), w.agent_len);
+    PyBuffer_Release(&view);
+    return res;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", py_scan, METH_VARARGS,
+     "scan(data, agg=None) -> (reason|None, flow_samples, counter_samples, agent_bytes)\n"
+     "Validate an sFlow v5 datagram; when valid and agg is a dict, aggregate its flow samples into it."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastsflow", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__fastsflow(void) { return PyModule_Create(&module); }
