@@ -1,1 +1,1 @@
-"""Netsonde package (filled in by its issue)."""
+"""The `netsonde` command: run services, the all-in-one host, and a client for the API."""

@@ -1,1 +1,5 @@
-"""Netsonde package (filled in by its issue)."""
+"""query-api: Skydive's REST and WebSocket API over a read replica of the graph and the ClickHouse history.
+
+Existing Skydive clients work unchanged: `POST /api/topology` with `{"GremlinQuery": ...}`, `/api/capture`,
+`/api/node`, `/api/edge`, `/api/status`, and `/ws/subscriber` with Skydive's message envelope.
+"""

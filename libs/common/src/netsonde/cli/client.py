@@ -1,0 +1,107 @@
+"""`netsonde client ...`: talk to query-api over HTTP (Skydive's `skydive client` verbs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import httpx
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("client", help="query and control a running Netsonde through its API")
+    p.add_argument("--analyzer", default=os.environ.get("NETSONDE_ANALYZER", "127.0.0.1:8082"),
+                   help="query-api address host:port (default 127.0.0.1:8082)")
+    csub = p.add_subparsers(dest="client_command", required=True)
+
+    topo = csub.add_parser("topology", help="the graph").add_subparsers(dest="verb", required=True)
+    q = topo.add_parser("query", help="run a Gremlin query")
+    q.add_argument("--gremlin", required=True, help="e.g. \"G.V().Has('Type','veth')\"")
+    q.add_argument("--output", choices=["json", "pcap"], default="json")
+
+    csub.add_parser("status", help="the API's status")
+
+    cap = csub.add_parser("capture", help="flow captures").add_subparsers(dest="verb", required=True)
+    c = cap.add_parser("create", help="start capturing on the nodes a Gremlin query selects")
+    c.add_argument("--gremlin", required=True)
+    c.add_argument("--type", default="", help="afpacket, pcap, ovssflow, sflow ...")
+    c.add_argument("--bpf", default="", help="BPF filter applied in the kernel")
+    c.add_argument("--name", default="")
+    c.add_argument("--description", default="")
+    c.add_argument("--header-size", type=int, default=0)
+    c.add_argument("--sampling-rate", type=int, default=1)
+    c.add_argument("--polling-interval", type=int, default=10)
+    c.add_argument("--layer-key-mode", default="L2", choices=["L2", "L3"])
+    c.add_argument("--extra-tcp-metric", action="store_true")
+    c.add_argument("--ndpi", action="store_true", help="deep packet inspection (nDPI application names)")
+    cap.add_parser("list", help="list captures")
+    g = cap.add_parser("get", help="show one capture")
+    g.add_argument("id")
+    d = cap.add_parser("delete", help="stop and remove a capture")
+    d.add_argument("id")
+
+    pcap = csub.add_parser("pcap", help="turn a pcap file into flows (stored like captured ones)")
+    pcap.add_argument("file")
+    pcap.add_argument("--node-tid", default="", help="NodeTID to give the flows")
+
+
+def _url(args: argparse.Namespace, path: str) -> str:
+    base = args.analyzer if args.analyzer.startswith("http") else f"http://{args.analyzer}"
+    return base.rstrip("/") + path
+
+
+def _show(resp: httpx.Response) -> int:
+    if resp.status_code >= 400:
+        print(f"error {resp.status_code}: {resp.text.strip()}", file=sys.stderr)
+        return 1
+    if resp.content:
+        try:
+            print(json.dumps(resp.json(), indent=2))
+        except ValueError:
+            print(resp.text)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with httpx.Client(timeout=60) as http:
+            return _run(args, http)
+    except httpx.HTTPError as exc:
+        print(f"cannot reach the API at {args.analyzer}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, http: httpx.Client) -> int:
+    cmd = args.client_command
+    if cmd == "status":
+        return _show(http.get(_url(args, "/api/status")))
+    if cmd == "topology":
+        headers = {"Accept": "application/vnd.tcpdump.pcap"} if args.output == "pcap" else {}
+        resp = http.post(_url(args, "/api/topology"), json={"GremlinQuery": args.gremlin}, headers=headers)
+        if args.output == "pcap" and resp.status_code == 200:
+            sys.stdout.buffer.write(resp.content)
+            return 0
+        return _show(resp)
+    if cmd == "capture":
+        if args.verb == "create":
+            body = {"GremlinQuery": args.gremlin, "Type": args.type, "BPFFilter": args.bpf, "Name": args.name,
+                    "Description": args.description, "HeaderSize": args.header_size,
+                    "SamplingRate": args.sampling_rate, "PollingInterval": args.polling_interval,
+                    "LayerKeyMode": args.layer_key_mode, "ExtraTCPMetric": args.extra_tcp_metric, "NDPI": args.ndpi}
+            return _show(http.post(_url(args, "/api/capture"), json=body))
+        if args.verb == "list":
+            return _show(http.get(_url(args, "/api/capture")))
+        if args.verb == "get":
+            return _show(http.get(_url(args, f"/api/capture/{args.id}")))
+        if args.verb == "delete":
+            return _show(http.delete(_url(args, f"/api/capture/{args.id}")))
+    if cmd == "pcap":
+        with open(args.file, "rb") as f:
+            resp = http.post(_url(args, "/api/pcap"), content=f.read(),
+                             params={"NodeTID": args.node_tid} if args.node_tid else None,
+                             headers={"Content-Type": "application/vnd.tcpdump.pcap"})
+        return _show(resp)
+    return 2

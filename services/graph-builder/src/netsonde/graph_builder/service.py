@@ -1,0 +1,185 @@
+"""graph-builder service: bus in (probe messages, capture status, metrics), bus out (graph events,
+snapshots), ClickHouse out (revisions)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from netsonde.common import natsconn
+from netsonde.common.bus import BusDecodeError, Subjects, decode, encode
+from netsonde.common.bus.captures import CaptureStatus
+from netsonde.common.bus.graph import GraphEventBatch, SnapshotChunk
+from netsonde.common.bus.topology import ResyncRequest, TopologyMessage
+from netsonde.common.clickhouse import run_migrations
+from netsonde.common.logs import OnceLogger
+from netsonde.common.service import Service
+
+from .builder import GraphBuilder
+from .config import GraphBuilderConfig
+from .history import RevisionWriter
+from .schema import MIGRATIONS, ttl_statement
+
+log = logging.getLogger(__name__)
+
+
+class GraphBuilderService(Service):
+    name = "graph-builder"
+
+    def __init__(self, config: GraphBuilderConfig) -> None:
+        super().__init__(config)
+        self.cfg = config
+        self.subjects = Subjects(config.subject_prefix)
+        self.builder = GraphBuilder()
+        self.nc: Any = None
+        self.writer: RevisionWriter | None = None
+        self.bad = OnceLogger(log)
+        self._resync_sent: dict[str, float] = {}
+        self._captures: dict[str, dict[str, dict[str, Any]]] = {}
+        m = self.metrics
+        self.m_messages = m.counter("probe_messages_total", "Probe messages applied", ["kind"])
+        self.m_events = m.counter("graph_events_total", "Graph events published", ["type"])
+        self.m_resyncs = m.counter("resync_requests_total", "Resync requests sent to probes")
+        self.m_history_rows = m.counter("history_rows_total", "Revisions written to ClickHouse")
+        self.m_history_errors = m.counter("history_errors_total", "Failed history writes (retried)")
+        self.m_nodes = m.gauge("nodes", "Nodes in the graph")
+        self.m_edges = m.gauge("edges", "Edges in the graph")
+        self.m_snapshots = m.counter("snapshots_total", "Snapshot requests answered")
+
+    async def on_start(self) -> None:
+        if self.cfg.history:
+            self.writer = RevisionWriter(self.cfg.clickhouse_url, self.cfg.clickhouse_database)
+            await asyncio.to_thread(run_migrations, self.cfg.clickhouse_url, self.cfg.clickhouse_database,
+                                    "graph-builder", MIGRATIONS)
+            await asyncio.to_thread(self._apply_ttl)
+            restored = await asyncio.to_thread(self.writer.load_latest)
+            self.builder.restore(restored)
+            log.info("restored %d elements from history", len(restored))
+        self.nc = await natsconn.connect(self.cfg.nats_url, f"graph-builder@{self.cfg.host_id}")
+        await self.nc.subscribe(self.subjects.topology_all, cb=self._on_topology)
+        await self.nc.subscribe(self.subjects.graph_snapshot, cb=self._on_snapshot)
+        await self.nc.subscribe(self.subjects.capture_status, cb=self._on_capture_status)
+        await self._request_resync("")
+        if self.writer is not None:
+            self.spawn(self._history_loop(), "history-writer")
+        self.spawn(self._resync_loop(), "resync")
+
+    def _apply_ttl(self) -> None:
+        from netsonde.common.clickhouse import connect
+        client = connect(self.cfg.clickhouse_url, self.cfg.clickhouse_database)
+        try:
+            client.command(ttl_statement(self.cfg.clickhouse_database, self.cfg.history_ttl_days))
+        finally:
+            client.close()
+
+    async def on_stop(self) -> None:
+        await natsconn.close(self.nc)
+        if self.writer is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self.writer.flush), 15)
+            except Exception as exc:
+                log.error("final history flush failed, %d revisions lost: %r", len(self.writer.pending), exc)
+
+    def health(self) -> dict[str, Any]:
+        return {"nodes": len(self.builder.graph.nodes), "edges": len(self.builder.graph.edges),
+                "seq": self.builder.seq, "hosts": sorted(self.builder.hosts),
+                "history_pending": len(self.writer.pending) if self.writer else 0}
+
+    # --- inputs --------------------------------------------------------------------------------------
+    async def _on_topology(self, msg: Msg) -> None:
+        try:
+            tm = decode(msg.data, TopologyMessage)
+        except BusDecodeError as exc:
+            self.metrics.bad_messages.labels("topology", exc.reason).inc()
+            self.bad.warning(f"topology-{exc.reason}", f"dropped a bad topology message on {msg.subject}: {exc}")
+            return
+        self.builder.apply(tm)
+        self.m_messages.labels(tm.kind).inc()
+        await self._publish_changes()
+
+    async def _on_capture_status(self, msg: Msg) -> None:
+        try:
+            st = decode(msg.data, CaptureStatus)
+        except BusDecodeError as exc:
+            self.metrics.bad_messages.labels("capture_status", exc.reason).inc()
+            self.bad.warning(f"capture-{exc.reason}", f"dropped a bad capture status: {exc}")
+            return
+        per_node = self._captures.setdefault(st.node_id, {})
+        if st.state == "stopped":
+            per_node.pop(st.capture_id, None)
+        else:
+            per_node[st.capture_id] = {"ID": st.capture_id, "State": st.state, "Type": st.type,
+                                       "PacketsReceived": st.packets_received,
+                                       "PacketsDropped": st.packets_dropped,
+                                       **({"Error": st.error} if st.error else {})}
+        value = sorted(per_node.values(), key=lambda c: c["ID"]) or None
+        if self.builder.set_overlay(st.node_id, "Captures", value):
+            await self._publish_changes()
+
+    async def _on_snapshot(self, msg: Msg) -> None:
+        """Reply with the whole graph in chunks; all chunks carry the seq of the last event included."""
+        if not msg.reply:
+            return
+        graph = self.builder.graph
+        seq, epoch = self.builder.seq, self.builder.epoch
+        nodes, edges = list(graph.nodes.values()), list(graph.edges.values())
+        size = self.cfg.snapshot_chunk_elements
+        chunks: list[SnapshotChunk] = []
+        for i in range(0, max(len(nodes), 1), size):
+            chunks.append(SnapshotChunk(epoch=epoch, seq=seq, index=0, last=False, nodes=nodes[i:i + size]))
+        for i in range(0, len(edges), size):
+            chunks.append(SnapshotChunk(epoch=epoch, seq=seq, index=0, last=False, edges=edges[i:i + size]))
+        for i, chunk in enumerate(chunks):
+            chunk.index = i
+            chunk.last = i == len(chunks) - 1
+            await self.nc.publish(msg.reply, encode(chunk))
+        self.m_snapshots.inc()
+
+    # --- outputs -------------------------------------------------------------------------------------
+    async def _publish_changes(self) -> None:
+        events, revisions = self.builder.take()
+        if self.writer is not None and revisions:
+            self.writer.add(revisions)
+        step = self.cfg.event_batch_max
+        for i in range(0, len(events), step):
+            batch = GraphEventBatch(epoch=self.builder.epoch, events=events[i:i + step])
+            await self.nc.publish(self.subjects.graph_events, encode(batch))
+        for ev in events:
+            self.m_events.labels(ev.type).inc()
+        self.m_nodes.set(len(self.builder.graph.nodes))
+        self.m_edges.set(len(self.builder.graph.edges))
+        for host in sorted(self.builder.resync_wanted):
+            await self._request_resync(host, min_interval=2.0)
+
+    async def _request_resync(self, host: str, min_interval: float = 0.0) -> None:
+        """Ask one probe (or all, host "") for its full state; at most once per `min_interval` per host."""
+        now = time.monotonic()
+        if now - self._resync_sent.get(host, -1e9) < min_interval:
+            return
+        self._resync_sent[host] = now
+        await self.nc.publish(self.subjects.topology_resync, encode(ResyncRequest(host=host, reason="graph-builder")))
+        self.m_resyncs.inc()
+
+    async def _resync_loop(self) -> None:
+        """Hosts still unsynced (a lost resync request) are asked again every few seconds."""
+        while True:
+            await asyncio.sleep(5)
+            for host in sorted(self.builder.resync_wanted):
+                await self._request_resync(host)
+
+    async def _history_loop(self) -> None:
+        assert self.writer is not None
+        while True:
+            await asyncio.sleep(self.cfg.history_flush_interval_s)
+            if not self.writer.pending:
+                continue
+            try:
+                n = await asyncio.to_thread(self.writer.flush)
+                self.m_history_rows.inc(n)
+            except Exception as exc:
+                self.m_history_errors.inc()
+                self.bad.warning("history", f"history write failed, will retry: {exc!r}")

@@ -1,0 +1,178 @@
+"""HTTP routes in Skydive's API shape."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+import netsonde.gremlin as gremlin
+from netsonde.common.graph import element_to_json
+
+from .captures import CaptureError, capture_from_json, capture_to_json
+
+if TYPE_CHECKING:
+    from .service import QueryApiService
+
+VERSION = "0.1.0"
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, default=str), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.Response(text=message, status=status, content_type="text/plain")
+
+
+class Routes:
+    def __init__(self, svc: "QueryApiService") -> None:
+        self.svc = svc
+
+    def register(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/api/status", self.status)
+        r.add_get("/api/topology", self.topology_get)
+        r.add_post("/api/topology", self.topology_query)
+        r.add_get("/api/node", self.nodes)
+        r.add_get("/api/node/{id}", self.node)
+        r.add_get("/api/edge", self.edges)
+        r.add_get("/api/edge/{id}", self.edge)
+        r.add_get("/api/capture", self.capture_list)
+        r.add_get("/api/capture/{id}", self.capture_get)
+        r.add_post("/api/capture", self.capture_create)
+        r.add_delete("/api/capture/{id}", self.capture_delete)
+        r.add_get("/ws/subscriber", self.ws_graph)
+        r.add_get("/ws/subscriber/flow", self.ws_flow)
+
+    @property
+    def graph(self) -> Any:
+        assert self.svc.replica is not None
+        return self.svc.replica.graph
+
+    async def status(self, request: web.Request) -> web.Response:
+        replica = self.svc.replica
+        return _json({
+            "Service": "query-api", "Version": VERSION, "Host": self.svc.cfg.host_id,
+            "Python": platform.python_version(), "Uptime": round(time.time() - self.svc.started_at, 1),
+            "Graph": {"Synced": bool(replica and replica.synced.is_set()),
+                      "Nodes": len(self.graph.nodes), "Edges": len(self.graph.edges),
+                      "Seq": replica.seq if replica else 0},
+            "Probes": sorted({n.Host for n in self.graph.nodes.values() if n.Metadata.get("Type") == "host"}),
+            "Subscribers": len(self.svc.hub.graph_clients) + len(self.svc.hub.flow_clients),
+        })
+
+    async def topology_get(self, request: web.Request) -> web.Response:
+        g = self.graph
+        return _json({"Nodes": [element_to_json(n) for n in g.nodes.values()],
+                      "Edges": [element_to_json(e) for e in g.edges.values()]})
+
+    async def topology_query(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "request body must be JSON: {\"GremlinQuery\": \"...\"}")
+        query = body.get("GremlinQuery", "") if isinstance(body, dict) else ""
+        if not isinstance(query, str):
+            return _error(400, "GremlinQuery must be a string")
+        if not query.strip():
+            return web.Response(status=204)
+        accept = request.headers.get("Accept", "")
+        try:
+            result = await self.svc.run_query(query, accept)
+        except gremlin.GremlinError as exc:
+            return _error(getattr(exc, "status", 400) or 400, str(exc))
+        except Exception as exc:  # a bug must not look like a bad query, but must not kill the API either
+            return _error(500, f"internal error: {exc!r}")
+        if "application/vnd.tcpdump.pcap" in accept and isinstance(result, (bytes, bytearray)):
+            return web.Response(body=bytes(result), content_type="application/vnd.tcpdump.pcap")
+        return _json(result)
+
+    async def nodes(self, request: web.Request) -> web.Response:
+        return _json({n.ID: element_to_json(n) for n in self.graph.nodes.values()})
+
+    async def node(self, request: web.Request) -> web.Response:
+        node = self.graph.nodes.get(request.match_info["id"])
+        if node is None:
+            return _error(404, f"Node '{request.match_info['id']}' does not exist")
+        return _json(element_to_json(node))
+
+    async def edges(self, request: web.Request) -> web.Response:
+        return _json({e.ID: element_to_json(e) for e in self.graph.edges.values()})
+
+    async def edge(self, request: web.Request) -> web.Response:
+        edge = self.graph.edges.get(request.match_info["id"])
+        if edge is None:
+            return _error(404, f"Edge '{request.match_info['id']}' does not exist")
+        return _json(element_to_json(edge))
+
+    # --- captures ------------------------------------------------------------------------------------
+    async def capture_list(self, request: web.Request) -> web.Response:
+        assert self.svc.captures is not None
+        return _json({c.UUID: capture_to_json(c) for c in await self.svc.captures.list()})
+
+    async def capture_get(self, request: web.Request) -> web.Response:
+        assert self.svc.captures is not None
+        cap = await self.svc.captures.get(request.match_info["id"])
+        if cap is None:
+            return _error(404, f"Capture '{request.match_info['id']}' does not exist")
+        return _json(capture_to_json(cap))
+
+    async def capture_create(self, request: web.Request) -> web.Response:
+        assert self.svc.captures is not None
+        try:
+            body = await request.json()
+            cap = capture_from_json(body)
+        except ValueError as exc:
+            return _error(400, str(exc) if isinstance(exc, CaptureError) else "request body must be JSON")
+        try:
+            selected = await self.svc.run_query(cap.GremlinQuery)
+        except gremlin.GremlinError as exc:
+            return _error(400, f"GremlinQuery: {exc}")
+        if not isinstance(selected, list) or not selected:
+            return _error(400, f"GremlinQuery {cap.GremlinQuery!r} selects no node; nothing to capture")
+        if cap.BPFFilter:
+            problem = _check_bpf(cap.BPFFilter)
+            if problem:
+                return _error(400, f"BPFFilter {cap.BPFFilter!r}: {problem}")
+        await self.svc.captures.put(cap)
+        return _json(capture_to_json(cap))
+
+    async def capture_delete(self, request: web.Request) -> web.Response:
+        assert self.svc.captures is not None
+        if not await self.svc.captures.delete(request.match_info["id"]):
+            return _error(404, f"Capture '{request.match_info['id']}' does not exist")
+        return web.Response(status=200)
+
+    # --- websockets ----------------------------------------------------------------------------------
+    async def _sync(self, gremlin_filter: str) -> dict[str, Any]:
+        if gremlin_filter:
+            result = await self.svc.run_query(gremlin_filter + ".SubGraph()")
+            return result[0] if isinstance(result, list) and result else {"Nodes": [], "Edges": []}
+        g = self.graph
+        return {"Nodes": [element_to_json(n) for n in g.nodes.values()],
+                "Edges": [element_to_json(e) for e in g.edges.values()]}
+
+    async def ws_graph(self, request: web.Request) -> web.WebSocketResponse:
+        return await self.svc.hub.serve(request, "graph", self._sync)
+
+    async def ws_flow(self, request: web.Request) -> web.WebSocketResponse:
+        return await self.svc.hub.serve(request, "flow", self._sync)
+
+
+def _check_bpf(expr: str) -> str:
+    """Compile the filter as the kernel will get it (libpcap via tcpdump -d); '' when valid."""
+    import shutil
+    import subprocess
+
+    tcpdump = shutil.which("tcpdump") or "/usr/bin/tcpdump"
+    try:
+        proc = subprocess.run([tcpdump, "-d", "-y", "EN10MB", expr], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot compile ({exc})"
+    if proc.returncode != 0:
+        return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "invalid filter"
+    return ""

@@ -1,0 +1,108 @@
+"""query-api service: wiring of the graph replica, the Gremlin engine, the capture store and the routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+import netsonde.gremlin as gremlin
+from netsonde.common import natsconn
+from netsonde.common.bus import Subjects
+from netsonde.common.clickhouse import connect
+from netsonde.common.replica import GraphReplica
+from netsonde.common.service import Service
+
+from .captures import CaptureStore
+from .config import QueryApiConfig
+from .routes import Routes
+from .websocket import SubscriberHub
+
+log = logging.getLogger(__name__)
+
+
+class QueryApiService(Service):
+    name = "query-api"
+
+    def __init__(self, config: QueryApiConfig) -> None:
+        super().__init__(config)
+        self.cfg = config
+        self.subjects = Subjects(config.subject_prefix)
+        self.nc: Any = None
+        self.replica: GraphReplica | None = None
+        self.engine: Any = None
+        self.captures: CaptureStore | None = None
+        self.hub = SubscriberHub()
+        m = self.metrics
+        self.m_queries = m.counter("queries_total", "Gremlin queries answered", ["status"])
+        self.m_query_seconds = m.histogram("query_seconds", "Gremlin query latency")
+        self.m_ws_clients = m.gauge("websocket_clients", "Connected WebSocket subscribers")
+
+    def add_routes(self, app: web.Application) -> None:
+        Routes(self).register(app)
+
+    def client_factory(self) -> Any:
+        return connect(self.cfg.clickhouse_url, self.cfg.clickhouse_database)
+
+    async def on_start(self) -> None:
+        self.nc = await natsconn.connect(self.cfg.nats_url, f"query-api@{self.cfg.host_id}")
+        self.replica = GraphReplica(self.nc, self.subjects, snapshot_timeout=self.cfg.snapshot_timeout_s)
+        self.replica.listeners.append(self.hub.on_graph_events)
+        await self.replica.start(wait=False)
+        try:
+            await asyncio.wait_for(self.replica.synced.wait(), self.cfg.snapshot_timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("no graph snapshot yet (is graph-builder running?); serving and retrying")
+        history = gremlin.HistoryStore(self.client_factory) if self.cfg.history else None
+        flows = gremlin.FlowStore(self.client_factory) if self.cfg.flows else None
+        self.engine = gremlin.GremlinEngine(
+            graph=self.replica.graph, history=history, flows=flows,
+            limits=gremlin.QueryLimits(timeout_s=self.cfg.query_timeout_s, max_results=self.cfg.max_results))
+        self.captures = CaptureStore(self.nc, self.subjects)
+        await self.captures.start()
+        await self.nc.subscribe(self.subjects.flows_enriched, cb=self._on_enriched_flows)
+
+    async def on_stop(self) -> None:
+        if self.replica is not None:
+            await self.replica.stop()
+        await natsconn.close(self.nc)
+
+    def health(self) -> dict[str, Any]:
+        synced = self.replica is not None and self.replica.synced.is_set()
+        return {"ok": self.ready, "graph_synced": synced,
+                "nodes": len(self.replica.graph.nodes) if self.replica else 0}
+
+    async def _on_enriched_flows(self, msg: Any) -> None:
+        if not self.hub.flow_clients:
+            return
+        from netsonde.common.bus import BusDecodeError, decode
+        from netsonde.common.bus.flows import FlowUpdateBatch
+        import msgspec
+        try:
+            batch = decode(msg.data, FlowUpdateBatch)
+        except BusDecodeError as exc:
+            self.metrics.bad_messages.labels("flows_enriched", exc.reason).inc()
+            return
+        self.hub.on_flows(msgspec.to_builtins(batch.flows))
+
+    async def run_query(self, query: str, accept: str = "") -> Any:
+        """Run a Gremlin query off the event loop; a live-graph race (the replica changed while iterating)
+        is retried once on the loop itself, where no event can interleave."""
+        started = time.perf_counter()
+        status = "ok"
+        try:
+            try:
+                return await asyncio.to_thread(self.engine.execute, query)
+            except RuntimeError as exc:
+                if "changed size during iteration" not in str(exc):
+                    raise
+                return self.engine.execute(query)
+        except gremlin.GremlinError:
+            status = "error"
+            raise
+        finally:
+            self.m_queries.labels(status).inc()
+            self.m_query_seconds.observe(time.perf_counter() - started)

@@ -1,0 +1,104 @@
+"""`/ws/subscriber`: graph events in Skydive's WebSocket envelope, and `/ws/subscriber/flow` for flows.
+
+Envelope: {"Namespace": "Graph", "Type": "NodeAdded", "UUID": "", "Status": 200, "Obj": {...}}. A client sends
+{"Namespace": "Graph", "Type": "SyncRequest", "Obj": {"GremlinFilter": ...}} and receives a "SyncReply" with
+{"Nodes": [...], "Edges": [...]} (Skydive's sync), then every event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from netsonde.common.bus.graph import GraphEvent
+from netsonde.common.graph import element_to_json
+
+log = logging.getLogger(__name__)
+
+
+def envelope(namespace: str, type_: str, obj: Any, uuid: str = "", status: int = 200) -> str:
+    return json.dumps({"Namespace": namespace, "Type": type_, "UUID": uuid, "Status": status, "Obj": obj})
+
+
+class Subscriber:
+    """One WebSocket client with a bounded outgoing queue: a slow client is disconnected, never waited for."""
+
+    def __init__(self, ws: web.WebSocketResponse, max_queue: int = 10_000) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue(max_queue)
+        self.overflowed = False
+
+    def send(self, text: str) -> None:
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self.queue = asyncio.Queue(1)
+            self.queue.put_nowait(None)
+
+    async def writer(self) -> None:
+        while True:
+            text = await self.queue.get()
+            if text is None:
+                await self.ws.close(code=1008, message=b"subscriber too slow")
+                return
+            await self.ws.send_str(text)
+
+
+class SubscriberHub:
+    """Fans graph events and enriched flows out to every connected WebSocket client."""
+
+    def __init__(self) -> None:
+        self.graph_clients: set[Subscriber] = set()
+        self.flow_clients: set[Subscriber] = set()
+        self.sent = 0
+
+    def on_graph_events(self, events: list[GraphEvent]) -> None:
+        if not self.graph_clients:
+            return
+        for ev in events:
+            text = envelope("Graph", ev.type, element_to_json(ev.obj))
+            for client in list(self.graph_clients):
+                client.send(text)
+                self.sent += 1
+
+    def on_flows(self, flows: list[dict[str, Any]]) -> None:
+        if not self.flow_clients or not flows:
+            return
+        text = envelope("Flow", "store", flows)
+        for client in list(self.flow_clients):
+            client.send(text)
+
+    async def serve(self, request: web.Request, kind: str, sync: Any) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=30)
+        await ws.prepare(request)
+        client = Subscriber(ws)
+        clients = self.graph_clients if kind == "graph" else self.flow_clients
+        clients.add(client)
+        writer = asyncio.create_task(client.writer(), name="ws-writer")
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    req = json.loads(msg.data)
+                except ValueError:
+                    client.send(envelope("Graph", "Error", "message is not JSON", status=400))
+                    continue
+                if not isinstance(req, dict):
+                    continue
+                if req.get("Type") == "SyncRequest":
+                    obj = req.get("Obj") or {}
+                    try:
+                        reply = await sync(obj.get("GremlinFilter") or "")
+                        client.send(envelope("Graph", "SyncReply", reply, uuid=req.get("UUID", "")))
+                    except Exception as exc:
+                        client.send(envelope("Graph", "SyncReply", str(exc), uuid=req.get("UUID", ""), status=400))
+        finally:
+            clients.discard(client)
+            writer.cancel()
+        return ws
