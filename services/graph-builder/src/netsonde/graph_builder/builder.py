@@ -59,11 +59,12 @@ class GraphBuilder:
         """Apply one probe message. Events and revisions accumulate in `events`/`revisions` until taken."""
         host = self.hosts.setdefault(msg.host, HostState())
         if msg.kind == "full":
-            parts = getattr(msg, "parts", 1) or 1
+            parts = msg.parts or 1
             if parts > 1:
-                if host.full_parts and next(iter(host.full_parts.values())).seq != msg.seq - getattr(msg, "part", 0):
-                    host.full_parts.clear()
-                host.full_parts[getattr(msg, "part", 0)] = msg
+                first = next(iter(host.full_parts.values()), None)
+                if first is not None and (first.boot, first.seq - first.part) != (msg.boot, msg.seq - msg.part):
+                    host.full_parts.clear()  # parts of an older, incomplete full: drop them
+                host.full_parts[msg.part] = msg
                 host.boot, host.seq = msg.boot, msg.seq
                 if len(host.full_parts) < parts:
                     return
