@@ -1,0 +1,232 @@
+"""flow-enricher service: the pull loop.
+
+fetch (durable pull consumer shared by every replica) -> decode -> enrich (EndpointLookup) -> accumulate
+until `insert_rows` updates or `insert_interval_s` -> columnar insert of the three flow tables (in a
+thread, while the next batch is fetched) -> ack every message of that insert -> republish the enriched
+batches on `<prefix>.flows.enriched`. A failed insert is retried with back-off and its messages stay
+unacked (kept alive with in-progress acks), so a ClickHouse outage loses nothing; a redelivered message is
+stored again under the same keys, which ReplacingMergeTree collapses (see `netsonde.common.flowschema`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from netsonde.common import flowschema as fs
+from netsonde.common import natsconn
+from netsonde.common.bus import BusDecodeError, Subjects, decode, encode
+from netsonde.common.bus.flows import FlowUpdateBatch
+from netsonde.common.bus.graph import GraphEvent
+from netsonde.common.logs import OnceLogger
+from netsonde.common.service import Service
+
+from .config import FlowEnricherConfig
+from .lookup import EndpointLookup
+from .stream import consumer_config, ensure_flow_stream
+from .writer import FlowWriter
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 20.0
+
+
+class FlowEnricherService(Service):
+    name = "flow-enricher"
+
+    def __init__(self, config: FlowEnricherConfig, lookup: EndpointLookup | None = None) -> None:
+        super().__init__(config)
+        self.cfg = config
+        self.subjects = Subjects(config.subject_prefix)
+        self.lookup = lookup if lookup is not None else EndpointLookup()
+        """MAC/IP/TID -> node. Pass one in (tests, embedding) or let the graph feed fill it."""
+        self.writer = FlowWriter(config.clickhouse_url, config.clickhouse_database)
+        self.nc: Any = None
+        self.js: Any = None
+        self.psub: Any = None
+        self.replica: Any = None
+        self.bad = OnceLogger(log)
+        self.stored_flows = 0
+        self.stored_batches = 0
+        self.last_error = ""
+        self._consume_task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._replica_loads = 0
+        self._give_up_at = float("inf")
+        m = self.metrics
+        self.m_flows = m.counter("flows_stored_total", "Flow updates inserted into ClickHouse and acked")
+        self.m_batches = m.counter("batches_stored_total", "Bus messages (flow batches) stored and acked")
+        self.m_inserts = m.counter("inserts_total", "ClickHouse inserts (each covers many batches)")
+        self.m_insert_errors = m.counter("insert_errors_total", "Failed ClickHouse inserts (retried)")
+        self.m_insert_s = m.histogram("insert_seconds", "Column build + insert time per flush")
+        self.m_lag = m.histogram("lag_seconds", "Batch timestamp to acked-in-ClickHouse time",
+                                 buckets=(.05, .1, .25, .5, 1, 2, 5, 10, 30, 60))
+        self.m_unresolved = m.counter("unresolved_capture_total", "Flow updates whose NodeTID is not in the graph")
+        self.m_pending = m.gauge("pending_flows", "Fetched flow updates not yet acked")
+        self.m_lookup = m.gauge("lookup_nodes", "Graph nodes in the endpoint lookup")
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    async def on_start(self) -> None:
+        applied = await asyncio.to_thread(self.writer.migrate, self.cfg.ttl_days)
+        log.info("flow tables ready", extra={"migrations_applied": applied, "database": self.cfg.clickhouse_database})
+        self.nc = await natsconn.connect(self.cfg.nats_url, f"flow-enricher@{self.cfg.host_id}")
+        self.js = self.nc.jetstream()
+        if self.cfg.create_stream:
+            await ensure_flow_stream(self.js, self.subjects, self.cfg.stream_max_age_s, self.cfg.stream_max_bytes,
+                                     self.cfg.stream_duplicate_window_s)
+        if self.cfg.graph_feed:
+            await self._start_graph_feed()
+        self.psub = await self.js.pull_subscribe(
+            self.subjects.flows_all, durable=self.cfg.consumer_name, stream=self.subjects.flow_stream,
+            config=consumer_config(self.cfg.consumer_name, self.cfg.ack_wait_s, self.cfg.max_ack_pending))
+        self._consume_task = self.spawn(self._consume(), "consume")
+
+    async def on_stop(self) -> None:
+        self._give_up_at = time.monotonic() + STOP_GRACE_S / 2
+        if self._consume_task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._consume_task), STOP_GRACE_S)
+        if self.replica is not None:
+            with contextlib.suppress(Exception):
+                await self.replica.stop()
+        await natsconn.close(self.nc)
+        await asyncio.to_thread(self.writer.close)
+
+    def health(self) -> dict[str, Any]:
+        return {"stored_flows": self.stored_flows, "stored_batches": self.stored_batches,
+                "lookup_nodes": len(self.lookup), "last_error": self.last_error,
+                "graph_synced": bool(self.replica is not None and self.replica.synced.is_set())}
+
+    # --- graph feed --------------------------------------------------------------------------------
+    async def _start_graph_feed(self) -> None:
+        """Follow graph-builder through a GraphReplica: reload the lookup after each snapshot, apply
+        node events in between."""
+        from netsonde.common.replica import GraphReplica
+
+        self.replica = GraphReplica(self.nc, self.subjects)
+        self.replica.listeners.append(self._on_graph_events)
+        await self.replica.start(wait=False)
+        self.spawn(self._watch_snapshots(), "graph-snapshots")
+
+    def _on_graph_events(self, events: list[GraphEvent]) -> None:
+        if self.replica.resnapshots != self._replica_loads:
+            self._reload_lookup()
+            return
+        for ev in events:
+            self.lookup.on_event(ev.type, ev.obj)
+        self.m_lookup.set(len(self.lookup))
+
+    def _reload_lookup(self) -> None:
+        self._replica_loads = self.replica.resnapshots
+        self.lookup.load(self.replica.graph)
+        self.m_lookup.set(len(self.lookup))
+
+    async def _watch_snapshots(self) -> None:
+        while not self.stopping:
+            if self.replica.synced.is_set() and self.replica.resnapshots != self._replica_loads:
+                self._reload_lookup()
+            await asyncio.sleep(0.2)
+
+    # --- the pull loop -----------------------------------------------------------------------------
+    async def _consume(self) -> None:
+        pending: list[tuple[Msg, FlowUpdateBatch]] = []
+        rows = 0
+        first_at = 0.0
+        interval = self.cfg.insert_interval_s
+        while not self.stopping:
+            timeout = interval if not pending else max(0.01, first_at + interval - time.monotonic())
+            try:
+                msgs = await self.psub.fetch(self.cfg.fetch_batch, timeout=timeout)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                msgs = []
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+                break
+            except nats.errors.Error as exc:
+                self.bad.warning("fetch", f"pull fetch failed: {exc!r}")
+                await asyncio.sleep(0.5)
+                msgs = []
+            for msg in msgs:
+                batch = await self._decode(msg)
+                if batch is None:
+                    continue
+                if self.lookup.enrich(batch.flows, batch.host) != len(batch.flows):
+                    self.m_unresolved.inc(sum(1 for f in batch.flows if not f.NodeID))
+                if not pending:
+                    first_at = time.monotonic()
+                pending.append((msg, batch))
+                rows += len(batch.flows)
+            self.m_pending.set(rows)
+            if pending and (rows >= self.cfg.insert_rows or time.monotonic() - first_at >= interval):
+                await self._submit(pending)
+                pending, rows = [], 0
+        if pending:
+            await self._submit(pending)
+        while self._inflight:
+            await asyncio.wait(set(self._inflight))
+
+    async def _decode(self, msg: Msg) -> FlowUpdateBatch | None:
+        try:
+            return decode(msg.data, FlowUpdateBatch)
+        except BusDecodeError as exc:
+            self.metrics.bad_messages.labels("flows", exc.reason).inc()
+            self.bad.warning(f"decode-{exc.reason}", f"dropped an undecodable flow batch: {exc}",
+                             subject=msg.subject)
+            with contextlib.suppress(Exception):
+                await msg.term()
+            return None
+
+    async def _submit(self, pending: list[tuple[Msg, FlowUpdateBatch]]) -> None:
+        while len(self._inflight) >= self.cfg.inserts_in_flight:
+            await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(self._store(pending), name="store")
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _store(self, pending: list[tuple[Msg, FlowUpdateBatch]]) -> None:
+        """Insert until ClickHouse accepts, then ack and republish. Gives up (leaving the messages unacked,
+        hence redelivered later) only when the service stops."""
+        batches = [b for _, b in pending]
+        delay = 0.2
+        while True:
+            started = time.monotonic()
+            try:
+                rows = await asyncio.to_thread(self._build_and_insert, batches)
+                break
+            except Exception as exc:
+                self.m_insert_errors.inc()
+                self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                self.bad.warning("insert", f"ClickHouse insert failed, retrying: {self.last_error}")
+                if self.stopping and time.monotonic() > self._give_up_at:
+                    return  # the messages stay unacked: JetStream redelivers them to a replica
+                for msg, _ in pending:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.cfg.retry_max_s)
+        self.m_insert_s.observe(time.monotonic() - started)
+        self.m_inserts.inc()
+        self.last_error = ""
+        for msg, _ in pending:
+            with contextlib.suppress(Exception):
+                await msg.ack()
+        now_ms = time.time() * 1000
+        for b in batches:
+            self.m_lag.observe(max(0.0, (now_ms - b.ts) / 1000))
+        if self.cfg.publish_enriched:
+            subject = self.subjects.flows_enriched
+            for b in batches:
+                with contextlib.suppress(Exception):
+                    await self.nc.publish(subject, encode(b))
+        self.stored_flows += rows
+        self.stored_batches += len(batches)
+        self.m_flows.inc(rows)
+        self.m_batches.inc(len(batches))
+
+    def _build_and_insert(self, batches: list[FlowUpdateBatch]) -> int:
+        return self.writer.insert(fs.batches_to_columns(batches))
