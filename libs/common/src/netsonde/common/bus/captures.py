@@ -10,7 +10,7 @@ from typing import ClassVar
 import msgspec
 
 
-class Capture(msgspec.Struct, omit_defaults=True):
+class Capture(msgspec.Struct):
     VERSION: ClassVar[int] = 1
     UUID: str
     GremlinQuery: str
@@ -36,7 +36,7 @@ class Capture(msgspec.Struct, omit_defaults=True):
     v: int = 1
 
 
-class CaptureStatus(msgspec.Struct, omit_defaults=True):
+class CaptureStatus(msgspec.Struct):
     """A probe reports a capture running (or failing) on one node: shown as `Captures` metadata."""
 
     VERSION: ClassVar[int] = 1

@@ -102,7 +102,7 @@ class Flow(msgspec.Struct, omit_defaults=True):
     Host: str = ""
 
 
-class FlowUpdateBatch(msgspec.Struct, omit_defaults=True):
+class FlowUpdateBatch(msgspec.Struct):
     """Message on `<prefix>.flows.raw.<host>` (JetStream) and `<prefix>.flows.enriched` (core NATS).
 
     `batch_id` is unique per batch (host + boot + sequence) and makes ClickHouse inserts idempotent: a

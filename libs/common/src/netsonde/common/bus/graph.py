@@ -32,7 +32,7 @@ class GraphEvent(msgspec.Struct, omit_defaults=True):
     obj: GraphElement
 
 
-class GraphEventBatch(msgspec.Struct, omit_defaults=True):
+class GraphEventBatch(msgspec.Struct):
     """Message on `<prefix>.graph.events`: consecutive events, oldest first."""
 
     VERSION: ClassVar[int] = 1
@@ -41,12 +41,12 @@ class GraphEventBatch(msgspec.Struct, omit_defaults=True):
     v: int = 1
 
 
-class SnapshotRequest(msgspec.Struct, omit_defaults=True):
+class SnapshotRequest(msgspec.Struct):
     VERSION: ClassVar[int] = 1
     v: int = 1
 
 
-class SnapshotChunk(msgspec.Struct, omit_defaults=True):
+class SnapshotChunk(msgspec.Struct):
     """Reply to a SnapshotRequest, in as many chunks as the NATS payload limit needs.
 
     Every chunk carries the same `epoch` and `seq` (the last event applied in the snapshot); the last chunk

@@ -29,7 +29,7 @@ class ProbeEdge(msgspec.Struct, omit_defaults=True):
     Metadata: dict[str, Any]
 
 
-class TopologyMessage(msgspec.Struct, omit_defaults=True):
+class TopologyMessage(msgspec.Struct):
     """One message on `<prefix>.topology.<host>`.
 
     kind:
@@ -70,7 +70,7 @@ class TopologyMessage(msgspec.Struct, omit_defaults=True):
     """Number of messages of this "full" (1: not split)."""
 
 
-class ResyncRequest(msgspec.Struct, omit_defaults=True):
+class ResyncRequest(msgspec.Struct):
     """Asks the probe of `host` ("" for every probe) to publish a full state now."""
 
     VERSION: ClassVar[int] = 1
