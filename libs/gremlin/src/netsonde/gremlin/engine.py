@@ -1,0 +1,58 @@
+"""GremlinEngine: parse a query, run its steps over the live graph (or a past one), return Skydive JSON."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from netsonde.common.graph import Graph
+
+from . import core as _core  # noqa: F401  (registers the core steps)
+from . import extensions as _extensions  # noqa: F401  (registers Skydive's extension steps)
+from .errors import GremlinError
+from .parser import parse
+from .steps import lookup_step
+from .traversal import Context, GraphT, GraphView, QueryLimits, Value
+
+log = logging.getLogger(__name__)
+
+
+class GremlinEngine:
+    """Runs Skydive-dialect Gremlin queries.
+
+    `graph` is the live graph (read while the query runs: call `execute` from the thread/loop that mutates
+    it, or hold that writer off). `history` (a `HistoryStore`) serves Context()/At(); `flows` (a
+    `FlowStore`) serves Flows(). Either may be None: queries needing it fail with a 400 naming it.
+    """
+
+    def __init__(self, graph: Graph, history: Any = None, flows: Any = None,
+                 limits: QueryLimits | None = None) -> None:
+        self.graph = graph
+        self.history = history
+        self.flows = flows
+        self.limits = limits or QueryLimits()
+
+    def execute(self, query: str) -> Any:
+        """The JSON-ready result of `query` in Skydive's shape; raises GremlinError."""
+        return self.execute_raw(query)[0]
+
+    def execute_raw(self, query: str) -> tuple[Any, str]:
+        """(JSON-ready result, kind); kind is nodes, edges, graph, paths, count, sum, values, metrics,
+        metric, flows, map, nexthops, groups, rawpackets or pcap (then the value is the pcap bytes)."""
+        value = self.run(query)
+        if value.KIND == "pcap":
+            return value.pcap_bytes(), "pcap"  # type: ignore[attr-defined]
+        return value.to_json(), value.KIND
+
+    def run(self, query: str, ctx: Context | None = None) -> Value:
+        """Evaluate to the last step's traversal value (not yet JSON)."""
+        q = parse(query)
+        steps = [lookup_step(call) for call in q.steps]
+        ctx = ctx or Context(self.limits, history=self.history, flows=self.flows)
+        value: Value = GraphT(GraphView(self.graph))
+        for i, step in enumerate(steps):
+            if step.NAME == "Context" and i != 0:
+                raise step.error("must come right after G (G.Context(...).V()...)")
+            value = step.apply(ctx, value)
+            ctx.check()
+        return value

@@ -1,0 +1,1 @@
+"""Skydive's extension steps (placeholder, filled below)."""
