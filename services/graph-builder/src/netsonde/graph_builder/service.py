@@ -14,6 +14,7 @@ from netsonde.common import natsconn
 from netsonde.common.bus import BusDecodeError, Subjects, decode, encode
 from netsonde.common.bus.captures import CaptureStatus
 from netsonde.common.bus.graph import GraphEventBatch, SnapshotChunk
+from netsonde.common.bus.metrics import InterfaceMetrics, InterfaceMetricsBatch
 from netsonde.common.bus.topology import ResyncRequest, TopologyMessage
 from netsonde.common.clickhouse import run_migrations
 from netsonde.common.logs import OnceLogger
@@ -48,6 +49,7 @@ class GraphBuilderService(Service):
         self.m_history_errors = m.counter("history_errors_total", "Failed history writes (retried)")
         self.m_nodes = m.gauge("nodes", "Nodes in the graph")
         self.m_edges = m.gauge("edges", "Edges in the graph")
+        self.m_metrics_unmatched = m.counter("metrics_unmatched_total", "Interface counters for no known node")
         self.m_snapshots = m.counter("snapshots_total", "Snapshot requests answered")
 
     async def on_start(self) -> None:
@@ -63,6 +65,7 @@ class GraphBuilderService(Service):
         await self.nc.subscribe(self.subjects.topology_all, cb=self._on_topology)
         await self.nc.subscribe(self.subjects.graph_snapshot, cb=self._on_snapshot)
         await self.nc.subscribe(self.subjects.capture_status, cb=self._on_capture_status)
+        await self.nc.subscribe(self.subjects.interface_metrics_all, cb=self._on_interface_metrics)
         await self._request_resync("")
         if self.writer is not None:
             self.spawn(self._history_loop(), "history-writer")
@@ -119,6 +122,47 @@ class GraphBuilderService(Service):
         value = sorted(per_node.values(), key=lambda c: c["ID"]) or None
         if self.builder.set_overlay(st.node_id, "Captures", value):
             await self._publish_changes()
+
+    async def _on_interface_metrics(self, msg: Msg) -> None:
+        """Counters from sFlow (or other sources) become node metadata, e.g. `SFlow.LastUpdateMetric`."""
+        try:
+            batch = decode(msg.data, InterfaceMetricsBatch)
+        except BusDecodeError as exc:
+            self.metrics.bad_messages.labels("metrics", exc.reason).inc()
+            self.bad.warning(f"metrics-{exc.reason}", f"dropped a bad interface metrics message: {exc}")
+            return
+        graph = self.builder.graph
+        changed = False
+        for item in batch.items:
+            node_id = self._metrics_target(batch.host, item)
+            if node_id is None:
+                self.m_metrics_unmatched.inc()
+                continue
+            value = {"Metric": item.Metric, "LastUpdateMetric": item.LastUpdateMetric}
+            if item.Key:
+                changed |= self.builder.set_overlay(node_id, item.Key, value)
+            else:
+                changed |= self.builder.set_overlay(node_id, "Metric", item.Metric)
+                changed |= self.builder.set_overlay(node_id, "LastUpdateMetric", item.LastUpdateMetric)
+        if changed:
+            await self._publish_changes()
+
+    def _metrics_target(self, host: str, item: InterfaceMetrics) -> str | None:
+        graph = self.builder.graph
+        if item.NodeTID:
+            ids = graph.lookup("TID", item.NodeTID)
+            if ids:
+                return next(iter(ids))
+        candidates = graph.lookup("Host", host)
+        if item.Name:
+            by_name = candidates & graph.lookup("Name", item.Name)
+            if by_name:
+                return sorted(by_name, key=lambda i: graph.nodes[i].Metadata.get("Type") == "ovsport")[0]
+        if item.IfIndex:
+            by_index = candidates & graph.lookup("IfIndex", item.IfIndex)
+            if len(by_index) == 1:
+                return next(iter(by_index))
+        return None
 
     async def _on_snapshot(self, msg: Msg) -> None:
         """Reply with the whole graph in chunks; all chunks carry the seq of the last event included."""
