@@ -5,7 +5,7 @@
  * anything is counted. Then each flow sample that carries an Ethernet raw-packet-header record is keyed
  * by (agent, source, input, output, sampling rate, frame length, the header's L2/L3/L4 flow fields and
  * TCP flags) and counted in `agg`, a dict key -> [samples, header, rate, frame_length, input, output,
- * agent, source_index]. Samples with the same key are the same packet for the flow logic, so Python only
+ * agent, source_index, stripped]. Samples with the same key are the same packet for the flow logic, so Python only
  * runs the flow logic once per distinct key and scales by the number of samples.
  *
  * Returns (reason or None, flow_samples, counter_samples, agent_address_bytes).
@@ -275,13 +275,14 @@ static int aggregate_sample(PyObject *agg, const uint8_t *b, Py_ssize_t agent_of
         uint32_t fmt = rd32(b + off), length = rd32(b + off + 4);
         off += 8;
         if (fmt == 1 && rd32(b + off) == 1) {
-            uint32_t frame_len = rd32(b + off + 4), hlen = rd32(b + off + 12);
+            uint32_t frame_len = rd32(b + off + 4), stripped = rd32(b + off + 8), hlen = rd32(b + off + 12);
             const uint8_t *h = b + off + 16;
             uint8_t key[32 + KEY_MAX + 256];
             Py_ssize_t kl = 0;
             memcpy(key, b + agent_off, agent_len); kl = agent_len;
-            uint32_t f[8] = {src_type, src_idx, (in_fmt << 30) | in_val, (out_fmt << 30) | out_val, rate, frame_len};
-            for (int j = 0; j < 6; j++) {
+            uint32_t f[7] = {src_type, src_idx, (in_fmt << 30) | in_val, (out_fmt << 30) | out_val, rate, frame_len,
+                             stripped};
+            for (int j = 0; j < 7; j++) {
                 key[kl++] = f[j] >> 24; key[kl++] = f[j] >> 16; key[kl++] = f[j] >> 8; key[kl++] = f[j];
             }
             Py_ssize_t hk = header_key(h, hlen, key + kl + 1);
@@ -310,8 +311,8 @@ static int aggregate_sample(PyObject *agg, const uint8_t *b, Py_ssize_t agent_of
                 Py_DECREF(k);
                 return -1;
             } else {
-                v = Py_BuildValue("[iy#IIIIy#I]", 1, (const char *)h, (Py_ssize_t)hlen, rate, frame_len,
-                                  in_val, out_val, (const char *)(b + agent_off), agent_len, src_idx);
+                v = Py_BuildValue("[iy#IIIIy#II]", 1, (const char *)h, (Py_ssize_t)hlen, rate, frame_len,
+                                  in_val, out_val, (const char *)(b + agent_off), agent_len, src_idx, stripped);
                 if (!v || PyDict_SetItem(agg, k, v) < 0) { Py_XDECREF(v); Py_DECREF(k); return -1; }
                 Py_DECREF(v);
             }

@@ -1,0 +1,289 @@
+"""The collector's core, without I/O: datagrams in, flow updates and interface counters out.
+
+`SFlowCollector.feed(datagram, sender)` validates a datagram and folds its flow samples into a batch
+(C scanner, `_fastsflow.scan`); `process(ts_ms)` runs the batch through the flow logic of probe-flow
+(`netsonde.flow.table.FlowTable`, one table per agent + input port, so NodeTID is the port's node), scaling
+packets and bytes by the sampling rate; `updates(now_ms)` returns the flows touched since the previous call,
+marked with `SamplingRate`; `counters(now_ms)` returns the interface counters of the counter samples.
+
+Bytes of a sampled frame are its wire length without the FCS (`frame_length - stripped`), which is what an
+AF_PACKET capture of the same frame counts, so the two kinds of capture agree.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from netsonde.common.bus.flows import Flow
+from netsonde.common.bus.metrics import ETHERNET_COUNTERS, SFLOW_COUNTERS, InterfaceMetrics
+from netsonde.common.logs import OnceLogger
+from netsonde.flow.table import FlowTable
+
+from .decode import (
+    CounterSample, EthernetInterfaceCounters, GenericInterfaceCounters, OpenFlowPort, PortName, SFlowDecodeError,
+    decode_datagram,
+)
+
+try:
+    from ._fastsflow import scan as _scan
+except ImportError:  # pragma: no cover - the extension is built by `pip install -e`; see docs/sflow.md
+    _scan = None
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PortInfo", "AgentStats", "SFlowCollector", "fallback_tid", "scan_available"]
+
+scan_available = _scan is not None
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    """What the collector knows about the port behind an (agent, ifIndex)."""
+
+    node_tid: str
+    capture_id: str = ""
+    name: str = ""
+    bridge: str = ""
+    of_port: int = -1
+
+
+Resolver = Callable[[str, int], "PortInfo | None"]
+
+
+def fallback_tid(agent: str, if_index: int) -> str:
+    """NodeTID when no port is known for (agent, ifIndex): stable, but matches no graph node."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"sflow/{agent}/{if_index}"))
+
+
+@dataclass
+class AgentStats:
+    """Counters of one sender (keyed by the UDP source address: a bad datagram's agent field is untrusted)."""
+
+    datagrams: int = 0
+    flow_samples: int = 0
+    counter_samples: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    """Dropped datagrams by reason (decode.REASONS)."""
+
+
+class SFlowCollector:
+    """See the module docstring. Not thread-safe; one per receiving task."""
+
+    def __init__(self, resolve: Resolver | None = None, *, layer_key_mode: str = "L2",
+                 expire_ms: int = 600_000, max_entries: int = 500_000) -> None:
+        self.resolve = resolve or (lambda agent, if_index: None)
+        self.layer_key_mode = layer_key_mode
+        self.expire_ms = expire_ms
+        self.max_entries = max_entries
+        self.stats: dict[str, AgentStats] = {}
+        self.tables: dict[tuple[str, str], FlowTable] = {}
+        """(NodeTID, capture ID) -> table."""
+        self._rates: dict[int, int] = {}
+        """id(table) -> last sampling rate seen."""
+        self._agg: dict[bytes, list] = {}  # type: ignore[type-arg]
+        self._agents: dict[bytes, str] = {}
+        self._counter_state: dict[tuple[str, int], tuple[dict[str, int], int]] = {}
+        self._counters: list[InterfaceMetrics] = []
+        self._once = OnceLogger(log)
+        self.unresolved = 0
+        """Flow-sample aggregates whose (agent, ifIndex) resolved to no port."""
+
+    # --- in -------------------------------------------------------------------------------------------
+    def feed(self, data: bytes, sender: str = "", ts_ms: int = 0) -> bool:
+        """Take one datagram. Returns False (and counts it for `sender`) when it is malformed."""
+        st = self.stats.get(sender)
+        if st is None:
+            st = self.stats[sender] = AgentStats()
+        st.datagrams += 1
+        if _scan is not None:
+            reason, nflow, ncounter, _agent = _scan(data, self._agg)
+        else:
+            reason, nflow, ncounter = self._scan_python(data)
+        if reason is not None:
+            st.errors[reason] = st.errors.get(reason, 0) + 1
+            self._once.warning(f"sflow-{reason}", f"dropped a malformed sFlow datagram from {sender}: {reason}",
+                               sender=sender, reason=reason)
+            return False
+        st.flow_samples += nflow
+        if ncounter:
+            st.counter_samples += ncounter
+            self._take_counters(data, ts_ms)
+        return True
+
+    def _scan_python(self, data: bytes) -> tuple[str | None, int, int]:
+        """Fallback without the C extension: decode fully and feed the same aggregate shape."""
+        try:
+            dg = decode_datagram(data)
+        except SFlowDecodeError as e:
+            return e.reason, 0, 0
+        from .decode import FlowSample, RawPacketHeader
+        agent_b = ipaddress.ip_address(dg.agent).packed if dg.agent else b""
+        nflow = ncounter = 0
+        for s in dg.samples:
+            if isinstance(s, FlowSample):
+                nflow += 1
+                for r in s.records:
+                    if isinstance(r, RawPacketHeader) and r.protocol == 1:
+                        key = b"py" + agent_b + repr((s.source_id_type, s.source_id_index, s.input_format, s.input,
+                                                      s.output_format, s.output, s.sampling_rate,
+                                                      r.frame_length, r.stripped)).encode() + r.header
+                        v = self._agg.get(key)
+                        if v is None:
+                            self._agg[key] = [1, r.header, s.sampling_rate, r.frame_length, s.input, s.output,
+                                              agent_b, s.source_id_index, r.stripped]
+                        else:
+                            v[0] += 1
+                        break
+            elif isinstance(s, CounterSample):
+                ncounter += 1
+        return None, nflow, ncounter
+
+    def _agent(self, raw: bytes) -> str:
+        a = self._agents.get(raw)
+        if a is None:
+            a = self._agents[raw] = str(ipaddress.ip_address(raw)) if len(raw) in (4, 16) else ""
+        return a
+
+    # --- flows ----------------------------------------------------------------------------------------
+    def process(self, ts_ms: int) -> int:
+        """Run the pending batch through the flow tables; returns the number of aggregates processed."""
+        agg = self._agg
+        if not agg:
+            return 0
+        self._agg = {}
+        ts_ns = ts_ms * 1_000_000
+        per_table: dict[int, tuple[FlowTable, list[tuple[bytes, bytes, int, int, int, int]]]] = {}
+        resolved: dict[tuple[bytes, int], FlowTable] = {}
+        for key, (n, header, rate, frame_len, in_if, _out, agent_b, _src, stripped) in agg.items():
+            table = resolved.get((agent_b, in_if))
+            if table is None:
+                table = resolved[(agent_b, in_if)] = self._table(self._agent(agent_b), in_if)
+            rate = rate or 1
+            wire_len = max(frame_len - stripped, len(header))  # without the FCS, as AF_PACKET counts
+            packets = n * rate
+            item = per_table.get(id(table))
+            if item is None:
+                item = per_table[id(table)] = (table, [])
+            item[1].append((key, header, packets, packets * wire_len, ts_ns, ts_ns))
+            self._rates[id(table)] = rate
+        for table, items in per_table.values():
+            _process(table, items)
+        return len(agg)
+
+    def _table(self, agent: str, if_index: int) -> FlowTable:
+        info = self.resolve(agent, if_index)
+        if info is None:
+            self.unresolved += 1
+            tid, capture = fallback_tid(agent, if_index), ""
+        else:
+            tid, capture = info.node_tid, info.capture_id
+        table = self.tables.get((tid, capture))
+        if table is None:
+            table = self.tables[(tid, capture)] = FlowTable(
+                tid, capture, self.layer_key_mode, expire_ms=self.expire_ms, max_entries=self.max_entries)
+        return table
+
+    def updates(self, now_ms: int) -> list[Flow]:
+        """Flows touched since the previous call (and expired ones), scaled and marked as sampled."""
+        out: list[Flow] = []
+        for table in list(self.tables.values()):
+            flows = table.updates(now_ms)
+            rate = self._rates.get(id(table), 1)
+            for f in flows:
+                f.SamplingRate = f.SamplingRate or rate
+            out.extend(flows)
+        return out
+
+    def snapshot(self) -> list[Flow]:
+        out: list[Flow] = []
+        for table in self.tables.values():
+            rate = self._rates.get(id(table), 1)
+            for f in table.snapshot():
+                f.SamplingRate = f.SamplingRate or rate
+                out.append(f)
+        return out
+
+    def drop_capture(self, capture_id: str) -> list[Flow]:
+        """Flush and forget the tables of a capture (capture deleted)."""
+        out: list[Flow] = []
+        for key in [k for k in self.tables if k[1] == capture_id]:
+            table = self.tables.pop(key)
+            rate = self._rates.pop(id(table), 1)
+            for f in table.flush():
+                f.SamplingRate = f.SamplingRate or rate
+                out.append(f)
+        return out
+
+    # --- counters -------------------------------------------------------------------------------------
+    def _take_counters(self, data: bytes, ts_ms: int) -> None:
+        try:
+            dg = decode_datagram(data)
+        except SFlowDecodeError:  # the scanner accepted it: the two decoders must agree
+            self._once.warning("sflow-disagree", "reference decoder rejected a datagram the scanner accepted")
+            return
+        for s in dg.samples:
+            if not isinstance(s, CounterSample):
+                continue
+            generic = ether = None
+            of_port, name = -1, ""
+            for r in s.records:
+                if isinstance(r, GenericInterfaceCounters):
+                    generic = r
+                elif isinstance(r, EthernetInterfaceCounters):
+                    ether = r
+                elif isinstance(r, OpenFlowPort):
+                    of_port = r.port_no
+                elif isinstance(r, PortName):
+                    name = r.name
+            if generic is None:
+                continue
+            values = dict(zip(SFLOW_COUNTERS, (
+                generic.in_octets, generic.in_ucast_pkts, generic.in_multicast_pkts, generic.in_broadcast_pkts,
+                generic.in_discards, generic.in_errors, generic.in_unknown_protos, generic.out_octets,
+                generic.out_ucast_pkts, generic.out_multicast_pkts, generic.out_broadcast_pkts,
+                generic.out_discards, generic.out_errors)))
+            if ether is not None:
+                values.update(zip(ETHERNET_COUNTERS, (
+                    ether.alignment_errors, ether.fcs_errors, ether.single_collision_frames,
+                    ether.multiple_collision_frames, ether.sqe_test_errors, ether.deferred_transmissions,
+                    ether.late_collisions, ether.excessive_collisions, ether.internal_mac_transmit_errors,
+                    ether.carrier_sense_errors, ether.frame_too_longs, ether.internal_mac_receive_errors,
+                    ether.symbol_errors)))
+            # 0xFFFFFFFF is "unknown" for 32-bit counters in sFlow: report it as absent
+            values = {k: v for k, v in values.items() if v != 0xFFFFFFFF and v != 0xFFFFFFFFFFFFFFFF}
+            ifx = generic.if_index
+            info = self.resolve(dg.agent, ifx)
+            prev = self._counter_state.get((dg.agent, ifx))
+            delta: dict[str, int] = {}
+            if prev is not None:
+                pvals, pts = prev
+                for k, v in values.items():
+                    if k in pvals:
+                        d = v - pvals[k]
+                        delta[k] = d if d >= 0 else v  # counter wrap or reset: count from zero
+                delta["Start"] = pts
+                delta["Last"] = ts_ms
+            self._counter_state[(dg.agent, ifx)] = (values, ts_ms)
+            self._counters.append(InterfaceMetrics(
+                Key="SFlow", Metric=values, LastUpdateMetric=delta, Last=ts_ms,
+                NodeTID=info.node_tid if info else "", IfIndex=ifx, Name=name or (info.name if info else ""),
+                OfPort=of_port if of_port >= 0 else (info.of_port if info else -1), Agent=dg.agent,
+                IfSpeed=generic.if_speed, IfStatus=generic.if_status))
+
+    def counters(self) -> list[InterfaceMetrics]:
+        """Interface counters taken since the previous call."""
+        out, self._counters = self._counters, []
+        return out
+
+
+def _process(table: FlowTable, items: list[tuple[bytes, bytes, int, int, int, int]]) -> None:
+    pa = getattr(table, "process_aggregates", None)
+    if pa is not None:
+        pa(items)
+        return
+    for _key, header, packets, nbytes, t0, _t1 in items:  # pragma: no cover - older FlowTable
+        table.process_frame(header, t0 // 1_000_000, nbytes // packets, packets)
