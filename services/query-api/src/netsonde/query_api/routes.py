@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -47,6 +48,11 @@ class Routes:
         r.add_delete("/api/capture/{id}", self.capture_delete)
         r.add_get("/ws/subscriber", self.ws_graph)
         r.add_get("/ws/subscriber/flow", self.ws_flow)
+        r.add_get("/", self.ui)
+
+    async def ui(self, request: web.Request) -> web.FileResponse:
+        """A small web UI: Gremlin box, element table and details, a time field, live events."""
+        return web.FileResponse(Path(__file__).parent / "static" / "index.html")
 
     @property
     def graph(self) -> Any:
