@@ -1,0 +1,61 @@
+"""Deterministic identities: node and edge IDs (stable across probe restarts) and Skydive's TID.
+
+IDs are UUIDv5 in the OID namespace over "/"-joined parts, like Skydive's deterministic `GenID(args...)`:
+  host          "<host>/host"
+  netns         "<host>/netns/<path>/<inode>" (named) or "<host>/netns/inode/<inode>" (held by processes)
+  interface     "<host>/interface/<netns inode>/<ifindex>"
+  OVS row       "<host>/ovs/<row UUID>" (bridges, ports, interfaces without a Linux device)
+  edge          "<parent ID>/<child ID>/<RelationType>"
+TIDs follow Skydive `topology/tid.go`: uuid5(OID, concatenation) with no separator.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+_OID = uuid.NAMESPACE_OID
+
+
+def _v5(*parts: object) -> str:
+    return str(uuid.uuid5(_OID, "/".join(str(p) for p in parts)))
+
+
+def host_node_id(host: str) -> str:
+    return _v5(host, "host")
+
+
+def netns_node_id(host: str, path: str, inode: int, named: bool) -> str:
+    return _v5(host, "netns", path, inode) if named else _v5(host, "netns", "inode", inode)
+
+
+def interface_node_id(host: str, ns_inode: int, ifindex: int) -> str:
+    return _v5(host, "interface", ns_inode, ifindex)
+
+
+def ovs_node_id(host: str, row_uuid: str) -> str:
+    return _v5(host, "ovs", row_uuid)
+
+
+def edge_id(parent: str, child: str, relation: str) -> str:
+    return _v5(parent, child, relation)
+
+
+def tid(*parts: str) -> str:
+    """Skydive TID: uuid5(OID, the parts concatenated without separator)."""
+    return str(uuid.uuid5(_OID, "".join(parts)))
+
+
+def host_tid(host: str) -> str:
+    return tid(host)
+
+
+def netns_tid(host_tid_: str, path: str) -> str:
+    return tid(host_tid_, path, "netns")
+
+
+def ovs_tid(host_tid_: str, row_uuid: str, type_: str) -> str:
+    return tid(host_tid_, row_uuid, type_)
+
+
+def child_tid(parent_tid: str, name: str, type_: str) -> str:
+    return tid(parent_tid, name, type_)

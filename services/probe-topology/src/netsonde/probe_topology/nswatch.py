@@ -1,0 +1,279 @@
+"""One netlink watcher per namespace: a dump on start (and on resync / overrun), then events.
+
+The socket is bound to the link and address multicast groups and the dumps are requested on the same
+socket, so dump replies and events are read in the kernel's order: events that arrive during a dump are
+applied both to the current state and to the state being dumped, and the dump replaces the current state
+when its NLMSG_DONE arrives. A receive-buffer overrun (ENOBUFS) means events were lost: the watcher
+dumps again and reports `overrun` so the service publishes a full state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import time
+from typing import Any, Callable
+
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+from . import ethtool
+from .netlink import RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, link_metric, parse_addr, parse_link
+from .netns import NetNs, ioctl_socket, netlink_socket
+
+log = logging.getLogger(__name__)
+
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
+RTM_GETLINK, RTM_GETADDR = 18, 22
+NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+
+
+class NsWatcher:
+    """Links, addresses, driver info and counters of one namespace, kept current from netlink."""
+
+    def __init__(self, ns: NetNs, on_change: Callable[["NsWatcher", bool], None], rcvbuf: int = 32 << 20) -> None:
+        self.ns = ns
+        self.on_change = on_change
+        """Called after each batch of messages: (watcher, overrun)."""
+        self.rcvbuf = rcvbuf
+        self.links: dict[int, dict[str, Any]] = {}
+        self.addrs: dict[int, set[tuple[str, str]]] = {}
+        self.metrics: dict[int, dict[str, int]] = {}
+        self.first_seen: dict[int, int] = {}
+        self.metric_ts: dict[int, int] = {}
+        self.drv: dict[int, tuple[str, dict[str, Any]]] = {}
+        self.synced = False
+        """True once the first full dump completed."""
+        self.overruns = 0
+        self.messages = 0
+        self._sock: socket.socket | None = None
+        self._ioctl: socket.socket | None = None
+        self._marshal = MarshalRtnl()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._seq = int(time.time()) & 0xFFFF
+        self._dump_kind = ""  # "", "link", "addr"
+        self._dump_seq = 0
+        self._dump_intr = False
+        self._dump_links: dict[int, dict[str, Any]] = {}
+        self._dump_stats: dict[int, dict[str, int]] = {}
+        self._dump_addrs: dict[int, set[tuple[str, str]]] = {}
+        self._want_dump = False
+        self._dump_done: asyncio.Event = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        path = None if self.ns.kind == "root" else self.ns.path
+        self._sock = netlink_socket(path, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR, self.rcvbuf)
+        self._ioctl = ioctl_socket(path)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._sock.fileno(), self._readable)
+        self.resync()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        if self._ioctl is not None:
+            self._ioctl.close()
+            self._ioctl = None
+
+    def resync(self) -> None:
+        """Dump links then addresses again (also refreshes the counters); idempotent while a dump runs."""
+        if self._dump_kind:
+            self._want_dump = True
+            return
+        self._dump_done.clear()
+        self._start_dump("link")
+
+    async def wait_synced(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._dump_done.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    # --- dumps ---------------------------------------------------------------------------------------
+    def _start_dump(self, kind: str) -> None:
+        assert self._sock is not None
+        self._seq = (self._seq + 1) & 0x7FFFFFFF
+        msg = ifinfmsg() if kind == "link" else ifaddrmsg()
+        msg["family"] = 0
+        msg["header"]["type"] = RTM_GETLINK if kind == "link" else RTM_GETADDR
+        msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
+        msg["header"]["sequence_number"] = self._seq
+        msg["header"]["pid"] = 0
+        msg.encode()
+        self._dump_kind, self._dump_seq, self._dump_intr = kind, self._seq, False
+        if kind == "link":
+            self._dump_links, self._dump_stats = {}, {}
+        else:
+            self._dump_addrs = {}
+        try:
+            self._sock.send(msg.data)
+        except OSError as exc:
+            log.warning("netlink dump request failed in %s: %s", self.ns.name or "root", exc)
+            self._dump_kind = ""
+            self._want_dump = True
+
+    def _dump_finished(self) -> None:
+        kind = self._dump_kind
+        self._dump_kind = ""
+        if self._dump_intr:
+            self._start_dump(kind)
+            return
+        if kind == "link":
+            now = _now_ms()
+            self.links = self._dump_links
+            for index, stats in self._dump_stats.items():
+                self.first_seen.setdefault(index, now)
+                if self.metrics.get(index) != stats:  # `Last` moves only when a counter moved
+                    self.metrics[index] = stats
+                    self.metric_ts[index] = now
+            for d in (self.metrics, self.metric_ts, self.first_seen, self.drv, self.addrs):
+                for index in [i for i in d if i not in self.links]:
+                    del d[index]
+            self._start_dump("addr")
+            return
+        self.addrs = {i: a for i, a in self._dump_addrs.items() if i in self.links}
+        if self._want_dump:
+            self._want_dump = False
+            self._start_dump("link")
+            return
+        self.synced = True
+        self._dump_done.set()
+
+    # --- reading -------------------------------------------------------------------------------------
+    def _readable(self) -> None:
+        overrun = False
+        changed = False
+        sock = self._sock
+        for _ in range(256):  # bounded per wake-up so one busy namespace cannot starve the loop
+            if sock is None:
+                return
+            try:
+                data = sock.recv(1 << 20)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    overrun = True
+                    self.overruns += 1
+                    continue
+                log.warning("netlink read failed in %s: %s", self.ns.name or "root", exc)
+                break
+            if not data:
+                break
+            for msg in self._marshal.parse(data):
+                changed |= self._handle(msg)
+        if overrun:
+            log.warning("netlink overrun in %s: dumping again", self.ns.name or "root")
+            self._dump_kind = ""  # replies of a dump in flight may be lost too: restart it
+            self._want_dump = False
+            self._start_dump("link")
+            changed = True
+        if self._want_dump and not self._dump_kind:
+            self._want_dump = False
+            self._start_dump("link")
+        if changed or overrun:
+            self.on_change(self, overrun)
+
+    def _handle(self, msg: Any) -> bool:
+        self.messages += 1
+        header = msg["header"]
+        mtype = header["type"]
+        seq = header.get("sequence_number", 0)
+        in_dump = bool(self._dump_kind) and seq == self._dump_seq and seq != 0
+        if in_dump and header.get("flags", 0) & NLM_F_DUMP_INTR:
+            self._dump_intr = True
+        if mtype == NLMSG_DONE:
+            if in_dump:
+                self._dump_finished()
+                return True
+            return False
+        if mtype == NLMSG_ERROR:
+            if in_dump:
+                log.warning("netlink dump error in %s: %s", self.ns.name or "root", msg.get("error"))
+                self._dump_kind = ""
+                self._want_dump = True
+            return False
+        if mtype in (RTM_NEWLINK, RTM_DELLINK):
+            return self._link(msg, mtype == RTM_NEWLINK, in_dump)
+        if mtype in (RTM_NEWADDR, RTM_DELADDR):
+            return self._addr(msg, mtype == RTM_NEWADDR, in_dump)
+        return False
+
+    def _link(self, msg: Any, new: bool, in_dump: bool) -> bool:
+        md = parse_link(msg)
+        index = md["IfIndex"]
+        if in_dump:
+            self._dump_links[index] = md
+            stats = link_metric(msg)
+            if stats is not None:
+                self._dump_stats[index] = stats
+            self._driver(index, md["Name"])
+            return False
+        dumping_links = self._dump_kind == "link"
+        if not new:
+            # RTM_DELLINK also announces a bridge port leaving its bridge (family AF_BRIDGE): not a deletion
+            if int(msg["family"]) == 7:
+                return False
+            self.links.pop(index, None)
+            for d in (self.addrs, self.metrics, self.metric_ts, self.first_seen, self.drv):
+                d.pop(index, None)
+            if dumping_links:
+                self._dump_links.pop(index, None)
+                self._dump_stats.pop(index, None)
+            if self._dump_kind == "addr":
+                self._dump_addrs.pop(index, None)
+            return True
+        if int(msg["family"]) == 7:  # AF_BRIDGE port notifications carry partial data
+            return False
+        self.links[index] = md
+        if dumping_links:
+            self._dump_links[index] = md
+        if index not in self.metrics:
+            stats = link_metric(msg)
+            now = _now_ms()
+            self.first_seen.setdefault(index, now)
+            if stats is not None:
+                self.metrics[index] = stats
+                self.metric_ts[index] = now
+        self._driver(index, md["Name"])
+        return True
+
+    def _driver(self, index: int, name: str) -> None:
+        cached = self.drv.get(index)
+        if cached is not None and cached[0] == name:
+            return
+        info = ethtool.driver_info(self._ioctl, name) if self._ioctl is not None else {}
+        self.drv[index] = (name, info)
+
+    def _addr(self, msg: Any, new: bool, in_dump: bool) -> bool:
+        parsed = parse_addr(msg)
+        if parsed is None:
+            return False
+        index, family, cidr = parsed
+        if in_dump:
+            self._dump_addrs.setdefault(index, set()).add((family, cidr))
+            return False
+        targets = [self.addrs]
+        if self._dump_kind == "addr":
+            targets.append(self._dump_addrs)
+        for t in targets:
+            if new:
+                t.setdefault(index, set()).add((family, cidr))
+            else:
+                s = t.get(index)
+                if s is not None:
+                    s.discard((family, cidr))
+        return True
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,326 @@
+"""ProbeTopologyService: watchers (netlink per namespace, netns discovery, OVSDB) -> host state -> NATS.
+
+Change detection is event-driven (netlink multicast groups, inotify on the netns dirs, OVSDB update
+notifications). After a change the service waits `flush_interval_s` (so a burst becomes one delta),
+rebuilds the host state, and publishes its difference with the last published state. Polling is used only
+for link counters (`metrics_interval_s`) and for namespaces held only by processes (`netns_scan_interval_s`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from netsonde.common.bus.codec import BusDecodeError, decode, encode
+from netsonde.common.bus.subjects import Subjects
+from netsonde.common.bus.topology import ResyncRequest, TopologyMessage, state_digest
+from netsonde.common.logs import OnceLogger
+from netsonde.common.natsconn import connect
+from netsonde.common.service import Service
+
+from . import netns as netns_mod
+from .builder import HostState, build
+from .config import ProbeTopologyConfig
+from .netns import Inotify, NetNs
+from .nswatch import NsWatcher
+from .ovsdb import OvsdbWatcher, OvsState
+from .publish import Delta, diff, split
+
+log = logging.getLogger(__name__)
+
+
+class ProbeTopologyService(Service):
+    name = "probe-topology"
+
+    def __init__(self, config: ProbeTopologyConfig) -> None:
+        super().__init__(config)
+        self.config: ProbeTopologyConfig = config
+        self.subjects = Subjects(config.subject_prefix)
+        self.host = config.host_id
+        self.hostname = socket.gethostname()
+        self.boot = uuid.uuid4().hex
+        self.seq = 0
+        self.nc: NATS | None = None
+        self.watchers: dict[int, NsWatcher] = {}
+        """Namespace inode -> its watcher (the root namespace included)."""
+        self.ovs_state: OvsState | None = None
+        self.ovs: OvsdbWatcher | None = None
+        self.published = HostState()
+        """What receivers hold: the state as of the last published message."""
+        self._dirty = asyncio.Event()
+        self._need_full = False
+        self._full_reason = ""
+        self._inotify: Inotify | None = None
+        self._named: dict[int, NetNs] = {}
+        self._processes: dict[int, NetNs] = {}
+        self._rescan_handle: asyncio.TimerHandle | None = None
+        self._pending_retries = 0
+        self._once = OnceLogger(log)
+        self._flush_lock = asyncio.Lock()
+        m = self.metrics
+        self.m_messages = m.counter("messages_total", "Topology messages published", ["kind"])
+        self.m_items = m.counter("items_total", "Node/edge upserts and deletions published", ["what"])
+        self.m_overruns = m.counter("netlink_overruns_total", "Netlink receive buffer overruns (ENOBUFS)")
+        self.m_build = m.histogram("build_seconds", "Time to rebuild the host state after changes")
+        self.m_nodes = m.gauge("nodes", "Nodes in the host state")
+        self.m_edges = m.gauge("edges", "Edges in the host state")
+        self.m_namespaces = m.gauge("namespaces", "Network namespaces watched (root included)")
+        self.m_resyncs = m.counter("resync_requests_total", "Resync requests answered")
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+    async def on_start(self) -> None:
+        self.nc = await connect(self.config.nats_url, f"probe-topology.{self.host}")
+        root = netns_mod.root_netns()
+        self._add_ns(root)
+        self._setup_inotify()
+        self._rescan_named()
+        if self.config.process_netns:
+            self._scan_processes()
+        if self.config.ovsdb:
+            self.ovs = OvsdbWatcher(self.config.ovsdb, self._on_ovs)
+            self.ovs.start()
+        deadline = time.monotonic() + self.config.start_timeout_s
+        for w in list(self.watchers.values()):
+            await w.wait_synced(max(0.1, deadline - time.monotonic()))
+        if self.ovs is not None and os.path.exists(self.config.ovsdb.removeprefix("unix:")):
+            while self.ovs_state is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        await self.nc.subscribe(self.subjects.topology_resync, cb=self._on_resync)
+        await self.publish_full("start")
+        self.spawn(self._flush_loop(), "flush")
+        self.spawn(self._digest_loop(), "digest")
+        self.spawn(self._metrics_loop(), "metrics-refresh")
+        if self.config.process_netns:
+            self.spawn(self._proc_scan_loop(), "netns-proc-scan")
+
+    async def on_stop(self) -> None:
+        if self.ovs is not None:
+            await asyncio.to_thread(self.ovs.stop)
+        if self._inotify is not None:
+            asyncio.get_running_loop().remove_reader(self._inotify.fileno())
+            self._inotify.close()
+            self._inotify = None
+        for w in self.watchers.values():
+            w.close()
+        self.watchers.clear()
+        if self.nc is not None:
+            try:
+                await asyncio.wait_for(self.nc.drain(), 5)
+            except Exception:  # noqa: BLE001
+                await self.nc.close()
+
+    def health(self) -> dict[str, Any]:
+        return {"namespaces": len(self.watchers), "nodes": len(self.published.nodes),
+                "edges": len(self.published.edges), "seq": self.seq,
+                "ovsdb_connected": bool(self.ovs and self.ovs.connected)}
+
+    # --- namespaces ----------------------------------------------------------------------------------
+    def _add_ns(self, ns: NetNs) -> None:
+        if ns.inode in self.watchers:
+            return
+        w = NsWatcher(ns, self._on_ns_change, self.config.netlink_rcvbuf)
+        try:
+            w.start()
+        except OSError as exc:
+            self._once.warning(f"netns-open-{ns.kind}", f"cannot watch namespace {ns.path}: {exc}")
+            w.close()
+            return
+        self.watchers[ns.inode] = w
+        self.m_namespaces.set(len(self.watchers))
+        self._mark_dirty()
+
+    def _remove_ns(self, inode: int) -> None:
+        w = self.watchers.pop(inode, None)
+        if w is not None:
+            w.close()
+            self.m_namespaces.set(len(self.watchers))
+            self._mark_dirty()
+
+    def _reconcile_ns(self) -> None:
+        """Watch exactly the root, the named and (when enabled) the process-held namespaces."""
+        wanted: dict[int, NetNs] = dict(self._processes)
+        wanted.update(self._named)
+        for inode, w in list(self.watchers.items()):
+            if w.ns.kind == "root":
+                continue
+            target = wanted.get(inode)
+            if target is None or target.kind != w.ns.kind or target.path != w.ns.path:
+                self._remove_ns(inode)
+        for inode, ns in wanted.items():
+            if inode not in self.watchers:
+                self._add_ns(ns)
+
+    def _setup_inotify(self) -> None:
+        try:
+            self._inotify = Inotify()
+        except OSError as exc:
+            log.warning("inotify unavailable (%s): named namespaces are only found by the periodic scan", exc)
+            return
+        for d in self.config.netns_dirs:
+            parent = os.path.dirname(d.rstrip("/"))
+            self._inotify.watch(parent)
+            self._inotify.watch(d)
+        asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_inotify)
+
+    def _on_inotify(self) -> None:
+        assert self._inotify is not None
+        events = self._inotify.read()
+        relevant = False
+        for directory, name, _mask in events:
+            full = os.path.join(directory, name)
+            if full in self.config.netns_dirs:
+                self._inotify.watch(full)  # the netns dir itself appeared
+            if directory in self.config.netns_dirs or full in self.config.netns_dirs:
+                relevant = True
+        if relevant:
+            self._pending_retries = 0
+            self._rescan_named()
+
+    def _rescan_named(self) -> None:
+        if self._inotify is not None:
+            for d in self.config.netns_dirs:
+                self._inotify.watch(d)
+        named, pending = netns_mod.scan_named(self.config.netns_dirs)
+        self._named = named
+        for inode in named:
+            self._processes.pop(inode, None)
+        self._reconcile_ns()
+        if pending and self._pending_retries < 50:
+            # `ip netns add` creates the file, then mounts the namespace on it: look again shortly
+            self._pending_retries += 1
+            if self._rescan_handle is None or self._rescan_handle.cancelled():
+                self._rescan_handle = asyncio.get_running_loop().call_later(0.05, self._retry_rescan)
+
+    def _retry_rescan(self) -> None:
+        self._rescan_handle = None
+        self._rescan_named()
+
+    def _scan_processes(self) -> None:
+        exclude = set(self._named) | {w.ns.inode for w in self.watchers.values() if w.ns.kind == "root"}
+        self._processes = netns_mod.scan_processes(exclude)
+        self._reconcile_ns()
+
+    async def _proc_scan_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.netns_scan_interval_s)
+            self._rescan_named()
+            self._scan_processes()
+
+    # --- changes -------------------------------------------------------------------------------------
+    def _on_ns_change(self, watcher: NsWatcher, overrun: bool) -> None:
+        if overrun:
+            self.m_overruns.inc()
+            self._need_full = True
+            self._full_reason = "netlink overrun"
+        self._mark_dirty()
+
+    def _on_ovs(self, state: OvsState) -> None:
+        self.ovs_state = state
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        self._dirty.set()
+
+    def current_state(self) -> HostState:
+        t0 = time.perf_counter()
+        state = build(self.host, self.hostname, self.watchers.values(), self.ovs_state)
+        self.m_build.observe(time.perf_counter() - t0)
+        return state
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(self.config.flush_interval_s)
+            if any(w._dump_kind for w in self.watchers.values()) and self._need_full:
+                continue  # a resync dump is in flight: publish the full once it completed
+            self._dirty.clear()
+            if self._need_full:
+                await self.publish_full(self._full_reason or "resync")
+            else:
+                await self.publish_changes()
+
+    async def publish_changes(self) -> None:
+        async with self._flush_lock:
+            state = self.current_state()
+            delta = diff(self.published, state)
+            if len(delta):
+                for part in split(delta, self.config.delta_max_items, self.config.message_max_bytes):
+                    await self._send("delta", part)
+            self.published = state
+            self._gauges()
+
+    async def publish_full(self, reason: str) -> None:
+        async with self._flush_lock:
+            self._need_full = False
+            state = self.current_state()
+            whole = Delta(list(state.nodes.values()), list(state.edges.values()))
+            parts = split(whole, 1 << 30, self.config.message_max_bytes) or [Delta()]
+            digest = state_digest(state.nodes.values(), state.edges.values())
+            for i, part in enumerate(parts):
+                await self._send("full", part, part_index=i, parts=len(parts),
+                                 digest=digest if i == len(parts) - 1 else "")
+            self.published = state
+            self._gauges()
+            log.info("published full state (%s): %d nodes, %d edges in %d message(s)",
+                     reason, len(state.nodes), len(state.edges), len(parts))
+
+    async def publish_digest(self) -> None:
+        async with self._flush_lock:
+            digest = state_digest(self.published.nodes.values(), self.published.edges.values())
+            await self._send("digest", Delta(), digest=digest)
+
+    async def _send(self, kind: str, d: Delta, part_index: int = 0, parts: int = 1, digest: str = "") -> None:
+        assert self.nc is not None
+        self.seq += 1
+        msg = TopologyMessage(host=self.host, kind=kind, boot=self.boot, seq=self.seq, ts=int(time.time() * 1000),
+                              nodes=d.nodes, edges=d.edges, deleted_nodes=d.deleted_nodes,
+                              deleted_edges=d.deleted_edges, digest=digest, part=part_index, parts=parts)
+        await self.nc.publish(self.subjects.topology(self.host), encode(msg))
+        self.m_messages.labels(kind).inc()
+        if kind != "digest":
+            self.m_items.labels("node_upserts").inc(len(d.nodes))
+            self.m_items.labels("edge_upserts").inc(len(d.edges))
+            self.m_items.labels("node_deletions").inc(len(d.deleted_nodes))
+            self.m_items.labels("edge_deletions").inc(len(d.deleted_edges))
+
+    def _gauges(self) -> None:
+        self.m_nodes.set(len(self.published.nodes))
+        self.m_edges.set(len(self.published.edges))
+
+    async def _on_resync(self, msg: Any) -> None:
+        try:
+            req = decode(msg.data, ResyncRequest)
+        except BusDecodeError as exc:
+            self.metrics.bad_messages.labels("resync", exc.reason).inc()
+            self._once.warning(f"resync-{exc.reason}", f"undecodable resync request: {exc}")
+            return
+        if req.host not in ("", self.host):
+            return
+        self.m_resyncs.inc()
+        await self.publish_full(f"requested: {req.reason or 'no reason'}")
+
+    async def _digest_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.digest_interval_s)
+            await self.publish_digest()
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.metrics_interval_s)
+            for w in list(self.watchers.values()):
+                w.resync()
+
+    async def resync(self) -> None:
+        """Dump every namespace again, then publish a full state (also what an overrun triggers)."""
+        for w in list(self.watchers.values()):
+            w.resync()
+        for w in list(self.watchers.values()):
+            await w.wait_synced(self.config.start_timeout_s)
+        await self.publish_full("resync")
