@@ -381,7 +381,7 @@ def row_to_flow(row: dict[str, Any]) -> dict[str, Any]:
     flow: dict[str, Any] = {}
     for key in ("UUID", "LayersPath", "Application", "TrackingID", "L3TrackingID", "ParentUUID", "NodeTID",
                 "CaptureID"):
-        if key in row and (row[key] or key in ("UUID", "LayersPath", "TrackingID", "NodeTID")):
+        if key in row and (row[key] or key not in ("ParentUUID", "CaptureID")):
             flow[key] = row[key]
     for name in ("Link", "Network", "Transport"):
         layer = _layer(row, name)

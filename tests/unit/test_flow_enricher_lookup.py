@@ -1,0 +1,86 @@
+"""EndpointLookup: MAC/IP/TID -> graph node, kept current by on_node/on_delete, and flow enrichment."""
+
+from __future__ import annotations
+
+from netsonde.common.bus.flows import Flow, FlowLayer, FlowMetric
+from netsonde.common.bus.graph import GraphElement, GraphEvent
+from netsonde.common.graph import Graph
+from netsonde.flow_enricher.lookup import EndpointLookup
+
+
+def node(nid: str, host: str, **md: object) -> GraphElement:
+    return GraphElement(ID=nid, Metadata=dict(md), Host=host, Origin=f"probe.{host}", CreatedAt=1, UpdatedAt=1,
+                        Revision=1)
+
+
+def flow(tid: str, mac_a: str | None, mac_b: str | None, ip_a: str, ip_b: str) -> Flow:
+    link = FlowLayer("ETHERNET", mac_a, mac_b) if mac_a is not None else None
+    return Flow(UUID="u", LayersPath="Ethernet/IPv4/ICMPv4", Application="ICMPv4", TrackingID="t",
+                L3TrackingID="l", NodeTID=tid, Start=1, Last=2, Metric=FlowMetric(ABPackets=1), Link=link,
+                Network=FlowLayer("IPV4", ip_a, ip_b))
+
+
+def graph() -> Graph:
+    g = Graph()
+    g.upsert_node(node("host-1", "h1", Name="h1", Type="host", TID="tid-host"))
+    g.upsert_node(node("veth-a", "h1", Name="a", Type="veth", TID="tid-a", MAC="02:00:00:00:00:0A",
+                       IPV4=["10.0.0.1/24"], IPV6=["fd00::1/64"]))
+    g.upsert_node(node("veth-b", "h1", Name="b", Type="veth", TID="tid-b", MAC="02:00:00:00:00:0b",
+                       IPV4=["10.0.0.2/24"]))
+    g.upsert_node(node("lo-1", "h1", Name="lo", Type="device", TID="tid-lo1", IPV4=["127.0.0.1/8"]))
+    g.upsert_node(node("lo-2", "h2", Name="lo", Type="device", TID="tid-lo2", IPV4=["127.0.0.1/8"]))
+    return g
+
+
+def test_enrich_resolves_capture_node_and_endpoints_by_mac() -> None:
+    lk = EndpointLookup()
+    lk.load(graph())
+    assert len(lk) == 5
+    f = flow("tid-a", "02:00:00:00:00:0a", "02:00:00:00:00:0b", "10.9.9.9", "10.9.9.8")
+    assert lk.enrich([f], "fallback") == 1
+    assert (f.NodeID, f.ANodeID, f.BNodeID, f.Host) == ("veth-a", "veth-a", "veth-b", "h1")
+
+
+def test_enrich_falls_back_to_ip_and_to_batch_host() -> None:
+    lk = EndpointLookup()
+    lk.load(graph())
+    f = flow("tid-unknown", "02:ff:00:00:00:01", None, "10.0.0.2", "fd00::1")
+    f.Link = FlowLayer("ETHERNET", "02:ff:00:00:00:01", "02:ff:00:00:00:02")
+    assert lk.enrich([f], "h9") == 0
+    assert (f.NodeID, f.ANodeID, f.BNodeID, f.Host) == ("", "veth-b", "veth-a", "h9")
+    g = flow("tid-b", None, None, "192.0.2.1", "10.0.0.1")
+    lk.enrich([g])
+    assert (g.NodeID, g.ANodeID, g.BNodeID, g.Host) == ("veth-b", "", "veth-a", "h1")
+
+
+def test_shared_ip_prefers_the_capture_host() -> None:
+    lk = EndpointLookup()
+    lk.load(graph())
+    f1 = flow("tid-lo2", None, None, "127.0.0.1", "127.0.0.1")
+    f2 = flow("tid-lo1", None, None, "127.0.0.1", "127.0.0.1")
+    f3 = flow("nope", None, None, "127.0.0.1", "127.0.0.1")
+    lk.enrich([f1, f2, f3], "h3")
+    assert (f1.ANodeID, f1.BNodeID) == ("lo-2", "lo-2")
+    assert (f2.ANodeID, f2.BNodeID) == ("lo-1", "lo-1")
+    assert f3.ANodeID == "lo-1"  # no host match: smallest ID, deterministic
+
+
+def test_hooks_follow_updates_and_deletes() -> None:
+    lk = EndpointLookup()
+    lk.load(graph())
+    lk.on_node(node("veth-a", "h1", Name="a", Type="veth", TID="tid-a", MAC="02:00:00:00:00:aa",
+                    IPV4=["10.0.0.11/24"]))
+    assert lk.node_for_mac("02:00:00:00:00:0a") == "" and lk.node_for_mac("02:00:00:00:00:AA") == "veth-a"
+    assert lk.node_for_ip("10.0.0.1") == "" and lk.node_for_ip("10.0.0.11") == "veth-a"
+    lk.on_delete("lo-2")
+    assert lk.node_for_ip("127.0.0.1", "h2") == "lo-1"
+    lk.on_event("NodeDeleted", node("veth-b", "h1"))
+    assert lk.node_for_tid("tid-b") == "" and lk.node_for_ip("10.0.0.2") == ""
+    lk.on_event("NodeAdded", node("veth-c", "h1", TID="tid-c", MAC="02:00:00:00:00:0c"))
+    assert lk.node_for_tid("tid-c") == "veth-c"
+    # a graph event applied to the Graph and to the lookup keep them in agreement
+    g = graph()
+    ev = GraphEvent(seq=1, type="NodeDeleted", obj=node("veth-a", "h1"))
+    g.apply(ev)
+    lk.load(g)
+    assert lk.node_for_tid("tid-a") == "" and len(lk) == 4
