@@ -9,6 +9,7 @@
 
 from .engine import GremlinEngine
 from .errors import GremlinError
+from .history import HistoryStore, RevisionGraph
 from .traversal import QueryLimits
 
-__all__ = ["GremlinEngine", "GremlinError", "QueryLimits"]
+__all__ = ["GremlinEngine", "GremlinError", "HistoryStore", "QueryLimits", "RevisionGraph"]

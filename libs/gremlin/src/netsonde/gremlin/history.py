@@ -1,0 +1,189 @@
+"""Past graphs rebuilt from the revision history in ClickHouse (`graph_revisions`, written by graph-builder).
+
+Each row is one revision of a node or edge, valid from its `updated_at` until the next revision's (exclusive),
+or forever when it is the latest; a deletion is a last row with `deleted_at` set. So:
+
+- the graph at instant t = per ID, the latest revision with updated_at <= t, unless that row is a deletion;
+- a window [t-d, t] = every revision whose validity overlaps the window; a revision followed by a deletion
+  carries that deletion time as DeletedAt. Several revisions of one ID are kept as distinct elements.
+
+Both are one parameterised SQL query (a window function pairs each revision with the next one). Rebuilt
+graphs are cached per (time bucket, duration).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Callable
+
+import msgspec
+
+from netsonde.common.bus.graph import GraphElement
+from netsonde.common.graph import Graph
+
+from .errors import GremlinError
+
+HISTORY_DDL = (
+    "CREATE TABLE IF NOT EXISTS {db}.graph_revisions (kind Enum8('node' = 1, 'edge' = 2), id String, "
+    "revision UInt64, host LowCardinality(String), origin LowCardinality(String), "
+    "created_at DateTime64(3, 'UTC'), updated_at DateTime64(3, 'UTC'), deleted_at Nullable(DateTime64(3, 'UTC')), "
+    "parent String, child String, metadata String) ENGINE = ReplacingMergeTree "
+    "PARTITION BY toYYYYMMDD(updated_at) ORDER BY (kind, id, revision)")
+"""The table as graph-builder creates it (for tests that run without graph-builder's migrations)."""
+
+_SQL = """
+SELECT kind, id, revision, host, origin, toUnixTimestamp64Milli(created_at), toUnixTimestamp64Milli(updated_at),
+       toUnixTimestamp64Milli(next_del), parent, child, metadata
+FROM (
+    SELECT kind, id, revision, host, origin, created_at, updated_at, deleted_at, parent, child, metadata,
+           leadInFrame(toNullable(updated_at)) OVER w AS next_at,
+           leadInFrame(toNullable(revision)) OVER w AS next_rev,
+           leadInFrame(deleted_at) OVER w AS next_del
+    FROM {table}
+    WHERE updated_at <= fromUnixTimestamp64Milli({at:Int64}, 'UTC')
+    WINDOW w AS (PARTITION BY kind, id ORDER BY revision ASC, updated_at ASC
+                 ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING)
+)
+WHERE deleted_at IS NULL
+  AND (next_rev IS NULL OR next_rev != revision)
+  AND (next_at IS NULL OR next_at > fromUnixTimestamp64Milli({lo:Int64}, 'UTC'))
+"""
+
+
+class RevisionGraph(Graph):
+    """A Graph holding, besides the latest revision of each ID (in `nodes`/`edges`), the older revisions
+    alive in a time window (`older_nodes`/`older_edges`: ID -> revisions)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.older_nodes: dict[str, list[GraphElement]] = {}
+        self.older_edges: dict[str, list[GraphElement]] = {}
+
+    def add_revision(self, el: GraphElement, is_edge: bool) -> None:
+        current = (self.edges if is_edge else self.nodes).get(el.ID)
+        older = self.older_edges if is_edge else self.older_nodes
+        if current is None:
+            (self.upsert_edge if is_edge else self.upsert_node)(el)
+        elif el.Revision > current.Revision:
+            older.setdefault(el.ID, []).append(current)
+            if is_edge:
+                self.edges[el.ID] = el
+                self.out_edges[el.Parent].add(el.ID)
+                self.in_edges[el.Child].add(el.ID)
+            else:
+                self._index_remove(current)
+                self.nodes[el.ID] = el
+                self._index_add(el)
+        else:
+            older.setdefault(el.ID, []).append(el)
+            if is_edge:
+                self.out_edges[el.Parent].add(el.ID)
+                self.in_edges[el.Child].add(el.ID)
+
+
+class HistoryStore:
+    """Rebuilds the graph at a past instant or over a window from `<db>.<table>` (the client's database).
+
+    `client_factory()` returns a clickhouse-connect client (`netsonde.common.clickhouse.connect(url, db)`);
+    one client is created lazily and shared under a lock. `bucket_ms` rounds the instant down so that close
+    queries share a cache entry; entries for instants older than `settle_ms` live until evicted (LRU,
+    `cache_size`), more recent ones `recent_ttl_s`. A past graph larger than `max_rows` revisions is refused
+    (413).
+    """
+
+    def __init__(self, client_factory: Callable[[], Any], table: str = "graph_revisions", bucket_ms: int = 1000,
+                 cache_size: int = 16, settle_ms: int = 10_000, recent_ttl_s: float = 1.0,
+                 max_rows: int = 2_000_000) -> None:
+        if not table.replace("_", "").replace(".", "").isalnum():
+            raise ValueError(f"bad table name {table!r}")
+        self.client_factory = client_factory
+        self.table = table
+        self.bucket_ms = max(bucket_ms, 1)
+        self.cache_size = cache_size
+        self.settle_ms = settle_ms
+        self.recent_ttl_s = recent_ttl_s
+        self.max_rows = max_rows
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[int, int | None], tuple[float, Graph]] = OrderedDict()
+        self.queries = 0
+        """How many rebuilds went to ClickHouse (cache misses)."""
+
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self.client_factory()
+        return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def graph_at(self, at_ms: int, window_ms: int | None = None, timeout_s: float | None = None) -> Graph:
+        """The graph at `at_ms` (Unix ms), or every revision alive in [at_ms - window_ms, at_ms]."""
+        at = at_ms // self.bucket_ms * self.bucket_ms
+        key = (at, window_ms)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] > now:
+                self._cache.move_to_end(key)
+                return hit[1]
+        graph = self._rebuild(at, window_ms, timeout_s)
+        recent = at > time.time() * 1000 - self.settle_ms
+        expires = now + self.recent_ttl_s if recent else float("inf")
+        with self._lock:
+            self._cache[key] = (expires, graph)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return graph
+
+    def _rebuild(self, at: int, window_ms: int | None, timeout_s: float | None) -> Graph:
+        lo = at - window_ms if window_ms is not None else at
+        settings: dict[str, Any] = {"max_result_rows": self.max_rows + 1, "result_overflow_mode": "throw"}
+        if timeout_s is not None:
+            settings["max_execution_time"] = max(int(timeout_s + 0.999), 1)
+        sql = _SQL.replace("{table}", self.table)
+        try:
+            with self._lock:
+                result = self.client().query(sql, parameters={"at": at, "lo": lo}, settings=settings)
+                rows = result.result_rows
+        except Exception as e:  # the driver raises its own DatabaseError / OperationalError types
+            text = str(e)
+            if "TOO_MANY_ROWS" in text or "Limit for result exceeded" in text:
+                raise GremlinError(f"past graph too large: more than {self.max_rows} revisions", status=413) from e
+            if "TIMEOUT_EXCEEDED" in text or "Timeout exceeded" in text:
+                raise GremlinError("past-graph rebuild exceeded the query time limit", status=408) from e
+            raise GremlinError(f"graph history unavailable: {text.splitlines()[0] if text else e!r}",
+                               status=503) from e
+        self.queries += 1
+        return build_graph(rows, revisions=window_ms is not None)
+
+
+_decode_md = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def build_graph(rows: list[tuple[Any, ...]], revisions: bool) -> Graph:
+    """Rows of the history query -> Graph (or RevisionGraph when several revisions per ID may appear)."""
+    g: Graph = RevisionGraph() if revisions else Graph()
+    edges: list[GraphElement] = []
+    for kind, id_, rev, host, origin, created, updated, deleted, parent, child, md in rows:
+        el = GraphElement(ID=id_, Metadata=_decode_md(md) if md else {}, Host=host, Origin=origin,
+                          CreatedAt=created, UpdatedAt=updated, Revision=rev, DeletedAt=deleted,
+                          Parent=parent, Child=child)
+        if kind == "edge" or kind == 2:
+            edges.append(el)
+        elif revisions:
+            g.add_revision(el, False)  # type: ignore[attr-defined]
+        else:
+            g.upsert_node(el)
+    for el in edges:
+        if revisions:
+            g.add_revision(el, True)  # type: ignore[attr-defined]
+        else:
+            g.upsert_edge(el)
+    return g
