@@ -1,0 +1,148 @@
+"""The collector core: samples -> flows (probe-flow's FlowTable, scaled counts) and counter samples -> metrics."""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+
+from netsonde.common.bus import decode, encode
+from netsonde.common.bus.metrics import InterfaceMetricsBatch
+from netsonde.flow.table import FlowTable
+from netsonde.sflow_collector import collector as collector_mod
+from netsonde.sflow_collector.collector import PortInfo, SFlowCollector, fallback_tid
+from netsonde.sflow_collector.decode import FlowSample, RawPacketHeader, decode_datagram
+from netsonde.sflow_collector.ovs import port_tid
+
+from tests.unit.test_sflow_decode import (
+    DATAGRAMS, ETH_ICMP, counter_sample, datagram, flow_sample, generic_counters, record, u32,
+)
+
+TS = 1_700_000_000_000
+
+
+def raw_record(frame: bytes, frame_length: int) -> bytes:
+    return record(1, u32(1, frame_length, 4, len(frame)) + frame + b"\0" * (-len(frame) % 4))
+
+
+def expected_totals(datagrams: list[bytes]) -> tuple[int, int]:
+    packets = nbytes = 0
+    for data in datagrams:
+        for s in decode_datagram(data).samples:
+            if isinstance(s, FlowSample):
+                raw = next(r for r in s.records if isinstance(r, RawPacketHeader))
+                packets += s.sampling_rate
+                nbytes += s.sampling_rate * (raw.frame_length - raw.stripped)
+    return packets, nbytes
+
+
+def run(c: SFlowCollector, datagrams: list[bytes], batch: int = 20) -> list:  # type: ignore[type-arg]
+    flows = []
+    for i, data in enumerate(datagrams):
+        assert c.feed(data, "127.0.0.1", TS)
+        if i % batch == batch - 1:
+            c.process(TS)
+    c.process(TS)
+    flows.extend(c.updates(TS + 1000))
+    return flows
+
+
+def totals(flows: list) -> tuple[int, int]:  # type: ignore[type-arg]
+    return (sum(f.Metric.ABPackets + f.Metric.BAPackets for f in flows),
+            sum(f.Metric.ABBytes + f.Metric.BABytes for f in flows))
+
+
+def test_real_datagrams_to_flows_counts_every_sample() -> None:
+    c = SFlowCollector()
+    flows = run(c, DATAGRAMS)
+    assert totals(flows) == expected_totals(DATAGRAMS)
+    assert c.stats["127.0.0.1"].flow_samples == sum(
+        isinstance(s, FlowSample) for d in DATAGRAMS for s in decode_datagram(d).samples)
+    paths = Counter(f.LayersPath for f in flows)
+    assert any(p.startswith("Ethernet/IPv4/TCP") for p in paths)
+    assert any(p.startswith("Ethernet/IPv6") for p in paths)
+    assert all(f.SamplingRate == 1 for f in flows)
+    # unresolved ports get the documented fallback TID
+    inputs = {s.input for d in DATAGRAMS for s in decode_datagram(d).samples if isinstance(s, FlowSample)}
+    assert {f.NodeTID for f in flows} <= {fallback_tid("127.0.0.1", i) for i in inputs}
+
+
+def test_same_flow_logic_as_probe_flow() -> None:
+    """Each sample through FlowTable.process_frame one by one gives the same flows (UUID, TrackingID, counts)."""
+    c = SFlowCollector()
+    flows = run(c, DATAGRAMS, batch=len(DATAGRAMS))
+    tables: dict[int, FlowTable] = {}
+    for data in DATAGRAMS:
+        for s in decode_datagram(data).samples:
+            if isinstance(s, FlowSample):
+                raw = next(r for r in s.records if isinstance(r, RawPacketHeader))
+                t = tables.setdefault(s.input, FlowTable(fallback_tid("127.0.0.1", s.input)))
+                assert t.process_frame(raw.header, TS, raw.frame_length - raw.stripped, s.sampling_rate)
+    ref = [f for t in tables.values() for f in t.updates(TS + 1000)]
+
+    def view(fl: list) -> set:  # type: ignore[type-arg]
+        return {(f.UUID, f.TrackingID, f.L3TrackingID, f.NodeTID, f.LayersPath, f.Metric.ABPackets,
+                 f.Metric.BAPackets, f.Metric.ABBytes, f.Metric.BABytes, f.Link.A if f.Link else "",
+                 f.Network.A if f.Network else "") for f in fl}
+    assert view(flows) == view(ref)
+
+
+def test_counts_scaled_by_sampling_rate_and_port_resolution() -> None:
+    ports = {5: PortInfo(port_tid("h1", "3c0f8a7e-0000-4000-8000-000000000001"), "cap-1", "p5", "br0", 2)}
+    c = SFlowCollector(lambda agent, ifx: ports.get(ifx) if agent == "192.0.2.9" else None)
+    reply = ETH_ICMP[6:12] + ETH_ICMP[0:6] + ETH_ICMP[12:26] + ETH_ICMP[30:34] + ETH_ICMP[26:30] + b"\0" \
+        + ETH_ICMP[35:]
+    dgs = [datagram("192.0.2.9", [flow_sample([raw_record(ETH_ICMP, 102)], rate=64, inp=5)] * 3
+                    + [flow_sample([raw_record(reply, 102)], rate=64, inp=5)], seq=i) for i in range(5)]
+    flows = run(c, dgs, batch=2)
+    assert len(flows) == 1
+    f = flows[0]
+    assert (f.NodeTID, f.CaptureID, f.SamplingRate) == (ports[5].node_tid, "cap-1", 64)
+    assert (f.Metric.ABPackets, f.Metric.BAPackets) == (5 * 3 * 64, 5 * 64)
+    assert (f.Metric.ABBytes, f.Metric.BABytes) == (5 * 3 * 64 * 98, 5 * 64 * 98)
+    assert f.ICMP is not None and f.ICMP.Type == "ECHO" and f.Network is not None and f.Network.A == "10.98.0.1"
+    assert c.unresolved == 0
+
+
+def test_python_fallback_gives_the_same_flows(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    fast = run(SFlowCollector(), DATAGRAMS[:60])
+    monkeypatch.setattr(collector_mod, "_scan", None)
+    slow = run(SFlowCollector(), DATAGRAMS[:60])
+    assert sorted((f.TrackingID, f.Metric.ABPackets, f.Metric.ABBytes, f.Metric.BAPackets) for f in fast) == \
+        sorted((f.TrackingID, f.Metric.ABPackets, f.Metric.ABBytes, f.Metric.BAPackets) for f in slow)
+
+
+def test_bad_datagrams_are_counted_per_sender_and_dropped() -> None:
+    c = SFlowCollector()
+    assert not c.feed(DATAGRAMS[0][:50], "10.0.0.7")
+    assert not c.feed(u32(4) + DATAGRAMS[0][4:], "10.0.0.7")
+    assert not c.feed(struct.pack(">IIIIIIII", 5, 1, 0x7F000001, 0, 1, 2, 0xFFFFFFFF, 0), "10.0.0.8")
+    assert c.feed(DATAGRAMS[0], "10.0.0.9")
+    assert c.stats["10.0.0.7"].errors == {"count": 1, "version": 1}  # 50 bytes cannot hold 6 samples
+    assert c.stats["10.0.0.8"].errors == {"count": 1}
+    assert c.stats["10.0.0.9"].errors == {} and c.stats["10.0.0.9"].flow_samples > 0
+
+
+def test_counter_samples_become_interface_metrics_with_deltas() -> None:
+    ports = {3: PortInfo("tid-3", "cap", "p3", "br0", 7)}
+    c = SFlowCollector(lambda agent, ifx: ports.get(ifx))
+    c.feed(datagram("192.0.2.9", [counter_sample([generic_counters(3, 1000, 2000)], index=3)]), "x", TS)
+    c.feed(datagram("192.0.2.9", [counter_sample([generic_counters(3, 1500, 2600)], index=3)]), "x", TS + 10_000)
+    first, second = c.counters()
+    assert first.LastUpdateMetric == {} and first.Metric["IfInOctets"] == 1000
+    assert (second.NodeTID, second.IfIndex, second.Name, second.OfPort, second.Agent) == \
+        ("tid-3", 3, "p3", 7, "192.0.2.9")
+    d = second.LastUpdateMetric
+    assert (d["IfInOctets"], d["IfOutOctets"], d["Start"], d["Last"]) == (500, 600, TS, TS + 10_000)
+    assert second.IfSpeed == 10_000_000_000 and second.IfStatus == 3
+    batch = InterfaceMetricsBatch(host="h1", source="sflow", ts=TS, items=[first, second])
+    assert decode(encode(batch), InterfaceMetricsBatch) == batch
+    assert c.counters() == []
+
+
+def test_real_counter_samples_resolve_by_ifindex() -> None:
+    c = SFlowCollector()
+    for data in DATAGRAMS:
+        c.feed(data, "127.0.0.1", TS)
+    items = c.counters()
+    assert len(items) >= 9
+    assert all(i.Key == "SFlow" and i.Name and i.OfPort > 0 and "IfInUcastPkts" in i.Metric for i in items)
