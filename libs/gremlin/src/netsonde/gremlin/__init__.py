@@ -9,7 +9,8 @@
 
 from .engine import GremlinEngine
 from .errors import GremlinError
+from .flows import FlowStore
 from .history import HistoryStore, RevisionGraph
 from .traversal import QueryLimits
 
-__all__ = ["GremlinEngine", "GremlinError", "HistoryStore", "QueryLimits", "RevisionGraph"]
+__all__ = ["GremlinEngine", "FlowStore", "GremlinError", "HistoryStore", "QueryLimits", "RevisionGraph"]

@@ -9,12 +9,16 @@ from netsonde.common.graph import Graph
 
 from . import core as _core  # noqa: F401  (registers the core steps)
 from . import extensions as _extensions  # noqa: F401  (registers Skydive's extension steps)
+from . import flows as _flows  # noqa: F401  (registers the flow steps)
 from .errors import GremlinError
+from .flows import RawPacketsT
 from .parser import parse
 from .steps import lookup_step
 from .traversal import Context, GraphT, GraphView, QueryLimits, Value
 
 log = logging.getLogger(__name__)
+
+PCAP_MIME = "application/vnd.tcpdump.pcap"
 
 
 class GremlinEngine:
@@ -32,16 +36,17 @@ class GremlinEngine:
         self.flows = flows
         self.limits = limits or QueryLimits()
 
-    def execute(self, query: str) -> Any:
-        """The JSON-ready result of `query` in Skydive's shape; raises GremlinError."""
-        return self.execute_raw(query)[0]
+    def execute(self, query: str, accept: str = "") -> Any:
+        """The JSON-ready result of `query` in Skydive's shape; raises GremlinError. With `accept`
+        containing `application/vnd.tcpdump.pcap`, a RawPackets() result is returned as pcap bytes."""
+        return self.execute_raw(query, accept)[0]
 
-    def execute_raw(self, query: str) -> tuple[Any, str]:
+    def execute_raw(self, query: str, accept: str = "") -> tuple[Any, str]:
         """(JSON-ready result, kind); kind is nodes, edges, graph, paths, count, sum, values, metrics,
-        metric, flows, map, nexthops, groups, rawpackets or pcap (then the value is the pcap bytes)."""
+        metric, flows, nexthops, groups, rawpackets, or pcap (the value is then the pcap file as bytes)."""
         value = self.run(query)
-        if value.KIND == "pcap":
-            return value.pcap_bytes(), "pcap"  # type: ignore[attr-defined]
+        if PCAP_MIME in accept and isinstance(value, RawPacketsT):
+            return value.pcap_bytes(), "pcap"
         return value.to_json(), value.KIND
 
     def run(self, query: str, ctx: Context | None = None) -> Value:
