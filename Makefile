@@ -4,19 +4,26 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PACKAGES := libs/common libs/flow libs/gremlin $(wildcard services/*)
-APT_PACKAGES := nats-server iproute2 iputils-ping ethtool openvswitch-switch tcpdump tshark libpcap-dev gcc
+APT_PACKAGES := nats-server iproute2 iputils-ping ethtool openvswitch-switch tcpdump tshark libpcap-dev gcc docker-compose
 BENCH_APT_PACKAGES := tcpreplay pmacct softflowd iperf3 netsniff-ng
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps install allinone test test-unit bench lint clean
+.PHONY: help deps deps-bench install allinone test test-unit bench lint clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-deps: ## Install the Debian packages Netsonde uses (skipped when all are present)
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then echo "apt-get install $$missing"; \
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "apt-get install" $$missing; \
 	  export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -q $$missing >/dev/null; fi
+endef
+
+deps: ## Install the Debian packages Netsonde uses (skipped when all are present)
+	$(call apt_install,$(APT_PACKAGES))
+
+deps-bench: ## Install the peers the benchmarks compare against (pmacct, softflowd, tcpreplay ...)
+	$(call apt_install,$(BENCH_APT_PACKAGES))
 
 $(STAMP): $(foreach p,$(PACKAGES),$(p)/pyproject.toml) requirements-dev.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -29,13 +36,11 @@ install: deps $(STAMP) ## Create the venv in .venv and install every package (ed
 allinone: install ## Start NATS, the ClickHouse store and every service on this host
 	$(VENV)/bin/netsonde allinone
 
-test: install ## Run the whole test suite (starts its own NATS and ClickHouse store)
+test: install deps-bench ## Run the whole test suite (starts its own NATS and ClickHouse store)
 	@$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
-bench: install ## Run the benchmarks and write docs/benchmarks.md
-	@missing=$$(for p in $(BENCH_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -q $$missing >/dev/null; fi
+bench: install deps-bench ## Run the benchmarks and write docs/benchmarks.md
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean: ## Remove the venv and runtime state
