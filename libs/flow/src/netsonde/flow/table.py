@@ -27,6 +27,11 @@ from netsonde.common.bus.flows import Flow, FlowLayer, FlowMetric, ICMPLayer, IP
 
 from .decode import ACK, FIN, ICMP_REQUESTS, RST, SYN, DecodeError, Segment, decode_ethernet, decode_ip
 
+try:
+    from . import _fastpath
+except ImportError:  # the C extension was not built: the pure Python path is used
+    _fastpath = None
+
 _Q = struct.Struct("!Q")
 _ICMP_KINDS = {"": 0, "UNKNOWN": 1, "ECHO": 2, "DESTINATION_UNREACHABLE": 3, "SOURCE_QUENCH": 4,
                "REDIRECT": 5, "ROUTER": 6, "TIME_EXCEEDED": 7, "PARAMETER_PROBLEM": 8, "TIMESTAMP": 9,
@@ -150,25 +155,19 @@ class FlowTable:
         """The hot path: account pre-aggregated packets.
 
         Each item is (fastkey, sample_frame, packets, bytes, first_ts_ns, last_ts_ns): packets that share
-        every header field the flow table looks at (as computed by `netsonde.flow.fastpath`) are folded into
-        one item, so per-packet Python work disappears. The first sight of a fastkey is decoded in full
+        every header field the flow table looks at (as computed by `netsonde.flow._fastpath`) are folded
+        into one item, so per-packet Python work disappears. The first sight of a fastkey is decoded in full
         from `sample_frame`; later ones hit a cache."""
         fast = self._fast
+        flows = self.flows
         stats = self.stats
         for fk, sample, npk, nby, t0, t1 in aggs:
             hit = fast.get(fk)
-            if hit is None or hit[0].key not in self.flows:
-                self._fast_miss(fk, sample, t0)
-                hit = fast.get(fk)
+            if hit is None or hit[0].key not in flows:
+                hit = self._fast_miss(fk, sample, t0)
                 if hit is None:
                     continue
-                # the miss accounted one packet already
-                npk -= 1
-                nby -= hit[4]
-                t0 = t1
-                if npk <= 0:
-                    continue
-            fs, ab, flags, ttl, _ = hit
+            fs, ab, flags, ttl, icmp = hit
             if ab:
                 fs.ab_p += npk
                 fs.ab_b += nby
@@ -181,27 +180,89 @@ class FlowTable:
             fs.touched = True
             stats.packets += npk
             stats.bytes += nby
-            if flags >= 0 and flags & (SYN | FIN | RST):
-                self._tcp_flags(fs, ab, flags, ttl, t0)
+            if flags > 0:
+                if flags & (SYN | FIN | RST):
+                    self._tcp_flags(fs, ab, flags, ttl, t0)
+            elif icmp >= 0 and not fs.rtt:
+                if icmp in ICMP_REQUESTS:
+                    if ab and not fs.rtt_t0:
+                        fs.rtt_t0 = t0
+                elif fs.rtt_t0 and not ab:
+                    fs.rtt = max(1, t0 - fs.rtt_t0)
 
-    def _fast_miss(self, fk: bytes, sample: bytes, ts_ns: int) -> None:
+    def _fast_miss(self, fk: bytes, sample: bytes, ts_ns: int) -> tuple[FlowState, bool, int, int, int] | None:
         try:
             segs = decode_ethernet(sample)
         except (DecodeError, IndexError, struct.error) as e:
             self._bad(e.kind if isinstance(e, DecodeError) else "malformed")
-            return
-        if len(segs) != 1:  # the fast path only folds single-level packets
-            self._account(segs, sample, ts_ns // 1_000_000, ts_ns, 1)
-            return
+            return None
+        if len(segs) != 1:  # cannot happen: the fast path only folds single-level packets
+            self._bad("fastpath_mismatch")
+            return None
         seg = segs[0]
-        fs = self._account(segs, sample, ts_ns // 1_000_000, ts_ns, 1)
+        fs = self._lookup(seg, "", ts_ns // 1_000_000)
         if fs is None:
-            return
-        ab = fs.is_ab(seg)
-        self._fast[fk] = (fs, ab, seg.tcp_flags, seg.ttl, seg.length)
+            return None
+        hit = (fs, fs.is_ab(seg), seg.tcp_flags, seg.ttl, seg.icmp_raw_type)
+        self._fast[fk] = hit
         if fs.fastkeys is None:
             fs.fastkeys = []
         fs.fastkeys.append(fk)
+        return hit
+
+    def process_block(self, block: memoryview | bytes) -> int:
+        """Account one TPACKET_V3 ring block; returns its packet count (C fast path when built)."""
+        if _fastpath is not None:
+            aggs, slow, n = _fastpath.fold_block(block)
+        else:
+            aggs, slow, n = [], _walk_block(block), 0
+            n = len(slow)
+        self._merge(aggs, slow)
+        return n
+
+    def process_batch(self, frames: list[tuple[bytes, int, int]]) -> None:
+        """Account (frame, ts_ns, wire_len) tuples through the fast path (pcap replay, pcapsocket)."""
+        if _fastpath is None:
+            self.process_frames(frames)
+            return
+        aggs, slow, _ = _fastpath.fold_frames(frames)
+        self._merge(aggs, slow)
+
+    def _merge(self, aggs: list, slow: list) -> None:
+        """Account aggregates and slow frames in the order of their first packet, so that the packet that
+        creates a flow (its Start and A side) is the same as on the per-frame path."""
+        if not slow:
+            self.process_aggregates(aggs)
+            return
+        if not aggs:
+            self._process_slow(slow)
+            return
+        i = j = 0
+        na, ns = len(aggs), len(slow)
+        while i < na or j < ns:
+            if j >= ns or (i < na and aggs[i][4] <= slow[j][1]):
+                k = i + 1
+                lim = slow[j][1] if j < ns else None
+                while k < na and (lim is None or aggs[k][4] <= lim):
+                    k += 1
+                self.process_aggregates(aggs[i:k])
+                i = k
+            else:
+                k = j + 1
+                lim = aggs[i][4] if i < na else None
+                while k < ns and (lim is None or slow[k][1] < lim):
+                    k += 1
+                self._process_slow(slow[j:k])
+                j = k
+
+    def _process_slow(self, slow: list[tuple[bytes, int, int, int]]) -> None:
+        pf = self.process_frame
+        for frame, ts_ns, wire, vlan in slow:
+            if vlan >= 0:  # the kernel stripped the outermost tag into metadata: put it back
+                tag = struct.pack("!HH", vlan >> 16, vlan & 0xFFFF)
+                frame = frame[:12] + tag + frame[12:]
+                wire += 4
+            pf(frame, ts_ns // 1_000_000, wire, 1, ts_ns)
 
     def _bad(self, kind: str) -> None:
         errs = self.stats.decode_errors
@@ -467,3 +528,20 @@ class FlowTable:
 
 def _mac(b: bytes) -> str:
     return b.hex(":")
+
+
+_TP3 = struct.Struct("=IIIIIIHHIIHH")
+
+
+def _walk_block(block: memoryview | bytes) -> list[tuple[bytes, int, int, int]]:
+    """Pure Python TPACKET_V3 block walk (used when the C extension is missing)."""
+    num, off = struct.unpack_from("=II", block, 12)
+    out = []
+    for _ in range(num):
+        nxt, sec, nsec, snap, ln, status, mac, _net, _rxh, tci, tpid, _pad = _TP3.unpack_from(block, off)
+        vlan = (tci & 0xFFFF) | ((tpid or 0x8100) << 16) if status & 0x10 else -1
+        out.append((bytes(block[off + mac:off + mac + snap]), sec * 1_000_000_000 + nsec, ln, vlan))
+        if not nxt:
+            break
+        off += nxt
+    return out

@@ -1,0 +1,92 @@
+"""The C fast path (batch folding) gives exactly the flows of the reference per-frame path."""
+
+from __future__ import annotations
+
+import random
+
+from scapy.all import ICMP, IP, TCP, UDP, Dot1Q, Ether, ICMPv6EchoReply, ICMPv6EchoRequest, IPv6, fragment, raw
+from scapy.layers.vxlan import VXLAN
+
+from netsonde.flow import table as table_mod
+from netsonde.flow.table import FlowTable
+
+
+def _mix(n: int, seed: int = 3) -> list[tuple[bytes, int, int]]:
+    rnd = random.Random(seed)
+    e12 = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    e21 = Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01")
+    out = []
+    t = 1_700_000_000_000_000_000
+    for i in range(n):
+        a, b = f"10.0.0.{rnd.randrange(1, 4)}", f"10.0.1.{rnd.randrange(1, 4)}"
+        sp, dp = rnd.choice([1000, 2000]), rnd.choice([53, 80])
+        k = rnd.randrange(9)
+        fwd = rnd.random() < 0.6
+        eth, (s, d), (ps, pd) = (e12, (a, b), (sp, dp)) if fwd else (e21, (b, a), (dp, sp))
+        if k == 0:
+            p = eth / IP(src=s, dst=d) / TCP(sport=ps, dport=pd, flags=rnd.choice(["S", "SA", "A", "PA", "FA", "R"]))
+        elif k == 1:
+            p = eth / IP(src=s, dst=d) / UDP(sport=ps, dport=pd) / (b"u" * rnd.randrange(100))
+        elif k == 2:
+            p = eth / IP(src=s, dst=d) / ICMP(type=8 if fwd else 0, id=rnd.randrange(3))
+        elif k == 3:
+            p = eth / IPv6(src="fd00::1" if fwd else "fd00::2", dst="fd00::2" if fwd else "fd00::1") / (
+                ICMPv6EchoRequest(id=4) if fwd else ICMPv6EchoReply(id=4))
+        elif k == 4:
+            p = eth / Dot1Q(vlan=5) / IP(src=s, dst=d) / UDP(sport=ps, dport=pd)
+        elif k == 5:
+            p = eth / IP(src="192.168.0.1", dst="192.168.0.2") / UDP(sport=rnd.randrange(40000, 40010), dport=4789) \
+                / VXLAN(vni=9) / Ether() / IP(src=s, dst=d) / ICMP()
+        elif k == 6:
+            fr = fragment(IP(src=s, dst=d, id=rnd.randrange(1 << 16)) / UDP(sport=ps, dport=pd) / (b"f" * 1500),
+                          fragsize=800)
+            for f in fr:
+                t += 1_000_000
+                out.append((raw(eth / f), t, len(raw(eth / f))))
+            continue
+        elif k == 7:
+            p = raw(eth)[:12] + b"\x88\xcc" + b"lldp-payload"
+            t += 1_000_000
+            out.append((p, t, len(p)))
+            continue
+        else:
+            b_ = raw(eth / IP(src=s, dst=d) / TCP(sport=ps, dport=pd))
+            p = b_[: rnd.randrange(len(b_))]  # truncated
+            t += 1_000_000
+            out.append((p, t, len(p)))
+            continue
+        data = raw(p)
+        t += rnd.randrange(1, 3_000_000)
+        out.append((data, t, len(data) + rnd.choice([0, 0, 10])))
+    return out
+
+
+def _norm(flows):
+    def key(f):
+        return (f.TrackingID, f.ParentUUID != "")
+    out = {}
+    for f in flows:
+        d = {k: getattr(f, k) for k in ("LayersPath", "Application", "TrackingID", "L3TrackingID", "Start",
+                                          "Last", "Metric", "Link", "Network", "Transport", "ICMP",
+                                          "TCPMetric", "FinishType", "UUID", "ParentUUID", "IPMetric")}
+        out[key(f)] = d
+    return out
+
+
+def test_fast_path_is_built():
+    assert table_mod._fastpath is not None, "the C extension netsonde.flow._fastpath is not built"
+
+
+def test_batch_equals_reference_path():
+    frames = _mix(3000)
+    ref = FlowTable("n", extra_tcp_metric=True)
+    ref.process_frames(frames)
+    fast = FlowTable("n", extra_tcp_metric=True)
+    for i in range(0, len(frames), 256):  # several batches, so the cache is exercised across them
+        fast.process_batch(frames[i:i + 256])
+    assert ref.stats.packets == fast.stats.packets and ref.stats.bytes == fast.stats.bytes
+    assert ref.stats.decode_errors == fast.stats.decode_errors and ref.stats.bad_packets > 0
+    a, b = _norm(ref.updates(1)), _norm(fast.updates(1))
+    assert a == b
+    assert len(a) > 20
+
