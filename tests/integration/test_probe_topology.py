@@ -1,0 +1,253 @@
+"""probe-topology on real parts: namespaces, veth, bridge, vxlan, macvlan, tap created with `ip`, changes,
+deletes, restarts, resync requests, digests and a 500-veth-pair burst; received by a plain nats-py +
+msgpack subscriber."""
+
+from __future__ import annotations
+
+import uuid
+
+import msgpack
+import pytest
+
+from netsonde.probe_topology.testing import sh, start_probe, until
+
+pytestmark = [pytest.mark.root]
+
+
+@pytest.fixture
+def cleanup():
+    cmds: list[list[str]] = []
+    yield cmds
+    for cmd in reversed(cmds):
+        sh(*cmd, check=False)
+
+
+async def test_netns_veth_bridge_addresses(nats_url, unique, cleanup):
+    ns, a, b, br = f"pn{unique}", f"pa{unique}", f"pb{unique}", f"pr{unique}"
+    cleanup += [["ip", "netns", "del", ns], ["ip", "link", "del", a], ["ip", "link", "del", br]]
+    svc, m = await start_probe(nats_url, unique)
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+        sh("ip", "link", "set", b, "netns", ns)
+        sh("ip", "-n", ns, "addr", "add", "10.77.1.2/24", "dev", b)
+        sh("ip", "-n", ns, "link", "set", b, "up")
+        sh("ip", "link", "add", br, "type", "bridge")
+        sh("ip", "link", "set", a, "master", br)
+        sh("ip", "link", "set", a, "up")
+        sh("ip", "link", "set", br, "up")
+
+        def ready():
+            nb = m.one(Name=b, Type="veth")
+            na = m.one(Name=a, Type="veth")
+            return nb and na and nb["Metadata"].get("IPV4") == ["10.77.1.2/24"] \
+                and m.one(Name=ns, Type="netns") and m.one(Name=br, Type="bridge") \
+                and na["Metadata"].get("MasterIndex") and m.edges_between(na["ID"], nb["ID"], Type="veth")
+        assert await until(ready), f"missing objects; have {sorted(n['Metadata']['Name'] for n in m.nodes.values())}"
+
+        host = m.one(Type="host")
+        nsn = m.one(Name=ns, Type="netns")
+        na, nb, nbr = m.one(Name=a, Type="veth"), m.one(Name=b, Type="veth"), m.one(Name=br, Type="bridge")
+        assert host["Metadata"]["Name"] == f"h{unique}"
+        assert nsn["Metadata"]["Path"] == f"/run/netns/{ns}" or nsn["Metadata"]["Path"] == f"/var/run/netns/{ns}"
+        assert nsn["Metadata"]["Inode"] > 0
+        # ownership: host -> netns -> b ; host -> a, bridge
+        assert m.edge(host["ID"], nsn["ID"], RelationType="ownership")
+        assert m.edge(nsn["ID"], nb["ID"], RelationType="ownership")
+        assert m.edge(host["ID"], na["ID"], RelationType="ownership")
+        assert m.edge(host["ID"], nbr["ID"], RelationType="ownership")
+        # layer2: bridge -> member, veth <-> peer
+        assert m.edge(nbr["ID"], na["ID"], RelationType="layer2")
+        (veth_edge,) = m.edges_between(na["ID"], nb["ID"], RelationType="layer2")
+        assert veth_edge["Metadata"]["Type"] == "veth"
+        mda, mdb = na["Metadata"], nb["Metadata"]
+        assert mda["PeerIfIndex"] == mdb["IfIndex"] and mdb["PeerIfIndex"] == mda["IfIndex"]
+        assert mda["LinkNetNsName"] == ns
+        assert "LinkNetNsID" in mda and "LinkNetNsID" in mdb
+        assert mdb["NetNsPath"] == nsn["Metadata"]["Path"] and "NetNsPath" not in mda
+        assert mdb["State"] == "UP" or mdb["State"] == "DOWN"  # UP once the peer is up (it is down: no carrier)
+        assert mda["MasterIndex"] == nbr["Metadata"]["IfIndex"]
+        assert mda["Driver"] == "veth" and nbr["Metadata"]["Driver"] == "bridge"
+        assert mda["Host"] == f"h{unique}" and "TID" in mda and "TID" in nsn["Metadata"]
+        assert set(mda["Metric"]) >= {"RxPackets", "TxPackets", "RxBytes", "TxBytes", "Start", "Last"}
+        assert "UP" in mda["LinkFlags"] and mda["MAC"].count(":") == 5 and mda["MTU"] == 1500
+        # Skydive TID rules
+        host_tid = str(uuid.uuid5(uuid.NAMESPACE_OID, f"h{unique}"))
+        assert host["Metadata"]["TID"] == host_tid
+        assert nsn["Metadata"]["TID"] == str(uuid.uuid5(uuid.NAMESPACE_OID, host_tid + nsn["Metadata"]["Path"] + "netns"))
+        assert mdb["TID"] == str(uuid.uuid5(uuid.NAMESPACE_OID, nsn["Metadata"]["TID"] + b + "veth"))
+        # a digest computed by the plain subscriber matches the probe's
+        await svc.publish_digest()
+        assert await until(lambda: len(m.digests) >= 1)
+        assert m.digests[-1] == m.digest()
+
+        # namespace removal takes its interfaces (and the peer, destroyed by the kernel) away
+        sh("ip", "netns", "del", ns)
+        assert await until(lambda: not m.find(Name=ns, Type="netns") and not m.find(Name=b) and not m.find(Name=a))
+        assert m.one(Name=br, Type="bridge")
+    finally:
+        await svc.stop()
+        await m.close()
+
+
+async def test_changes_keep_ids_and_deletes(nats_url, unique, cleanup):
+    a, b, renamed = f"ca{unique}", f"cb{unique}", f"cr{unique}"
+    cleanup += [["ip", "link", "del", a], ["ip", "link", "del", renamed]]
+    svc, m = await start_probe(nats_url, unique)
+    try:
+        sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+        sh("ip", "link", "set", a, "up")
+        sh("ip", "link", "set", b, "up")
+        assert await until(lambda: (n := m.one(Name=a)) and n["Metadata"]["State"] == "UP")
+        node_id = m.one(Name=a)["ID"]
+        peer_id = m.one(Name=b)["ID"]
+        assert m.edges_between(node_id, peer_id, Type="veth")
+        assert "LinkNetNsName" not in m.one(Name=a)["Metadata"]
+
+        sh("ip", "link", "set", a, "mtu", "1400")
+        assert await until(lambda: m.nodes[node_id]["Metadata"].get("MTU") == 1400)
+        sh("ip", "link", "set", a, "address", "02:11:22:33:44:55")
+        assert await until(lambda: m.nodes[node_id]["Metadata"].get("MAC") == "02:11:22:33:44:55")
+        sh("ip", "link", "set", a, "down")
+        assert await until(lambda: m.nodes[node_id]["Metadata"].get("State") == "DOWN"
+                           and "UP" not in m.nodes[node_id]["Metadata"]["LinkFlags"])
+        sh("ip", "link", "set", a, "name", renamed)
+        assert await until(lambda: m.nodes[node_id]["Metadata"].get("Name") == renamed)
+        assert not m.find(Name=a)
+        sh("ip", "addr", "add", "10.77.2.1/24", "dev", renamed)
+        sh("ip", "addr", "add", "fd77::1/64", "dev", renamed)
+        assert await until(lambda: m.nodes[node_id]["Metadata"].get("IPV4") == ["10.77.2.1/24"]
+                           and "fd77::1/64" in m.nodes[node_id]["Metadata"].get("IPV6", []))
+        sh("ip", "addr", "del", "10.77.2.1/24", "dev", renamed)
+        assert await until(lambda: "IPV4" not in m.nodes[node_id]["Metadata"])
+
+        sh("ip", "link", "del", renamed)
+        assert await until(lambda: node_id not in m.nodes and peer_id not in m.nodes)
+        assert not [e for e in m.edges.values() if node_id in (e["Parent"], e["Child"])]
+        assert m.digest() == (await _digest(svc, m))
+    finally:
+        await svc.stop()
+        await m.close()
+
+
+async def _digest(svc, m):
+    n = len(m.digests)
+    await svc.publish_digest()
+    assert await until(lambda: len(m.digests) > n)
+    return m.digests[-1]
+
+
+async def test_vxlan_macvlan_tap(nats_url, unique, cleanup):
+    vx, base, peer, mv, tap = f"vx{unique}", f"mb{unique}", f"mp{unique}", f"mv{unique}", f"tp{unique}"
+    cleanup += [["ip", "link", "del", vx], ["ip", "link", "del", mv], ["ip", "link", "del", base],
+                ["ip", "tuntap", "del", "dev", tap, "mode", "tap"]]
+    svc, m = await start_probe(nats_url, unique)
+    try:
+        sh("ip", "link", "add", vx, "type", "vxlan", "id", "4242", "remote", "10.9.9.9", "local", "10.9.9.1",
+           "dstport", "4789")
+        sh("ip", "link", "add", base, "type", "veth", "peer", "name", peer)
+        sh("ip", "link", "add", mv, "link", base, "type", "macvlan", "mode", "bridge")
+        sh("ip", "tuntap", "add", "dev", tap, "mode", "tap")
+        assert await until(lambda: m.one(Name=vx) and m.one(Name=mv) and m.one(Name=tap) and m.one(Name=base))
+        v = m.one(Name=vx)["Metadata"]
+        assert v["Type"] == "vxlan" and v["VNI"] == 4242 and v["RemoteIP"] == "10.9.9.9"
+        assert v["LocalIP"] == "10.9.9.1" and v["Port"] == 4789 and v["Driver"] == "vxlan"
+        mvn, basen = m.one(Name=mv), m.one(Name=base)
+        assert mvn["Metadata"]["Type"] == "macvlan" and mvn["Metadata"]["ParentIndex"] == basen["Metadata"]["IfIndex"]
+        assert m.edge(basen["ID"], mvn["ID"], RelationType="layer2", Type="macvlan")
+        t = m.one(Name=tap)["Metadata"]
+        assert t["Type"] == "tun" and t["TunType"] == "tap" and t["Driver"] == "tun"
+        sh("ip", "link", "del", vx)
+        sh("ip", "tuntap", "del", "dev", tap, "mode", "tap")
+        assert await until(lambda: not m.find(Name=vx) and not m.find(Name=tap))
+    finally:
+        await svc.stop()
+        await m.close()
+
+
+async def test_restart_keeps_ids_and_resync_request(nats_url, unique, cleanup):
+    ns, a, b = f"rn{unique}", f"ra{unique}", f"rb{unique}"
+    cleanup += [["ip", "netns", "del", ns], ["ip", "link", "del", a]]
+    sh("ip", "netns", "add", ns)
+    sh("ip", "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns)
+    svc, m = await start_probe(nats_url, unique)
+    try:
+        assert m.one(Name=a) and m.one(Name=b) and m.one(Name=ns, Type="netns")  # present in the first full
+        first = {(n["Metadata"]["Name"], n["Metadata"]["Type"]): n["ID"] for n in m.nodes.values()
+                 if n["Metadata"]["Name"] in (a, b, ns)}
+        first_edges = {e["ID"] for e in m.edges.values()}
+        # a resync request (plain msgpack, as any client could send) gets a full
+        fulls = m.kinds.count("full")
+        await m.nc.publish(f"t{unique}.control.resync", msgpack.packb({"host": f"h{unique}", "reason": "test", "v": 1}))
+        await m.nc.publish(f"t{unique}.control.resync", msgpack.packb({"host": "someone-else", "v": 1}))
+        await m.nc.publish(f"t{unique}.control.resync", b"\xc1garbage")
+        assert await until(lambda: m.kinds.count("full") == fulls + 1)
+        assert m.messages[-1]["digest"] == m.digest()
+        await svc.stop()
+        svc, m2 = await start_probe(nats_url, unique)
+        await m2.close()
+        second = {(n["Metadata"]["Name"], n["Metadata"]["Type"]): n["ID"] for n in m.nodes.values()
+                  if n["Metadata"]["Name"] in (a, b, ns)}
+        assert first == second and len(first) == 3
+        assert first_edges <= {e["ID"] for e in m.edges.values()} | _churn(m)
+        assert m.messages[-1]["boot"] != m.messages[0]["boot"]
+    finally:
+        await svc.stop()
+        await m.close()
+
+
+def _churn(m):
+    """Edge IDs that other tests running at the same time may have removed meanwhile."""
+    return {eid for msg in m.messages for eid in msg.get("deleted_edges", [])} | \
+        {e["ID"] for msg in m.messages if msg["kind"] == "full" for e in msg.get("edges", [])}
+
+
+async def test_process_held_namespace(nats_url, unique):
+    import subprocess
+    proc = subprocess.Popen(["unshare", "--net", "sh", "-c", f"ip link add pq{unique} type veth peer name pr{unique}; exec sleep 60"])
+    try:
+        svc, m = await start_probe(nats_url, unique)
+        try:
+            assert await until(lambda: m.one(Name=f"pq{unique}") is not None)
+            n = m.one(Name=f"pq{unique}")["Metadata"]
+            assert n["NetNsPath"].startswith("/proc/") and n["NetNsPath"].endswith("/ns/net")
+            owner = [e for e in m.edges.values() if e["Child"] == m.one(Name=f"pq{unique}")["ID"]
+                     and e["Metadata"]["RelationType"] == "ownership"]
+            assert len(owner) == 1 and m.nodes[owner[0]["Parent"]]["Metadata"]["Type"] == "netns"
+            assert m.nodes[owner[0]["Parent"]]["Metadata"]["Manager"] == "process"
+            proc.kill()
+            proc.wait()
+            assert await until(lambda: not m.find(Name=f"pq{unique}"))
+        finally:
+            await svc.stop()
+            await m.close()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+async def test_burst_of_500_veth_pairs_loses_nothing(nats_url, unique):
+    names = [(f"u{unique[:6]}{i:03d}a", f"u{unique[:6]}{i:03d}b") for i in range(500)]
+    svc, m = await start_probe(nats_url, unique)
+    try:
+        sh("ip", "-batch", "-", input="".join(f"link add {a} type veth peer name {b}\n" for a, b in names))
+        wanted = {n for pair in names for n in pair}
+
+        def missing():
+            by_name = {n["Metadata"]["Name"]: n["ID"] for n in m.nodes.values()}
+            pairs = {frozenset((e["Parent"], e["Child"])) for e in m.edges.values() if e["Metadata"].get("Type") == "veth"}
+            return [(a, b) for a, b in names if a not in by_name or b not in by_name
+                    or frozenset((by_name[a], by_name[b])) not in pairs]
+        assert await until(lambda: not missing(), 60), f"missing {len(missing())} pairs, e.g. {missing()[:3]}"
+        deltas = [x for x in m.messages if x["kind"] == "delta"]
+        assert all(len(x.get("nodes", [])) + len(x.get("edges", [])) + len(x.get("deleted_nodes", []))
+                   + len(x.get("deleted_edges", [])) <= 500 for x in deltas)
+        assert len(deltas) < 200  # coalesced: far fewer messages than the ~2000 netlink events
+        sh("ip", "-batch", "-", input="".join(f"link del {a}\n" for a, _ in names))
+        assert await until(lambda: not (wanted & {n["Metadata"]["Name"] for n in m.nodes.values()}), 60)
+        assert m.digest() == await _digest(svc, m)
+    finally:
+        sh("ip", "-batch", "-", input="".join(f"link del {a}\n" for a, _ in names), check=False)
+        await svc.stop()
+        await m.close()
