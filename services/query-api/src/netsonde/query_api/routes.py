@@ -49,6 +49,19 @@ class Routes:
         r.add_get("/ws/subscriber", self.ws_graph)
         r.add_get("/ws/subscriber/flow", self.ws_flow)
         r.add_get("/", self.ui)
+        r.add_post("/api/pcap", self.pcap_import)
+
+    async def pcap_import(self, request: web.Request) -> web.Response:
+        """Upload a pcap (or pcapng) file: its packets go through the flow table of probe-flow and the resulting
+        flows are published on the flow stream like captured ones (then enriched and stored)."""
+        data = await request.read()
+        if not data:
+            return _error(400, "empty body: POST the pcap file")
+        try:
+            count = await self.svc.import_pcap(data, request.query.get("NodeTID", ""))
+        except ValueError as exc:
+            return _error(400, f"not a pcap file: {exc}")
+        return _json({"Flows": count})
 
     async def ui(self, request: web.Request) -> web.FileResponse:
         """A small web UI: Gremlin box, element table and details, a time field, live events."""

@@ -88,6 +88,25 @@ class QueryApiService(Service):
             return
         self.hub.on_flows(msgspec.to_builtins(batch.flows))
 
+    async def import_pcap(self, data: bytes, node_tid: str) -> int:
+        """Flows of a pcap file, published on the flow stream in batches; returns how many flows."""
+        import uuid
+
+        from netsonde.common.bus import encode
+        from netsonde.common.bus.flows import FlowUpdateBatch
+        from netsonde.common.bus.streams import ensure_flow_stream
+        from netsonde.flow.pcap import flows_from_pcap
+
+        flows = await asyncio.to_thread(flows_from_pcap, data, node_tid, f"pcap-{uuid.uuid4()}")
+        js = self.nc.jetstream()
+        await ensure_flow_stream(js, self.subjects)
+        for i in range(0, len(flows), 1000):
+            batch = FlowUpdateBatch(host=self.cfg.host_id, batch_id=f"pcap-{uuid.uuid4()}",
+                                    ts=int(time.time() * 1000), flows=flows[i:i + 1000])
+            await js.publish(self.subjects.flows(self.cfg.host_id), encode(batch),
+                             headers={"Nats-Msg-Id": batch.batch_id})
+        return len(flows)
+
     async def run_query(self, query: str, accept: str = "") -> Any:
         """Run a Gremlin query off the event loop; a live-graph race (the replica changed while iterating)
         is retried once on the loop itself, where no event can interleave."""
