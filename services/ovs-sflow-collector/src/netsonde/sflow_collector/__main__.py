@@ -1,0 +1,6 @@
+from netsonde.common.service import main_for
+
+from .config import SFlowCollectorConfig
+from .service import SFlowCollectorService
+
+main_for(SFlowCollectorService, SFlowCollectorConfig)

@@ -1,0 +1,357 @@
+"""The collector process: UDP socket -> SFlowCollector -> JetStream (flows) and core NATS (counters).
+
+Hot path: the socket is read in the event loop's reader callback, up to 512 datagrams per wake-up, each
+handed to the C scanner (`SFlowCollector.feed`); the flow tables run every `process_interval_s` or every
+`process_datagrams` datagrams; flow updates are published every `update_interval_s` as FlowUpdateBatch
+messages with a `Nats-Msg-Id` (= batch_id) so a retried publish is not stored twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from netsonde.common import natsconn
+from netsonde.common.bus import Subjects, decode, encode
+from netsonde.common.bus.captures import Capture
+from netsonde.common.bus.codec import BusDecodeError
+from netsonde.common.bus.flows import Flow, FlowUpdateBatch
+from netsonde.common.bus.metrics import InterfaceMetricsBatch
+from netsonde.common.service import Service
+
+from .captures import CaptureController
+from .collector import PortInfo, SFlowCollector
+from .config import SFlowCollectorConfig
+from .ovs import OvsError, Vsctl
+
+log = logging.getLogger(__name__)
+
+READS_PER_WAKEUP = 512
+
+
+class SFlowCollectorService(Service):
+    name = "sflow-collector"
+
+    def __init__(self, config: SFlowCollectorConfig) -> None:
+        super().__init__(config)
+        self.cfg = config
+        self.subjects = Subjects(config.subject_prefix)
+        self.ports: dict[int, PortInfo] = {}
+        self._local_agents: dict[str, bool] = {}
+        self.collector = SFlowCollector(self._resolve, layer_key_mode=config.layer_key_mode,
+                                        expire_ms=int(config.expire_s * 1000))
+        self.sock: socket.socket | None = None
+        self.port = 0
+        self.nc: Any = None
+        self.js: Any = None
+        self.controller: CaptureController | None = None
+        self._pending = 0
+        self._boot = int(time.time() * 1000)
+        self._seq = 0
+        self._reconcile_now = asyncio.Event()
+        self._exported: dict[tuple[str, str], int] = {}
+        m = self.metrics
+        self.m_datagrams = m.counter("datagrams_total", "sFlow datagrams received", ["sender"])
+        self.m_dropped = m.counter("datagrams_dropped_total", "Malformed datagrams dropped", ["sender", "reason"])
+        self.m_flow_samples = m.counter("flow_samples_total", "Flow samples decoded", ["sender"])
+        self.m_counter_samples = m.counter("counter_samples_total", "Counter samples decoded", ["sender"])
+        self.m_flows = m.counter("flow_updates_published_total", "Flow updates published on the stream")
+        self.m_batches = m.counter("batches_published_total", "FlowUpdateBatch messages published")
+        self.m_publish_errors = m.counter("publish_errors_total", "Publishes that failed", ["kind"])
+        self.m_metrics = m.counter("interface_metrics_published_total", "Interface counter reports published")
+        self.m_socket_drops = m.gauge("socket_drops", "Datagrams the kernel dropped at the socket (queue full)")
+        self.m_tables = m.gauge("flow_tables", "Flow tables (one per port and capture)")
+        self.m_ovs_errors = m.counter("ovs_errors_total", "Failed OVS reconciliations")
+
+    # --- resolution -----------------------------------------------------------------------------------
+    def _resolve(self, agent: str, if_index: int) -> PortInfo | None:
+        """Local OVS ports by Linux ifIndex, for agents whose address is one of this host's."""
+        if not self.ports:
+            return None
+        local = self._local_agents.get(agent)
+        if local is None:
+            local = self._local_agents[agent] = _is_local_address(agent)
+        return self.ports.get(if_index) if local else None
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    async def on_start(self) -> None:
+        self.nc = await natsconn.connect(self.cfg.nats_url, f"sflow-collector@{self.cfg.host_id}")
+        self.js = self.nc.jetstream()
+        if self.cfg.create_stream:
+            await _ensure_flow_stream(self.js, self.subjects)
+        self.sock = _open_socket(self.cfg.listen_host, self.cfg.listen_port, self.cfg.rcvbuf_bytes)
+        self.port = self.sock.getsockname()[1]
+        self.instance = self.cfg.instance or str(self.port)
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_readable)
+        self.spawn(self._ticker(), "sflow-ticker")
+        if self.cfg.manage_ovs:
+            target = self.cfg.ovs_target or f"127.0.0.1:{self.port}"
+            self.controller = CaptureController(Vsctl(self.cfg.ovs_db), self.cfg.host_id, target,
+                                                self.cfg.ovs_agent, self.cfg.ovs_header_bytes)
+            self.spawn(self._watch_captures(), "sflow-captures")
+            self.spawn(self._reconciler(), "sflow-ovs")
+        log.info("sflow collector listening", extra={"port": self.port, "host": self.cfg.listen_host})
+
+    async def on_stop(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self._drain_socket()
+        self._process()
+        with contextlib.suppress(Exception):
+            await self._publish_flows(self.collector.updates(_now_ms()))
+            await self._publish_counters()
+        if self.sock is not None:
+            self.sock.close()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.drain(), 5)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+
+    def health(self) -> dict[str, Any]:
+        stats = self.collector.stats
+        return {
+            "udp_port": self.port,
+            "datagrams": sum(s.datagrams for s in stats.values()),
+            "flow_samples": sum(s.flow_samples for s in stats.values()),
+            "dropped": {k: dict(s.errors) for k, s in stats.items() if s.errors},
+            "socket_drops": self.socket_drops(),
+            "flow_tables": len(self.collector.tables),
+            "ovs_bridges": sorted({p.bridge for p in self.ports.values() if p.capture_id}),
+        }
+
+    # --- hot path -------------------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        self._drain_socket()
+        if self._pending >= self.cfg.process_datagrams:
+            self._process()
+
+    def _drain_socket(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        feed = self.collector.feed
+        recv = sock.recvfrom
+        now = _now_ms()
+        n = 0
+        try:
+            while n < READS_PER_WAKEUP:
+                data, addr = recv(65535)
+                feed(data, addr[0], now)
+                n += 1
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as e:  # e.g. ICMP errors reported on the socket: never fatal
+            if e.errno not in (errno.ECONNREFUSED, errno.EAGAIN):
+                log.warning("udp receive error: %s", e)
+        self._pending += n
+
+    def _process(self) -> None:
+        if self._pending:
+            self._pending = 0
+            self.collector.process(_now_ms())
+
+    # --- background tasks -----------------------------------------------------------------------------
+    async def _ticker(self) -> None:
+        next_update = time.monotonic() + self.cfg.update_interval_s
+        while True:
+            await asyncio.sleep(self.cfg.process_interval_s)
+            self._process()
+            await self._publish_counters()
+            if time.monotonic() >= next_update:
+                next_update = time.monotonic() + self.cfg.update_interval_s
+                await self._publish_flows(self.collector.updates(_now_ms()))
+                self._export_stats()
+
+    async def publish_now(self) -> int:
+        """Process what is pending and publish flow updates at once (tests, shutdown); returns the count."""
+        self._drain_socket()
+        self._process()
+        flows = self.collector.updates(_now_ms())
+        await self._publish_flows(flows)
+        await self._publish_counters()
+        return len(flows)
+
+    async def _publish_flows(self, flows: list[Flow]) -> None:
+        if not flows or self.js is None:
+            return
+        subject = self.subjects.flows(self.cfg.host_id)
+        step = self.cfg.flows_per_message
+        for i in range(0, len(flows), step):
+            chunk = flows[i:i + step]
+            self._seq += 1
+            batch_id = f"{self.cfg.host_id}/sflow-{self.instance}/{self._boot}/{self._seq}"
+            msg = FlowUpdateBatch(host=self.cfg.host_id, batch_id=batch_id, ts=_now_ms(), flows=chunk)
+            payload = encode(msg)
+            for attempt in range(3):
+                try:
+                    await self.js.publish(subject, payload, headers={"Nats-Msg-Id": batch_id}, timeout=5)
+                    self.m_batches.inc()
+                    self.m_flows.inc(len(chunk))
+                    break
+                except Exception as e:  # NATS down or slow: retry, then count the loss
+                    if attempt == 2:
+                        self.m_publish_errors.labels("flows").inc()
+                        log.warning("could not publish %d flow updates: %r", len(chunk), e)
+                    else:
+                        await asyncio.sleep(0.5)
+
+    async def _publish_counters(self) -> None:
+        items = self.collector.counters()
+        if not items or self.nc is None:
+            return
+        msg = InterfaceMetricsBatch(host=self.cfg.host_id, source="sflow", ts=_now_ms(), items=items)
+        try:
+            await self.nc.publish(self.subjects.interface_metrics(self.cfg.host_id), encode(msg))
+            self.m_metrics.inc(len(items))
+        except Exception as e:
+            self.m_publish_errors.labels("metrics").inc()
+            log.warning("could not publish interface metrics: %r", e)
+
+    def _export_stats(self) -> None:
+        for sender, st in self.collector.stats.items():
+            for name, value, metric in (("d", st.datagrams, self.m_datagrams), ("f", st.flow_samples,
+                                        self.m_flow_samples), ("c", st.counter_samples, self.m_counter_samples)):
+                prev = self._exported.get((sender, name), 0)
+                if value > prev:
+                    metric.labels(sender).inc(value - prev)
+                    self._exported[(sender, name)] = value
+            for reason, value in st.errors.items():
+                prev = self._exported.get((sender, "e" + reason), 0)
+                if value > prev:
+                    self.m_dropped.labels(sender, reason).inc(value - prev)
+                    self._exported[(sender, "e" + reason)] = value
+        self.m_socket_drops.set(self.socket_drops())
+        self.m_tables.set(len(self.collector.tables))
+
+    def socket_drops(self) -> int:
+        """Datagrams dropped by the kernel on this socket (the `drops` column of /proc/net/udp[6])."""
+        if self.sock is None:
+            return 0
+        return udp_socket_drops(self.sock)
+
+    # --- ovssflow captures ----------------------------------------------------------------------------
+    async def _capture_kv(self) -> Any:
+        from nats.js.api import KeyValueConfig, StorageType
+        from nats.js.errors import BucketNotFoundError, NotFoundError
+        try:
+            return await self.js.key_value(self.subjects.capture_bucket)
+        except (BucketNotFoundError, NotFoundError):
+            try:
+                return await self.js.create_key_value(KeyValueConfig(bucket=self.subjects.capture_bucket,
+                                                                     storage=StorageType.FILE, history=1))
+            except Exception:
+                return await self.js.key_value(self.subjects.capture_bucket)
+
+    async def _watch_captures(self) -> None:
+        assert self.controller is not None
+        kv = await self._capture_kv()
+        watcher = await kv.watchall()
+        async for entry in watcher:
+            if entry is None:  # initial values delivered
+                self._reconcile_now.set()
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                if self.controller.remove_capture(entry.key):
+                    await self._publish_flows(self.collector.drop_capture(entry.key))
+                self._reconcile_now.set()
+                continue
+            try:
+                cap = decode(entry.value, Capture)
+            except BusDecodeError as e:
+                self.metrics.bad_messages.labels("capture", e.reason).inc()
+                continue
+            was = entry.key in self.controller.captures
+            self.controller.set_capture(cap)
+            if was and cap.Type != "ovssflow":
+                await self._publish_flows(self.collector.drop_capture(entry.key))
+            self._reconcile_now.set()
+
+    async def _reconciler(self) -> None:
+        assert self.controller is not None
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._reconcile_now.wait(), self.cfg.reconcile_interval_s)
+            self._reconcile_now.clear()
+            try:
+                res = await asyncio.to_thread(self.controller.reconcile)
+            except OvsError as e:
+                self.m_ovs_errors.inc()
+                self._once_ovs(e)
+                continue
+            self.ports = res.ports
+
+    def _once_ovs(self, e: Exception) -> None:
+        if not getattr(self, "_ovs_warned", False):
+            self._ovs_warned = True
+            log.warning("OVS not reachable for ovssflow captures (further errors only counted): %s", e)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _open_socket(host: str, port: int, rcvbuf: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    with contextlib.suppress(OSError):  # SO_RCVBUFFORCE passes rmem_max when we have CAP_NET_ADMIN
+        sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+def udp_socket_drops(sock: socket.socket) -> int:
+    inode = str(os.fstat(sock.fileno()).st_ino)
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if len(cols) > 12 and cols[9] == inode:
+                        return int(cols[12])
+        except OSError:
+            continue
+    return 0
+
+
+def _is_local_address(addr: str) -> bool:
+    if not addr:
+        return False
+    try:
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.bind((addr, 0))
+        return True
+    except OSError:
+        return False
+
+
+async def _ensure_flow_stream(js: Any, subjects: Subjects) -> None:
+    """Create the flow stream unless it exists (same limits as flow-enricher's; whoever is first wins)."""
+    from nats.js import api
+    from nats.js.errors import NotFoundError
+    try:
+        await js.stream_info(subjects.flow_stream)
+        return
+    except NotFoundError:
+        pass
+    config = api.StreamConfig(
+        name=subjects.flow_stream, subjects=[subjects.flows_all], storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.LIMITS, discard=api.DiscardPolicy.OLD, max_age=86_400.0,
+        max_bytes=2 * 1024**3, duplicate_window=120.0)
+    try:
+        await js.add_stream(config)
+    except Exception:
+        await js.stream_info(subjects.flow_stream)  # created meanwhile by another process
