@@ -62,14 +62,15 @@ class FlowStore:
         self.last_sql = ""
         """The last SQL sent (for tests and debugging)."""
 
-    def query(self, sql: str, params: dict[str, Any], timeout_s: float) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def query(self, sql: str, params: dict[str, Any], timeout_s: float,
+              column_formats: dict[str, str] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         settings = {"max_execution_time": max(int(timeout_s + 0.999), 1)}
         try:
             with self._lock:
                 if self._client is None:
                     self._client = self.client_factory()
                 self.last_sql = sql
-                r = self._client.query(sql, parameters=params, settings=settings)
+                r = self._client.query(sql, parameters=params, settings=settings, column_formats=column_formats)
                 self.queries += 1
                 return list(r.column_names), r.result_rows
         except GremlinError:
@@ -438,7 +439,7 @@ class FlowsT(Value):
             sql = (f"SELECT UUID, Timestamp, Index, Data, LinkType FROM {fs.RAW_PACKETS_TABLE} "
                    f"WHERE UUID IN {p.add(uuids, 'Array(String)')} "
                    f"ORDER BY UUID, Timestamp, Index LIMIT 1 BY UUID, Timestamp, Index")
-            names, prow = self.store.query(sql, p.values, ctx.remaining_s())
+            names, prow = self.store.query(sql, p.values, ctx.remaining_s(), column_formats={"Data": "bytes"})
             ctx.check_size(len(prow), "raw packets")
             for uuid, ts, idx, data, lt in prow:
                 if isinstance(data, str):
