@@ -177,7 +177,7 @@ class OvsdbWatcher:
             try:
                 while not self._stop.is_set():
                     idl.run()
-                    self.connected = idl.is_connected()
+                    self.connected = idl._session.is_connected()
                     if idl.change_seqno != seqno and idl.has_ever_connected():
                         seqno = idl.change_seqno
                         self.updates += 1

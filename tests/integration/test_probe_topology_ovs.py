@@ -1,0 +1,98 @@
+"""probe-topology with Open vSwitch (private daemons, userspace datapath): bridges, ports, internal, patch,
+vxlan and system interfaces merged with their Linux devices; the probe starts before OVS does."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from netsonde.probe_topology.testing import sh, start_probe, until
+
+from ovs_fixture import start_ovs, stop_ovs  # tests/integration/ovs_fixture.py (sFlow engineer's fixture)
+
+pytestmark = [pytest.mark.root, pytest.mark.ovs]
+
+
+async def test_ovs_bridges_ports_interfaces(nats_url, unique):
+    link = f"/tmp/nsovs{unique}.sock"
+    br, br2 = f"ob{unique}", f"oc{unique}"
+    internal, pa, pb, vx = f"oi{unique}", f"op{unique}", f"oq{unique}", f"ov{unique}"
+    veth, vpeer = f"oe{unique}", f"of{unique}"
+    svc, m = await start_probe(nats_url, unique, ovsdb=f"unix:{link}")
+    ovs = None
+    try:
+        assert not m.find(Type="ovsbridge")
+        ovs = start_ovs()  # OVS comes up after the probe: the probe must pick it up
+        os.symlink(ovs.dir / "db.sock", link)
+        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", vpeer)
+        ovs.vsctl("add-br", br, "--", "set", "bridge", br, "datapath_type=netdev")
+        ovs.vsctl("add-br", br2, "--", "set", "bridge", br2, "datapath_type=netdev")
+        ovs.vsctl("add-port", br, internal, "--", "set", "interface", internal, "type=internal",
+                  "external_ids:owner=test")
+        ovs.vsctl("add-port", br, pa, "--", "set", "interface", pa, "type=patch", f"options:peer={pb}")
+        ovs.vsctl("add-port", br2, pb, "--", "set", "interface", pb, "type=patch", f"options:peer={pa}")
+        ovs.vsctl("add-port", br, vx, "--", "set", "interface", vx, "type=vxlan", "options:remote_ip=10.66.0.2",
+                  "options:key=77")
+        ovs.vsctl("add-port", br, veth)
+
+        def ready():
+            i = m.one(Name=internal, Type="internal")
+            return m.one(Name=br, Type="ovsbridge") and i and "IfIndex" in i["Metadata"] \
+                and m.one(Name=pa, Type="patch") and m.one(Name=vx, Type="vxlan") \
+                and (v := m.one(Name=veth, Type="veth")) and "UUID" in v["Metadata"]
+        assert await until(ready, 20), sorted((n["Metadata"]["Name"], n["Metadata"]["Type"]) for n in m.nodes.values()
+                                              if unique in n["Metadata"]["Name"])
+        host = m.one(Type="host")
+        bridge = m.one(Name=br, Type="ovsbridge")
+        assert m.edge(host["ID"], bridge["ID"], RelationType="ownership")
+        assert bridge["Metadata"]["UUID"] and bridge["Metadata"]["TID"]
+        # every port: owned by and layer2 to its bridge, layer2 to its interface
+        for name in (internal, pa, vx, veth):
+            port = m.one(Name=name, Type="ovsport")
+            assert port is not None, name
+            assert m.edge(bridge["ID"], port["ID"], RelationType="ownership")
+            assert m.edge(bridge["ID"], port["ID"], RelationType="layer2")
+            intf = [n for n in m.find(Name=name) if n["Metadata"]["Type"] != "ovsport"]
+            assert len(intf) == 1, f"{name}: one interface node (netlink and OVS merged), got {intf}"
+            assert m.edge(port["ID"], intf[0]["ID"], RelationType="layer2")
+            assert intf[0]["Metadata"]["UUID"]
+        # internal: the Linux tap device and the OVS interface are one node, owned by the host
+        i = m.one(Name=internal, Type="internal")["Metadata"]
+        assert i["Driver"] == "openvswitch" and i["ExtID"] == {"owner": "test"} and i["OfPort"] >= 1
+        assert i["IfIndex"] > 0 and i["MAC"]
+        assert m.edge(host["ID"], m.one(Name=internal, Type="internal")["ID"], RelationType="ownership")
+        # system port keeps its netlink type
+        assert m.one(Name=veth, Type="veth")["Metadata"]["Driver"] == "veth"
+        # patch: owned by the bridge, peers linked by a layer2 `patch` edge
+        npa = m.one(Name=pa, Type="patch")
+        assert await until(lambda: m.one(Name=pb, Type="patch") is not None)
+        npb = m.one(Name=pb, Type="patch")
+        assert m.edge(bridge["ID"], npa["ID"], RelationType="ownership")
+        assert m.edges_between(npa["ID"], npb["ID"], RelationType="layer2", Type="patch")
+        assert npa["Metadata"]["PeerName"] == pb
+        # tunnel: remote endpoint, owned by the bridge
+        nvx = m.one(Name=vx, Type="vxlan")
+        assert nvx["Metadata"]["RemoteIP"] == "10.66.0.2"
+        assert m.edge(bridge["ID"], nvx["ID"], RelationType="ownership")
+
+        ovs.vsctl("del-port", br, internal)
+        assert await until(lambda: not m.find(Name=internal), 20)
+        ovs.vsctl("del-br", br2)
+        assert await until(lambda: not m.find(Name=br2) and not m.find(Name=pb))
+        assert m.digest() == await _digest(svc, m)
+    finally:
+        await svc.stop()
+        await m.close()
+        sh("ip", "link", "del", veth, check=False)
+        if os.path.lexists(link):
+            os.unlink(link)
+        if ovs is not None:
+            stop_ovs(ovs)
+
+
+async def _digest(svc, m):
+    n = len(m.digests)
+    await svc.publish_digest()
+    assert await until(lambda: len(m.digests) > n)
+    return m.digests[-1]
