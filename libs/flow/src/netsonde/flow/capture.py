@@ -1,0 +1,388 @@
+"""Packet capture into a FlowTable: AF_PACKET with a TPACKET_V3 ring (default) or libpcap.
+
+Both run in their own thread, inside the interface's network namespace when one is given (the thread
+enters it with setns(2); sockets keep the namespace they were created in). The BPF filter is compiled by
+libpcap (`compile_bpf`) and attached to the socket, so the kernel drops unwanted packets and trims the
+rest to the header size before they reach the ring.
+
+    cap = AfPacketCapture("veth0", table, netns_path="/var/run/netns/x", bpf="udp", snaplen=256)
+    cap.start()
+    ...
+    with cap.lock:            # the table is shared with the capture thread
+        flows = table.updates(now_ms)
+    cap.stop()
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import mmap
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+from .table import FlowTable
+
+log = logging.getLogger(__name__)
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_RX_RING = 5
+PACKET_STATISTICS = 6
+PACKET_VERSION = 10
+TPACKET_V3 = 2
+SO_ATTACH_FILTER = 26
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1
+CLONE_NEWNET = 0x40000000
+DLT_EN10MB = 1
+
+DEFAULT_SNAPLEN = 256
+MAX_SNAPLEN = 4096
+
+
+class CaptureError(Exception):
+    """A capture cannot start (bad interface, namespace, filter or privileges); the message says why."""
+
+
+class BPFError(CaptureError):
+    """The BPF filter does not compile."""
+
+
+# --- BPF through libpcap ------------------------------------------------------------------------------
+class _BpfInsn(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint32)]
+
+
+class _BpfProgram(ctypes.Structure):
+    _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.POINTER(_BpfInsn))]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_BpfInsn))]
+
+
+class _PcapPkthdr(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long), ("caplen", ctypes.c_uint32),
+                ("len", ctypes.c_uint32)]
+
+
+_libpcap: Any = None
+
+
+def libpcap() -> Any:
+    """The libpcap shared library (ctypes), loaded once."""
+    global _libpcap
+    if _libpcap is None:
+        name = ctypes.util.find_library("pcap") or "libpcap.so.0.8"
+        lib = ctypes.CDLL(name)
+        lib.pcap_open_dead.restype = ctypes.c_void_p
+        lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.POINTER(_BpfProgram), ctypes.c_char_p, ctypes.c_int,
+                                     ctypes.c_uint32]
+        lib.pcap_geterr.restype = ctypes.c_char_p
+        lib.pcap_geterr.argtypes = [ctypes.c_void_p]
+        lib.pcap_close.argtypes = [ctypes.c_void_p]
+        lib.pcap_freecode.argtypes = [ctypes.POINTER(_BpfProgram)]
+        lib.pcap_create.restype = ctypes.c_void_p
+        lib.pcap_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        for fn in ("pcap_set_snaplen", "pcap_set_promisc", "pcap_set_timeout", "pcap_set_immediate_mode",
+                   "pcap_set_buffer_size"):
+            getattr(lib, fn).argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.pcap_activate.argtypes = [ctypes.c_void_p]
+        lib.pcap_setfilter.argtypes = [ctypes.c_void_p, ctypes.POINTER(_BpfProgram)]
+        lib.pcap_next_ex.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.POINTER(_PcapPkthdr)),
+                                     ctypes.POINTER(ctypes.POINTER(ctypes.c_ubyte))]
+        lib.pcap_breakloop.argtypes = [ctypes.c_void_p]
+        lib.pcap_statustostr.restype = ctypes.c_char_p
+        lib.pcap_setnonblock.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
+        lib.pcap_get_selectable_fd.argtypes = [ctypes.c_void_p]
+        lib.pcap_stats.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        _libpcap = lib
+    return _libpcap
+
+
+def compile_bpf(expr: str, snaplen: int = DEFAULT_SNAPLEN) -> list[tuple[int, int, int, int]]:
+    """Compile a tcpdump filter expression for Ethernet into (code, jt, jf, k) instructions.
+
+    Raises BPFError with libpcap's message when the expression is invalid. An empty expression compiles
+    to a single `ret #snaplen` (accept everything, trimmed to the header size)."""
+    lib = libpcap()
+    p = lib.pcap_open_dead(DLT_EN10MB, snaplen)
+    prog = _BpfProgram()
+    try:
+        if lib.pcap_compile(p, ctypes.byref(prog), expr.encode(), 1, 0xFFFFFFFF) < 0:
+            msg = lib.pcap_geterr(p).decode(errors="replace")
+            raise BPFError(f"invalid BPF filter {expr!r}: {msg}")
+        insns = [(prog.bf_insns[i].code, prog.bf_insns[i].jt, prog.bf_insns[i].jf, prog.bf_insns[i].k)
+                 for i in range(prog.bf_len)]
+        lib.pcap_freecode(ctypes.byref(prog))
+        return insns
+    finally:
+        lib.pcap_close(p)
+
+
+def attach_bpf(sock: socket.socket, insns: list[tuple[int, int, int, int]]) -> None:
+    """Attach a classic BPF program to a socket (SO_ATTACH_FILTER)."""
+    arr = (_BpfInsn * len(insns))(*[_BpfInsn(*i) for i in insns])
+    fprog = _SockFprog(len(insns), ctypes.cast(arr, ctypes.POINTER(_BpfInsn)))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
+
+
+# --- namespaces ---------------------------------------------------------------------------------------
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def setns(path_or_fd: str | int) -> None:
+    """Move the calling thread into a network namespace (path like /var/run/netns/x or /proc/PID/ns/net)."""
+    fd = os.open(path_or_fd, os.O_RDONLY) if isinstance(path_or_fd, str) else path_or_fd
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise CaptureError(f"cannot enter network namespace {path_or_fd}: {os.strerror(err)}")
+    finally:
+        if isinstance(path_or_fd, str):
+            os.close(fd)
+
+
+# --- captures -----------------------------------------------------------------------------------------
+class BaseCapture:
+    """A capture thread feeding one FlowTable. Subclasses implement `_open` and `_run`."""
+
+    kind = "base"
+
+    def __init__(self, ifname: str, table: FlowTable, netns_path: str | None = None, bpf: str = "",
+                 snaplen: int = DEFAULT_SNAPLEN) -> None:
+        self.ifname = ifname
+        self.table = table
+        self.netns_path = netns_path or None
+        self.bpf = bpf
+        self.snaplen = min(max(snaplen or DEFAULT_SNAPLEN, 64), MAX_SNAPLEN)
+        self.lock = threading.Lock()
+        """Held while the capture thread writes to the table; take it to read updates."""
+        self.packets_received = 0
+        self.packets_dropped = 0
+        self.error: str = ""
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._insns = compile_bpf(bpf, self.snaplen)  # fail early with a clear message
+
+    def start(self, timeout: float = 5.0) -> None:
+        """Start the thread; raises CaptureError if the capture cannot open."""
+        self._thread = threading.Thread(target=self._main, name=f"capture-{self.kind}-{self.ifname}", daemon=True)
+        self._thread.start()
+        self._started.wait(timeout)
+        if self.error:
+            self._thread.join(1)
+            raise CaptureError(self.error)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _main(self) -> None:
+        try:
+            if self.netns_path:
+                setns(self.netns_path)
+            self._open()
+        except (OSError, CaptureError) as e:
+            self.error = e.args[0] if isinstance(e, CaptureError) else f"{self.ifname}: {e.strerror or e}"
+            self._started.set()
+            return
+        self._started.set()
+        try:
+            self._run()
+        except Exception as e:  # the capture dies, the probe reports it as an error state
+            log.exception("capture on %s failed", self.ifname)
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            self._close()
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+
+class AfPacketCapture(BaseCapture):
+    """AF_PACKET socket with a TPACKET_V3 mmap ring; whole blocks go to `FlowTable.process_block`."""
+
+    kind = "afpacket"
+
+    def __init__(self, ifname: str, table: FlowTable, netns_path: str | None = None, bpf: str = "",
+                 snaplen: int = DEFAULT_SNAPLEN, block_size: int = 1 << 20, block_nr: int = 32,
+                 block_timeout_ms: int = 100) -> None:
+        super().__init__(ifname, table, netns_path, bpf, snaplen)
+        self.block_size = block_size
+        self.block_nr = block_nr
+        self.block_timeout_ms = block_timeout_ms
+        self.sock: socket.socket | None = None
+        self.ring: mmap.mmap | None = None
+
+    def _open(self) -> None:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: nothing before bind
+        try:
+            try:
+                ifindex = socket.if_nametoindex(self.ifname)
+            except OSError:
+                raise CaptureError(f"no interface {self.ifname!r}"
+                                   + (f" in namespace {self.netns_path}" if self.netns_path else ""))
+            attach_bpf(s, self._insns)
+            s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+            frame_size = 2048
+            req = struct.pack("=7I", self.block_size, self.block_nr, frame_size,
+                              self.block_size * self.block_nr // frame_size, self.block_timeout_ms, 0, 0)
+            s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+            self.ring = mmap.mmap(s.fileno(), self.block_size * self.block_nr, mmap.MAP_SHARED,
+                                  mmap.PROT_READ | mmap.PROT_WRITE)
+            s.bind((self.ifname, ETH_P_ALL))
+            mreq = struct.pack("=iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
+            s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+        except BaseException:
+            s.close()
+            raise
+        self.sock = s
+
+    def _run(self) -> None:
+        assert self.sock is not None and self.ring is not None
+        ring = self.ring
+        view = memoryview(ring)
+        bs = self.block_size
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN | select.POLLERR)
+        i = 0
+        table = self.table
+        last_stats = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                base = i * bs
+                status = struct.unpack_from("=I", ring, base + 8)[0]
+                if not status & TP_STATUS_USER:
+                    poller.poll(100)
+                    now = time.monotonic()
+                    if now - last_stats > 1:
+                        self._read_stats()
+                        last_stats = now
+                    continue
+                with self.lock:
+                    n = table.process_block(view[base:base + bs])
+                self.packets_received += n
+                struct.pack_into("=I", ring, base + 8, TP_STATUS_KERNEL)
+                i = (i + 1) % self.block_nr
+        finally:
+            view.release()
+            self._read_stats()
+
+    def _read_stats(self) -> None:
+        if self.sock is None:
+            return
+        try:
+            raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
+        except OSError:
+            return
+        _packets, drops, _freeze = struct.unpack("=III", raw)
+        self.packets_dropped += drops  # the kernel resets the counters on each read
+
+    def _close(self) -> None:
+        if self.ring is not None:
+            try:
+                self.ring.close()
+            except BufferError:
+                pass
+        if self.sock is not None:
+            self.sock.close()
+
+
+class PcapCapture(BaseCapture):
+    """libpcap capture (the `pcap` capture type): pcap_next_ex in the thread, frames to the table."""
+
+    kind = "pcap"
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._p: int | None = None
+
+    def _open(self) -> None:
+        lib = libpcap()
+        err = ctypes.create_string_buffer(256)
+        p = lib.pcap_create(self.ifname.encode(), err)
+        if not p:
+            raise CaptureError(f"pcap_create {self.ifname}: {err.value.decode(errors='replace')}")
+        lib.pcap_set_snaplen(p, self.snaplen)
+        lib.pcap_set_promisc(p, 1)
+        lib.pcap_set_timeout(p, 100)
+        lib.pcap_set_immediate_mode(p, 1)
+        lib.pcap_set_buffer_size(p, 8 << 20)
+        rc = lib.pcap_activate(p)
+        if rc < 0:
+            msg = lib.pcap_geterr(p).decode(errors="replace") or lib.pcap_statustostr(rc).decode()
+            lib.pcap_close(p)
+            raise CaptureError(f"pcap_activate {self.ifname}: {msg}")
+        prog = _BpfProgram()
+        if lib.pcap_compile(p, ctypes.byref(prog), self.bpf.encode(), 1, 0xFFFFFFFF) < 0 or \
+                lib.pcap_setfilter(p, ctypes.byref(prog)) < 0:
+            msg = lib.pcap_geterr(p).decode(errors="replace")
+            lib.pcap_close(p)
+            raise BPFError(f"invalid BPF filter {self.bpf!r}: {msg}")
+        lib.pcap_freecode(ctypes.byref(prog))
+        lib.pcap_setnonblock(p, 1, err)
+        self._p = p
+
+    def _run(self) -> None:
+        lib = libpcap()
+        hdr = ctypes.POINTER(_PcapPkthdr)()
+        data = ctypes.POINTER(ctypes.c_ubyte)()
+        batch: list[tuple[bytes, int, int]] = []
+        table = self.table
+        poller = select.poll()
+        poller.register(lib.pcap_get_selectable_fd(self._p), select.POLLIN)
+        while not self._stop.is_set():
+            rc = lib.pcap_next_ex(self._p, ctypes.byref(hdr), ctypes.byref(data))
+            if rc == 1:
+                h = hdr.contents
+                batch.append((ctypes.string_at(data, h.caplen), h.tv_sec * 1_000_000_000 + h.tv_usec * 1000, h.len))
+                if len(batch) < 256:
+                    continue
+            elif rc < 0:
+                raise CaptureError(f"pcap_next_ex: {lib.pcap_geterr(self._p).decode(errors='replace')}")
+            if batch:
+                with self.lock:
+                    table.process_batch(batch)
+                self.packets_received += len(batch)
+                batch = []
+            if rc == 0:  # nothing pending (non-blocking): wait for the socket
+                poller.poll(100)
+        stats = (ctypes.c_uint * 3)()
+        if lib.pcap_stats(self._p, stats) == 0:
+            self.packets_dropped = stats[1] + stats[2]
+        if batch:
+            with self.lock:
+                table.process_batch(batch)
+            self.packets_received += len(batch)
+
+    def _close(self) -> None:
+        if self._p:
+            libpcap().pcap_close(self._p)
+            self._p = None
+
+
+CAPTURE_TYPES: dict[str, type[BaseCapture]] = {"afpacket": AfPacketCapture, "pcap": PcapCapture}
+"""Capture types this probe implements, by Skydive's name."""
