@@ -205,7 +205,8 @@ def test_diff_and_split():
     assert d.deleted_nodes == [ids.interface_node_id("h", r.ns.inode, 7)]
     assert len(d.edges) == 1 and len(d.deleted_edges) == 1
     assert len(diff(b, b)) == 0
-    whole = Delta(list(b.nodes.values()), list(b.edges.values()), ["x" * 36] * 3, ["y" * 36] * 2)
+    whole = Delta(list(b.nodes.values()), list(b.edges.values()), deleted_edges=["x" * 36] * 3,
+                  deleted_nodes=["y" * 36] * 2)
     parts = split(whole, 50, 1_000_000)
     assert [len(p) for p in parts] == [50, 50, 50, 50, 6] and sum(len(p) for p in parts) == len(whole)
     # order kept: node upserts first, node deletions last
