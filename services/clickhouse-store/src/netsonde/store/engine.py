@@ -1,0 +1,353 @@
+"""The chdb engine behind the store: connection pools, sessions, per-request settings, atomic inserts.
+
+One process owns the data directory. chdb allows several connections to it in one process; each has its
+own session context (settings, current database, temporary tables) and queries on different connections
+run in parallel (the engine releases the GIL). So:
+
+- sessionless requests borrow a connection from a pool (FIFO, so waiters are served in arrival order);
+  inserts have their own pool, so a burst of long queries never starves them (nor pings, which never
+  touch the engine);
+- each HTTP `session_id` gets a connection of its own for its lifetime (temporary tables and SET stay
+  with it), locked per request like a ClickHouse server does (a concurrent request gets SESSION_IS_LOCKED);
+- URL settings are applied with SET on the borrowed connection and reset to DEFAULT when the next request
+  no longer asks for them, so requests never see each other's settings.
+
+Inserts with inline data (`INSERT ... FORMAT fmt` + body) are written to a temp file, then run as one
+`INSERT ... FROM INFILE` statement with squashing thresholds high enough that the whole batch becomes one
+block: a malformed batch fails before any part is written, and each partition's part appears atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from chdb import _chdb  # type: ignore[attr-defined]
+
+from . import errors
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+
+_SETTING_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+# Squash the whole batch into one block per partition before writing anything.
+ATOMIC_INSERT_SETTINGS = {
+    "min_insert_block_size_rows": "18446744073709551615",
+    "min_insert_block_size_bytes": "18446744073709551615",
+    "max_insert_block_size": "18446744073709551615",
+    "max_insert_threads": "1",
+}
+
+
+def quote_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def quote_ident(name: str) -> str:
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+@dataclass
+class Outcome:
+    """What one statement produced, for the response body and the X-ClickHouse-Summary header."""
+
+    body: bytes = b""
+    read_rows: int = 0
+    read_bytes: int = 0
+    written_rows: int = 0
+    written_bytes: int = 0
+    result_rows: int = 0
+    elapsed_ns: int = 0
+
+    def summary(self) -> dict[str, str]:
+        return {"read_rows": str(self.read_rows), "read_bytes": str(self.read_bytes),
+                "written_rows": str(self.written_rows), "written_bytes": str(self.written_bytes),
+                "total_rows_to_read": str(self.read_rows), "result_rows": str(self.result_rows),
+                "result_bytes": str(len(self.body)), "elapsed_ns": str(self.elapsed_ns)}
+
+
+@dataclass
+class Request:
+    """One statement to run: SQL, output format, `{name:Type}` parameters, settings, database."""
+
+    sql: str
+    fmt: str = "TabSeparated"
+    params: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)
+    database: str = "default"
+    insert_file: str | None = None  # set for inserts whose data was spooled to a file
+
+
+class Conn:
+    """A chdb connection plus what the store has applied to it."""
+
+    def __init__(self, path: str) -> None:
+        self.raw = _chdb.connect(path)
+        self.applied: dict[str, str] = {}
+        self.database = "default"
+        self.broken = False
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.raw.close()
+
+    def _run(self, sql: str, fmt: str = "TabSeparated", params: dict[str, str] | None = None) -> Any:
+        try:
+            return self.raw.query(sql, fmt, params=params or {})
+        except Exception as exc:  # chdb raises RuntimeError with the ClickHouse text
+            raise StoreError.from_engine(str(exc)) from None
+
+    def prepare(self, database: str, settings: dict[str, str]) -> None:
+        """Switch database and settings to what the request asks for (only the differences)."""
+        if database != self.database:
+            self._run(f"USE {quote_ident(database)}")
+            self.database = database
+        changes = []
+        for name, value in settings.items():
+            if not name or not set(name) <= _SETTING_NAME_OK:
+                raise StoreError("UNKNOWN_SETTING", f"Unknown setting '{name}'")
+            if self.applied.get(name) != value:
+                changes.append(f"{name} = {quote_string(value)}")
+        resets = [f"{name} = DEFAULT" for name in self.applied if name not in settings]
+        if not changes and not resets:
+            return
+        try:
+            self._run("SET " + ", ".join(changes + resets))
+        except StoreError:
+            # The SET may have been applied partly: bring every setting we know of back to its default.
+            for name in set(self.applied) | set(settings):
+                with contextlib.suppress(StoreError):
+                    self._run(f"SET {name} = DEFAULT")
+            self.applied = {}
+            raise
+        self.applied = dict(settings)
+
+    def execute(self, req: Request) -> Outcome:
+        self.prepare(req.database, req.settings)
+        t0 = time.perf_counter_ns()
+        res = self._run(req.sql, req.fmt, req.params)
+        body = res.bytes() if res is not None else b""
+        out = Outcome(body=body or b"", elapsed_ns=time.perf_counter_ns() - t0)
+        with contextlib.suppress(Exception):
+            out.read_rows = int(res.rows_read())
+            out.read_bytes = int(res.bytes_read())
+            out.written_rows = int(res.rows_written())
+            out.written_bytes = int(res.bytes_written())
+        if req.insert_file is None and body:
+            out.result_rows = out.read_rows
+        return out
+
+
+@dataclass
+class Session:
+    """A client session: its own connection, a lock per request, an idle timeout."""
+
+    sid: str
+    conn: Conn
+    timeout: float
+    last_used: float = field(default_factory=time.monotonic)
+    busy: bool = False
+
+
+class Engine:
+    """Owns the chdb data directory and every connection to it."""
+
+    def __init__(self, data_dir: str | Path, query_connections: int = 4, insert_connections: int = 2,
+                 max_sessions: int = 256, tmp_dir: str | Path | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.query_connections = query_connections
+        self.insert_connections = insert_connections
+        self.max_sessions = max_sessions
+        self.tmp_dir = Path(tmp_dir) if tmp_dir else self.data_dir / "tmp_inserts"
+        self.version = ""
+        self.timezone = "UTC"
+        self._all: list[Conn] = []
+        self._query_pool: asyncio.Queue[Conn] | None = None
+        self._insert_pool: asyncio.Queue[Conn] | None = None
+        self.sessions: dict[str, Session] = {}
+        self._executor = ThreadPoolExecutor(max_workers=query_connections + insert_connections + 16,
+                                            thread_name_prefix="chdb")
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.tmp_dir.glob("insert-*"):  # spooled by a previous run that died
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        loop = asyncio.get_running_loop()
+        first = await loop.run_in_executor(self._executor, self._open)
+        res = first._run("SELECT version(), timezone()", "TabSeparated").bytes().decode().strip().split("\t")
+        self.version, self.timezone = res[0], res[1]
+        StoreError.version = self.version
+        names = first._run("SELECT number, errorCodeToName(number) FROM numbers(2000) "
+                           "WHERE errorCodeToName(number) != ''", "TabSeparated").bytes().decode()
+        for line in names.splitlines():
+            code, _, name = line.partition("\t")
+            errors.NAMES_BY_CODE[int(code)] = name
+        self._query_pool = asyncio.Queue()
+        self._insert_pool = asyncio.Queue()
+        self._query_pool.put_nowait(first)
+        for _ in range(self.query_connections - 1):
+            self._query_pool.put_nowait(await loop.run_in_executor(self._executor, self._open))
+        for _ in range(self.insert_connections):
+            self._insert_pool.put_nowait(await loop.run_in_executor(self._executor, self._open))
+        self._idle.set()
+        log.info("engine ready", extra={"data_dir": str(self.data_dir), "version": self.version})
+
+    def _open(self) -> Conn:
+        conn = Conn(str(self.data_dir))
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for in-flight statements to finish (they are never cut in the middle)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def close(self, timeout: float = 30.0) -> None:
+        self._closed = True
+        finished = await self.drain(timeout)
+        if not finished:
+            log.warning("statements still running at shutdown; closing anyway", extra={"inflight": self._inflight})
+        for conn in self._all:
+            conn.close()
+        self._all.clear()
+        self.sessions.clear()
+        self._executor.shutdown(wait=finished)
+
+    # --- running -----------------------------------------------------------------------------------
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def _in_thread(self, fn: Callable[[], Outcome]) -> Outcome:
+        if self._closed:
+            raise StoreError("ABORTED", "The store is shutting down")
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            # Shield: a client that goes away must not abandon a statement half-way in our bookkeeping.
+            fut = asyncio.get_running_loop().run_in_executor(self._executor, fn)
+            try:
+                return await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                # The connection goes back to its pool only once the engine is done with it.
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait({fut})
+                raise
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def _borrow(self, pool: asyncio.Queue[Conn]) -> AsyncIterator[Conn]:
+        conn = await pool.get()
+        try:
+            yield conn
+        finally:
+            if conn.broken:
+                conn.close()
+                conn = await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+            pool.put_nowait(conn)
+
+    async def execute(self, req: Request, session_id: str | None = None, session_timeout: float = 60.0,
+                      session_check: bool = False) -> Outcome:
+        """Run one statement on a pooled connection, or on the session's own connection."""
+        if session_id:
+            return await self._execute_in_session(req, session_id, session_timeout, session_check)
+        assert self._query_pool is not None and self._insert_pool is not None
+        pool = self._insert_pool if req.insert_file is not None else self._query_pool
+        async with self._borrow(pool) as conn:
+            return await self._in_thread(lambda: conn.execute(req))
+
+    async def _execute_in_session(self, req: Request, sid: str, timeout: float, check: bool) -> Outcome:
+        session = self.sessions.get(sid)
+        if session is None:
+            if check:
+                raise StoreError("SESSION_NOT_FOUND", f"Session {sid} not found")
+            if len(self.sessions) >= self.max_sessions:
+                self.expire_sessions()
+                if len(self.sessions) >= self.max_sessions:
+                    raise StoreError("TOO_MANY_SIMULTANEOUS_QUERIES",
+                                     f"Too many sessions ({self.max_sessions}); close some or wait for them to expire")
+            conn = await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+            session = self.sessions.setdefault(sid, Session(sid, conn, timeout))
+            if session.conn is not conn:
+                self._discard(conn)
+        if session.busy:
+            raise StoreError("SESSION_IS_LOCKED", f"Session {sid} is locked by a concurrent client")
+        session.busy = True
+        session.timeout = timeout
+        try:
+            return await self._in_thread(lambda: session.conn.execute(req))
+        finally:
+            session.busy = False
+            session.last_used = time.monotonic()
+
+    def _discard(self, conn: Conn) -> None:
+        conn.close()
+        with self._lock:
+            if conn in self._all:
+                self._all.remove(conn)
+
+    def expire_sessions(self) -> int:
+        """Close sessions idle for longer than their timeout; returns how many were closed."""
+        now = time.monotonic()
+        expired = [s for s in self.sessions.values() if not s.busy and now - s.last_used > s.timeout]
+        for s in expired:
+            self.sessions.pop(s.sid, None)
+            self._discard(s.conn)
+        return len(expired)
+
+    # --- inserts -----------------------------------------------------------------------------------
+    def spool(self, data: memoryview | bytes) -> str:
+        """Write insert data to a temp file (called in a worker thread); returns its path."""
+        fd, path = tempfile.mkstemp(prefix="insert-", suffix=".data", dir=self.tmp_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        return path
+
+    async def insert(self, target: str, fmt: str, data: memoryview | bytes, inline_settings: str,
+                     req: Request, session_id: str | None = None, session_timeout: float = 60.0,
+                     session_check: bool = False) -> Outcome:
+        """`target` is `INSERT INTO t [(cols)]`; the data is one batch in format `fmt`, inserted atomically."""
+        loop = asyncio.get_running_loop()
+        path = await loop.run_in_executor(self._executor, self.spool, data)
+        try:
+            settings = ", ".join(f"{k} = {v}" for k, v in ATOMIC_INSERT_SETTINGS.items())
+            if inline_settings:
+                settings = f"{settings}, {inline_settings}"
+            req.sql = f"{target} FROM INFILE {quote_string(path)} SETTINGS {settings} FORMAT {fmt}"
+            req.insert_file = path
+            req.fmt = "TabSeparated"
+            return await self.execute(req, session_id, session_timeout, session_check)
+        except StoreError as exc:
+            exc.message = exc.message.replace(f" (in file/uri {path})", "").replace(path, "<request body>")
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)

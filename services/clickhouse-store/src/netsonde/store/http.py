@@ -1,0 +1,312 @@
+"""ClickHouse's HTTP interface, served from the embedded engine.
+
+Covers what clickhouse-connect and curl users rely on: `GET /ping`, `GET|POST /` with the query in the URL
+(`query=`), the body, or a multipart form; `FORMAT` (any format the engine knows), inserts with inline data,
+`param_<name>` for `{name:Type}` placeholders, `database`, `query_id`, `default_format`, settings as URL
+parameters, `session_id` / `session_timeout` / `session_check`, request and response compression
+(`Content-Encoding` / `Accept-Encoding` + `enable_http_compression=1`), the `X-ClickHouse-*` response headers,
+and errors as a ClickHouse server sends them (status, `Code: N. DB::Exception: ...` body,
+`X-ClickHouse-Exception-Code`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import socket
+import time
+import uuid
+from aiohttp import web
+
+from netsonde.common.metrics import Metrics
+
+from . import codec, sql
+from .config import StoreConfig
+from .engine import Engine, Request
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+
+# URL parameters the HTTP layer consumes itself (everything else is a setting, `param_*` are parameters).
+HTTP_PARAMS = frozenset({
+    "query", "database", "default_format", "query_id", "session_id", "session_timeout", "session_check",
+    "compress", "decompress", "user", "password", "quota_key", "buffer_size", "wait_end_of_query",
+    "client_protocol_version", "enable_http_compression", "http_zlib_compression_level",
+    "send_progress_in_http_headers", "http_headers_progress_interval_ms",
+    "cancel_http_readonly_queries_on_client_close", "add_http_cors_header", "role", "stacktrace",
+    "http_native_compression_disable_checksumming_on_decompress", "http_response_buffer_size",
+    "http_wait_end_of_query", "http_write_exception_in_output_format",
+})
+
+CONTENT_TYPES = {
+    "tabseparated": "text/tab-separated-values; charset=UTF-8", "tsv": "text/tab-separated-values; charset=UTF-8",
+    "tabseparatedwithnames": "text/tab-separated-values; charset=UTF-8",
+    "tabseparatedwithnamesandtypes": "text/tab-separated-values; charset=UTF-8",
+    "csv": "text/csv; charset=UTF-8; header=absent", "csvwithnames": "text/csv; charset=UTF-8; header=present",
+    "json": "application/json; charset=UTF-8", "jsoncompact": "application/json; charset=UTF-8",
+    "jsoneachrow": "application/x-ndjson; charset=UTF-8", "jsoncompacteachrow": "application/x-ndjson; charset=UTF-8",
+    "pretty": "text/plain; charset=UTF-8", "prettycompact": "text/plain; charset=UTF-8",
+    "values": "text/plain; charset=UTF-8", "xml": "application/xml; charset=UTF-8",
+}
+RESULT_KINDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "CHECK", "("})
+_COMPRESS_IN_THREAD = 256 * 1024
+_MAX_QUERY_TEXT = 256 * 1024 * 1024
+
+
+class ClickHouseHTTP:
+    """The request handlers; `app()` builds the aiohttp application for the ClickHouse port."""
+
+    def __init__(self, engine: Engine, config: StoreConfig, metrics: Metrics) -> None:
+        self.engine = engine
+        self.config = config
+        self.display_name = socket.gethostname()
+        self.requests = metrics.counter("http_requests_total", "ClickHouse HTTP requests", ["kind"])
+        self.failures = metrics.counter("http_errors_total", "Requests answered with a ClickHouse exception",
+                                        ["name"])
+        self.inserted_rows = metrics.counter("inserted_rows_total", "Rows written by inserts")
+        self.latency = metrics.histogram("request_seconds", "Time to answer a ClickHouse HTTP request", ["kind"])
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app.router.add_route("GET", "/ping", self.ping)
+        app.router.add_route("HEAD", "/ping", self.ping)
+        app.router.add_route("GET", "/replicas_status", self.ping)
+        app.router.add_route("*", "/", self.query)
+        app.router.add_route("*", "/{tail:.*}", self.not_found)
+        return app
+
+    async def ping(self, request: web.Request) -> web.Response:
+        self.requests.labels("ping").inc()
+        return web.Response(text="Ok.\n", content_type="text/html")
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        return web.Response(status=404, text=(
+            "There is no handle " + request.path + "\n\nUse / or /ping for health checks.\n"
+            "Or /replicas_status for more sophisticated health checks.\n\n"
+            "Send queries from your program with POST method or GET /?query=...\n"), content_type="text/plain")
+
+    # --- the query endpoint ------------------------------------------------------------------------
+    async def query(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        query_id = request.query.get("query_id") or request.headers.get("X-ClickHouse-Query-Id") or str(uuid.uuid4())
+        kind = "query"
+        try:
+            if request.method not in ("GET", "POST", "HEAD"):
+                raise StoreError("BAD_ARGUMENTS", f"HTTP method {request.method} is not supported")
+            self._authenticate(request)
+            params, body = await self._read(request)
+            if request.method in ("GET", "HEAD") and not params.get("query") and not body:
+                return web.Response(text="Ok.\n", content_type="text/html")
+            kind, response = await self._dispatch(request, params, body, query_id)
+            return response
+        except StoreError as exc:
+            self.failures.labels(exc.name).inc()
+            return self._error(exc, query_id)
+        except Exception as exc:  # never let one request take the store down
+            log.exception("unexpected error serving a request")
+            err = StoreError("LOGICAL_ERROR", f"Unexpected error in the store: {exc!r}")
+            self.failures.labels(err.name).inc()
+            return self._error(err, query_id)
+        finally:
+            self.requests.labels(kind).inc()
+            self.latency.labels(kind).observe(time.perf_counter() - started)
+
+    def _authenticate(self, request: web.Request) -> None:
+        hdr_user = request.headers.get("X-ClickHouse-User", "")
+        hdr_key = request.headers.get("X-ClickHouse-Key", "")
+        auth = request.headers.get("Authorization", "")
+        q = request.query
+        if hdr_user or hdr_key:
+            if auth or "user" in q or "password" in q:
+                raise StoreError("AUTHENTICATION_FAILED", "Invalid authentication: it is not allowed to use "
+                                 "X-ClickHouse HTTP headers and other authentication methods simultaneously")
+            user, password = hdr_user or "default", hdr_key
+        elif auth:
+            if "user" in q or "password" in q:
+                raise StoreError("AUTHENTICATION_FAILED", "Invalid authentication: it is not allowed to use "
+                                 "Authorization HTTP header and authentication via parameters simultaneously")
+            scheme, _, info = auth.partition(" ")
+            if scheme.lower() != "basic":
+                raise StoreError("AUTHENTICATION_FAILED",
+                                 f"Invalid authentication: '{scheme}' HTTP Authorization scheme is not supported")
+            try:
+                user, _, password = base64.b64decode(info.strip()).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise StoreError("AUTHENTICATION_FAILED", "Invalid authentication: malformed Basic credentials")
+        else:
+            user, password = q.get("user", "default"), q.get("password", "")
+        ok_user = hmac.compare_digest(user.encode(), self.config.user.encode())
+        ok_password = hmac.compare_digest(password.encode(), self.config.password.encode())
+        if not (ok_user and ok_password):
+            raise StoreError("AUTHENTICATION_FAILED", f"{user}: Authentication failed: password is incorrect, "
+                             "or there is no user with such name")
+
+    async def _read(self, request: web.Request) -> tuple[dict[str, str], bytes]:
+        """URL (or multipart form) parameters and the decompressed body."""
+        params: dict[str, str] = {k: v for k, v in request.query.items()}
+        ctype = request.headers.get("Content-Type", "")
+        body = b""
+        if ctype.startswith("multipart/form-data"):
+            reader = await request.multipart()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    break
+                name = getattr(part, "name", None) or ""
+                if getattr(part, "filename", None):
+                    raise StoreError("NOT_IMPLEMENTED", "External data (multipart file parts) is not supported "
+                                     "by the embedded store")
+                value = (await part.read(decode=True)).decode()  # type: ignore[union-attr]
+                if name == "query":
+                    params["query"] = value
+                elif name:
+                    params[name] = value
+        elif request.method == "POST" and request.can_read_body:
+            body = await request.read()
+        encoding = request.headers.get("Content-Encoding", "")
+        if body and encoding:
+            if len(body) > _COMPRESS_IN_THREAD:
+                body = await asyncio.to_thread(codec.decompress, body, encoding)
+            else:
+                body = codec.decompress(body, encoding)
+        elif encoding and not codec.supported(encoding.strip().lower()):
+            raise StoreError("UNKNOWN_COMPRESSION_METHOD", f"Unknown Content-Encoding of HTTP request: {encoding}")
+        return params, body
+
+    async def _dispatch(self, request: web.Request, params: dict[str, str], body: bytes,
+                        query_id: str) -> tuple[str, web.StreamResponse]:
+        settings: dict[str, str] = {}
+        qparams: dict[str, str] = {}
+        for key, value in params.items():
+            if key.startswith("param_"):
+                qparams[key[6:]] = value
+            elif key not in HTTP_PARAMS:
+                settings[key] = value
+        database = params.get("database") or "default"
+        session_id = params.get("session_id") or None
+        session_timeout = self._session_timeout(params)
+        session_check = params.get("session_check") == "1"
+        read_only = request.method in ("GET", "HEAD") or settings.get("readonly", "0") not in ("0", "")
+        qtext = params.get("query", "")
+
+        head: sql.InsertHead | None = None
+        data: memoryview | bytes = b""
+        text: str
+        if qtext:
+            head = sql.parse_insert_head(qtext)
+            if head is not None:
+                qbytes = qtext.encode()
+                offset = len(qtext[:head.data_offset].encode())
+                data = qbytes[offset:] + body if offset < len(qbytes) else body
+                text = qtext
+            else:
+                text = qtext + ("\n" + body.decode("utf-8", "replace") if body else "")
+        else:
+            prefix = body[:1024 * 1024].decode("latin-1")
+            head = sql.parse_insert_head(prefix)
+            if head is not None:
+                data = memoryview(body)[head.data_offset:]
+                head = sql.InsertHead(head.target.encode("latin-1").decode("utf-8", "replace"),
+                                      head.settings.encode("latin-1").decode("utf-8", "replace"),
+                                      head.fmt, head.data_offset)
+                text = head.target
+            else:
+                if len(body) > _MAX_QUERY_TEXT:
+                    raise StoreError("QUERY_IS_TOO_LARGE", "Query is too large")
+                text = body.decode("utf-8", "replace")
+
+        if head is not None:
+            if read_only:
+                raise self._readonly(request)
+            req = Request(sql="", params=qparams, settings=settings, database=database)
+            outcome = await self.engine.insert(head.target, head.fmt, data, head.settings, req, session_id,
+                                               session_timeout, session_check)
+            self.inserted_rows.inc(outcome.written_rows)
+            return "insert", await self._respond(request, params, outcome.body, None, outcome.summary(), query_id,
+                                           settings)
+
+        stripped = text.strip()
+        if not stripped:
+            raise StoreError("SYNTAX_ERROR", "Empty query")
+        try:
+            count = sql.statement_count(stripped)
+        except sql.LexError:
+            count = 1
+        if count > 1:
+            raise StoreError("SYNTAX_ERROR", "Syntax error (Multi-statements are not allowed): failed at end of "
+                             "query")
+        keyword = sql.first_keyword(stripped)
+        if read_only and keyword not in sql.READ_ONLY_KINDS:
+            raise self._readonly(request)
+        explicit = sql.output_format(stripped)
+        fmt = explicit or params.get("default_format") or "TabSeparated"
+        result_format = fmt if (explicit or keyword in RESULT_KINDS) else None
+        req = Request(sql=sql.strip_trailing_semicolons(stripped), fmt=fmt, params=qparams, settings=settings,
+                      database=database)
+        outcome = await self.engine.execute(req, session_id, session_timeout, session_check)
+        kind = "insert" if keyword == "INSERT" else ("query" if result_format else "command")
+        return kind, await self._respond(request, params, outcome.body, result_format, outcome.summary(), query_id,
+                                   settings)
+
+    def _session_timeout(self, params: dict[str, str]) -> float:
+        raw = params.get("session_timeout")
+        if raw is None:
+            return self.config.default_session_timeout
+        try:
+            value = float(raw)
+            if value < 0:
+                raise ValueError
+        except ValueError:
+            raise StoreError("INVALID_SESSION_TIMEOUT", f"Invalid session timeout: '{raw}'") from None
+        if value > self.config.max_session_timeout:
+            raise StoreError("INVALID_SESSION_TIMEOUT", f"Session timeout '{raw}' is larger than "
+                             f"max_session_timeout: {self.config.max_session_timeout:g}. Maximum session timeout "
+                             "could be modified in configuration file.")
+        return value
+
+    @staticmethod
+    def _readonly(request: web.Request) -> StoreError:
+        hint = (" For queries over HTTP, method GET implies readonly. You should use method POST for modifying "
+                "queries") if request.method in ("GET", "HEAD") else ""
+        return StoreError("READONLY", "Cannot execute query in readonly mode." + hint)
+
+    def _headers(self, query_id: str, settings: dict[str, str]) -> dict[str, str]:
+        return {
+            "X-ClickHouse-Server-Display-Name": self.display_name,
+            "X-ClickHouse-Query-Id": query_id,
+            "X-ClickHouse-Timezone": settings.get("session_timezone") or self.engine.timezone,
+        }
+
+    async def _respond(self, request: web.Request, params: dict[str, str], body: bytes, result_format: str | None,
+                 summary: dict[str, str], query_id: str, settings: dict[str, str]) -> web.StreamResponse:
+        headers = self._headers(query_id, settings)
+        headers["X-ClickHouse-Summary"] = json.dumps(summary, separators=(",", ":"))
+        if result_format:
+            headers["X-ClickHouse-Format"] = result_format
+            headers["Content-Type"] = CONTENT_TYPES.get(result_format.lower(), "application/octet-stream")
+        else:
+            headers["Content-Type"] = "text/plain; charset=UTF-8"
+        if params.get("enable_http_compression") in ("1", "true") and body:
+            encoding = codec.choose_response_encoding(request.headers.get("Accept-Encoding", ""))
+            if encoding:
+                try:
+                    level = int(params.get("http_zlib_compression_level") or 3)
+                except ValueError:
+                    level = 3
+                if len(body) > _COMPRESS_IN_THREAD:
+                    body = await asyncio.to_thread(codec.compress, body, encoding, level)
+                else:
+                    body = codec.compress(body, encoding, level)
+                headers["Content-Encoding"] = encoding
+        return web.Response(body=body, headers=headers)
+
+    def _error(self, exc: StoreError, query_id: str) -> web.Response:
+        headers = self._headers(query_id, {})
+        headers["X-ClickHouse-Exception-Code"] = str(exc.code)
+        headers["Content-Type"] = "text/plain; charset=UTF-8"
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="ClickHouse"'
+        return web.Response(status=exc.status, body=exc.body().encode(), headers=headers)

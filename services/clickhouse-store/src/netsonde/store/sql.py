@@ -1,0 +1,175 @@
+"""Just enough SQL lexing to route a request: the statement kind, a trailing FORMAT, INSERT data boundaries.
+
+The engine parses the SQL itself; the store only needs to know where an INSERT's inline data starts, which
+output format a query asks for, and whether a text holds more than one statement. The scanner skips string
+literals, quoted identifiers and comments so that a `FORMAT` or `;` inside them is never mistaken for one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+_NUMBER = re.compile(r"[0-9][0-9A-Za-z_.]*")
+
+READ_ONLY_KINDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "(", "VALUES"})
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # "word", "quoted" (string/identifier literal), "number", "punct"
+    text: str
+    start: int
+    end: int
+
+
+class LexError(ValueError):
+    """An unterminated literal or comment."""
+
+
+def tokens(text: str, start: int = 0) -> Iterator[Token]:
+    """Yield the tokens of `text` from `start`, skipping whitespace and comments."""
+    i, n = start, len(text)
+    while i < n:
+        c = text[i]
+        if c in " \t\r\n\f\v":
+            i += 1
+        elif c == "-" and text.startswith("--", i) or c == "#" and text.startswith("#!", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif c == "/" and text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            if j < 0:
+                raise LexError("unterminated comment")
+            i = j + 2
+        elif c in "'\"`":
+            j = i + 1
+            while True:
+                if j >= n:
+                    raise LexError("unterminated quoted literal")
+                if text[j] == "\\":
+                    j += 2
+                    continue
+                if text[j] == c:
+                    if j + 1 < n and text[j + 1] == c:  # doubled quote
+                        j += 2
+                        continue
+                    break
+                j += 1
+            yield Token("quoted", text[i:j + 1], i, j + 1)
+            i = j + 1
+        else:
+            m = _WORD.match(text, i)
+            if m:
+                yield Token("word", m.group(), i, m.end())
+                i = m.end()
+                continue
+            m = _NUMBER.match(text, i)
+            if m:
+                yield Token("number", m.group(), i, m.end())
+                i = m.end()
+                continue
+            yield Token("punct", c, i, i + 1)
+            i += 1
+
+
+def first_keyword(text: str) -> str:
+    """The upper-cased first token ('' for an empty text)."""
+    for tok in tokens(text):
+        return tok.text.upper()
+    return ""
+
+
+@dataclass(frozen=True)
+class InsertHead:
+    """An `INSERT ... FORMAT <fmt>` whose data follows the head in the same text."""
+
+    target: str  # "INSERT INTO t (a, b)" without SETTINGS / FORMAT
+    settings: str  # the text of an inline SETTINGS clause, without the keyword ('' if none)
+    fmt: str
+    data_offset: int  # where the inline data starts
+
+
+def parse_insert_head(text: str) -> InsertHead | None:
+    """Split `INSERT INTO t [(cols)] [SETTINGS ...] FORMAT fmt<newline>data`; None for other statements.
+
+    `INSERT ... VALUES` and `INSERT ... SELECT` return None: they are plain SQL for the engine. The data
+    starts after the format name, its trailing blanks and at most one line break (ClickHouse's own rule),
+    so binary data whose first byte happens to be whitespace is kept intact.
+    """
+    it = tokens(text)
+    try:
+        first = next(it)
+        if first.text.upper() != "INSERT":
+            return None
+        depth = 0
+        settings_at = -1
+        for tok in it:
+            if tok.kind == "punct":
+                depth += tok.text == "("
+                depth -= tok.text == ")"
+                continue
+            if depth or tok.kind != "word":
+                continue
+            word = tok.text.upper()
+            if word in ("SELECT", "VALUES", "WITH"):
+                return None
+            if word == "SETTINGS" and settings_at < 0:
+                settings_at = tok.start
+            elif word == "FORMAT":
+                fmt_tok = next(it)
+                if fmt_tok.kind != "word":
+                    return None
+                j = fmt_tok.end
+                while j < len(text) and text[j] in " \t\f":
+                    j += 1
+                if j < len(text) and text[j] == "\r":
+                    j += 1
+                if j < len(text) and text[j] == "\n":
+                    j += 1
+                head_end = settings_at if settings_at >= 0 else tok.start
+                settings = text[settings_at + len("SETTINGS"):tok.start].strip() if settings_at >= 0 else ""
+                return InsertHead(text[first.start:head_end].strip(), settings, fmt_tok.text, j)
+    except (StopIteration, LexError):
+        return None
+    return None
+
+
+def output_format(text: str) -> str | None:
+    """The format named by a top-level trailing `FORMAT name` clause (possibly followed by SETTINGS)."""
+    found = None
+    depth = 0
+    prev_format = False
+    try:
+        for tok in tokens(text):
+            if tok.kind == "punct":
+                depth += tok.text == "("
+                depth -= tok.text == ")"
+            if prev_format and tok.kind == "word":
+                found = tok.text
+            prev_format = depth == 0 and tok.kind == "word" and tok.text.upper() == "FORMAT"
+    except LexError:
+        return None
+    return found
+
+
+def statement_count(text: str) -> int:
+    """How many statements `text` holds (top-level `;` separated, empty ones ignored)."""
+    count = 0
+    pending = False
+    try:
+        for tok in tokens(text):
+            if tok.kind == "punct" and tok.text == ";":
+                count += pending
+                pending = False
+            else:
+                pending = True
+    except LexError:
+        return 1
+    return count + pending
+
+
+def strip_trailing_semicolons(text: str) -> str:
+    return text.rstrip().rstrip(";").rstrip()
