@@ -12,12 +12,19 @@ TIDs follow Skydive `topology/tid.go`: uuid5(OID, concatenation) with no separat
 from __future__ import annotations
 
 import uuid
+from functools import lru_cache
 
 _OID = uuid.NAMESPACE_OID
 
 
 def _v5(*parts: object) -> str:
-    return str(uuid.uuid5(_OID, "/".join(str(p) for p in parts)))
+    return _uuid5("/".join(str(p) for p in parts))
+
+
+@lru_cache(maxsize=1 << 17)
+def _uuid5(name: str) -> str:
+    """Memoised: the builder asks for the same IDs after every change."""
+    return str(uuid.uuid5(_OID, name))
 
 
 def host_node_id(host: str) -> str:
@@ -42,7 +49,7 @@ def edge_id(parent: str, child: str, relation: str) -> str:
 
 def tid(*parts: str) -> str:
     """Skydive TID: uuid5(OID, the parts concatenated without separator)."""
-    return str(uuid.uuid5(_OID, "".join(parts)))
+    return _uuid5("".join(parts))
 
 
 def host_tid(host: str) -> str:

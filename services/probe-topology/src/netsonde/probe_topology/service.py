@@ -64,6 +64,7 @@ class ProbeTopologyService(Service):
         self._pending_retries = 0
         self._once = OnceLogger(log)
         self._flush_lock = asyncio.Lock()
+        self._last_build_s = 0.0
         m = self.metrics
         self.m_messages = m.counter("messages_total", "Topology messages published", ["kind"])
         self.m_items = m.counter("items_total", "Node/edge upserts and deletions published", ["what"])
@@ -231,13 +232,16 @@ class ProbeTopologyService(Service):
     def current_state(self) -> HostState:
         t0 = time.perf_counter()
         state = build(self.host, self.hostname, self.watchers.values(), self.ovs_state)
-        self.m_build.observe(time.perf_counter() - t0)
+        self._last_build_s = time.perf_counter() - t0
+        self.m_build.observe(self._last_build_s)
         return state
 
     async def _flush_loop(self) -> None:
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(self.config.flush_interval_s)
+            # at least flush_interval_s, and no less than the last rebuild took: a long burst on a big host
+            # then costs at most about half a core instead of back-to-back rebuilds
+            await asyncio.sleep(max(self.config.flush_interval_s, self._last_build_s))
             if any(w._dump_kind for w in self.watchers.values()) and self._need_full:
                 continue  # a resync dump is in flight: publish the full once it completed
             self._dirty.clear()
