@@ -116,5 +116,3 @@ async def until(pred: Any, timeout: float = 10.0) -> bool:
     return await wait_for(pred, timeout)
 
 
-async def settle() -> None:
-    await asyncio.sleep(0)
