@@ -15,7 +15,7 @@ from . import ast
 from .fields import EDGE_AT_KEYS, NODE_AT_KEYS, element_value, element_values, flatten_keys
 from .predicates import is_number
 from .steps import Filter, Step, core_step, metadata_filter, parse_pairs
-from .timeparse import now_ms, parse_time, parse_window_ms
+from .timeparse import is_relative, now_ms, parse_time, parse_window_ms
 from .traversal import (AggregatedT, Context, EdgesT, GraphT, GraphView, MetricsT, NodesT, PathsT, ScalarT,
                         Value, ValuesT)
 
@@ -27,7 +27,9 @@ def _filter_nodes(ctx: Context, value: NodesT, flt: Filter) -> NodesT:
         if cand is not None:
             hits = value.view.lookup(*cand)
             if hits is not None:
-                return NodesT(value.view, flt.apply(hits, ctx))
+                out = flt.apply(hits, ctx)
+                ctx.check_size(len(out), "nodes")
+                return NodesT(value.view, out)
     out = flt.apply(value.iter(), ctx)
     ctx.check_size(len(out), "nodes")
     return NodesT(value.view, out)
@@ -102,9 +104,12 @@ class ContextStep(Step):
         now = now_ms()
         at = parse_time(self.args[0], now)
         window = parse_window_ms(self.args[1], at) if len(self.args) == 2 else None
-        ctx.at_ms, ctx.window_ms = at, window
         if ctx.history is None:
             raise self.error("this graph has no history backend (past-time queries need ClickHouse)")
+        if is_relative(self.args[0]):
+            bucket = max(int(getattr(ctx.history, "bucket_ms", 1)), 1)
+            at = at // bucket * bucket  # repeated relative queries share a cached past graph
+        ctx.at_ms, ctx.window_ms = at, window
         graph = ctx.history.graph_at(at, window, timeout_s=ctx.remaining_s())
         ctx.check()
         return GraphT(GraphView(graph))

@@ -14,7 +14,7 @@ from .errors import GremlinError
 from .flows import RawPacketsT
 from .parser import parse
 from .steps import lookup_step
-from .traversal import Context, GraphT, GraphView, QueryLimits, Value
+from .traversal import Context, EdgesT, GraphT, GraphView, NodesT, PathsT, QueryLimits, Value, ValuesT
 
 log = logging.getLogger(__name__)
 
@@ -60,4 +60,18 @@ class GremlinEngine:
                 raise step.error("must come right after G (G.Context(...).V()...)")
             value = step.apply(ctx, value)
             ctx.check()
+        _check_result_size(ctx, value)
         return value
+
+
+def _check_result_size(ctx: Context, value: Value) -> None:
+    """The final result obeys the size limit too (a bare `G.V()` or `G` is only materialised here)."""
+    if isinstance(value, (NodesT, EdgesT)):
+        n = value.view.node_count() if isinstance(value, NodesT) and value.elems is None else len(value.items())
+        ctx.check_size(n, value.KIND)
+    elif isinstance(value, GraphT):
+        ctx.check_size(value.view.node_count() + len(value.view.graph.edges), "graph elements")
+    elif isinstance(value, ValuesT):
+        ctx.check_size(len(value.values), "values")
+    elif isinstance(value, PathsT):
+        ctx.check_size(sum(len(p) for p in value.paths), "path nodes")

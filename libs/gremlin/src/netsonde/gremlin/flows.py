@@ -134,8 +134,16 @@ def _present_sql(key: str, col: str) -> str:
     return f"{col} != ''" if typ == "String" else "1"
 
 
+_PRESENCE = {"ICMP": "ICMPType != ''", "TCPMetric": "notEmpty(TCPMetric)", "IPMetric": "notEmpty(IPMetric)",
+             "Metric": "1", "LastUpdateMetric": "1"}
+"""Flow keys that are whole sub-objects: usable in Has(k) / HasNot(k) only."""
+
+
 def predicate_sql(step: Step, key: str, pred: Predicate, params: _Params) -> str:
     """SQL condition for `Has(key, pred)` on the flows table; a layer alone means A or B."""
+    if key in _PRESENCE and isinstance(pred, (HasPredicate, HasNotPredicate)):
+        cond = _PRESENCE[key]
+        return cond if isinstance(pred, HasPredicate) else f"NOT ({cond})"
     cols = _columns_for(step, key)
     if isinstance(pred, HasPredicate):
         return _present_sql(key, cols[0])
@@ -144,7 +152,10 @@ def predicate_sql(step: Step, key: str, pred: Predicate, params: _Params) -> str
     negative = isinstance(pred, (Ne, Nee, Without))
     parts = [_one_column_sql(step, c, pred, params) for c in cols]
     joiner = " AND " if negative else " OR "
-    return "(" + joiner.join(parts) + ")" if len(parts) > 1 else parts[0]
+    cond = "(" + joiner.join(parts) + ")" if len(parts) > 1 else parts[0]
+    if isinstance(pred, Ne):
+        cond = f"({_present_sql(key, cols[0])} AND {cond})"
+    return cond
 
 
 def _one_column_sql(step: Step, col: str, pred: Predicate, params: _Params) -> str:
@@ -253,7 +264,7 @@ class FlowsT(Value):
             self._rows = None
             return self
         cond = self._cond(step, pairs, any_of)
-        immutable = all(all(c in _IMMUTABLE for c in _columns_for(step, k)) for k, _ in pairs)
+        immutable = all(k not in _PRESENCE and all(c in _IMMUTABLE for c in _columns_for(step, k)) for k, _ in pairs)
         (self.inner_where if immutable else self.outer_where).append(cond)
         return self
 

@@ -87,8 +87,9 @@ class HistoryStore:
     """Rebuilds the graph at a past instant or over a window from `<db>.<table>` (the client's database).
 
     `client_factory()` returns a clickhouse-connect client (`netsonde.common.clickhouse.connect(url, db)`);
-    one client is created lazily and shared under a lock. `bucket_ms` rounds the instant down so that close
-    queries share a cache entry; entries for instants older than `settle_ms` live until evicted (LRU,
+    one client is created lazily and shared under a lock. Rebuilt graphs are cached per exact (instant,
+    duration); `Context()` rounds relative instants (NOW, '-1h', '1 hour ago') down to `bucket_ms` so that
+    repeated relative queries share an entry, while absolute instants stay exact. Entries for instants older than `settle_ms` live until evicted (LRU,
     `cache_size`), more recent ones `recent_ttl_s`. A past graph larger than `max_rows` revisions is refused
     (413).
     """
@@ -124,7 +125,7 @@ class HistoryStore:
 
     def graph_at(self, at_ms: int, window_ms: int | None = None, timeout_s: float | None = None) -> Graph:
         """The graph at `at_ms` (Unix ms), or every revision alive in [at_ms - window_ms, at_ms]."""
-        at = at_ms // self.bucket_ms * self.bucket_ms
+        at = at_ms
         key = (at, window_ms)
         now = time.monotonic()
         with self._lock:

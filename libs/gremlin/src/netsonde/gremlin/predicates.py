@@ -235,6 +235,6 @@ def make_predicate(arg: ast.Arg) -> Predicate:
                            position=arg.pos)
     lo, hi = cls.ARGS
     if len(arg.args) < lo or (hi is not None and len(arg.args) > hi):
-        want = f"{lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+        want = f"exactly {lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
         raise GremlinError(f"{cls.NAME}() takes {want} argument(s), got {len(arg.args)}", position=arg.pos)
     return cls([literal_value(a, f"a literal inside {cls.NAME}()") for a in arg.args], arg.pos)

@@ -35,6 +35,17 @@ def parse_duration_ms(text: str) -> float | None:
     return sign * sum(float(n) * _UNITS_MS[u] for n, u in _GO_PART.findall(s))
 
 
+def is_relative(arg: ast.Arg) -> bool:
+    """Whether a Context() time argument is relative to now (NOW, '-1h', '1 hour ago', 'now', 'yesterday')."""
+    if isinstance(arg, ast.Keyword):
+        return arg.name == "NOW"
+    if not isinstance(arg, ast.Literal) or not isinstance(arg.value, str):
+        return False
+    low = arg.value.strip().lower()
+    return (low in ("now", "", "yesterday") or parse_duration_ms(low) is not None
+            or bool(_PHRASE.match(low)))
+
+
 def parse_time(arg: ast.Arg, now: int) -> int:
     """First argument of Context(): NOW, Unix seconds (<= 2^31-1) or ms, RFC1123, ISO 8601, a Go duration
     relative to now (`-1h`), or a phrase (`1 hour ago`, `now`, `yesterday`). Returns Unix ms."""
