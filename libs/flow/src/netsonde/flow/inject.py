@@ -91,7 +91,7 @@ def inject_packets(ifname: str, netns: str | None, src_ip: str = "", dst_ip: str
             frames = raw_frames
             if frames is None:
                 smac = src_mac or _own_mac(ifname)
-                dmac = dst_mac or _resolve_mac(dst_ip) or "ff:ff:ff:ff:ff:ff"
+                dmac = dst_mac or _resolve_mac(dst_ip, ifname, smac, src_ip) or "ff:ff:ff:ff:ff:ff"
                 frames = build_packets(type, src_ip, dst_ip, count, size, icmp_id, smac, dmac, src_port,
                                        dst_port, payload, ttl, mode, increment_payload)
             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -135,14 +135,16 @@ def _neighbour_mac(ip: str) -> str:
     return out[out.index("lladdr") + 1] if "lladdr" in out else ""
 
 
-def _resolve_mac(ip: str, timeout: float = 1.0) -> str:
-    """The neighbour MAC of `ip` in the current namespace, triggering ARP/ND with one UDP datagram."""
+def _resolve_mac(ip: str, ifname: str, own_mac: str, own_ip: str, timeout: float = 1.0) -> str:
+    """The neighbour MAC of `ip` in the current namespace: the neighbour table, else one ARP request
+    sent and answered on `ifname` (IPv4), else one UDP datagram to let the kernel resolve it (IPv6)."""
     mac = _neighbour_mac(ip)
     if mac or not ip:
         return mac
-    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    if ":" not in ip and own_ip and ":" not in own_ip:
+        return _arp(ip, ifname, own_mac, own_ip, timeout)
     try:
-        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
             s.sendto(b"", (ip, 9))
     except OSError:
         return ""
@@ -153,3 +155,26 @@ def _resolve_mac(ip: str, timeout: float = 1.0) -> str:
             return mac
         time.sleep(0.02)
     return ""
+
+
+def _arp(ip: str, ifname: str, own_mac: str, own_ip: str, timeout: float) -> str:
+    """Ask who-has `ip` on `ifname` and return the MAC of the first reply ("" on timeout)."""
+    req = (b"\xff" * 6 + bytes.fromhex(own_mac.replace(":", "")) + b"\x08\x06"
+           + b"\x00\x01\x08\x00\x06\x04\x00\x01" + bytes.fromhex(own_mac.replace(":", ""))
+           + socket.inet_aton(own_ip) + b"\x00" * 6 + socket.inet_aton(ip))
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+    try:
+        s.bind((ifname, 0x0806))
+        s.send(req)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            s.settimeout(left)
+            try:
+                data = s.recv(128)
+            except (TimeoutError, socket.timeout):
+                return ""
+            if len(data) >= 42 and data[20:22] == b"\x00\x02" and data[28:32] == socket.inet_aton(ip):
+                return data[22:28].hex(":")
+        return ""
+    finally:
+        s.close()

@@ -1,0 +1,290 @@
+"""The probe-flow process: capture definitions (KV) + graph replica -> captures -> flow updates (JetStream).
+
+- Capture definitions come from the KV bucket `Subjects.capture_bucket` (watched); the nodes each
+  GremlinQuery selects come from a graph replica evaluated by the Gremlin engine; only this host's nodes of a
+  capturable type are captured (`controller.CaptureController`).
+- Every `update_interval_s`, flows touched since the previous update (and expired ones) are published as
+  `FlowUpdateBatch` messages on `Subjects.flows(host)` in stream `Subjects.flow_stream`, with a
+  `Nats-Msg-Id` header equal to the batch_id so a retried publish is stored once.
+- Capture state changes and, every 10 s, counters go out as `CaptureStatus` on `Subjects.capture_status`.
+- HTTP (next to /healthz and /metrics): `POST /pcap` (a pcap file in the body -> flows published),
+  `POST /injectpacket` (Skydive's PacketInjection fields, plus `Ifname`/`NetNsPath` or a `Src` query).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from netsonde.common import natsconn
+from netsonde.common.bus import Subjects, decode, encode
+from netsonde.common.bus.captures import Capture, CaptureStatus
+from netsonde.common.bus.codec import BusDecodeError
+from netsonde.common.bus.flows import Flow, FlowUpdateBatch
+from netsonde.common.service import Service
+from netsonde.flow.inject import InjectionError, inject_packets
+from netsonde.flow.pcap import PcapError, feed_pcap
+from netsonde.flow.table import FlowTable
+
+from .config import ProbeFlowConfig
+from .controller import CaptureController, QueryError, node_netns
+
+log = logging.getLogger(__name__)
+
+
+class ProbeFlowService(Service):
+    name = "probe-flow"
+
+    def __init__(self, config: ProbeFlowConfig) -> None:
+        super().__init__(config)
+        self.cfg = config
+        self.subjects = Subjects(config.subject_prefix)
+        self.nc: Any = None
+        self.js: Any = None
+        self.replica: Any = None
+        self.engine: Any = None
+        self._statuses: list[CaptureStatus] = []
+        self._reconcile_now = asyncio.Event()
+        self._boot = int(time.time() * 1000)
+        self._seq = 0
+        self._exported: dict[str, int] = {}
+        self.controller = CaptureController(config.host_id, self.select_nodes,
+                                            update_expire_ms=int(config.expire_s * 1000),
+                                            max_entries=config.max_entries,
+                                            ring_block_size=config.ring_block_size, ring_blocks=config.ring_blocks,
+                                            on_status=self._statuses.append)
+        m = self.metrics
+        self.m_packets = m.counter("packets_total", "Packets accounted by the flow tables")
+        self.m_bad = m.counter("bad_packets_total", "Frames that could not be decoded", ["kind"])
+        self.m_kernel_drops = m.counter("kernel_drops_total", "Packets the kernel dropped (ring full)")
+        self.m_flows = m.counter("flow_updates_published_total", "Flow updates published")
+        self.m_publish_errors = m.counter("publish_errors_total", "Failed publishes", ["kind"])
+        self.m_captures = m.gauge("captures_running", "Captures running on this host")
+        self.m_table_flows = m.gauge("table_flows", "Flows held in the flow tables")
+
+    # --- lifecycle --------------------------------------------------------------------------------------
+    async def on_start(self) -> None:
+        self.nc = await natsconn.connect(self.cfg.nats_url, f"probe-flow-{self.cfg.host_id}")
+        self.js = self.nc.jetstream()
+        await ensure_flow_stream(self.js, self.subjects, max_bytes=self.cfg.stream_max_bytes)
+        if self.cfg.use_graph:
+            from netsonde.common.replica import GraphReplica
+            from netsonde.gremlin.engine import GremlinEngine
+            self.replica = GraphReplica(self.nc, self.subjects)
+            self.replica.listeners.append(lambda events: self._reconcile_now.set())
+            await self.replica.start(wait=False)
+            self.engine = GremlinEngine(self.replica.graph)
+        self.spawn(self._watch_captures(), "watch-captures")
+        self.spawn(self._reconciler(), "reconcile")
+        self.spawn(self._publisher(), "publish")
+
+    async def on_stop(self) -> None:
+        self.controller.stop_all()
+        with contextlib.suppress(Exception):
+            await self._publish_once()
+        if self.replica is not None:
+            await self.replica.stop()
+        await natsconn.close(self.nc)
+
+    def health(self) -> dict[str, Any]:
+        return {"captures": [{"capture": s.capture_id, "node": s.node_id, "state": s.state, "error": s.error,
+                              "received": s.packets_received, "dropped": s.packets_dropped}
+                             for s in self.controller.statuses()],
+                "query_errors": list(self.controller.query_errors.values())}
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/pcap", self._http_pcap)
+        app.router.add_post("/injectpacket", self._http_inject)
+
+    # --- node selection -------------------------------------------------------------------------------
+    def select_nodes(self, query: str) -> list[dict[str, Any]]:
+        """Nodes (Skydive JSON) a capture's GremlinQuery selects in the replicated graph."""
+        if self.engine is None:
+            return []
+        try:
+            result = self.engine.execute(query)
+        except Exception as e:
+            raise QueryError(str(e)) from None
+        if not isinstance(result, list):
+            raise QueryError(f"query {query!r} does not return nodes")
+        return [n for n in result if isinstance(n, dict) and "Metadata" in n]
+
+    # --- tasks ----------------------------------------------------------------------------------------
+    async def _capture_kv(self) -> Any:
+        from nats.js.api import KeyValueConfig, StorageType
+        from nats.js.errors import BucketNotFoundError, NotFoundError
+        try:
+            return await self.js.key_value(self.subjects.capture_bucket)
+        except (BucketNotFoundError, NotFoundError):
+            try:
+                return await self.js.create_key_value(KeyValueConfig(bucket=self.subjects.capture_bucket,
+                                                                     storage=StorageType.FILE, history=1))
+            except Exception:
+                return await self.js.key_value(self.subjects.capture_bucket)
+
+    async def _watch_captures(self) -> None:
+        kv = await self._capture_kv()
+        watcher = await kv.watchall()
+        async for entry in watcher:
+            if entry is None:
+                self._reconcile_now.set()
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self.controller.delete(entry.key)
+            else:
+                try:
+                    self.controller.put(decode(entry.value, Capture))
+                except BusDecodeError as e:
+                    self.metrics.bad_messages.labels("capture", e.reason).inc()
+                    continue
+            self._reconcile_now.set()
+
+    async def _reconciler(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._reconcile_now.wait(), self.cfg.reconcile_interval_s)
+            self._reconcile_now.clear()
+            # in the loop thread: the Gremlin engine reads the replica, which this loop mutates
+            self.controller.reconcile()
+            self.m_captures.set(len(self.controller.running))
+            await self._publish_statuses()
+
+    async def _publisher(self) -> None:
+        last_status = time.monotonic()
+        while True:
+            await asyncio.sleep(self.cfg.update_interval_s)
+            await self._publish_once()
+            if time.monotonic() - last_status >= 10:
+                last_status = time.monotonic()
+                self._statuses.extend(self.controller.statuses())
+            await self._publish_statuses()
+
+    async def _publish_once(self) -> None:
+        flows = await asyncio.to_thread(self.controller.collect, int(time.time() * 1000))
+        self._export_stats()
+        await self.publish_flows(flows)
+
+    def _export_stats(self) -> None:
+        packets = drops = nflows = 0
+        bad: dict[str, int] = {}
+        for rc in list(self.controller.running.values()):
+            st = rc.table.stats
+            packets += st.packets
+            nflows += len(rc.table)
+            drops += rc.reader.packets_dropped
+            for k, v in st.decode_errors.items():
+                bad[k] = bad.get(k, 0) + v
+        self.m_table_flows.set(nflows)
+        for key, value, inc in (("p", packets, self.m_packets.inc), ("d", drops, self.m_kernel_drops.inc)):
+            prev = self._exported.get(key, 0)
+            if value > prev:
+                inc(value - prev)
+            self._exported[key] = value
+        for k, v in bad.items():
+            prev = self._exported.get("b" + k, 0)
+            if v > prev:
+                self.m_bad.labels(k).inc(v - prev)
+            self._exported["b" + k] = v
+
+    async def publish_flows(self, flows: list[Flow]) -> int:
+        """Publish flow updates in FlowUpdateBatch messages (idempotent batch IDs); returns batches sent."""
+        n = 0
+        size = self.cfg.publish_batch_flows
+        subject = self.subjects.flows(self.cfg.host_id)
+        for i in range(0, len(flows), size):
+            chunk = flows[i:i + size]
+            self._seq += 1
+            batch_id = f"{self.cfg.host_id}-{self._boot}-{self._seq}"
+            data = encode(FlowUpdateBatch(host=self.cfg.host_id, batch_id=batch_id, ts=int(time.time() * 1000),
+                                          flows=chunk))
+            for attempt in range(3):
+                try:
+                    await self.js.publish(subject, data, headers={"Nats-Msg-Id": batch_id})
+                    self.m_flows.inc(len(chunk))
+                    n += 1
+                    break
+                except Exception as e:
+                    if attempt == 2:
+                        self.m_publish_errors.labels("flows").inc()
+                        log.warning("could not publish %d flow updates: %r", len(chunk), e)
+                    else:
+                        await asyncio.sleep(0.5)
+        return n
+
+    async def _publish_statuses(self) -> None:
+        statuses, self._statuses[:] = list(self._statuses), []
+        for s in statuses:
+            try:
+                await self.nc.publish(self.subjects.capture_status, encode(s))
+            except Exception as e:
+                self.m_publish_errors.labels("status").inc()
+                log.debug("capture status not published: %r", e)
+
+    # --- HTTP -----------------------------------------------------------------------------------------
+    async def _http_pcap(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        node_tid = request.query.get("node_tid", "pcap")
+        table = FlowTable(node_tid, request.query.get("capture_id", ""), request.query.get("layer_key_mode", "L2"))
+        try:
+            packets = await asyncio.to_thread(feed_pcap, table, body)
+        except PcapError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        flows = table.flush()
+        await self.publish_flows(flows)
+        return web.json_response({"packets": packets, "flows": len(flows),
+                                  "bad_packets": table.stats.bad_packets})
+
+    async def _http_inject(self, request: web.Request) -> web.Response:
+        try:
+            req = await request.json()
+        except ValueError:
+            return web.json_response({"error": "body must be a JSON PacketInjection"}, status=400)
+        ifname, netns = req.get("Ifname", ""), req.get("NetNsPath")
+        if not ifname and req.get("Src"):
+            try:
+                nodes = [n for n in self.select_nodes(req["Src"])
+                         if (n.get("Host") or n["Metadata"].get("Host")) == self.cfg.host_id]
+            except QueryError as e:
+                return web.json_response({"error": str(e)}, status=400)
+            if not nodes:
+                return web.json_response({"error": f"Src {req['Src']!r} selects no node on this host"}, status=400)
+            ifname, netns = nodes[0]["Metadata"].get("Name", ""), node_netns(nodes[0])
+        if not ifname:
+            return web.json_response({"error": "Ifname or Src is required"}, status=400)
+        try:
+            sent = await asyncio.to_thread(
+                inject_packets, ifname, netns, req.get("SrcIP", ""), req.get("DstIP", ""),
+                type=req.get("Type", "icmp4"), count=int(req.get("Count", 1)),
+                interval_ms=int(req.get("Interval", 0)), size=int(req.get("Size", 0) or 0),
+                icmp_id=int(req.get("ICMPID", 0) or 0), src_mac=req.get("SrcMAC", ""),
+                dst_mac=req.get("DstMAC", ""), src_port=int(req.get("SrcPort", 0) or 0),
+                dst_port=int(req.get("DstPort", 0) or 0), payload=req.get("Payload", ""),
+                ttl=int(req.get("TTL", 64) or 64), mode=req.get("Mode", "unique"),
+                increment_payload=int(req.get("IncrementPayload", 0) or 0))
+        except InjectionError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response({"sent": sent})
+
+
+async def ensure_flow_stream(js: Any, subjects: Subjects, max_bytes: int = 1 << 30) -> None:
+    """Create the flow stream unless it exists (file storage, 24 h, `max_bytes`); whoever is first wins."""
+    from nats.js import api
+    from nats.js.errors import NotFoundError
+    try:
+        await js.stream_info(subjects.flow_stream)
+        return
+    except NotFoundError:
+        pass
+    config = api.StreamConfig(name=subjects.flow_stream, subjects=[subjects.flows_all],
+                              storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
+                              discard=api.DiscardPolicy.OLD, max_age=86_400.0, max_bytes=max_bytes,
+                              duplicate_window=120.0)
+    try:
+        await js.add_stream(config)
+    except Exception:
+        await js.stream_info(subjects.flow_stream)
