@@ -317,3 +317,23 @@ async def test_real_bond_vlan_dummy_gre_geneve_where_the_kernel_has_them(nats_ur
             await m.close()
     finally:
         sh("ip", "netns", "del", ns, check=False)
+
+
+async def test_full_split_in_parts(nats_url, unique, cleanup):
+    """With a small message limit the full state goes out in several parts that a consumer reassembles."""
+    ns = f"sp{unique}"
+    cleanup += [["ip", "netns", "del", ns]]
+    sh("ip", "netns", "add", ns)
+    sh("ip", "-n", ns, "-batch", "-",
+       input="".join(f"link add s{i:02d} type veth peer name t{i:02d}\n" for i in range(20)))
+    svc, m = await start_probe(nats_url, unique, message_max_bytes=10_000)
+    try:
+        fulls = [x for x in m.messages if x["kind"] == "full"]
+        assert fulls[0]["parts"] > 1 and [x["part"] for x in fulls] == list(range(fulls[0]["parts"]))
+        assert [x["seq"] for x in fulls] == list(range(fulls[0]["seq"], fulls[0]["seq"] + len(fulls)))
+        assert all(len(msgpack.packb(x)) <= 10_000 for x in fulls)
+        assert len([n for n in m.nodes.values() if n["Metadata"].get("NetNsName") == ns]) == 41  # 40 veth + lo
+        assert fulls[-1]["digest"] == m.digest() and not any(x.get("digest") for x in fulls[:-1])
+    finally:
+        await svc.stop()
+        await m.close()

@@ -65,6 +65,8 @@ class ProbeTopologyService(Service):
         self._once = OnceLogger(log)
         self._flush_lock = asyncio.Lock()
         self._last_build_s = 0.0
+        self._backoff_s = 0.0
+        """1 s after a failed publish, 0 once one succeeds."""
         m = self.metrics
         self.m_messages = m.counter("messages_total", "Topology messages published", ["kind"])
         self.m_items = m.counter("items_total", "Node/edge upserts and deletions published", ["what"])
@@ -73,6 +75,7 @@ class ProbeTopologyService(Service):
         self.m_nodes = m.gauge("nodes", "Nodes in the host state")
         self.m_edges = m.gauge("edges", "Edges in the host state")
         self.m_namespaces = m.gauge("namespaces", "Network namespaces watched (root included)")
+        self.m_publish_errors = m.counter("publish_errors_total", "Publishes that failed (a full follows)")
         self.m_resyncs = m.counter("resync_requests_total", "Resync requests answered")
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -241,7 +244,7 @@ class ProbeTopologyService(Service):
             await self._dirty.wait()
             # at least flush_interval_s, and no less than the last rebuild took: a long burst on a big host
             # then costs at most about half a core instead of back-to-back rebuilds
-            await asyncio.sleep(max(self.config.flush_interval_s, self._last_build_s))
+            await asyncio.sleep(max(self.config.flush_interval_s, self._last_build_s, self._backoff_s))
             if any(w._dump_kind for w in self.watchers.values()) and self._need_full:
                 continue  # a resync dump is in flight: publish the full once it completed
             self._dirty.clear()
@@ -254,9 +257,13 @@ class ProbeTopologyService(Service):
         async with self._flush_lock:
             state = self.current_state()
             delta = diff(self.published, state)
-            if len(delta):
-                for part in split(delta, self.config.delta_max_items, self.config.message_max_bytes):
-                    await self._send("delta", part)
+            try:
+                if len(delta):
+                    for part in split(delta, self.config.delta_max_items, self.config.message_max_bytes):
+                        await self._send("delta", part)
+            except Exception as exc:  # noqa: BLE001 - the bus is down or refused: resend everything later
+                self._publish_failed(exc)
+                return
             self.published = state
             self._gauges()
 
@@ -267,9 +274,13 @@ class ProbeTopologyService(Service):
             whole = Delta(list(state.nodes.values()), list(state.edges.values()))
             parts = split(whole, 1 << 30, self.config.message_max_bytes) or [Delta()]
             digest = state_digest(state.nodes.values(), state.edges.values())
-            for i, part in enumerate(parts):
-                await self._send("full", part, part_index=i, parts=len(parts),
-                                 digest=digest if i == len(parts) - 1 else "")
+            try:
+                for i, part in enumerate(parts):
+                    await self._send("full", part, part_index=i, parts=len(parts),
+                                     digest=digest if i == len(parts) - 1 else "")
+            except Exception as exc:  # noqa: BLE001
+                self._publish_failed(exc)
+                return
             self.published = state
             self._gauges()
             log.info("published full state (%s): %d nodes, %d edges in %d message(s)",
@@ -278,7 +289,10 @@ class ProbeTopologyService(Service):
     async def publish_digest(self) -> None:
         async with self._flush_lock:
             digest = state_digest(self.published.nodes.values(), self.published.edges.values())
-            await self._send("digest", Delta(), digest=digest)
+            try:
+                await self._send("digest", Delta(), digest=digest)
+            except Exception as exc:  # noqa: BLE001
+                self._publish_failed(exc)
 
     async def _send(self, kind: str, d: Delta, part_index: int = 0, parts: int = 1, digest: str = "") -> None:
         assert self.nc is not None
@@ -287,12 +301,23 @@ class ProbeTopologyService(Service):
                               nodes=d.nodes, edges=d.edges, deleted_nodes=d.deleted_nodes,
                               deleted_edges=d.deleted_edges, digest=digest, part=part_index, parts=parts)
         await self.nc.publish(self.subjects.topology(self.host), encode(msg))
+        self._backoff_s = 0.0
         self.m_messages.labels(kind).inc()
         if kind != "digest":
             self.m_items.labels("node_upserts").inc(len(d.nodes))
             self.m_items.labels("edge_upserts").inc(len(d.edges))
             self.m_items.labels("node_deletions").inc(len(d.deleted_nodes))
             self.m_items.labels("edge_deletions").inc(len(d.deleted_edges))
+
+    def _publish_failed(self, exc: Exception) -> None:
+        """A publish failed (bus down, buffer full): receivers may have missed part of it, so the next flush
+        sends a full state; the flush loop retries after its interval."""
+        self.m_publish_errors.inc()
+        self._once.warning("publish", f"publishing topology failed: {exc!r}; a full state follows")
+        self._need_full = True
+        self._full_reason = "after a publish failure"
+        self._backoff_s = 1.0
+        self._dirty.set()
 
     def _gauges(self) -> None:
         self.m_nodes.set(len(self.published.nodes))
