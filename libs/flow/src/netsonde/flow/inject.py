@@ -27,15 +27,8 @@ class InjectionError(ValueError):
     """The injection request is invalid (type, addresses, interface)."""
 
 
-def build_packets(type: str, src_ip: str, dst_ip: str, count: int = 1, size: int = 0, icmp_id: int = 0,
-                  src_mac: str = "", dst_mac: str = "ff:ff:ff:ff:ff:ff", src_port: int = 0, dst_port: int = 0,
-                  payload: str | bytes = b"", ttl: int = 64, mode: str = "unique",
-                  increment_payload: int = 0) -> list[bytes]:
-    """The Ethernet frames an injection sends (one per count); `size` pads the frame to that many bytes."""
-    from scapy.layers.inet import ICMP, IP, TCP, UDP
-    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
-    from scapy.layers.l2 import Ether
-
+def validate(type: str, src_ip: str, dst_ip: str, count: int) -> None:
+    """Raise InjectionError when the request cannot be built."""
     if type not in TYPES:
         raise InjectionError(f"unknown injection type {type!r}; one of {', '.join(TYPES)}")
     v6 = type.endswith("6")
@@ -47,6 +40,19 @@ def build_packets(type: str, src_ip: str, dst_ip: str, count: int = 1, size: int
         raise InjectionError(f"{type} needs IPv{'6' if v6 else '4'} addresses, got {src_ip!r} -> {dst_ip!r}")
     if count < 1:
         raise InjectionError("count must be >= 1")
+
+
+def build_packets(type: str, src_ip: str, dst_ip: str, count: int = 1, size: int = 0, icmp_id: int = 0,
+                  src_mac: str = "", dst_mac: str = "ff:ff:ff:ff:ff:ff", src_port: int = 0, dst_port: int = 0,
+                  payload: str | bytes = b"", ttl: int = 64, mode: str = "unique",
+                  increment_payload: int = 0) -> list[bytes]:
+    """The Ethernet frames an injection sends (one per count); `size` pads the frame to that many bytes."""
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+    from scapy.layers.l2 import Ether
+
+    validate(type, src_ip, dst_ip, count)
+    v6 = type.endswith("6")
     data = payload.encode() if isinstance(payload, str) else bytes(payload)
     rnd = random.Random()
     sport = src_port or rnd.randrange(32768, 61000)
@@ -78,6 +84,8 @@ def inject_packets(ifname: str, netns: str | None, src_ip: str = "", dst_ip: str
                    ttl: int = 64, mode: str = "unique", increment_payload: int = 0,
                    raw_frames: list[bytes] | None = None) -> int:
     """Send packets out of `ifname` (in namespace path `netns`, or the current one); returns how many."""
+    if raw_frames is None:
+        validate(type, src_ip, dst_ip, count)
     result: dict[str, Any] = {}
 
     def run() -> None:
