@@ -3,6 +3,7 @@ ClickHouse history + query-api replica -> HTTP, WebSocket and the `netsonde` CLI
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -101,11 +102,13 @@ async def test_namespace_veth_bridge_end_to_end(host_stack, names) -> None:
     assert gb.builder.graph.nodes[node["ID"]].Revision >= 2
 
     # the CLI answers the same query
-    out = subprocess.run([sys.executable, "-m", "netsonde.cli", "client", "--analyzer", f"127.0.0.1:{port}",
-                          "topology", "query", "--gremlin", f"G.V().Has('Name','{va}').Values('MTU')"],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == [1400]
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "netsonde.cli", "client", "--analyzer", f"127.0.0.1:{port}",
+        "topology", "query", "--gremlin", f"G.V().Has('Name','{va}').Values('MTU')",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(cli.communicate(), 60)
+    assert cli.returncode == 0, stderr
+    assert json.loads(stdout) == [1400]
 
     ip("link", "del", va)
     assert await wait_for(lambda: has(f"G.V().Has('Name','{va}').Count()", 0), 10)
