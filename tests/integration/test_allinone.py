@@ -38,7 +38,7 @@ def test_allinone_starts_answers_and_stops_without_orphans(tmp_path, unique: str
     try:
         banner = ""
         deadline = time.monotonic() + 120
-        while "Netsonde is running" not in banner:
+        while "Logs" not in banner:
             line = proc.stdout.readline()
             assert line or proc.poll() is None, f"allinone exited: {banner}"
             banner += line
