@@ -286,6 +286,41 @@ def test_use_and_set_without_session_do_not_leak(http: httpx.Client, db: str) ->
         assert r.text.split("\t")[0] == "default"
 
 
+def test_session_is_locked_while_it_runs_a_query(clickhouse_url: str) -> None:
+    base, auth = http_base(clickhouse_url)
+    sid = f"l-{uuid.uuid4()}"
+    with httpx.Client(base_url=base, auth=auth, timeout=60) as h1, \
+            httpx.Client(base_url=base, auth=auth, timeout=60) as h2:
+        assert h1.post("/", params={"session_id": sid}, content="SELECT 1").status_code == 200
+        started = threading.Event()
+        slow: list[httpx.Response] = []
+
+        def run_slow() -> None:
+            started.set()
+            slow.append(h1.post("/", params={"session_id": sid, "function_sleep_max_microseconds_per_block":
+                                             "10000000"},
+                                content="SELECT sleepEachRow(0.5) FROM numbers(6) SETTINGS max_block_size = 1"))
+
+        t = threading.Thread(target=run_slow)
+        t.start()
+        started.wait()
+        try:
+            # poll until the session is busy (the slow query reached the server), then expect the lock error
+            busy = None
+            for _ in range(200):
+                r = h2.post("/", params={"session_id": sid}, content="SELECT 2")
+                if r.status_code != 200:
+                    busy = r
+                    break
+                if not t.is_alive():
+                    break
+            assert busy is not None, "the slow query ended before a concurrent request saw the session busy"
+            assert busy.headers["X-ClickHouse-Exception-Code"] == "373"  # SESSION_IS_LOCKED
+        finally:
+            t.join()
+        assert slow[0].status_code == 200 and slow[0].text.count("\n") == 6
+
+
 # --- errors -----------------------------------------------------------------------------------------
 
 def test_errors_reach_the_client_as_clickhouse_exceptions(client: Client) -> None:
@@ -303,6 +338,19 @@ def test_errors_reach_the_client_as_clickhouse_exceptions(client: Client) -> Non
     with pytest.raises(Exception):  # refused by the client's serializer or by the server: never half-written
         client.insert("e", [["not a number"]], column_names=["a"])
     assert client.command("SELECT count() FROM e") == 0
+
+
+def test_exception_in_the_middle_of_a_result(client: Client) -> None:
+    sql = "SELECT number, throwIf(number >= 150000, 'boom') FROM numbers(400000) SETTINGS max_block_size = 10000"
+    with pytest.raises(DatabaseError) as exc:
+        client.query(sql)
+    assert exc.value.code == 395  # FUNCTION_THROW_IF_VALUE_IS_NON_ZERO
+    with pytest.raises(Exception) as exc2:  # streamed: rows arrive first, then the error, never a silent cut
+        with client.query_row_block_stream(sql) as stream:
+            for _block in stream:
+                pass
+    assert "boom" in str(exc2.value) or "395" in str(exc2.value)
+    assert client.command("SELECT 1") == 1
 
 
 def test_error_response_shape(http: httpx.Client) -> None:
