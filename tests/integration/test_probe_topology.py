@@ -337,3 +337,25 @@ async def test_full_split_in_parts(nats_url, unique, cleanup):
     finally:
         await svc.stop()
         await m.close()
+
+
+async def test_veth_between_two_namespaces(nats_url, unique, cleanup):
+    """Peers in two non-root namespaces, linked through the nsids the kernel reports (RTM_GETNSID)."""
+    na, nb = f"va{unique}", f"vb{unique}"
+    cleanup += [["ip", "netns", "del", na], ["ip", "netns", "del", nb]]
+    sh("ip", "netns", "add", na)
+    sh("ip", "netns", "add", nb)
+    svc, m = await start_probe(nats_url, unique)
+    try:
+        sh("ip", "-n", na, "link", "add", "e0", "type", "veth", "peer", "name", "e1", "netns", nb)
+        assert await until(lambda: m.one(Name="e0", NetNsName=na) and m.one(Name="e1", NetNsName=nb)
+                           and m.edges_between(m.one(Name="e0", NetNsName=na)["ID"],
+                                               m.one(Name="e1", NetNsName=nb)["ID"], Type="veth"))
+        assert await until(lambda: m.one(Name="e0", NetNsName=na)["Metadata"].get("LinkNetNsName") == nb
+                           and m.one(Name="e1", NetNsName=nb)["Metadata"].get("LinkNetNsName") == na)
+        w = next(w for w in svc.watchers.values() if w.ns.name == na)
+        assert await until(lambda: set(w.nsids.values()) >= {next(x.ns.inode for x in svc.watchers.values()
+                                                                   if x.ns.name == nb)})
+    finally:
+        await svc.stop()
+        await m.close()

@@ -31,6 +31,7 @@ class Src:
     metric_ts: dict[int, int] = field(default_factory=dict)
     first_seen: dict[int, int] = field(default_factory=dict)
     drv: dict[int, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    nsids: dict[int, int] = field(default_factory=dict)
 
     def add(self, index: int, name: str, type_: str, kind: str | None = None, **md: Any) -> None:
         self.links[index] = {"Name": name, "IfIndex": index, "Type": type_, "Kind": kind if kind is not None
@@ -110,6 +111,26 @@ def test_veth_peers_with_colliding_indexes_are_told_apart():
     pairs = {frozenset((e.Parent, e.Child)) for e in s.edges.values() if e.Metadata.get("Type") == "veth"}
     assert pairs == {frozenset((to_a.ID, ea.ID)), frozenset((to_b.ID, eb.ID))}
     assert to_a.Metadata["LinkNetNsName"] == "a" and to_b.Metadata["LinkNetNsName"] == "b"
+
+
+def test_nsid_resolution_wins_over_index_matching():
+    r, a, b = root(), named("a", 11), named("b", 12)
+    r.nsids = {5: 12}
+    r.add(10, "to-b", "veth", PeerIfIndex=2, LinkNetNsID=5)
+    a.add(2, "decoy", "veth", PeerIfIndex=10, LinkNetNsID=0)  # would match by indexes alone
+    b.add(2, "eth0", "veth", PeerIfIndex=10)  # b has no nsid for the root namespace: no LinkNetNsID
+    s = build("h", "h", [r, a, b], None)
+    to_b = by_name(s, "to-b")
+    pairs = {frozenset((e.Parent, e.Child)) for e in s.edges.values() if e.Metadata.get("Type") == "veth"}
+    assert frozenset((to_b.ID, by_name(s, "eth0").ID)) in pairs
+    assert frozenset((to_b.ID, by_name(s, "decoy").ID)) not in pairs
+    assert to_b.Metadata["LinkNetNsName"] == "b"
+    # a macvlan moved into a namespace finds its parent through the nsid too
+    b.nsids = {3: 11}
+    a.add(7, "uplink", "device")
+    b.add(9, "mv", "macvlan", ParentIndex=7, LinkNetNsID=3)
+    s = build("h", "h", [r, a, b], None)
+    assert edge(s, by_name(s, "uplink"), by_name(s, "mv"), RelationType="layer2", Type="macvlan")
 
 
 def test_bridge_bond_vlan_macvlan_relations():

@@ -32,6 +32,7 @@ class NsSource(Protocol):
     metric_ts: dict[int, int]
     first_seen: dict[int, int]
     drv: dict[int, tuple[str, dict[str, Any]]]
+    nsids: dict[int, int]
 
 
 @dataclass
@@ -138,10 +139,15 @@ def build(host: str, hostname: str, namespaces: Iterable[NsSource], ovs: OvsStat
                 master_id = by_ns_index[(ns.inode, master)]
                 if src.links[master].get("Type") != "openvswitch":
                     b.edge(master_id, node_id, LAYER2)
+            # the namespace IFLA_LINK_NETNSID designates, when the kernel told us (RTM_GETNSID)
+            other: NsSource | None = None
+            if "LinkNetNsID" in link:
+                inode = getattr(src, "nsids", {}).get(link["LinkNetNsID"])
+                other = ns_of.get(inode) if inode is not None else None
             parent = link.get("ParentIndex")
             ptype = PARENT_LINK_TYPES.get(link.get("Kind", ""))
             if parent is not None and ptype is not None:
-                pns = src if "LinkNetNsID" not in link else root
+                pns = src if "LinkNetNsID" not in link else (other or root)
                 if pns is not None and parent in pns.links:
                     b.edge(by_ns_index[(pns.ns.inode, parent)], node_id, LAYER2, ptype)
             peer = link.get("PeerIfIndex")
@@ -151,16 +157,27 @@ def build(host: str, hostname: str, namespaces: Iterable[NsSource], ovs: OvsStat
                     cand = src.links.get(peer)
                     if cand is not None and cand.get("PeerIfIndex") == index and "LinkNetNsID" not in cand:
                         peer_src = src
-                else:
+                elif other is not None:
+                    if peer in other.links:
+                        peer_src = other
+                else:  # nsid not resolved (yet): the veth elsewhere whose peer index points back
                     for csrc, _cidx in veth_any.get((peer, index), ()):
-                        if csrc is not src and "LinkNetNsID" in csrc.links[peer]:
-                            peer_src = csrc
-                            break
+                        cand_nsid = csrc.links[peer].get("LinkNetNsID")
+                        if csrc is src or cand_nsid is None:
+                            continue
+                        resolved = getattr(csrc, "nsids", {}).get(cand_nsid)
+                        if resolved is not None and resolved != ns.inode:
+                            continue  # that veth's peer is known to live elsewhere
+                        peer_src = csrc
+                        break
                 if peer_src is not None:
                     peer_id = by_ns_index[(peer_src.ns.inode, peer)]
                     b.edge(node_id, peer_id, LAYER2, "veth")
-                    if peer_src.ns.kind != "root":
-                        b.md[node_id]["LinkNetNsName"] = peer_src.ns.name
+                    if peer_src is not src:  # both ends name the other's namespace (not the root one)
+                        if peer_src.ns.kind != "root":
+                            b.md[node_id]["LinkNetNsName"] = peer_src.ns.name
+                        if ns.kind != "root":
+                            b.md[peer_id]["LinkNetNsName"] = ns.name
 
     if ovs is not None:
         _add_ovs(b, host_id, host_tid, ovs, sources, root, by_ns_index)

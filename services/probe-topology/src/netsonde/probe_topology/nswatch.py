@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import logging
 import socket
 import time
@@ -19,6 +20,7 @@ from typing import Any, Callable
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
 
 from . import ethtool
 from .netlink import RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, link_metric, parse_addr, parse_link
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
 RTM_GETLINK, RTM_GETADDR = 18, 22
+RTM_NEWNSID, RTM_GETNSID = 88, 90
 NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 
@@ -63,6 +66,10 @@ class NsWatcher:
         self._dump_addrs: dict[int, set[tuple[str, str]]] = {}
         self._want_dump = False
         self._dump_done: asyncio.Event = asyncio.Event()
+        self.nsids: dict[int, int] = {}
+        """nsid (as IFLA_LINK_NETNSID values in this namespace name them) -> inode of that namespace."""
+        self._nsid_queries: dict[int, int] = {}
+        self._last_unknown: frozenset[int] = frozenset()
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -90,6 +97,51 @@ class NsWatcher:
             return
         self._dump_done.clear()
         self._start_dump("link")
+
+    def unknown_nsids(self) -> set[int]:
+        """LinkNetNsID values of this namespace's links that are not resolved to a namespace yet."""
+        return {md["LinkNetNsID"] for md in self.links.values() if "LinkNetNsID" in md} - set(self.nsids)
+
+    def query_nsids(self, namespaces: dict[int, str]) -> None:
+        """When some LinkNetNsID of this namespace is unresolved (and the unresolved set changed since the
+        last time), ask the kernel (RTM_GETNSID with NETNSA_FD) which nsid this namespace gives each other
+        watched namespace (inode -> path); answers arrive as RTM_NEWNSID and fill `nsids`."""
+        unknown = frozenset(self.unknown_nsids())
+        if self._sock is None or not unknown or unknown == self._last_unknown:
+            return
+        self._last_unknown = unknown
+        known = set(self.nsids.values())
+        for inode, path in namespaces.items():
+            if inode == self.ns.inode or inode in known:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                self._seq = (self._seq + 1) & 0x7FFFFFFF
+                msg = nsidmsg()
+                msg["header"]["type"] = RTM_GETNSID
+                msg["header"]["flags"] = NLM_F_REQUEST
+                msg["header"]["sequence_number"] = self._seq
+                msg["header"]["pid"] = 0
+                msg["attrs"] = [("NETNSA_FD", fd)]
+                msg.encode()
+                self._sock.send(msg.data)  # rtnetlink handles it inside send(): the fd may be closed after
+                self._nsid_queries[self._seq] = inode
+            except OSError as exc:
+                log.debug("RTM_GETNSID for %s in %s failed: %s", path, self.ns.name or "root", exc)
+            finally:
+                os.close(fd)
+
+    def namespaces_changed(self) -> None:
+        """A namespace appeared: unresolved nsids may now be resolvable."""
+        self._last_unknown = frozenset()
+
+    def forget_namespace(self, inode: int) -> None:
+        self._last_unknown = frozenset()
+        for nsid in [k for k, v in self.nsids.items() if v == inode]:
+            del self.nsids[nsid]
 
     async def wait_synced(self, timeout: float) -> bool:
         try:
@@ -196,7 +248,15 @@ class NsWatcher:
                 self._dump_finished()
                 return True
             return False
+        if mtype == RTM_NEWNSID:
+            inode = self._nsid_queries.pop(seq, None)
+            nsid = msg.get_attr("NETNSA_NSID")
+            if inode is not None and nsid is not None and nsid != 0xFFFFFFFF and nsid < 0x80000000:
+                self.nsids[int(nsid)] = inode
+                return True
+            return False
         if mtype == NLMSG_ERROR:
+            self._nsid_queries.pop(seq, None)
             if in_dump:
                 log.warning("netlink dump error in %s: %s", self.ns.name or "root", msg.get("error"))
                 self._dump_kind = ""

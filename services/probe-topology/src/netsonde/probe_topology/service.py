@@ -138,12 +138,19 @@ class ProbeTopologyService(Service):
             return
         self.watchers[ns.inode] = w
         self.m_namespaces.set(len(self.watchers))
+        paths = {inode: x.ns.path for inode, x in self.watchers.items()}
+        for other in self.watchers.values():
+            if other is not w:
+                other.namespaces_changed()
+                other.query_nsids(paths)
         self._mark_dirty()
 
     def _remove_ns(self, inode: int) -> None:
         w = self.watchers.pop(inode, None)
         if w is not None:
             w.close()
+            for other in self.watchers.values():
+                other.forget_namespace(inode)
             self.m_namespaces.set(len(self.watchers))
             self._mark_dirty()
 
@@ -219,6 +226,7 @@ class ProbeTopologyService(Service):
 
     # --- changes -------------------------------------------------------------------------------------
     def _on_ns_change(self, watcher: NsWatcher, overrun: bool) -> None:
+        watcher.query_nsids({inode: w.ns.path for inode, w in self.watchers.items()})
         if overrun:
             self.m_overruns.inc()
             self._need_full = True
