@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Literal:
     """A string, int, float or bool as written in the query."""
 
@@ -14,7 +14,7 @@ class Literal:
     pos: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Keyword:
     """A bare keyword: ASC, DESC, NOW, FOREVER (upper-cased)."""
 
@@ -22,7 +22,7 @@ class Keyword:
     pos: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
     """A nested call used as an argument: a predicate (`Gt(3)`) or `Metadata(k, v, ...)`. Name upper-cased."""
 
@@ -35,7 +35,7 @@ class Call:
 Arg = Union[Literal, Keyword, Call]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepCall:
     """One `.Step(args)` of the query. `name` is upper-cased, `written` is as the user typed it."""
 
@@ -45,7 +45,7 @@ class StepCall:
     pos: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Query:
     steps: tuple[StepCall, ...] = field(default_factory=tuple)
     text: str = ""

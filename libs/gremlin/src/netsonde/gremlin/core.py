@@ -25,7 +25,7 @@ def _filter_nodes(ctx: Context, value: NodesT, flt: Filter) -> NodesT:
     if value.elems is None:
         cand = flt.index_candidate()
         if cand is not None:
-            hits = value.view.lookup(*cand)
+            hits = value.view.lookup_any(*cand)
             if hits is not None:
                 out = flt.apply(hits, ctx)
                 ctx.check_size(len(out), "nodes")
@@ -178,6 +178,12 @@ class _Move(Step):
         view = value.view
         out: list[GraphElement] = []
         limit = ctx.limits.max_results
+        if view.single_revision:
+            out = self._fast(ctx, view, value.iter(), limit)
+            if self.flt:
+                out = self.flt.apply(out, ctx)
+            ctx.check_size(len(out), "nodes")
+            return NodesT(view, out)
         for n in value.iter():
             if self.DIRECTION in ("out", "both"):
                 for e in view.out_edges(n.ID):
@@ -192,6 +198,33 @@ class _Move(Step):
             out = self.flt.apply(out, ctx)
         ctx.check_size(len(out), "nodes")
         return NodesT(view, out)
+
+
+    def _fast(self, ctx: Context, view: GraphView, nodes: Iterable[GraphElement], limit: int) -> list[GraphElement]:
+        """One revision per ID (the live graph): walk the adjacency dicts directly."""
+        g = view.graph
+        edges, by_id = g.edges, g.nodes
+        out: list[GraphElement] = []
+        append = out.append
+        down = self.DIRECTION in ("out", "both")
+        up = self.DIRECTION in ("in", "both")
+        for n in nodes:
+            if down:
+                for eid in g.out_edges.get(n.ID, ()):
+                    e = edges.get(eid)
+                    c = by_id.get(e.Child) if e is not None else None
+                    if c is not None:
+                        append(c)
+            if up:
+                for eid in g.in_edges.get(n.ID, ()):
+                    e = edges.get(eid)
+                    c = by_id.get(e.Parent) if e is not None else None
+                    if c is not None:
+                        append(c)
+            if len(out) > limit and not self.flt:
+                ctx.check_size(len(out), "nodes")
+            ctx.tick()
+        return out
 
 
 @core_step("Out")
@@ -641,7 +674,7 @@ class ShortestPathTo(Step):
         target_ids: set[str] | None = None
         cand = self.target.index_candidate()
         if cand is not None:
-            hits = view.lookup(*cand)
+            hits = view.lookup_any(*cand)
             if hits is not None:
                 target_ids = {n.ID for n in self.target.apply(hits, ctx)}
         cache: dict[str, bool] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -13,12 +14,19 @@ from . import flows as _flows  # noqa: F401  (registers the flow steps)
 from .errors import GremlinError
 from .flows import RawPacketsT
 from .parser import parse
-from .steps import lookup_step
+from .steps import Step, lookup_step
 from .traversal import Context, EdgesT, GraphT, GraphView, NodesT, PathsT, QueryLimits, Value, ValuesT
 
 log = logging.getLogger(__name__)
 
 PCAP_MIME = "application/vnd.tcpdump.pcap"
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_query(query: str) -> tuple[Step, ...]:
+    """Parse a query and build its steps (arguments checked). Steps hold no run state, so compiled queries
+    are cached: a UI or an alert re-running the same query skips the parser."""
+    return tuple(lookup_step(call) for call in parse(query).steps)
 
 
 class GremlinEngine:
@@ -51,8 +59,7 @@ class GremlinEngine:
 
     def run(self, query: str, ctx: Context | None = None) -> Value:
         """Evaluate to the last step's traversal value (not yet JSON)."""
-        q = parse(query)
-        steps = [lookup_step(call) for call in q.steps]
+        steps = compile_query(query)
         ctx = ctx or Context(self.limits, history=self.history, flows=self.flows)
         value: Value = GraphT(GraphView(self.graph))
         for i, step in enumerate(steps):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -19,7 +20,7 @@ class Tok(Enum):
     EOF = "end of query"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Token:
     kind: Tok
     text: str
@@ -39,65 +40,45 @@ _PUNCT = {"(": Tok.LPAREN, ")": Tok.RPAREN, ",": Tok.COMMA, ".": Tok.DOT}
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"'}
 
 
+_TOKEN = re.compile(r"""
+    (?P<ws>[ \t\r\n]+)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+  | (?P<sq>'(?:[^'\\]|\\.)*')
+  | (?P<dq>"(?:[^"\\]|\\.)*")
+  | (?P<punct>[(),.])
+""", re.VERBOSE | re.DOTALL)
+_UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
 def tokenize(query: str) -> list[Token]:
     """Split `query` into tokens; raises GremlinError (400, with position) on an unterminated string or a
     character that has no place in the dialect."""
     out: list[Token] = []
+    append = out.append
     i, n = 0, len(query)
+    match = _TOKEN.match
     while i < n:
-        c = query[i]
-        if c in " \t\r\n":
-            i += 1
-        elif c in _PUNCT:
-            # a dot followed by a digit after a non-identifier is part of a number (".5")
-            if c == "." and i + 1 < n and query[i + 1].isdigit() and (not out or out[-1].kind in
-                                                                     (Tok.LPAREN, Tok.COMMA)):
-                i = _number(query, i, out)
-            else:
-                out.append(Token(_PUNCT[c], c, i))
-                i += 1
-        elif c in "'\"":
-            start, i = i, i + 1
-            buf: list[str] = []
-            while True:
-                if i >= n:
-                    raise GremlinError(f"syntax error: unterminated string starting with {c}", position=start)
-                ch = query[i]
-                if ch == "\\" and i + 1 < n:
-                    buf.append(_ESCAPES.get(query[i + 1], "\\" + query[i + 1]))
-                    i += 2
-                elif ch == c:
-                    i += 1
-                    break
-                else:
-                    buf.append(ch)
-                    i += 1
-            out.append(Token(Tok.STRING, "".join(buf), start))
-        elif c.isdigit() or (c in "+-" and i + 1 < n and (query[i + 1].isdigit() or query[i + 1] == ".")):
-            i = _number(query, i, out)
-        elif c.isalpha() or c == "_":
-            start = i
-            while i < n and (query[i].isalnum() or query[i] == "_"):
-                i += 1
-            out.append(Token(Tok.IDENT, query[start:i], start))
-        else:
+        m = match(query, i)
+        if m is None:
+            c = query[i]
+            if c in "'\"":
+                raise GremlinError(f"syntax error: unterminated string starting with {c}", position=i)
             raise GremlinError(f"syntax error: unexpected character {c!r}", position=i)
-    out.append(Token(Tok.EOF, "", n))
+        kind = m.lastgroup
+        text = m.group()
+        if kind == "ident":
+            append(Token(Tok.IDENT, text, i))
+        elif kind == "punct":
+            append(Token(_PUNCT[text], text, i))
+        elif kind == "sq" or kind == "dq":
+            body = text[1:-1]
+            if "\\" in body:
+                body = _UNESCAPE.sub(lambda e: _ESCAPES.get(e.group(1), "\\" + e.group(1)), body)
+            append(Token(Tok.STRING, body, i))
+        elif kind == "num":
+            # "G.V().Has(...).5" cannot happen; a number right after an identifier or ')' is a syntax error
+            append(Token(Tok.NUMBER, text, i))
+        i = m.end()
+    append(Token(Tok.EOF, "", n))
     return out
-
-
-def _number(query: str, i: int, out: list[Token]) -> int:
-    start = i
-    n = len(query)
-    if query[i] in "+-":
-        i += 1
-    while i < n and (query[i].isdigit() or query[i] in ".eE" or
-                     (query[i] in "+-" and query[i - 1] in "eE")):
-        i += 1
-    text = query[start:i]
-    try:
-        float(text)
-    except ValueError:
-        raise GremlinError(f"syntax error: malformed number {text!r}", position=start) from None
-    out.append(Token(Tok.NUMBER, text, start))
-    return i

@@ -59,9 +59,35 @@ class Predicate:
         return f"{self.NAME}({', '.join(map(repr, self.args))})"
 
 
+def _term_key(v: Any) -> Any:
+    """A hashable key under which term-equal values collide: numbers by value, bools apart from numbers."""
+    if isinstance(v, bool):
+        return ("b", v)
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def _hashable(v: Any) -> bool:
+    return isinstance(v, (str, int, float))
+
+
 @predicate("Eq")
 class Eq(Predicate):
     """A plain literal: term equality (array values: any element)."""
+
+    def __init__(self, args: list[Any], pos: int) -> None:
+        super().__init__(args, pos)
+        self.key = _term_key(args[0]) if _hashable(args[0]) else None
+
+    def test(self, present: bool, values: list[Any]) -> bool:
+        key = self.key
+        if key is None:
+            return any(equal(v, self.args[0]) for v in values)
+        for v in values:
+            if _hashable(v) and _term_key(v) == key:
+                return True
+        return False
 
     def match(self, v: Any) -> bool:
         return equal(v, self.args[0])
@@ -83,20 +109,34 @@ class Nee(Predicate):
         return not any(equal(v, self.args[0]) for v in values)
 
 
-@predicate("Within")
-class Within(Predicate):
+class _TermSet(Predicate):
     ARGS = (1, None)
 
+    def __init__(self, args: list[Any], pos: int) -> None:
+        super().__init__(args, pos)
+        self.strs = {a for a in args if isinstance(a, str)}
+        self.others = {_term_key(a) for a in args if _hashable(a) and not isinstance(a, str)}
+        self.unhashable = [a for a in args if not _hashable(a)]
+
     def match(self, v: Any) -> bool:
-        return any(equal(v, a) for a in self.args)
+        if isinstance(v, str):
+            return v in self.strs
+        if _hashable(v) and _term_key(v) in self.others:
+            return True
+        return any(equal(v, a) for a in self.unhashable)
+
+
+@predicate("Within")
+class Within(_TermSet):
+    """Any value equals one of the arguments."""
 
 
 @predicate("Without")
-class Without(Predicate):
-    ARGS = (1, None)
+class Without(_TermSet):
+    """No value equals any of the arguments (an element without the key matches)."""
 
     def test(self, present: bool, values: list[Any]) -> bool:
-        return not any(equal(v, a) for v in values for a in self.args)
+        return not any(self.match(v) for v in values)
 
 
 class _Numeric(Predicate):

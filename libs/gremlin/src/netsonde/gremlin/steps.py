@@ -16,7 +16,7 @@ from netsonde.common.bus.graph import GraphElement
 from . import ast
 from .errors import GremlinError
 from .fields import element_values
-from .predicates import Eq, Predicate, literal_value, make_predicate
+from .predicates import Eq, Predicate, Within, literal_value, make_predicate
 from .traversal import Context, Value
 
 CORE_STEPS: dict[str, type["Step"]] = {}
@@ -136,13 +136,15 @@ class Filter:
         ctx.tick(n)
         return out
 
-    def index_candidate(self) -> tuple[str, Any] | None:
-        """The first (key, literal) equality pair, a candidate for an index lookup."""
+    def index_candidate(self) -> tuple[str, list[Any]] | None:
+        """The first (key, [literals]) pair usable for an index lookup: an equality or a Within()."""
         if self.any_of:
             return None
         for k, p in self.pairs:
             if isinstance(p, Eq):
-                return k, p.args[0]
+                return k, [p.args[0]]
+            if isinstance(p, Within):
+                return k, list(p.args)
         return None
 
 

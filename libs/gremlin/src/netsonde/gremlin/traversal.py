@@ -36,7 +36,9 @@ class GraphView:
         self.graph = graph
         self.older_nodes: dict[str, list[GraphElement]] = getattr(graph, "older_nodes", None) or {}
         self.older_edges: dict[str, list[GraphElement]] = getattr(graph, "older_edges", None) or {}
-        self.indexed = not self.older_nodes and hasattr(graph, "index")
+        self.single_revision = not self.older_nodes and not self.older_edges
+        """True for the live graph and past instants: one element per ID (fast paths apply)."""
+        self.indexed = self.single_revision and hasattr(graph, "index")
 
     def nodes(self) -> Iterator[GraphElement]:
         yield from self.graph.nodes.values()
@@ -91,11 +93,26 @@ class GraphView:
 
     def lookup(self, key: str, value: Any) -> list[GraphElement] | None:
         """Nodes with indexed `key` == `value` (list values: membership), or None when no index applies."""
-        if not self.indexed or key not in INDEXED_KEYS or isinstance(value, bool) \
-                or not isinstance(value, (str, int)):
+        return self.lookup_any(key, [value])
+
+    def lookup_any(self, key: str, values: list[Any]) -> list[GraphElement] | None:
+        """Nodes whose indexed `key` equals one of `values` (no duplicates), or None when no index applies."""
+        if not self.indexed or key not in INDEXED_KEYS:
             return None
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (str, int)):
+                return None
         nodes = self.graph.nodes
-        return [nodes[i] for i in self.graph.lookup(key, value) if i in nodes]
+        if len(values) == 1:
+            return [nodes[i] for i in self.graph.lookup(key, values[0]) if i in nodes]
+        seen: set[str] = set()
+        out = []
+        for v in values:
+            for i in self.graph.lookup(key, v):
+                if i not in seen and i in nodes:
+                    seen.add(i)
+                    out.append(nodes[i])
+        return out
 
 
 class Context:
