@@ -81,6 +81,7 @@ class NsWatcher:
         self.resync()
 
     def close(self) -> None:
+        self._dump_done.set()  # nobody waits for a namespace that is gone
         if self._sock is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self._sock.fileno())

@@ -341,7 +341,7 @@ class ProbeTopologyService(Service):
         if req.host not in ("", self.host):
             return
         self.m_resyncs.inc()
-        await self.publish_full(f"requested: {req.reason or 'no reason'}")
+        await self.resync(f"requested: {req.reason or 'no reason'}")
 
     async def _digest_loop(self) -> None:
         while True:
@@ -354,10 +354,12 @@ class ProbeTopologyService(Service):
             for w in list(self.watchers.values()):
                 w.resync()
 
-    async def resync(self) -> None:
-        """Dump every namespace again, then publish a full state (also what an overrun triggers)."""
-        for w in list(self.watchers.values()):
+    async def resync(self, reason: str = "resync") -> None:
+        """Dump every namespace again, then publish a full state (what a ResyncRequest gets)."""
+        watchers = list(self.watchers.values())
+        for w in watchers:
             w.resync()
-        for w in list(self.watchers.values()):
-            await w.wait_synced(self.config.start_timeout_s)
-        await self.publish_full("resync")
+        deadline = time.monotonic() + self.config.start_timeout_s
+        for w in watchers:
+            await w.wait_synced(max(0.1, deadline - time.monotonic()))
+        await self.publish_full(reason)
