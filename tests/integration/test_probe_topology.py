@@ -359,3 +359,24 @@ async def test_veth_between_two_namespaces(nats_url, unique, cleanup):
     finally:
         await svc.stop()
         await m.close()
+
+
+async def test_link_counters_refresh(nats_url, unique, cleanup):
+    """`Metric` follows the kernel counters at each refresh (`metrics_interval_s`, shortened here)."""
+    ns = f"mc{unique}"
+    cleanup += [["ip", "netns", "del", ns]]
+    sh("ip", "netns", "add", ns)
+    sh("ip", "-n", ns, "link", "set", "lo", "up")
+    svc, m = await start_probe(nats_url, unique, metrics_interval_s=0.3)
+    try:
+        assert await until(lambda: m.one(Name="lo", NetNsName=ns) is not None)
+        before = m.one(Name="lo", NetNsName=ns)["Metadata"]["Metric"]
+        sh("ip", "netns", "exec", ns, "ping", "-c", "3", "-i", "0.01", "-q", "127.0.0.1")
+        assert await until(lambda: m.one(Name="lo", NetNsName=ns)["Metadata"]["Metric"]["RxPackets"]
+                           >= before["RxPackets"] + 6)
+        after = m.one(Name="lo", NetNsName=ns)["Metadata"]["Metric"]
+        assert after["TxPackets"] >= before["TxPackets"] + 6 and after["RxBytes"] > before["RxBytes"]
+        assert after["Start"] == before["Start"] and after["Last"] > before["Last"]
+    finally:
+        await svc.stop()
+        await m.close()
