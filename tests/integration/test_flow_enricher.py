@@ -23,7 +23,7 @@ from netsonde.flow_enricher.config import FlowEnricherConfig
 from netsonde.flow_enricher.lookup import EndpointLookup
 from netsonde.flow_enricher.service import FlowEnricherService
 
-T0 = 1_764_000_000_000
+T0 = (int(time.time()) - 3600) * 1000  # recent: rows older than the TTL are dropped at insert
 
 
 def node(nid: str, host: str, **md: object) -> GraphElement:

@@ -135,4 +135,8 @@ def test_columns_then_row_to_flow_round_trips(flows: list[Flow]) -> None:
         expected = msgspec.structs.replace(f, LastUpdateMetric=f.LastUpdateMetric or f.Metric)
         if expected.Link is not None and not expected.Link.Protocol:
             expected = msgspec.structs.replace(expected, Link=None)
+        for key in ("TCPMetric", "IPMetric"):  # all-zero counters are stored as an empty map: absent
+            value = getattr(expected, key)
+            if value is not None and not any(msgspec.structs.astuple(value)):
+                expected = msgspec.structs.replace(expected, **{key: None})
         assert back == expected

@@ -262,10 +262,14 @@ def flows_to_columns(flows: Sequence[Flow], batch_id: str | Sequence[str] = "") 
         "LayersPath": [f.LayersPath for f in fs],
         "Application": [f.Application for f in fs],
     }
-    for name, layer, empty in (("Link", link, ""), ("Network", net, ""), ("Transport", tr, 0)):
+    for name, layer, typ in (("Link", link, str), ("Network", net, str), ("Transport", tr, int)):
+        empty = typ()
         cols[f"{name}Protocol"] = [x.Protocol if x is not None else "" for x in layer]
-        cols[f"{name}A"] = [x.A if x is not None else empty for x in layer]
-        cols[f"{name}B"] = [x.B if x is not None else empty for x in layer]
+        a = [x.A if x is not None else empty for x in layer]
+        b = [x.B if x is not None else empty for x in layer]
+        # ends are `Any` on the bus: coerce the odd one so a bad value cannot poison an insert
+        cols[f"{name}A"] = a if all(type(v) is typ for v in a) else [_coerce(v, typ) for v in a]
+        cols[f"{name}B"] = b if all(type(v) is typ for v in b) else [_coerce(v, typ) for v in b]
         cols[f"{name}ID"] = [x.ID if x is not None else 0 for x in layer]
     cols["ICMPType"] = [x.Type if x is not None else "" for x in icmp]
     cols["ICMPCode"] = [x.Code if x is not None else 0 for x in icmp]
@@ -292,10 +296,21 @@ def flows_to_columns(flows: Sequence[Flow], batch_id: str | Sequence[str] = "") 
     return {name: cols[name] for name in FLOW_COLUMN_NAMES}
 
 
+def _coerce(v: Any, typ: type) -> Any:
+    if type(v) is typ:
+        return v
+    if typ is str:
+        return "" if v is None else str(v)
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _struct_map(s: Any) -> dict[str, int]:
     if s is None:
         return _EMPTY
-    return msgspec.structs.asdict(s)
+    return {k: v for k, v in msgspec.structs.asdict(s).items() if v}  # zeros omitted, as on the bus
 
 
 def metrics_to_columns(flows: Sequence[Flow], batch_id: str | Sequence[str] = "") -> dict[str, list[Any]]:

@@ -16,7 +16,9 @@ class FlowEnricherConfig(BaseConfig):
     fetch_batch: int = 500
     """Most messages asked for in one pull request."""
     insert_rows: int = 50_000
-    """Insert as soon as this many flow updates are pending."""
+    """Insert as soon as about this many flow updates are pending (estimated from message sizes)."""
+    fast_path: bool = True
+    """Use the C hot path (`_fastflow`) when it is built; off: the reference Python path (msgspec)."""
     insert_interval_s: float = 0.5
     """Longest time a fetched update waits before its insert (bounds the end-to-end lag when idle)."""
     inserts_in_flight: int = 1

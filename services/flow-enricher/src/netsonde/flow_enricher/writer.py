@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from netsonde.common import flowschema as fs
 from netsonde.common.clickhouse import connect, run_migrations
@@ -43,7 +44,11 @@ class FlowWriter:
         applied = run_migrations(self.url, self.database, fs.COMPONENT, fs.migrations(ttl_days))
         client = self._client()
         for stmt in fs.ttl_statements(self.database, ttl_days):
-            client.command(stmt)
+            try:
+                client.command(stmt)
+            except DatabaseError as exc:
+                if ttl_days > 0 or "TTL" not in str(exc):
+                    raise  # removing a TTL that is not there is fine; anything else is not
         return applied
 
     def _client(self) -> Client:
@@ -70,6 +75,24 @@ class FlowWriter:
         if cols.raw_packets["UUID"]:
             self._insert_table(client, fs.RAW_PACKETS_TABLE, cols.raw_packets)
         return cols.rows
+
+    def insert_native(self, table: str, block: bytes, column_names: list[str]) -> None:
+        """Send a ready ClickHouse Native block (from the C path) to `table`."""
+        self._client().raw_insert(table, column_names, insert_block=block, fmt="Native")
+
+    def insert_processed(self, p: Any) -> int:
+        """Insert what `pipeline.process` built: Native blocks, then Python-path columns; returns flow rows.
+        Raises on any ClickHouse error; everything here is idempotent, so the caller retries all of it."""
+        if p.native:
+            from .pipeline import native_columns
+            names = dict(zip((fs.FLOWS_TABLE, fs.METRICS_TABLE, fs.RAW_PACKETS_TABLE),
+                             ([n for n, _ in cols] for cols in native_columns())))
+            for table in (fs.FLOWS_TABLE, fs.METRICS_TABLE, fs.RAW_PACKETS_TABLE):
+                if table in p.native:
+                    self.insert_native(table, p.native[table], names[table])
+        if p.columns is not None:
+            self.insert(p.columns)
+        return int(p.rows)
 
     def close(self) -> None:
         with self._lock:
