@@ -328,6 +328,398 @@ static PyObject *fold_frames(PyObject *self, PyObject *arg)
     return res;
 }
 
+
+/* ------------------------------------------------------------------------------------------------------
+ * Accumulator: a persistent fastkey -> counters table. Packets of known fastkeys are counted in C only;
+ * Python sees each fastkey once (its first packet, to build the flow) and then harvests the counters of
+ * the keys touched since the previous harvest (`drain`), every update interval.
+ * ---------------------------------------------------------------------------------------------------- */
+typedef struct {
+    uint8_t key[KEYLEN];
+    uint64_t hash;
+    uint64_t packets;
+    uint64_t bytes;
+    uint64_t t_last;
+    uint8_t used; /* 0 empty, 1 used, 2 deleted */
+    uint8_t dirty;
+} aentry_t;
+
+typedef struct {
+    PyObject_HEAD
+    aentry_t *tab;
+    size_t cap;
+    size_t count;
+    size_t tombs;
+    size_t *dirty;
+    size_t ndirty;
+    size_t dirty_cap;
+    unsigned long long packets;
+    unsigned long long slow;
+} Acc;
+
+static int acc_alloc(Acc *a, size_t cap)
+{
+    a->tab = PyMem_Calloc(cap, sizeof(aentry_t));
+    if (!a->tab) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    a->cap = cap;
+    a->count = a->tombs = 0;
+    return 0;
+}
+
+static int acc_push_dirty(Acc *a, size_t i)
+{
+    if (a->ndirty == a->dirty_cap) {
+        size_t nc = a->dirty_cap ? a->dirty_cap * 2 : 1024;
+        size_t *nd = PyMem_Realloc(a->dirty, nc * sizeof(size_t));
+        if (!nd) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        a->dirty = nd;
+        a->dirty_cap = nc;
+    }
+    a->dirty[a->ndirty++] = i;
+    return 0;
+}
+
+static int acc_rehash(Acc *a, size_t ncap)
+{
+    aentry_t *old = a->tab;
+    size_t ocap = a->cap;
+    if (acc_alloc(a, ncap) < 0) {
+        a->tab = old;
+        a->cap = ocap;
+        return -1;
+    }
+    a->ndirty = 0;
+    for (size_t j = 0; j < ocap; j++) {
+        if (old[j].used != 1)
+            continue;
+        size_t i = (size_t)old[j].hash & (ncap - 1);
+        while (a->tab[i].used)
+            i = (i + 1) & (ncap - 1);
+        a->tab[i] = old[j];
+        a->count++;
+        if (a->tab[i].dirty && acc_push_dirty(a, i) < 0) {
+            PyMem_Free(old);
+            return -1;
+        }
+    }
+    PyMem_Free(old);
+    return 0;
+}
+
+/* 1: known key (counted), 0: new key (counted, caller reports it), -1: error */
+static int acc_count(Acc *a, const uint8_t *key, uint32_t wire, uint64_t ts)
+{
+    if ((a->count + a->tombs + 1) * 10 > a->cap * 6) {
+        size_t ncap = a->cap;
+        while ((a->count + 1) * 10 > ncap * 3)
+            ncap *= 2;
+        if (acc_rehash(a, ncap) < 0)
+            return -1;
+    }
+    uint64_t h = hash_key(key);
+    size_t i = (size_t)h & (a->cap - 1);
+    size_t tomb = (size_t)-1;
+    for (;;) {
+        aentry_t *e = &a->tab[i];
+        if (e->used == 0)
+            break;
+        if (e->used == 2) {
+            if (tomb == (size_t)-1)
+                tomb = i;
+        } else if (e->hash == h && memcmp(e->key, key, KEYLEN) == 0) {
+            e->packets++;
+            e->bytes += wire;
+            e->t_last = ts;
+            if (!e->dirty) {
+                e->dirty = 1;
+                if (acc_push_dirty(a, i) < 0)
+                    return -1;
+            }
+            return 1;
+        }
+        i = (i + 1) & (a->cap - 1);
+    }
+    if (tomb != (size_t)-1) {
+        i = tomb;
+        a->tombs--;
+    }
+    aentry_t *e = &a->tab[i];
+    memcpy(e->key, key, KEYLEN);
+    e->hash = h;
+    e->packets = 1;
+    e->bytes = wire;
+    e->t_last = ts;
+    e->used = 1;
+    e->dirty = 1;
+    a->count++;
+    if (acc_push_dirty(a, i) < 0)
+        return -1;
+    return 0;
+}
+
+typedef struct {
+    PyObject *fresh;
+    PyObject *slow;
+} acc_out_t;
+
+static int acc_one(Acc *a, acc_out_t *o, const uint8_t *d, uint32_t caplen, uint32_t wire, uint64_t ts, long vlan)
+{
+    uint8_t key[KEYLEN] __attribute__((aligned(8)));
+    a->packets++;
+    if (vlan >= 0 || !make_key(d, caplen, key)) {
+        a->slow++;
+        PyObject *t = Py_BuildValue("(y#KIl)", (const char *)d, (Py_ssize_t)caplen, (unsigned long long)ts,
+                                    (unsigned int)wire, vlan);
+        if (!t)
+            return -1;
+        int r = PyList_Append(o->slow, t);
+        Py_DECREF(t);
+        return r;
+    }
+    int r = acc_count(a, key, wire, ts);
+    if (r < 0)
+        return -1;
+    if (r == 0) {
+        PyObject *t = Py_BuildValue("(y#y#KI)", (const char *)key, (Py_ssize_t)KEYLEN, (const char *)d,
+                                    (Py_ssize_t)caplen, (unsigned long long)ts, (unsigned int)wire);
+        if (!t)
+            return -1;
+        r = PyList_Append(o->fresh, t);
+        Py_DECREF(t);
+        return r;
+    }
+    return 0;
+}
+
+static PyObject *acc_result(acc_out_t *o, unsigned long long n)
+{
+    PyObject *r = Py_BuildValue("(OOK)", o->fresh, o->slow, n);
+    Py_DECREF(o->fresh);
+    Py_DECREF(o->slow);
+    return r;
+}
+
+static int acc_out_init(acc_out_t *o)
+{
+    o->fresh = PyList_New(0);
+    o->slow = PyList_New(0);
+    if (!o->fresh || !o->slow) {
+        Py_XDECREF(o->fresh);
+        Py_XDECREF(o->slow);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Acc_fold_block(Acc *a, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *b = view.buf;
+    Py_ssize_t blen = view.len;
+    acc_out_t o;
+    PyObject *res = NULL;
+    unsigned long long n = 0;
+    if (blen < 48) {
+        PyErr_SetString(PyExc_ValueError, "block too short");
+        goto out;
+    }
+    if (acc_out_init(&o) < 0)
+        goto out;
+    uint32_t num = *(const uint32_t *)(b + 12);
+    uint32_t off = *(const uint32_t *)(b + 16);
+    for (uint32_t k = 0; k < num; k++) {
+        if ((uint64_t)off + 48 > (uint64_t)blen)
+            break;
+        const uint8_t *h = b + off;
+        uint32_t next = *(const uint32_t *)(h + 0);
+        uint32_t sec = *(const uint32_t *)(h + 4);
+        uint32_t nsec = *(const uint32_t *)(h + 8);
+        uint32_t snap = *(const uint32_t *)(h + 12);
+        uint32_t len = *(const uint32_t *)(h + 16);
+        uint32_t status = *(const uint32_t *)(h + 20);
+        uint16_t mac = *(const uint16_t *)(h + 24);
+        uint32_t tci = *(const uint32_t *)(h + 32);
+        uint16_t tpid = *(const uint16_t *)(h + 36);
+        long vlan = -1;
+        if (status & TP_STATUS_VLAN_VALID)
+            vlan = (long)(tci & 0xFFFF) | ((long)(tpid ? tpid : 0x8100) << 16);
+        if ((uint64_t)off + mac + snap > (uint64_t)blen)
+            break;
+        n++;
+        if (acc_one(a, &o, h + mac, snap, len, (uint64_t)sec * 1000000000ULL + nsec, vlan) < 0) {
+            Py_DECREF(o.fresh);
+            Py_DECREF(o.slow);
+            goto out;
+        }
+        if (!next)
+            break;
+        off += next;
+    }
+    res = acc_result(&o, n);
+out:
+    PyBuffer_Release(&view);
+    return res;
+}
+
+static PyObject *Acc_fold_frames(Acc *a, PyObject *arg)
+{
+    PyObject *seq = PySequence_Fast(arg, "fold_frames expects a sequence of (frame, ts_ns, wire_len)");
+    if (!seq)
+        return NULL;
+    acc_out_t o;
+    if (acc_out_init(&o) < 0) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *d;
+        Py_ssize_t dl;
+        unsigned long long ts;
+        unsigned int wire;
+        if (!PyArg_ParseTuple(items[i], "y#KI", &d, &dl, &ts, &wire) ||
+            acc_one(a, &o, (const uint8_t *)d, (uint32_t)dl, wire, ts, -1) < 0) {
+            Py_DECREF(o.fresh);
+            Py_DECREF(o.slow);
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    return acc_result(&o, (unsigned long long)n);
+}
+
+static PyObject *Acc_drain(Acc *a, PyObject *noarg)
+{
+    PyObject *out = PyList_New(0);
+    if (!out)
+        return NULL;
+    for (size_t j = 0; j < a->ndirty; j++) {
+        aentry_t *e = &a->tab[a->dirty[j]];
+        if (e->used != 1 || !e->dirty)
+            continue;
+        e->dirty = 0;
+        if (!e->packets)
+            continue;
+        PyObject *t = Py_BuildValue("(y#KKK)", (const char *)e->key, (Py_ssize_t)KEYLEN,
+                                    (unsigned long long)e->packets, (unsigned long long)e->bytes,
+                                    (unsigned long long)e->t_last);
+        if (!t || PyList_Append(out, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(t);
+        e->packets = e->bytes = 0;
+    }
+    a->ndirty = 0;
+    return out;
+}
+
+static PyObject *Acc_forget(Acc *a, PyObject *arg)
+{
+    PyObject *seq = PySequence_Fast(arg, "forget expects a sequence of fastkeys");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        char *key;
+        Py_ssize_t kl;
+        if (PyBytes_AsStringAndSize(items[k], &key, &kl) < 0 || kl != KEYLEN) {
+            PyErr_Clear();
+            continue;
+        }
+        uint64_t h = hash_key((const uint8_t *)key);
+        size_t i = (size_t)h & (a->cap - 1);
+        while (a->tab[i].used) {
+            aentry_t *e = &a->tab[i];
+            if (e->used == 1 && e->hash == h && memcmp(e->key, key, KEYLEN) == 0) {
+                e->used = 2;
+                e->dirty = 0;
+                e->packets = e->bytes = 0;
+                a->count--;
+                a->tombs++;
+                break;
+            }
+            i = (i + 1) & (a->cap - 1);
+        }
+    }
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Acc_clear(Acc *a, PyObject *noarg)
+{
+    memset(a->tab, 0, a->cap * sizeof(aentry_t));
+    a->count = a->tombs = a->ndirty = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Acc_len(Acc *a, void *closure) { return PyLong_FromSize_t(a->count); }
+static PyObject *Acc_packets(Acc *a, void *closure) { return PyLong_FromUnsignedLongLong(a->packets); }
+static PyObject *Acc_memory(Acc *a, void *closure)
+{
+    return PyLong_FromSize_t(a->cap * sizeof(aentry_t) + a->dirty_cap * sizeof(size_t));
+}
+
+static int Acc_init(Acc *a, PyObject *args, PyObject *kw)
+{
+    if (!PyArg_ParseTuple(args, ""))
+        return -1;
+    if (a->tab)
+        return 0;
+    return acc_alloc(a, 4096);
+}
+
+static void Acc_dealloc(Acc *a)
+{
+    PyMem_Free(a->tab);
+    PyMem_Free(a->dirty);
+    Py_TYPE(a)->tp_free((PyObject *)a);
+}
+
+static PyMethodDef Acc_methods[] = {
+    {"fold_block", (PyCFunction)Acc_fold_block, METH_O,
+     "fold_block(block) -> (new, slow, packets): count a TPACKET_V3 block. new = [(fastkey, frame, ts_ns, wire)]"
+     " for fastkeys seen for the first time; slow = [(frame, ts_ns, wire, vlan or -1)] for the full decoder."},
+    {"fold_frames", (PyCFunction)Acc_fold_frames, METH_O,
+     "fold_frames([(frame, ts_ns, wire)]) -> (new, slow, packets): the same over a list of frames."},
+    {"drain", (PyCFunction)Acc_drain, METH_NOARGS,
+     "drain() -> [(fastkey, packets, bytes, last_ts_ns)] counted since the previous drain (then reset)."},
+    {"forget", (PyCFunction)Acc_forget, METH_O, "forget(fastkeys): drop these keys (their flow expired)."},
+    {"clear", (PyCFunction)Acc_clear, METH_NOARGS, "Drop every key."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Acc_getset[] = {
+    {"keys", (getter)Acc_len, NULL, "number of fastkeys held", NULL},
+    {"packets", (getter)Acc_packets, NULL, "packets folded since creation", NULL},
+    {"memory", (getter)Acc_memory, NULL, "bytes allocated by the key table", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject AccType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "netsonde.flow._fastpath.Accumulator",
+    .tp_basicsize = sizeof(Acc),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Persistent fastkey -> counters table (see the module docstring).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Acc_init,
+    .tp_dealloc = (destructor)Acc_dealloc,
+    .tp_methods = Acc_methods,
+    .tp_getset = Acc_getset,
+};
+
 static PyMethodDef methods[] = {
     {"fold_block", fold_block, METH_O, fold_block_doc},
     {"fold_frames", fold_frames, METH_O, fold_frames_doc},
@@ -339,8 +731,12 @@ static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_fastpath",
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
+    if (PyType_Ready(&AccType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&mod);
     if (m) {
+        Py_INCREF(&AccType);
+        PyModule_AddObject(m, "Accumulator", (PyObject *)&AccType);
         PyModule_AddIntConstant(m, "KEYLEN", KEYLEN);
         PyModule_AddIntConstant(m, "MAX_AGGREGATES", MAXFILL);
     }

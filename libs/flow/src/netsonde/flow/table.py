@@ -1,9 +1,9 @@
 """The flow table: packets in, Skydive-shaped flow updates out.
 
 One `FlowTable` per capture per interface. Frames go in through `process_frame` (one Ethernet frame, the
-reference path, also used for sFlow samples and pcap import) or `process_aggregates` (the hot path: the
-capture reader has already folded a whole TPACKET_V3 block into per-header aggregates, see
-`netsonde.flow.fastpath`). `updates(now_ms)` returns the flows touched since the previous call with
+reference path, also used for sFlow samples and pcap import), `process_block` / `process_frames` (the hot
+path: a whole TPACKET_V3 block or a list of frames counted in C, see `_fastpath.c`) or `process_aggregates`
+(packets the caller already folded per header, e.g. sFlow samples). `updates(now_ms)` returns the flows touched since the previous call with
 `LastUpdateMetric` = delta, plus the flows that expired; `flush()` empties the table.
 
 Keys follow Skydive (`flow/flow.go`, `flow/hash.go`): xxHash64 over the network pair, the transport pair (for
@@ -112,7 +112,9 @@ class FlowTable:
         self.app_timeouts_ms = DEFAULT_APP_TIMEOUTS_MS if app_timeouts_ms is None else app_timeouts_ms
         self.flows: dict[tuple[int, str], FlowState] = {}
         self.stats = TableStats()
-        self._fast: dict[bytes, tuple[FlowState, bool, int, int, int]] = {}
+        self._fast: dict[bytes, tuple[FlowState, bool]] = {}
+        self._acc = _fastpath.Accumulator() if _fastpath is not None else None
+        self._agg: dict[bytes, list[tuple[FlowState, bool, int, int, int, int]]] = {}
         self._frag_owner: dict[tuple[bytes, bytes, int], FlowState] = {}
         self._last_update_ms = 0
 
@@ -145,115 +147,173 @@ class FlowTable:
         self._account(segs, packet, ts_ms, None, sampling_rate)
         return True
 
-    def process_frames(self, frames: Iterable[tuple[bytes, int, int]]) -> None:
-        """Account (frame, ts_ns, wire_len) tuples one by one (the reference path for a batch)."""
+    def process_frames(self, frames: list[tuple[bytes, int, int]]) -> None:
+        """The batch hot path: account (frame, ts_ns, wire_len) tuples (pcap replay, libpcap captures)."""
+        if self._acc is None:
+            self.process_frames_reference(frames)
+            return
+        fresh, slow, _ = self._acc.fold_frames(frames)
+        self._merge(fresh, slow)
+
+    process_batch = process_frames
+
+    def process_frames_reference(self, frames: Iterable[tuple[bytes, int, int]]) -> None:
+        """Account (frame, ts_ns, wire_len) tuples one by one through the full decoder (the reference)."""
         pf = self.process_frame
         for frame, ts_ns, wire_len in frames:
             pf(frame, ts_ns // 1_000_000, wire_len, 1, ts_ns)
 
     def process_aggregates(self, aggs: Iterable[tuple[bytes, bytes, int, int, int, int]]) -> None:
-        """The hot path: account pre-aggregated packets.
+        """Account packets the caller already folded per header (the sFlow collector's scanner does).
 
-        Each item is (fastkey, sample_frame, packets, bytes, first_ts_ns, last_ts_ns): packets that share
-        every header field the flow table looks at (as computed by `netsonde.flow._fastpath`) are folded
-        into one item, so per-packet Python work disappears. The first sight of a fastkey is decoded in full
-        from `sample_frame`; later ones hit a cache."""
-        fast = self._fast
+        Each item is (key, sample_frame, packets, bytes, first_ts_ns, last_ts_ns), `key` being any bytes
+        that identify every header field the flow table looks at. The first sight of a key is decoded in
+        full from `sample_frame` (encapsulated packets give one flow per level, linked by ParentUUID);
+        later ones hit a cache, so per-packet Python work disappears."""
+        cache = self._agg
         flows = self.flows
         stats = self.stats
         for fk, sample, npk, nby, t0, t1 in aggs:
-            hit = fast.get(fk)
-            if hit is None or hit[0].key not in flows:
-                hit = self._fast_miss(fk, sample, t0)
-                if hit is None:
+            chain = cache.get(fk)
+            if chain is None or chain[0][0].key not in flows:
+                chain = self._agg_miss(fk, sample, t0)
+                if chain is None:
                     continue
-            fs, ab, flags, ttl, icmp = hit
+            stats.packets += npk
+            stats.bytes += nby
+            ms1 = t1 // 1_000_000
+            for fs, ab, flags, ttl, icmp, hdr in chain:
+                b = nby - npk * hdr
+                if ab:
+                    fs.ab_p += npk
+                    fs.ab_b += b
+                else:
+                    fs.ba_p += npk
+                    fs.ba_b += b
+                if ms1 > fs.last:
+                    fs.last = ms1
+                fs.touched = True
+                if flags > 0:
+                    if flags & (SYN | FIN | RST):
+                        self._tcp_flags(fs, ab, flags, ttl, t0)
+                elif icmp >= 0 and not fs.rtt:
+                    if icmp in ICMP_REQUESTS:
+                        if ab and not fs.rtt_t0:
+                            fs.rtt_t0 = t0
+                    elif fs.rtt_t0 and not ab:
+                        fs.rtt = max(1, t0 - fs.rtt_t0)
+
+    def _agg_miss(self, fk: bytes, sample: bytes, ts_ns: int) -> list | None:
+        try:
+            segs = decode_ethernet(sample)
+        except (DecodeError, IndexError, struct.error) as e:
+            self._bad(e.kind if isinstance(e, DecodeError) else "malformed")
+            return None
+        chain = []
+        parent = ""
+        outer = segs[0].length
+        for seg in segs:
+            fs = self._lookup(seg, parent, ts_ns // 1_000_000)
+            if fs is None:
+                return None
+            chain.append((fs, fs.is_ab(seg), seg.tcp_flags, seg.ttl, seg.icmp_raw_type, outer - seg.length))
+            if fs.fastkeys is None:
+                fs.fastkeys = []
+            fs.fastkeys.append(fk)
+            parent = fs.uuid
+        self._agg[fk] = chain
+        return chain
+
+    def process_block(self, block: memoryview | bytes) -> int:
+        """Account one TPACKET_V3 ring block; returns its packet count.
+
+        With the C extension, packets whose headers are plain (no tunnel, fragment, VLAN tag or IPv6
+        extension header) are counted in C against a per-header key ("fastkey"); Python only builds the
+        flow the first time a fastkey appears and collects the counters at each `updates()`. Other packets
+        go through the full decoder, in timestamp order with the new fastkeys."""
+        if self._acc is None:
+            slow = _walk_block(block)
+            self._process_slow(slow)
+            return len(slow)
+        fresh, slow, n = self._acc.fold_block(block)
+        self._merge(fresh, slow)
+        return n
+
+    def _merge(self, fresh: list, slow: list) -> None:
+        """Handle new fastkeys and slow frames in the order of their timestamps, so that the packet that
+        creates a flow (its Start and A side) is the same as on the per-frame path."""
+        if not slow:
+            for item in fresh:
+                self._fast_new(*item)
+            return
+        if not fresh:
+            self._process_slow(slow)
+            return
+        i = j = 0
+        na, ns = len(fresh), len(slow)
+        pf = self.process_frame
+        while i < na or j < ns:
+            if j >= ns or (i < na and fresh[i][2] <= slow[j][1]):
+                self._fast_new(*fresh[i])
+                i += 1
+            else:
+                self._process_slow(slow[j:j + 1])
+                j += 1
+
+    def _fast_new(self, fk: bytes, sample: bytes, ts_ns: int, wire: int) -> None:
+        """First packet of a fastkey (already counted in C): find or create its flow, note TCP/ICMP events."""
+        try:
+            segs = decode_ethernet(sample, wire)
+        except (DecodeError, IndexError, struct.error) as e:  # cannot happen: C checked the headers
+            self._bad(e.kind if isinstance(e, DecodeError) else "malformed")
+            return
+        seg = segs[0]
+        fs = self._lookup(seg, "", ts_ns // 1_000_000)
+        if fs is None:
+            return
+        ab = fs.is_ab(seg)
+        self._fast[fk] = (fs, ab)
+        if fs.fastkeys is None:
+            fs.fastkeys = []
+        fs.fastkeys.append(fk)
+        fs.touched = True
+        if seg.tcp_flags > 0:
+            if seg.tcp_flags & (SYN | FIN | RST):
+                self._tcp_flags(fs, ab, seg.tcp_flags, seg.ttl, ts_ns)
+        elif seg.icmp_raw_type >= 0 and not fs.rtt:
+            if seg.icmp_raw_type in ICMP_REQUESTS:
+                if ab and not fs.rtt_t0:
+                    fs.rtt_t0 = ts_ns
+            elif fs.rtt_t0 and not ab:
+                fs.rtt = max(1, ts_ns - fs.rtt_t0)
+
+    def harvest(self) -> None:
+        """Move the counters gathered in C since the previous call into the flows (done by updates())."""
+        if self._acc is None:
+            return
+        fast = self._fast
+        stats = self.stats
+        orphans = []
+        for fk, npk, nby, tl in self._acc.drain():
+            stats.packets += npk
+            stats.bytes += nby
+            hit = fast.get(fk)
+            if hit is None:  # its flow was refused (table full): let the key come back as new
+                orphans.append(fk)
+                continue
+            fs, ab = hit
             if ab:
                 fs.ab_p += npk
                 fs.ab_b += nby
             else:
                 fs.ba_p += npk
                 fs.ba_b += nby
-            ms1 = t1 // 1_000_000
-            if ms1 > fs.last:
-                fs.last = ms1
+            ms = tl // 1_000_000
+            if ms > fs.last:
+                fs.last = ms
             fs.touched = True
-            stats.packets += npk
-            stats.bytes += nby
-            if flags > 0:
-                if flags & (SYN | FIN | RST):
-                    self._tcp_flags(fs, ab, flags, ttl, t0)
-            elif icmp >= 0 and not fs.rtt:
-                if icmp in ICMP_REQUESTS:
-                    if ab and not fs.rtt_t0:
-                        fs.rtt_t0 = t0
-                elif fs.rtt_t0 and not ab:
-                    fs.rtt = max(1, t0 - fs.rtt_t0)
-
-    def _fast_miss(self, fk: bytes, sample: bytes, ts_ns: int) -> tuple[FlowState, bool, int, int, int] | None:
-        try:
-            segs = decode_ethernet(sample)
-        except (DecodeError, IndexError, struct.error) as e:
-            self._bad(e.kind if isinstance(e, DecodeError) else "malformed")
-            return None
-        if len(segs) != 1:  # cannot happen: the fast path only folds single-level packets
-            self._bad("fastpath_mismatch")
-            return None
-        seg = segs[0]
-        fs = self._lookup(seg, "", ts_ns // 1_000_000)
-        if fs is None:
-            return None
-        hit = (fs, fs.is_ab(seg), seg.tcp_flags, seg.ttl, seg.icmp_raw_type)
-        self._fast[fk] = hit
-        if fs.fastkeys is None:
-            fs.fastkeys = []
-        fs.fastkeys.append(fk)
-        return hit
-
-    def process_block(self, block: memoryview | bytes) -> int:
-        """Account one TPACKET_V3 ring block; returns its packet count (C fast path when built)."""
-        if _fastpath is not None:
-            aggs, slow, n = _fastpath.fold_block(block)
-        else:
-            aggs, slow, n = [], _walk_block(block), 0
-            n = len(slow)
-        self._merge(aggs, slow)
-        return n
-
-    def process_batch(self, frames: list[tuple[bytes, int, int]]) -> None:
-        """Account (frame, ts_ns, wire_len) tuples through the fast path (pcap replay, pcapsocket)."""
-        if _fastpath is None:
-            self.process_frames(frames)
-            return
-        aggs, slow, _ = _fastpath.fold_frames(frames)
-        self._merge(aggs, slow)
-
-    def _merge(self, aggs: list, slow: list) -> None:
-        """Account aggregates and slow frames in the order of their first packet, so that the packet that
-        creates a flow (its Start and A side) is the same as on the per-frame path."""
-        if not slow:
-            self.process_aggregates(aggs)
-            return
-        if not aggs:
-            self._process_slow(slow)
-            return
-        i = j = 0
-        na, ns = len(aggs), len(slow)
-        while i < na or j < ns:
-            if j >= ns or (i < na and aggs[i][4] <= slow[j][1]):
-                k = i + 1
-                lim = slow[j][1] if j < ns else None
-                while k < na and (lim is None or aggs[k][4] <= lim):
-                    k += 1
-                self.process_aggregates(aggs[i:k])
-                i = k
-            else:
-                k = j + 1
-                lim = aggs[i][4] if i < na else None
-                while k < ns and (lim is None or slow[k][1] < lim):
-                    k += 1
-                self._process_slow(slow[j:k])
-                j = k
+        if orphans:
+            self._acc.forget(orphans)
 
     def _process_slow(self, slow: list[tuple[bytes, int, int, int]]) -> None:
         pf = self.process_frame
@@ -432,6 +492,7 @@ class FlowTable:
     def updates(self, now_ms: int) -> list[Flow]:
         """Flows touched since the previous call (LastUpdateMetric = delta over the window), then the
         flows that expire at `now_ms` (FinishType TIMEOUT unless already finished)."""
+        self.harvest()
         start = self._last_update_ms
         out = []
         for fs in self.flows.values():
@@ -443,6 +504,7 @@ class FlowTable:
 
     def expire(self, now_ms: int) -> list[Flow]:
         """Remove flows idle longer than their timeout (or finished and held long enough); return them."""
+        self.harvest()
         out = []
         dead = []
         start = self._last_update_ms
@@ -466,11 +528,15 @@ class FlowTable:
 
     def flush(self) -> list[Flow]:
         """Every flow with what it has not reported yet; the table is emptied (capture stop)."""
+        self.harvest()
         now = max((fs.last for fs in self.flows.values()), default=0)
         start = self._last_update_ms
         out = [self._to_flow(fs, start, max(now, start)) for fs in self.flows.values()]
         self.flows.clear()
         self._fast.clear()
+        self._agg.clear()
+        if self._acc is not None:
+            self._acc.clear()
         self._frag_owner.clear()
         return out
 
@@ -479,12 +545,16 @@ class FlowTable:
         if fs.fastkeys:
             for fk in fs.fastkeys:
                 self._fast.pop(fk, None)
+                self._agg.pop(fk, None)
+            if self._acc is not None:
+                self._acc.forget(fs.fastkeys)
         if fs.frags and self._frag_owner:
             for k in [k for k, v in self._frag_owner.items() if v is fs]:
                 del self._frag_owner[k]
 
     def snapshot(self) -> list[Flow]:
         """Every flow's current state without touching update bookkeeping (live table queries)."""
+        self.harvest()
         now = self._last_update_ms
         return [self._to_flow(fs, now, now, consume=False) for fs in self.flows.values()]
 
