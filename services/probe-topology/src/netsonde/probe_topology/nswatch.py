@@ -19,11 +19,11 @@ from typing import Any, Callable
 
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
 
 from . import ethtool
-from .netlink import RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, link_metric, parse_addr, parse_link
+from .netlink import (RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, iter_messages, parse_addr_at,
+                      parse_link_at, parse_nsid_at)
 from .netns import NetNs, ioctl_socket, netlink_socket
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,6 @@ class NsWatcher:
         self.messages = 0
         self._sock: socket.socket | None = None
         self._ioctl: socket.socket | None = None
-        self._marshal = MarshalRtnl()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._seq = int(time.time()) & 0xFFFF
         self._dump_kind = ""  # "", "link", "addr"
@@ -222,8 +221,8 @@ class NsWatcher:
                 break
             if not data:
                 break
-            for msg in self._marshal.parse(data):
-                changed |= self._handle(msg)
+            for mtype, flags, seq, off, end in iter_messages(data):
+                changed |= self._handle(data, mtype, flags, seq, off, end)
         if overrun:
             log.warning("netlink overrun in %s: dumping again", self.ns.name or "root")
             self._dump_kind = ""  # replies of a dump in flight may be lost too: restart it
@@ -236,13 +235,10 @@ class NsWatcher:
         if changed or overrun:
             self.on_change(self, overrun)
 
-    def _handle(self, msg: Any) -> bool:
+    def _handle(self, buf: bytes, mtype: int, flags: int, seq: int, off: int, end: int) -> bool:
         self.messages += 1
-        header = msg["header"]
-        mtype = header["type"]
-        seq = header.get("sequence_number", 0)
         in_dump = bool(self._dump_kind) and seq == self._dump_seq and seq != 0
-        if in_dump and header.get("flags", 0) & NLM_F_DUMP_INTR:
+        if in_dump and flags & NLM_F_DUMP_INTR:
             self._dump_intr = True
         if mtype == NLMSG_DONE:
             if in_dump:
@@ -251,39 +247,39 @@ class NsWatcher:
             return False
         if mtype == RTM_NEWNSID:
             inode = self._nsid_queries.pop(seq, None)
-            nsid = msg.get_attr("NETNSA_NSID")
-            if inode is not None and nsid is not None and nsid != 0xFFFFFFFF and nsid < 0x80000000:
-                self.nsids[int(nsid)] = inode
+            nsid = parse_nsid_at(buf, off, end)
+            if inode is not None and nsid is not None:
+                self.nsids[nsid] = inode
                 return True
             return False
         if mtype == NLMSG_ERROR:
             self._nsid_queries.pop(seq, None)
             if in_dump:
-                log.warning("netlink dump error in %s: %s", self.ns.name or "root", msg.get("error"))
+                error = int.from_bytes(buf[off:off + 4], "little", signed=True) if end - off >= 4 else 0
+                log.warning("netlink dump error in %s: %s", self.ns.name or "root", error)
                 self._dump_kind = ""
                 self._want_dump = True
             return False
         if mtype in (RTM_NEWLINK, RTM_DELLINK):
-            return self._link(msg, mtype == RTM_NEWLINK, in_dump)
+            return self._link(buf, off, end, mtype == RTM_NEWLINK, in_dump)
         if mtype in (RTM_NEWADDR, RTM_DELADDR):
-            return self._addr(msg, mtype == RTM_NEWADDR, in_dump)
+            return self._addr(buf, off, end, mtype == RTM_NEWADDR, in_dump)
         return False
 
-    def _link(self, msg: Any, new: bool, in_dump: bool) -> bool:
-        md = parse_link(msg)
+    def _link(self, buf: bytes, off: int, end: int, new: bool, in_dump: bool) -> bool:
+        # AF_BRIDGE (7) notifications are about bridge ports and carry partial data: not link changes
+        if buf[off] == 7:
+            return False
+        md, stats = parse_link_at(buf, off, end)
         index = md["IfIndex"]
         if in_dump:
             self._dump_links[index] = md
-            stats = link_metric(msg)
             if stats is not None:
                 self._dump_stats[index] = stats
             self._driver(index, md["Name"])
             return False
         dumping_links = self._dump_kind == "link"
         if not new:
-            # RTM_DELLINK also announces a bridge port leaving its bridge (family AF_BRIDGE): not a deletion
-            if int(msg["family"]) == 7:
-                return False
             self.links.pop(index, None)
             for d in (self.addrs, self.metrics, self.metric_ts, self.first_seen, self.drv):
                 d.pop(index, None)
@@ -293,13 +289,10 @@ class NsWatcher:
             if self._dump_kind == "addr":
                 self._dump_addrs.pop(index, None)
             return True
-        if int(msg["family"]) == 7:  # AF_BRIDGE port notifications carry partial data
-            return False
         self.links[index] = md
         if dumping_links:
             self._dump_links[index] = md
         if index not in self.metrics:
-            stats = link_metric(msg)
             now = _now_ms()
             self.first_seen.setdefault(index, now)
             if stats is not None:
@@ -315,8 +308,8 @@ class NsWatcher:
         info = ethtool.driver_info(self._ioctl, name) if self._ioctl is not None else {}
         self.drv[index] = (name, info)
 
-    def _addr(self, msg: Any, new: bool, in_dump: bool) -> bool:
-        parsed = parse_addr(msg)
+    def _addr(self, buf: bytes, off: int, end: int, new: bool, in_dump: bool) -> bool:
+        parsed = parse_addr_at(buf, off, end)
         if parsed is None:
             return False
         index, family, cidr = parsed
