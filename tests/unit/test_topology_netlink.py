@@ -138,3 +138,20 @@ def test_addresses_as_cidr():
         (4, "IPV4", "10.0.0.8/32")
     assert parse_addr(addr_msg(10, 6, 64, [("IFA_ADDRESS", "fd00::1")])) == (6, "IPV6", "fd00::1/64")
     assert parse_addr(addr_msg(17, 6, 0, [])) is None
+
+
+def test_raw_datagram_iteration_and_macvlan_mode():
+    from netsonde.probe_topology.netlink import iter_messages, parse_addr_at, parse_link_at
+
+    a = link_msg(80, [("IFLA_IFNAME", "mv0"), ("IFLA_LINK", 2),
+                      info("macvlan", [("IFLA_MACVLAN_MODE", 4)])])
+    b = addr_msg(2, 80, 16, [("IFA_ADDRESS", "172.16.0.1")])
+    pad = lambda d: bytes(d) + b"\0" * (-len(d) % 4)  # noqa: E731
+    datagram = pad(a.data) + pad(b.data)
+    msgs = list(iter_messages(datagram))
+    assert [m[0] for m in msgs] == [16, 20]
+    md, _ = parse_link_at(datagram, msgs[0][3], msgs[0][4])
+    assert md["Type"] == "macvlan" and md["MacvlanMode"] == "bridge" and md["ParentIndex"] == 2
+    assert parse_addr_at(datagram, msgs[1][3], msgs[1][4]) == (80, "IPV4", "172.16.0.1/16")
+    assert parse_link(bytes(a.data))["Name"] == "mv0"  # raw bytes work as well as message objects
+    assert list(iter_messages(datagram[:20])) == []  # a truncated datagram yields nothing, never raises
