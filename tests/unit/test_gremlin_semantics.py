@@ -209,3 +209,21 @@ def test_bad_queries_are_400(engine: GremlinEngine, query: str, text: str) -> No
         engine.execute(query)
     assert err.value.status == 400 and text in str(err.value), str(err.value)
     assert err.value.position is not None
+
+
+def test_shortest_path_indexed_and_scanned_agree() -> None:
+    """An indexed target uses a bidirectional search, a scanned one a plain BFS: same lengths, valid paths."""
+    import random
+    g = td.generated_graph(1500, 3000, seed=5)
+    engine = GremlinEngine(g)
+    rnd = random.Random(1)
+    links = {(e.Parent, e.Child) for e in g.edges.values()}
+    for _ in range(60):
+        a, b = rnd.randrange(1500), rnd.randrange(1500)
+        fast = engine.execute(f"G.V('n{a}').ShortestPathTo(Metadata('Name', 'intf-{b}'))")
+        slow = engine.execute(f"G.V('n{a}').ShortestPathTo(Metadata('Name', Regex('intf-{b}')))")
+        assert [len(p) for p in fast] == [len(p) for p in slow]
+        for path in fast:
+            ids = [n["ID"] for n in path]
+            assert ids[0] == f"n{a}" and ids[-1] == f"n{b}"
+            assert all((x, y) in links or (y, x) in links for x, y in zip(ids, ids[1:]))

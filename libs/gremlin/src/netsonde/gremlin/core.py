@@ -15,7 +15,7 @@ from . import ast
 from .fields import EDGE_AT_KEYS, NODE_AT_KEYS, element_value, element_values, flatten_keys
 from .predicates import is_number
 from .steps import Filter, Step, core_step, metadata_filter, parse_pairs
-from .timeparse import is_relative, now_ms, parse_time, parse_window_ms
+from .timeparse import is_relative, now_ms, parse_time, parse_window_ms, relative_bucket
 from .traversal import (AggregatedT, Context, EdgesT, GraphT, GraphView, MetricsT, NodesT, PathsT, ScalarT,
                         Value, ValuesT)
 
@@ -106,9 +106,8 @@ class ContextStep(Step):
         window = parse_window_ms(self.args[1], at) if len(self.args) == 2 else None
         if ctx.history is None:
             raise self.error("this graph has no history backend (past-time queries need ClickHouse)")
-        if is_relative(self.args[0]):
-            bucket = max(int(getattr(ctx.history, "bucket_ms", 1)), 1)
-            at = at // bucket * bucket  # repeated relative queries share a cached past graph
+        if is_relative(self.args[0]):  # repeated relative queries share a cached past graph
+            at = relative_bucket(at, now, int(getattr(ctx.history, "bucket_ms", 1)))
         ctx.at_ms, ctx.window_ms = at, window
         graph = ctx.history.graph_at(at, window, timeout_s=ctx.remaining_s())
         ctx.check()
@@ -693,7 +692,10 @@ class ShortestPathTo(Step):
         for start in value.items():
             if target_ids is not None and not target_ids:
                 break
-            path_ids = self._bfs(ctx, view, start.ID, is_target, efl)
+            if target_ids is not None:
+                path_ids = _bidirectional(ctx, view, start.ID, target_ids, efl)
+            else:
+                path_ids = self._bfs(ctx, view, start.ID, is_target, efl)
             if path_ids:
                 paths.append([view.node_revs(i)[0] for i in path_ids])
         return PathsT(view, paths)
@@ -726,6 +728,70 @@ class ShortestPathTo(Step):
                         return _unwind(prev, nxt)
                     queue.append(nxt)
         return None
+
+
+def _neighbours(view: GraphView, nid: str, efl: Filter | None) -> Iterable[str]:
+    for e in view.out_edges(nid):
+        if efl is None or efl.match(e):
+            yield e.Child
+    for e in view.in_edges(nid):
+        if efl is None or efl.match(e):
+            yield e.Parent
+
+
+def _bidirectional(ctx: Context, view: GraphView, start: str, targets: set[str],
+                   efl: Filter | None) -> list[str] | None:
+    """Shortest undirected path from `start` to the nearest of `targets`: BFS from both ends (the targets as
+    one multi-source frontier), expanding the smaller frontier one whole level at a time."""
+    if start in targets:
+        return [start]
+    prev_f: dict[str, str] = {start: ""}
+    dist_f: dict[str, int] = {start: 0}
+    depth_f = 0
+    prev_b: dict[str, str] = {t: "" for t in targets}
+    dist_b: dict[str, int] = {t: 0 for t in targets}
+    front_f, front_b = [start], list(targets)
+    depth_b = 0
+    while front_f and front_b:
+        if len(front_f) <= len(front_b):
+            depth_f += 1
+            best: tuple[int, str] | None = None
+            nxt: list[str] = []
+            for nid in front_f:
+                ctx.tick()
+                for m in _neighbours(view, nid, efl):
+                    if m in prev_f:
+                        continue
+                    prev_f[m] = nid
+                    dist_f[m] = depth_f
+                    if m in prev_b:
+                        if best is None or dist_b[m] < best[0]:
+                            best = (dist_b[m], m)
+                    else:
+                        nxt.append(m)
+            if best is not None:
+                meet = best[1]
+                return _unwind(prev_f, meet) + _unwind(prev_b, meet)[::-1][1:]
+            front_f = nxt
+        else:
+            depth_b += 1
+            nxt = []
+            meets: list[str] = []
+            for nid in front_b:
+                ctx.tick()
+                for m in _neighbours(view, nid, efl):
+                    if m in prev_b:
+                        continue
+                    prev_b[m] = nid
+                    dist_b[m] = depth_b
+                    if m in prev_f:
+                        meets.append(m)
+                    nxt.append(m)
+            if meets:
+                meet = min(meets, key=dist_f.__getitem__)
+                return _unwind(prev_f, meet) + _unwind(prev_b, meet)[::-1][1:]
+            front_b = nxt
+    return None
 
 
 def _unwind(prev: dict[str, str], end: str) -> list[str]:

@@ -13,6 +13,7 @@ graphs are cached per (time bucket, duration).
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import OrderedDict
@@ -34,10 +35,14 @@ HISTORY_DDL = (
 """The table as graph-builder creates it (for tests that run without graph-builder's migrations)."""
 
 _SQL = """
-SELECT kind, id, revision, host, origin, toUnixTimestamp64Milli(created_at), toUnixTimestamp64Milli(updated_at),
-       toUnixTimestamp64Milli(next_del), parent, child, metadata
+SELECT concat('{"ID":', toJSONString(id), ',"Metadata":', if(metadata = '', '{}', metadata),
+    ',"Host":', toJSONString(toString(host)), ',"Origin":', toJSONString(toString(origin)),
+    ',"CreatedAt":', toString(toUnixTimestamp64Milli(created_at)),
+    ',"UpdatedAt":', toString(toUnixTimestamp64Milli(updated_at)), ',"Revision":', toString(revision),
+    if(next_del IS NULL, '', concat(',"DeletedAt":', toString(toUnixTimestamp64Milli(assumeNotNull(next_del))))),
+    ',"Parent":', toJSONString(parent), ',"Child":', toJSONString(child), '}')
 FROM (
-    SELECT kind, id, revision, host, origin, created_at, updated_at, deleted_at, parent, child, metadata,
+    SELECT id, revision, host, origin, created_at, updated_at, deleted_at, parent, child, metadata,
            leadInFrame(toNullable(updated_at)) OVER w AS next_at,
            leadInFrame(toNullable(revision)) OVER w AS next_rev,
            leadInFrame(deleted_at) OVER w AS next_del
@@ -50,6 +55,8 @@ WHERE deleted_at IS NULL
   AND (next_rev IS NULL OR next_rev != revision)
   AND (next_at IS NULL OR next_at > fromUnixTimestamp64Milli({lo:Int64}, 'UTC'))
 """
+"""One JSON object per line in the GraphElement shape (the stored metadata JSON is embedded as is), so the
+whole answer decodes in one msgspec call. Edges are the elements with a Parent."""
 
 
 class RevisionGraph(Graph):
@@ -88,8 +95,9 @@ class HistoryStore:
 
     `client_factory()` returns a clickhouse-connect client (`netsonde.common.clickhouse.connect(url, db)`);
     one client is created lazily and shared under a lock. Rebuilt graphs are cached per exact (instant,
-    duration); `Context()` rounds relative instants (NOW, '-1h', '1 hour ago') down to `bucket_ms` so that
-    repeated relative queries share an entry, while absolute instants stay exact. Entries for instants older than `settle_ms` live until evicted (LRU,
+    duration); `Context()` rounds relative instants (NOW, '-1h', '1 hour ago') down to a bucket of at least
+    `bucket_ms` that grows with the age (about 1/1000 of it: 10 s for '-1h'), so repeated relative queries share
+    an entry, while absolute instants stay exact. Entries for instants older than `settle_ms` live until evicted (LRU,
     `cache_size`), more recent ones `recent_ttl_s`. A past graph larger than `max_rows` revisions is refused
     (413).
     """
@@ -151,8 +159,8 @@ class HistoryStore:
         sql = _SQL.replace("{table}", self.table)
         try:
             with self._lock:
-                result = self.client().query(sql, parameters={"at": at, "lo": lo}, settings=settings)
-                rows = result.result_rows
+                body = self.client().raw_query(sql, parameters={"at": at, "lo": lo}, settings=settings,
+                                               fmt="TabSeparatedRaw")
         except Exception as e:  # the driver raises its own DatabaseError / OperationalError types
             text = str(e)
             if "TOO_MANY_ROWS" in text or "Limit for result exceeded" in text:
@@ -162,23 +170,30 @@ class HistoryStore:
             raise GremlinError(f"graph history unavailable: {text.splitlines()[0] if text else e!r}",
                                status=503) from e
         self.queries += 1
-        return build_graph(rows, revisions=window_ms is not None)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # tens of thousands of new dicts: don't let the collector walk the live graph meanwhile
+        try:
+            try:
+                elements = _decode_elements(b"[" + b",".join(body.splitlines()) + b"]")
+            except msgspec.DecodeError as e:
+                raise GremlinError(f"graph history holds malformed metadata: {e}", status=500) from e
+            return build_graph(elements, revisions=window_ms is not None)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
 
 
-_decode_md = msgspec.json.Decoder(dict[str, Any]).decode
+_decode_elements = msgspec.json.Decoder(list[GraphElement]).decode
 
 
-def build_graph(rows: list[tuple[Any, ...]], revisions: bool) -> Graph:
-    """Rows of the history query -> Graph (or RevisionGraph when several revisions per ID may appear)."""
+def build_graph(elements: list[GraphElement], revisions: bool) -> Graph:
+    """Elements of the history query -> Graph (or RevisionGraph when several revisions per ID may appear)."""
     g: Graph = RevisionGraph() if revisions else Graph()
-    edges: list[GraphElement] = []
-    for kind, id_, rev, host, origin, created, updated, deleted, parent, child, md in rows:
-        el = GraphElement(ID=id_, Metadata=_decode_md(md) if md else {}, Host=host, Origin=origin,
-                          CreatedAt=created, UpdatedAt=updated, Revision=rev, DeletedAt=deleted,
-                          Parent=parent, Child=child)
-        if kind == "edge" or kind == 2:
-            edges.append(el)
-        elif revisions:
+    edges = [el for el in elements if el.Parent]
+    for el in elements:
+        if el.Parent:
+            continue
+        if revisions:
             g.add_revision(el, False)  # type: ignore[attr-defined]
         else:
             g.upsert_node(el)

@@ -46,6 +46,15 @@ def is_relative(arg: ast.Arg) -> bool:
             or bool(_PHRASE.match(low)))
 
 
+def relative_bucket(at: int, now: int, bucket_ms: int) -> int:
+    """`at` rounded down to a bucket that grows with its age (about 1/1000 of it, at least `bucket_ms`), so
+    that repeated relative queries ('-1h') share a cached past graph without losing meaningful precision."""
+    b = max(bucket_ms, 1)
+    while b * 1000 < now - at:
+        b *= 10
+    return at // b * b
+
+
 def parse_time(arg: ast.Arg, now: int) -> int:
     """First argument of Context(): NOW, Unix seconds (<= 2^31-1) or ms, RFC1123, ISO 8601, a Go duration
     relative to now (`-1h`), or a phrase (`1 hour ago`, `now`, `yesterday`). Returns Unix ms."""
