@@ -43,6 +43,7 @@ class GremlinEngine:
         self.history = history
         self.flows = flows
         self.limits = limits or QueryLimits()
+        self._live_view = GraphView(graph)
 
     def execute(self, query: str, accept: str = "") -> Any:
         """The JSON-ready result of `query` in Skydive's shape; raises GremlinError. With `accept`
@@ -61,7 +62,7 @@ class GremlinEngine:
         """Evaluate to the last step's traversal value (not yet JSON)."""
         steps = compile_query(query)
         ctx = ctx or Context(self.limits, history=self.history, flows=self.flows)
-        value: Value = GraphT(GraphView(self.graph))
+        value: Value = GraphT(self._live_view)
         for i, step in enumerate(steps):
             if step.NAME == "Context" and i != 0:
                 raise step.error("must come right after G (G.Context(...).V()...)")

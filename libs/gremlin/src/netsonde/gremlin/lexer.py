@@ -40,14 +40,14 @@ _PUNCT = {"(": Tok.LPAREN, ")": Tok.RPAREN, ",": Tok.COMMA, ".": Tok.DOT}
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"'}
 
 
-_TOKEN = re.compile(r"""
-    (?P<ws>[ \t\r\n]+)
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+_TOKEN = re.compile(r"""[ \t\r\n]*(?:
+    (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
   | (?P<sq>'(?:[^'\\]|\\.)*')
   | (?P<dq>"(?:[^"\\]|\\.)*")
   | (?P<punct>[(),.])
-""", re.VERBOSE | re.DOTALL)
+  | (?P<end>$)
+)""", re.VERBOSE | re.DOTALL)
 _UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
 
@@ -56,29 +56,31 @@ def tokenize(query: str) -> list[Token]:
     character that has no place in the dialect."""
     out: list[Token] = []
     append = out.append
-    i, n = 0, len(query)
+    i = 0
     match = _TOKEN.match
-    while i < n:
+    while True:
         m = match(query, i)
         if m is None:
+            i += len(query[i:]) - len(query[i:].lstrip(" \t\r\n"))
             c = query[i]
             if c in "'\"":
                 raise GremlinError(f"syntax error: unterminated string starting with {c}", position=i)
             raise GremlinError(f"syntax error: unexpected character {c!r}", position=i)
         kind = m.lastgroup
-        text = m.group()
+        pos = m.start(kind)
         if kind == "ident":
-            append(Token(Tok.IDENT, text, i))
+            append(Token(Tok.IDENT, m.group(kind), pos))
         elif kind == "punct":
-            append(Token(_PUNCT[text], text, i))
+            text = m.group(kind)
+            append(Token(_PUNCT[text], text, pos))
         elif kind == "sq" or kind == "dq":
-            body = text[1:-1]
+            body = m.group(kind)[1:-1]
             if "\\" in body:
                 body = _UNESCAPE.sub(lambda e: _ESCAPES.get(e.group(1), "\\" + e.group(1)), body)
-            append(Token(Tok.STRING, body, i))
+            append(Token(Tok.STRING, body, pos))
         elif kind == "num":
-            # "G.V().Has(...).5" cannot happen; a number right after an identifier or ')' is a syntax error
-            append(Token(Tok.NUMBER, text, i))
+            append(Token(Tok.NUMBER, m.group(kind), pos))
+        else:
+            append(Token(Tok.EOF, "", len(query)))
+            return out
         i = m.end()
-    append(Token(Tok.EOF, "", n))
-    return out
