@@ -20,8 +20,8 @@ try:  # optional, like on a server built without it
 except ImportError:  # pragma: no cover - depends on the environment
     brotli = None
 
-# ClickHouse's preference when a client accepts several encodings (HTTPHandler: br, gzip, deflate, xz, zstd, lz4).
-RESPONSE_PREFERENCE = ("br", "gzip", "deflate", "zstd", "lz4")
+# ClickHouse's own preference when a client accepts several (chooseHTTPCompressionMethod, most preferred first).
+RESPONSE_PREFERENCE = ("zstd", "br", "lz4", "gzip", "deflate")
 
 
 def supported(encoding: str) -> bool:
@@ -70,7 +70,18 @@ def _frames(data: bytes, make: Any, flush: bool = False) -> bytes:
 
 def choose_response_encoding(accept_encoding: str) -> str | None:
     """The encoding ClickHouse picks from an Accept-Encoding list, or None."""
-    offered = {part.split(";")[0].strip().lower() for part in accept_encoding.split(",") if part.strip()}
+    offered = set()
+    for part in accept_encoding.split(","):
+        token, _, params = part.partition(";")
+        q = params.strip().lower()
+        if q.startswith("q="):
+            try:
+                if float(q[2:]) == 0:
+                    continue  # q=0 rejects the encoding
+            except ValueError:
+                pass
+        if token.strip():
+            offered.add(token.strip().lower())
     for enc in RESPONSE_PREFERENCE:
         if enc in offered and (enc != "br" or brotli is not None):
             return enc
@@ -90,3 +101,55 @@ def compress(data: bytes, encoding: str, level: int = 3) -> bytes:
     if encoding == "br":
         return bytes(brotli.compress(data))
     return data
+
+
+class StreamDecoder:
+    """Incremental request-body decoder: `feed` compressed chunks, get plain bytes; `finish` checks the end."""
+
+    def __init__(self, encoding: str) -> None:
+        encoding = encoding.strip().lower()
+        if not supported(encoding):
+            raise StoreError("UNKNOWN_COMPRESSION_METHOD", f"Unknown Content-Encoding of HTTP request: {encoding}")
+        self.encoding = encoding
+        self._make: Any = None
+        if encoding in ("gzip", "x-gzip"):
+            self._make = lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._make = lambda: zlib.decompressobj(zlib.MAX_WBITS)
+        elif encoding == "zstd":
+            self._make = zstandard.ZstdDecompressor().decompressobj
+        elif encoding == "lz4":
+            self._make = lz4.frame.LZ4FrameDecompressor
+        elif encoding == "br":
+            self._make = brotli.Decompressor
+        self._current: Any = None
+
+    def feed(self, data: bytes) -> bytes:
+        if self._make is None:
+            return data
+        out = []
+        try:
+            while data:
+                if self._current is None:
+                    self._current = self._make()
+                d = self._current
+                if self.encoding == "br":
+                    out.append(d.process(data))
+                    if d.is_finished():
+                        self._current = None
+                    break
+                out.append(d.decompress(data))
+                if d.eof:
+                    data = d.unused_data
+                    self._current = None
+                else:
+                    data = b""
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError("CANNOT_DECOMPRESS", f"Cannot decompress {self.encoding} request body: {exc}") from None
+        return b"".join(out)
+
+    def finish(self) -> None:
+        if self._current is not None:
+            raise StoreError("CANNOT_DECOMPRESS", f"Unexpected end of {self.encoding} request body")

@@ -319,24 +319,16 @@ class Engine:
         return len(expired)
 
     # --- inserts -----------------------------------------------------------------------------------
-    def spool(self, data: memoryview | bytes) -> str:
-        """Write insert data to a temp file (called in a worker thread); returns its path."""
+    def spool_path(self) -> str:
+        """A fresh file for one insert batch (the caller writes it and removes it afterwards)."""
         fd, path = tempfile.mkstemp(prefix="insert-", suffix=".data", dir=self.tmp_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            raise
+        os.close(fd)
         return path
 
-    async def insert(self, target: str, fmt: str, data: memoryview | bytes, inline_settings: str,
-                     req: Request, session_id: str | None = None, session_timeout: float = 60.0,
+    async def insert(self, target: str, fmt: str, path: str, inline_settings: str, req: Request,
+                     session_id: str | None = None, session_timeout: float = 60.0,
                      session_check: bool = False) -> Outcome:
-        """`target` is `INSERT INTO t [(cols)]`; the data is one batch in format `fmt`, inserted atomically."""
-        loop = asyncio.get_running_loop()
-        path = await loop.run_in_executor(self._executor, self.spool, data)
+        """`target` is `INSERT INTO t [(cols)]`; `path` holds one batch in format `fmt`, inserted atomically."""
         try:
             settings = ", ".join(f"{k} = {v}" for k, v in ATOMIC_INSERT_SETTINGS.items())
             if inline_settings:
@@ -348,6 +340,3 @@ class Engine:
         except StoreError as exc:
             exc.message = exc.message.replace(f" (in file/uri {path})", "").replace(path, "<request body>")
             raise
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)

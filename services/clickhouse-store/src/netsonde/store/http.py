@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import json
 import logging
+import os
 import socket
 import time
 import uuid
+from typing import IO
+
 from aiohttp import web
 
 from netsonde.common.metrics import Metrics
@@ -98,9 +102,8 @@ class ClickHouseHTTP:
                 raise StoreError("BAD_ARGUMENTS", f"HTTP method {request.method} is not supported")
             self._authenticate(request)
             params, body = await self._read(request)
-            if request.method in ("GET", "HEAD") and not params.get("query") and not body:
-                return web.Response(text="Ok.\n", content_type="text/html")
             kind, response = await self._dispatch(request, params, body, query_id)
+            log.debug("request done", extra={"kind": kind, "seconds": round(time.perf_counter() - started, 4)})
             return response
         except StoreError as exc:
             self.failures.labels(exc.name).inc()
@@ -144,11 +147,11 @@ class ClickHouseHTTP:
             raise StoreError("AUTHENTICATION_FAILED", f"{user}: Authentication failed: password is incorrect, "
                              "or there is no user with such name")
 
-    async def _read(self, request: web.Request) -> tuple[dict[str, str], bytes]:
-        """URL (or multipart form) parameters and the decompressed body."""
+    async def _read(self, request: web.Request) -> tuple[dict[str, str], "_Body"]:
+        """URL (or multipart form) parameters, and the request body as a decoded stream."""
         params: dict[str, str] = {k: v for k, v in request.query.items()}
         ctype = request.headers.get("Content-Type", "")
-        body = b""
+        encoding = request.headers.get("Content-Encoding", "")
         if ctype.startswith("multipart/form-data"):
             reader = await request.multipart()
             while True:
@@ -160,23 +163,13 @@ class ClickHouseHTTP:
                     raise StoreError("NOT_IMPLEMENTED", "External data (multipart file parts) is not supported "
                                      "by the embedded store")
                 value = (await part.read(decode=True)).decode()  # type: ignore[union-attr]
-                if name == "query":
-                    params["query"] = value
-                elif name:
+                if name:
                     params[name] = value
-        elif request.method == "POST" and request.can_read_body:
-            body = await request.read()
-        encoding = request.headers.get("Content-Encoding", "")
-        if body and encoding:
-            if len(body) > _COMPRESS_IN_THREAD:
-                body = await asyncio.to_thread(codec.decompress, body, encoding)
-            else:
-                body = codec.decompress(body, encoding)
-        elif encoding and not codec.supported(encoding.strip().lower()):
-            raise StoreError("UNKNOWN_COMPRESSION_METHOD", f"Unknown Content-Encoding of HTTP request: {encoding}")
-        return params, body
+            return params, _Body(None, "")
+        has_body = request.method == "POST" and request.can_read_body
+        return params, _Body(request if has_body else None, encoding)
 
-    async def _dispatch(self, request: web.Request, params: dict[str, str], body: bytes,
+    async def _dispatch(self, request: web.Request, params: dict[str, str], body: "_Body",
                         query_id: str) -> tuple[str, web.StreamResponse]:
         settings: dict[str, str] = {}
         qparams: dict[str, str] = {}
@@ -193,40 +186,48 @@ class ClickHouseHTTP:
         qtext = params.get("query", "")
 
         head: sql.InsertHead | None = None
-        data: memoryview | bytes = b""
-        text: str
+        first: bytes = b""
         if qtext:
             head = sql.parse_insert_head(qtext)
             if head is not None:
                 qbytes = qtext.encode()
-                offset = len(qtext[:head.data_offset].encode())
-                data = qbytes[offset:] + body if offset < len(qbytes) else body
+                first = qbytes[len(qtext[:head.data_offset].encode()):]
                 text = qtext
             else:
-                text = qtext + ("\n" + body.decode("utf-8", "replace") if body else "")
+                rest = await body.read_all(_MAX_QUERY_TEXT)
+                text = qtext + ("\n" + rest.decode("utf-8", "replace") if rest else "")
         else:
-            prefix = body[:1024 * 1024].decode("latin-1")
-            head = sql.parse_insert_head(prefix)
+            prefix = await body.read_prefix(1024 * 1024)
+            latin = prefix.decode("latin-1")
+            head = sql.parse_insert_head(latin)
             if head is not None:
-                data = memoryview(body)[head.data_offset:]
+                first = prefix[head.data_offset:]
                 head = sql.InsertHead(head.target.encode("latin-1").decode("utf-8", "replace"),
                                       head.settings.encode("latin-1").decode("utf-8", "replace"),
                                       head.fmt, head.data_offset)
                 text = head.target
             else:
-                if len(body) > _MAX_QUERY_TEXT:
-                    raise StoreError("QUERY_IS_TOO_LARGE", "Query is too large")
-                text = body.decode("utf-8", "replace")
+                text = (prefix + await body.read_all(_MAX_QUERY_TEXT)).decode("utf-8", "replace")
+        if request.method in ("GET", "HEAD") and not text.strip():
+            return "ping", web.Response(text="Ok.\n", content_type="text/html")
 
         if head is not None:
             if read_only:
                 raise self._readonly(request)
-            req = Request(sql="", params=qparams, settings=settings, database=database)
-            outcome = await self.engine.insert(head.target, head.fmt, data, head.settings, req, session_id,
-                                               session_timeout, session_check)
+            path = self.engine.spool_path()
+            try:
+                with open(path, "wb") as f:
+                    size = await body.spool(first, f)
+                log.debug("spooled insert batch", extra={"bytes": size})
+                req = Request(sql="", params=qparams, settings=settings, database=database)
+                outcome = await self.engine.insert(head.target, head.fmt, path, head.settings, req, session_id,
+                                                   session_timeout, session_check)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             self.inserted_rows.inc(outcome.written_rows)
             return "insert", await self._respond(request, params, outcome.body, None, outcome.summary(), query_id,
-                                           settings)
+                                                 settings)
 
         stripped = text.strip()
         if not stripped:
@@ -310,3 +311,65 @@ class ClickHouseHTTP:
         if exc.status == 401:
             headers["WWW-Authenticate"] = 'Basic realm="ClickHouse"'
         return web.Response(status=exc.status, body=exc.body().encode(), headers=headers)
+
+
+class _Body:
+    """The request body as a stream of decoded (decompressed) chunks, read once."""
+
+    def __init__(self, request: web.Request | None, encoding: str) -> None:
+        self._request = request
+        self._decoder = codec.StreamDecoder(encoding) if request is not None else None
+        self._buffer = bytearray()
+        self._done = request is None
+
+    async def _next(self) -> bytes | None:
+        if self._done:
+            return None
+        assert self._request is not None and self._decoder is not None
+        while True:
+            chunk = await self._request.content.readany()
+            if not chunk:
+                self._done = True
+                self._decoder.finish()
+                return None
+            out = self._decoder.feed(chunk)
+            if out:
+                return out
+
+    async def read_prefix(self, n: int) -> bytes:
+        """At least `n` bytes (fewer only at the end); they are consumed."""
+        while len(self._buffer) < n:
+            chunk = await self._next()
+            if chunk is None:
+                break
+            self._buffer += chunk
+        out = bytes(self._buffer)
+        self._buffer.clear()
+        return out
+
+    async def read_all(self, limit: int) -> bytes:
+        while True:
+            chunk = await self._next()
+            if chunk is None:
+                break
+            self._buffer += chunk
+            if len(self._buffer) > limit:
+                raise StoreError("QUERY_IS_TOO_LARGE", f"Query is too large ({len(self._buffer)} bytes > {limit})")
+        out = bytes(self._buffer)
+        self._buffer.clear()
+        return out
+
+    async def spool(self, first: bytes, f: IO[bytes]) -> int:
+        """Write `first` and the rest of the body to `f`; returns the byte count."""
+        size = len(first)
+        f.write(first)
+        if self._buffer:
+            f.write(self._buffer)
+            size += len(self._buffer)
+            self._buffer.clear()
+        while True:
+            chunk = await self._next()
+            if chunk is None:
+                return size
+            f.write(chunk)
+            size += len(chunk)

@@ -36,7 +36,7 @@ class StoreService(Service):
     async def on_start(self) -> None:
         await self.engine.start()
         handler = ClickHouseHTTP(self.engine, self.config, self.metrics)
-        self._runner = web.AppRunner(handler.app(), access_log=None, handle_signals=False,
+        self._runner = web.AppRunner(handler.app(), access_log=None, handle_signals=False, auto_decompress=False,
                                      shutdown_timeout=self.config.shutdown_grace)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
