@@ -185,12 +185,12 @@ class Bed:
         if name == "netsonde":
             proc = subprocess.Popen([*rcv, PY, "-m", "bench.scenario_capture", "tool", self.rif], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            _wait_ready(proc)
         elif name == "nfstream":
             proc = subprocess.Popen([*rcv, PY, "-m", "bench.scenario_capture", "nfstream", self.rif],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                     cwd=Path(__file__).parent.parent)
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            _wait_ready(proc)
         elif name == "softflowd":
             proc = subprocess.Popen([*rcv, "softflowd", "-d", "-i", self.rif, "-n", "127.0.0.1:9995", "-c",
                                      str(d / "sfd.ctl")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -215,7 +215,7 @@ class Bed:
             assert proc.stdin is not None and proc.stdout is not None
             proc.stdin.write("stop\n")
             proc.stdin.flush()
-            res = json.loads(proc.stdout.readline())
+            res = _last_json(proc.stdout)
             seen = res["packets"]
             proc.wait(10)
         elif name == "softflowd":
@@ -238,6 +238,24 @@ class Bed:
         return {"tool": name, "sent": sent, "seen": seen, "pps": sent / elapsed if elapsed else 0,
                 "cpu_s_per_m": cpu_s / (sent / 1e6) if sent else 0.0,
                 "loss": max(0.0, 1 - (seen or 0) / sent) if sent else 0.0, "rss_mib": rss / 1024}
+
+
+def _wait_ready(proc: subprocess.Popen) -> None:
+    assert proc.stdout is not None
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"tool exited before it was ready (rc={proc.wait()})")
+        if line.strip() == "ready":
+            return
+
+
+def _last_json(stream: Any) -> dict[str, Any]:
+    for line in stream:
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError("tool printed no result")
 
 
 def _pmacct_packets(out: str) -> int:
@@ -312,7 +330,11 @@ def run(small: bool) -> Result:
                 if tool != "netsonde" and tool != "nfstream" and shutil.which(tool) is None:
                     res.notes.append(f"{tool} is not installed: not measured")
                     continue
-                r = bed.run_tool(tool, packets, pps)
+                try:
+                    r = bed.run_tool(tool, packets, pps)
+                except Exception as e:  # one tool failing does not lose the others' figures
+                    res.notes.append(f"{tool} at {pps or 'max'} pkt/s failed: {e!r}")
+                    continue
                 res.rows.append([tool, pps or "max (tcpreplay --topspeed)", round(r["pps"]), r["sent"],
                                  round(r["cpu_s_per_m"], 3), f"{r['loss'] * 100:.2f}%", round(r["rss_mib"], 1)])
     res.notes.append(f"Flow-table memory: {per_flow:.0f} bytes per flow (tracemalloc, UDP flows, fast-path cache "

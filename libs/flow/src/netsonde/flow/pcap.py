@@ -153,3 +153,30 @@ def flows_from_pcap(path: str | Path | BinaryIO | bytes, node_tid: str = "", cap
     t = table if table is not None else FlowTable(node_tid, capture_id, layer_key_mode, extra_tcp_metric)
     feed_pcap(t, path)
     return t.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m netsonde.flow.pcap FILE [--node-tid T] [--layer-key-mode L2|L3]`: flows as JSON lines."""
+    import argparse
+    import sys
+
+    import msgspec
+
+    ap = argparse.ArgumentParser(prog="python -m netsonde.flow.pcap", description=main.__doc__)
+    ap.add_argument("file")
+    ap.add_argument("--node-tid", default="pcap")
+    ap.add_argument("--layer-key-mode", default="L2", choices=["L2", "L3"])
+    args = ap.parse_args(argv)
+    try:
+        flows = flows_from_pcap(args.file, node_tid=args.node_tid, layer_key_mode=args.layer_key_mode)
+    except (PcapError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    enc = msgspec.json.Encoder()
+    for f in flows:
+        sys.stdout.write(enc.encode(f).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
