@@ -33,7 +33,7 @@ from typing import Any, AsyncIterator, Callable
 
 from chdb import _chdb  # type: ignore[attr-defined]
 
-from . import errors
+from . import errors, sql
 from .errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ class Engine:
             yield conn
         finally:
             if conn.broken:
-                conn.close()
+                self._discard(conn)
                 conn = await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
             pool.put_nowait(conn)
 
@@ -276,8 +276,16 @@ class Engine:
             return await self._execute_in_session(req, session_id, session_timeout, session_check)
         assert self._query_pool is not None and self._insert_pool is not None
         pool = self._insert_pool if req.insert_file is not None else self._query_pool
+        # Without a session, USE / SET / temporary tables must not outlive the request: such a statement
+        # leaves its connection to be replaced by a fresh one.
+        stateful = req.insert_file is None and (
+            sql.first_keyword(req.sql) in ("USE", "SET") or "TEMPORARY" in req.sql.upper())
         async with self._borrow(pool) as conn:
-            return await self._in_thread(lambda: conn.execute(req))
+            try:
+                return await self._in_thread(lambda: conn.execute(req))
+            finally:
+                if stateful:
+                    conn.broken = True
 
     async def _execute_in_session(self, req: Request, sid: str, timeout: float, check: bool) -> Outcome:
         session = self.sessions.get(sid)

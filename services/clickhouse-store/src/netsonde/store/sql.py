@@ -138,20 +138,30 @@ def parse_insert_head(text: str) -> InsertHead | None:
 
 
 def output_format(text: str) -> str | None:
-    """The format named by a top-level trailing `FORMAT name` clause (possibly followed by SETTINGS)."""
-    found = None
+    """The format named by the statement's own output clause: a top-level `FORMAT name` that ends the
+    statement, or is followed only by `SETTINGS ...` (so `SELECT format FROM t` names no format)."""
+    top: list[Token] = []
     depth = 0
-    prev_format = False
     try:
         for tok in tokens(text):
-            if tok.kind == "punct":
-                depth += tok.text == "("
-                depth -= tok.text == ")"
-            if prev_format and tok.kind == "word":
-                found = tok.text
-            prev_format = depth == 0 and tok.kind == "word" and tok.text.upper() == "FORMAT"
+            if tok.kind == "punct" and tok.text in "([":
+                depth += 1
+            elif tok.kind == "punct" and tok.text in ")]":
+                depth -= 1
+            elif depth == 0:
+                top.append(tok)
     except LexError:
         return None
+    while top and top[-1].kind == "punct" and top[-1].text == ";":
+        top.pop()
+    found = None
+    for i in range(len(top) - 1):
+        tok, name = top[i], top[i + 1]
+        if tok.kind != "word" or tok.text.upper() != "FORMAT" or name.kind != "word":
+            continue
+        rest = top[i + 2:]
+        if not rest or (rest[0].kind == "word" and rest[0].text.upper() == "SETTINGS"):
+            found = name.text
     return found
 
 
