@@ -14,6 +14,7 @@ import errno
 import os
 import logging
 import socket
+import struct
 import time
 from typing import Any, Callable
 
@@ -52,6 +53,7 @@ class NsWatcher:
         self.synced = False
         """True once the first full dump completed."""
         self.overruns = 0
+        self.bad_messages = 0
         self.messages = 0
         self._sock: socket.socket | None = None
         self._ioctl: socket.socket | None = None
@@ -222,7 +224,13 @@ class NsWatcher:
             if not data:
                 break
             for mtype, flags, seq, off, end in iter_messages(data):
-                changed |= self._handle(data, mtype, flags, seq, off, end)
+                try:
+                    changed |= self._handle(data, mtype, flags, seq, off, end)
+                except (struct.error, IndexError, ValueError) as exc:  # a malformed message: skip it
+                    self.bad_messages += 1
+                    if self.bad_messages == 1:
+                        log.warning("malformed netlink message (type %d) in %s: %s; further ones are only "
+                                    "counted", mtype, self.ns.name or "root", exc)
         if overrun:
             log.warning("netlink overrun in %s: dumping again", self.ns.name or "root")
             self._dump_kind = ""  # replies of a dump in flight may be lost too: restart it

@@ -65,6 +65,7 @@ class ProbeTopologyService(Service):
         self._once = OnceLogger(log)
         self._flush_lock = asyncio.Lock()
         self._last_build_s = 0.0
+        self._last_flush = 0.0
         self._backoff_s = 0.0
         """1 s after a failed publish, 0 once one succeeds."""
         m = self.metrics
@@ -76,6 +77,7 @@ class ProbeTopologyService(Service):
         self.m_edges = m.gauge("edges", "Edges in the host state")
         self.m_namespaces = m.gauge("namespaces", "Network namespaces watched (root included)")
         self.m_publish_errors = m.counter("publish_errors_total", "Publishes that failed (a full follows)")
+        self.m_build_errors = m.counter("build_errors_total", "Failed state rebuilds (retried, then a full)")
         self.m_resyncs = m.counter("resync_requests_total", "Resync requests answered")
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -250,16 +252,28 @@ class ProbeTopologyService(Service):
     async def _flush_loop(self) -> None:
         while True:
             await self._dirty.wait()
-            # at least flush_interval_s, and no less than the last rebuild took: a long burst on a big host
-            # then costs at most about half a core instead of back-to-back rebuilds
-            await asyncio.sleep(max(self.config.flush_interval_s, self._last_build_s, self._backoff_s))
+            # A change after a quiet period goes out after 2 ms (the events of one command arrive together);
+            # during a burst, one flush per flush_interval_s, and never sooner than the last rebuild took, so
+            # a long burst on a big host costs at most about half a core instead of back-to-back rebuilds.
+            quiet = time.monotonic() - self._last_flush >= self.config.flush_interval_s
+            delay = min(0.002, self.config.flush_interval_s) if quiet else self.config.flush_interval_s
+            await asyncio.sleep(max(delay, self._last_build_s, self._backoff_s))
+            self._last_flush = time.monotonic()
             if any(w._dump_kind for w in self.watchers.values()) and self._need_full:
                 continue  # a resync dump is in flight: publish the full once it completed
             self._dirty.clear()
-            if self._need_full:
-                await self.publish_full(self._full_reason or "resync")
-            else:
-                await self.publish_changes()
+            try:
+                if self._need_full:
+                    await self.publish_full(self._full_reason or "resync")
+                else:
+                    await self.publish_changes()
+            except Exception as exc:  # noqa: BLE001 - a bug on odd input must not take the probe down
+                self.m_build_errors.inc()
+                self._once.warning("build", f"building the host state failed: {exc!r}")
+                log.debug("build failure", exc_info=True)
+                self._backoff_s = 1.0
+                self._need_full = True
+                self._dirty.set()
 
     async def publish_changes(self) -> None:
         async with self._flush_lock:
