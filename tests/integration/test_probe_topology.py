@@ -68,7 +68,7 @@ async def test_netns_veth_bridge_addresses(nats_url, unique, cleanup):
         assert mdb["NetNsPath"] == nsn["Metadata"]["Path"] and "NetNsPath" not in mda
         assert mdb["State"] == "UP" or mdb["State"] == "DOWN"  # UP once the peer is up (it is down: no carrier)
         assert mda["MasterIndex"] == nbr["Metadata"]["IfIndex"]
-        assert mda["Driver"] == "veth" and nbr["Metadata"]["Driver"] == "bridge"
+        assert mda["Driver"] == "veth" and mda["Speed"] == 10000 and nbr["Metadata"]["Driver"] == "bridge"
         assert mda["Host"] == f"h{unique}" and "TID" in mda and "TID" in nsn["Metadata"]
         assert set(mda["Metric"]) >= {"RxPackets", "TxPackets", "RxBytes", "TxBytes", "Start", "Last"}
         assert "UP" in mda["LinkFlags"] and mda["MAC"].count(":") == 5 and mda["MTU"] == 1500
