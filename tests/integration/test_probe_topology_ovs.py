@@ -96,3 +96,33 @@ async def _digest(svc, m):
     await svc.publish_digest()
     assert await until(lambda: len(m.digests) > n)
     return m.digests[-1]
+
+
+async def test_ovsdb_restart_is_followed(nats_url, unique):
+    """ovsdb-server goes away and comes back (same database): the IDL reconnects and changes keep flowing."""
+    import subprocess
+
+    ovs = start_ovs()
+    svc = m = None
+    try:
+        svc, m = await start_probe(nats_url, unique, ovsdb=ovs.db)
+        ovs.vsctl("add-br", f"rb{unique}", "--", "set", "bridge", f"rb{unique}", "datapath_type=netdev")
+        assert await until(lambda: m.one(Name=f"rb{unique}", Type="ovsbridge") is not None)
+        subprocess.run(["ovs-appctl", "-t", "ovsdb-server", "exit"], env=ovs.env, capture_output=True, timeout=20)
+        d = ovs.dir
+        subprocess.run(["ovsdb-server", str(d / "conf.db"), f"--remote=punix:{d / 'db.sock'}",
+                        "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
+                        f"--pidfile={d / 'ovsdb-server.pid'}", f"--log-file={d / 'ovsdb-server.log'}", "--detach"],
+                       env=ovs.env, check=True, capture_output=True, timeout=20)
+        ovs.vsctl("add-br", f"rc{unique}", "--", "set", "bridge", f"rc{unique}", "datapath_type=netdev")
+        assert await until(lambda: m.one(Name=f"rc{unique}", Type="ovsbridge") is not None, 20)
+        assert m.one(Name=f"rb{unique}", Type="ovsbridge") is not None  # kept across the outage
+        ovs.vsctl("del-br", f"rb{unique}")
+        assert await until(lambda: m.one(Name=f"rb{unique}", Type="ovsbridge") is None)
+        assert svc.ovs is not None and svc.ovs.connected
+    finally:
+        if svc is not None:
+            await svc.stop()
+        if m is not None:
+            await m.close()
+        stop_ovs(ovs)
