@@ -358,9 +358,21 @@ class ProbeTopologyService(Service):
         await self.resync(f"requested: {req.reason or 'no reason'}")
 
     async def _digest_loop(self) -> None:
+        reconnects = self._reconnects()
         while True:
             await asyncio.sleep(self.config.digest_interval_s)
-            await self.publish_digest()
+            now = self._reconnects()
+            if now != reconnects:  # the bus was away: receivers may have missed messages
+                reconnects = now
+                await self.publish_full("after a NATS reconnect")
+            else:
+                await self.publish_digest()
+
+    def _reconnects(self) -> int:
+        try:
+            return int(self.nc.stats.get("reconnects", 0)) if self.nc is not None else 0
+        except (AttributeError, TypeError, ValueError):
+            return 0
 
     async def _metrics_loop(self) -> None:
         while True:
