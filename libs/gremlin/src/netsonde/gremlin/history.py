@@ -22,7 +22,7 @@ from typing import Any, Callable
 import msgspec
 
 from netsonde.common.bus.graph import GraphElement
-from netsonde.common.graph import Graph
+from netsonde.common.graph import INDEXED_KEYS, Graph
 
 from .errors import GremlinError
 
@@ -119,6 +119,8 @@ class HistoryStore:
         self._cache: OrderedDict[tuple[int, int | None], tuple[float, Graph]] = OrderedDict()
         self.queries = 0
         """How many rebuilds went to ClickHouse (cache misses)."""
+        self.last_timings: dict[str, float] = {}
+        """Split of the last rebuild: query_s (ClickHouse + transfer), decode_s, build_s, rows, bytes."""
 
     def client(self) -> Any:
         if self._client is None:
@@ -157,6 +159,7 @@ class HistoryStore:
         if timeout_s is not None:
             settings["max_execution_time"] = max(int(timeout_s + 0.999), 1)
         sql = _SQL.replace("{table}", self.table)
+        started = time.perf_counter()
         try:
             with self._lock:
                 body = self.client().raw_query(sql, parameters={"at": at, "lo": lo}, settings=settings,
@@ -170,14 +173,20 @@ class HistoryStore:
             raise GremlinError(f"graph history unavailable: {text.splitlines()[0] if text else e!r}",
                                status=503) from e
         self.queries += 1
+        fetched = time.perf_counter()
         gc_was_enabled = gc.isenabled()
         gc.disable()  # tens of thousands of new dicts: don't let the collector walk the live graph meanwhile
         try:
             try:
-                elements = _decode_elements(b"[" + b",".join(body.splitlines()) + b"]")
+                elements = _decode_elements(b"[" + body.rstrip(b"\n").replace(b"\n", b",") + b"]")
             except msgspec.DecodeError as e:
                 raise GremlinError(f"graph history holds malformed metadata: {e}", status=500) from e
-            return build_graph(elements, revisions=window_ms is not None)
+            decoded = time.perf_counter()
+            graph = build_graph(elements, revisions=window_ms is not None)
+            self.last_timings = {"query_s": fetched - started, "decode_s": decoded - fetched,
+                                 "build_s": time.perf_counter() - decoded, "rows": len(elements),
+                                 "bytes": len(body)}
+            return graph
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -188,18 +197,36 @@ _decode_elements = msgspec.json.Decoder(list[GraphElement]).decode
 
 def build_graph(elements: list[GraphElement], revisions: bool) -> Graph:
     """Elements of the history query -> Graph (or RevisionGraph when several revisions per ID may appear)."""
-    g: Graph = RevisionGraph() if revisions else Graph()
-    edges = [el for el in elements if el.Parent]
+    if revisions:
+        rg = RevisionGraph()
+        for el in elements:
+            if not el.Parent:
+                rg.add_revision(el, False)
+        for el in elements:
+            if el.Parent:
+                rg.add_revision(el, True)
+        return rg
+    # One revision per ID: fill the dicts directly (what upsert_node/upsert_edge do, without the checks
+    # for an existing element).
+    g = Graph()
+    nodes, edges, index = g.nodes, g.edges, g.index
+    out_edges, in_edges = g.out_edges, g.in_edges
     for el in elements:
         if el.Parent:
+            edges[el.ID] = el
+            out_edges[el.Parent].add(el.ID)
+            in_edges[el.Child].add(el.ID)
             continue
-        if revisions:
-            g.add_revision(el, False)  # type: ignore[attr-defined]
-        else:
-            g.upsert_node(el)
-    for el in edges:
-        if revisions:
-            g.add_revision(el, True)  # type: ignore[attr-defined]
-        else:
-            g.upsert_edge(el)
+        nodes[el.ID] = el
+        md = el.Metadata
+        for key in INDEXED_KEYS:
+            v = md.get(key)
+            if v is None:
+                continue
+            if isinstance(v, list):
+                for item in v:
+                    if isinstance(item, (str, int)):
+                        index[key][item].add(el.ID)
+            elif isinstance(v, (str, int)) and not isinstance(v, bool):
+                index[key][v].add(el.ID)
     return g
