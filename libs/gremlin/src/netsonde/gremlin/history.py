@@ -35,7 +35,7 @@ HISTORY_DDL = (
 """The table as graph-builder creates it (for tests that run without graph-builder's migrations)."""
 
 _SQL = """
-SELECT concat('{"ID":', toJSONString(id), ',"Metadata":', if(metadata = '', '{}', metadata),
+SELECT concat('{"ID":', toJSONString(id), ',"Metadata":', if(metadata = '', '{}', replaceAll(metadata, '\\n', ' ')),
     ',"Host":', toJSONString(toString(host)), ',"Origin":', toJSONString(toString(origin)),
     ',"CreatedAt":', toString(toUnixTimestamp64Milli(created_at)),
     ',"UpdatedAt":', toString(toUnixTimestamp64Milli(updated_at)), ',"Revision":', toString(revision),
