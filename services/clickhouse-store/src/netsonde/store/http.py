@@ -21,7 +21,7 @@ import os
 import socket
 import time
 import uuid
-from typing import IO
+from typing import IO, Iterator
 
 from aiohttp import web
 
@@ -72,6 +72,25 @@ class ClickHouseHTTP:
                                         ["name"])
         self.inserted_rows = metrics.counter("inserted_rows_total", "Rows written by inserts")
         self.latency = metrics.histogram("request_seconds", "Time to answer a ClickHouse HTTP request", ["kind"])
+        self._receiving: set[asyncio.Task[object]] = set()
+
+    def abort_receiving(self) -> int:
+        """Cancel the requests still receiving their body (on shutdown: they have written nothing yet);
+        requests already running in the engine are left to finish."""
+        tasks = list(self._receiving)
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
+    @contextlib.contextmanager
+    def _receiving_body(self) -> Iterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        self._receiving.add(task)  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            self._receiving.discard(task)  # type: ignore[arg-type]
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes)
@@ -101,7 +120,8 @@ class ClickHouseHTTP:
             if request.method not in ("GET", "POST", "HEAD"):
                 raise StoreError("BAD_ARGUMENTS", f"HTTP method {request.method} is not supported")
             self._authenticate(request)
-            params, body = await self._read(request)
+            with self._receiving_body():
+                params, body = await self._read(request)
             kind, response = await self._dispatch(request, params, body, query_id)
             log.debug("request done", extra={"kind": kind, "seconds": round(time.perf_counter() - started, 4)})
             return response
@@ -194,10 +214,12 @@ class ClickHouseHTTP:
                 first = qbytes[len(qtext[:head.data_offset].encode()):]
                 text = qtext
             else:
-                rest = await body.read_all(_MAX_QUERY_TEXT)
+                with self._receiving_body():
+                    rest = await body.read_all(_MAX_QUERY_TEXT)
                 text = qtext + ("\n" + rest.decode("utf-8", "replace") if rest else "")
         else:
-            prefix = await body.read_prefix(1024 * 1024)
+            with self._receiving_body():
+                prefix = await body.read_prefix(1024 * 1024)
             latin = prefix.decode("latin-1")
             head = sql.parse_insert_head(latin)
             if head is not None:
@@ -207,7 +229,8 @@ class ClickHouseHTTP:
                                       head.fmt, head.data_offset)
                 text = head.target
             else:
-                text = (prefix + await body.read_all(_MAX_QUERY_TEXT)).decode("utf-8", "replace")
+                with self._receiving_body():
+                    text = (prefix + await body.read_all(_MAX_QUERY_TEXT)).decode("utf-8", "replace")
         if request.method in ("GET", "HEAD") and not text.strip():
             return "ping", web.Response(text="Ok.\n", content_type="text/html")
 
@@ -216,7 +239,7 @@ class ClickHouseHTTP:
                 raise self._readonly(request)
             path = self.engine.spool_path()
             try:
-                with open(path, "wb") as f:
+                with open(path, "wb") as f, self._receiving_body():
                     size = await body.spool(first, f)
                 log.debug("spooled insert batch", extra={"bytes": size})
                 req = Request(sql="", params=qparams, settings=settings, database=database)

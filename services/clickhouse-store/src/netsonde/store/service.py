@@ -29,17 +29,19 @@ class StoreService(Service):
                              config.max_sessions, config.tmp_dir or None)
         self.port = 0
         self._runner: web.AppRunner | None = None
+        self.handler: ClickHouseHTTP | None = None
+        self._site: web.TCPSite | None = None
         self.metrics.gauge("sessions", "Open HTTP sessions").set_function(lambda: len(self.engine.sessions))
         self.metrics.gauge("inflight_statements", "Statements running in the engine").set_function(
             lambda: self.engine.inflight)
 
     async def on_start(self) -> None:
         await self.engine.start()
-        handler = ClickHouseHTTP(self.engine, self.config, self.metrics)
+        handler = self.handler = ClickHouseHTTP(self.engine, self.config, self.metrics)
         self._runner = web.AppRunner(handler.app(), access_log=None, handle_signals=False, auto_decompress=False,
                                      shutdown_timeout=self.config.shutdown_grace)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
+        site = self._site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.spawn(self._expire_sessions(), "expire-sessions")
@@ -53,7 +55,14 @@ class StoreService(Service):
             self.engine.expire_sessions()
 
     async def on_stop(self) -> None:
-        # Stop accepting, let running requests (inserts included) finish, then close the engine.
+        # Stop accepting, abort requests still uploading (nothing of theirs is written yet), let statements
+        # running in the engine (inserts included) finish, then close the engine.
+        if self._site is not None:
+            await self._site.stop()
+        if self.handler is not None:
+            aborted = self.handler.abort_receiving()
+            if aborted:
+                log.info("aborted requests still receiving their body", extra={"requests": aborted})
         if self._runner is not None:
             await self._runner.cleanup()
         await self.engine.close(self.config.shutdown_grace)
