@@ -12,6 +12,7 @@ The data is built once, before any timing, so the figures are the insert path, n
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 import statistics
 import tempfile
@@ -107,6 +108,7 @@ def run(small: bool = False) -> Result:
     n_py = min(n, 100_000)  # the Python-value routes are bound by client-side conversion: fewer rows suffice
     py_slices = _batches(n_py, batch)
 
+    load_before = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="netsonde-bench-store-"))
     (workdir / "store").mkdir()
     store = start_store(workdir=workdir / "store")
@@ -230,8 +232,10 @@ def run(small: bool = False) -> Result:
             if key in queries:
                 ref = f"{med / statistics.median(queries[key]):.2f}x time"
         result.rows.append([name, round(med * 1000, 2), "ms", ref])
-    result.notes.append(f"{n:,} rows; median of {rounds} run(s); 2 cores shared by the client, the store "
-                        "process and the in-process engine (never at the same time).")
+    result.notes.append(f"{n:,} rows; median of {rounds} run(s), routes interleaved; 2 cores shared by the client, "
+                        "the store process and the in-process engine (never at the same time); 1-min load average "
+                        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work on the machine "
+                        "slows every route alike).")
     result.notes.append("Goal (issue 2): inserts through the store within 2x of the in-process engine "
                         "(columnar batches). 'vs in-process' divides by the best in-process insert route.")
     result.notes.append("The Python-value routes spend their time in clickhouse-connect's serialisation "
