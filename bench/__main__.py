@@ -20,7 +20,15 @@ from pathlib import Path
 
 from .result import Result
 
-SCENARIOS = ["store", "gremlin", "topology", "capture", "sflow", "bus_to_store", "memory"]
+import pkgutil
+
+import bench
+
+ORDER = ["store", "topology", "probe_topology", "gremlin", "capture", "sflow", "bus_to_store", "memory"]
+"""Preferred order; any other bench/scenario_*.py module runs after these."""
+FOUND = sorted(m.name[len("scenario_"):] for m in pkgutil.iter_modules(bench.__path__)
+               if m.name.startswith("scenario_"))
+SCENARIOS = [s for s in ORDER if s in FOUND] + [s for s in FOUND if s not in ORDER]
 
 
 def machine() -> list[str]:
