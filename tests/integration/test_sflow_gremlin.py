@@ -100,6 +100,11 @@ async def test_ovssflow_flows_through_gremlin(ovs: OvsDaemons, nats_url: str, cl
             assert b["Metric"]["BAPackets"] == 5 and b["Metric"]["BABytes"] == 5 * 98
             assert a["Network"]["A"] == pair.ip_a and a["TrackingID"] == b["TrackingID"]
             assert a["SamplingRate"] == 1
+            # the query: a bridge's flows are those of its ports (the sFlow capture is on the bridge)
+            on_bridge = await gremlin("G.V().Has('Type', 'ovsbridge').Flows().Has('LayersPath', 'Ethernet/IPv4/ICMPv4')")
+            assert {f["UUID"] for f in on_bridge} == {a["UUID"], b["UUID"]}
+            assert await gremlin(f"G.V().Has('Name', '{br}', 'Type', 'ovsbridge').Flows()"
+                                 ".Has('LayersPath', 'Ethernet/IPv4/ICMPv4').Sum('Metric.ABPackets')") == 5
             hops = await gremlin(f"G.Flows().Has('UUID', '{a['UUID']}').Hops().Values('Name')")
             assert hops == [pair.port_a]
 
