@@ -79,6 +79,9 @@ async def test_ovssflow_flows_through_gremlin(ovs: OvsDaemons, nats_url: str, cl
             assert await wait_for(lambda: len(collector.ports) >= 2 and all(
                 p.capture_id for p in collector.ports.values() if p.bridge == br), 15)
 
+            bridge_q = f"G.V().Has('Name', '{br}', 'Type', 'ovsbridge')"
+            assert await wait_for(lambda: count(f"{bridge_q}.Has('Captures.Type', 'ovssflow').Count()", 1), 15)
+
             p = await asyncio.to_thread(subprocess.run, ["ip", "netns", "exec", pair.ns_a, "ping", "-c", "5", "-i",
                                                          "0.2", "-W", "2", pair.ip_b], capture_output=True, text=True)
             assert p.returncode == 0, p.stdout + p.stderr
@@ -108,11 +111,19 @@ async def test_ovssflow_flows_through_gremlin(ovs: OvsDaemons, nats_url: str, cl
             hops = await gremlin(f"G.Flows().Has('UUID', '{a['UUID']}').Hops().Values('Name')")
             assert hops == [pair.port_a]
 
+            # counter samples (polling 1 s) land on the port nodes as SFlow.Metric / SFlow.LastUpdateMetric
+            port_a_q = f"G.V().Has('Type', 'ovsport', 'Name', '{pair.port_a}')"
+            assert await wait_for(lambda: count(f"{port_a_q}.HasKey('SFlow.LastUpdateMetric.IfInUcastPkts').Count()",
+                                                1), 20)
+            [port_a] = await gremlin(port_a_q)
+            assert port_a["Metadata"]["SFlow"]["Metric"]["IfInUcastPkts"] >= 5
+
             cap_id = r.json()["UUID"]
             d = await http.delete(f"/api/capture/{cap_id}")
             assert d.status_code in (200, 204), d.text
             assert await wait_for(lambda: collector.health()["ovs_bridges"] == [], 15)
             assert ovs.vsctl("list", "sFlow").strip() == ""
+            assert await wait_for(lambda: count(f"{bridge_q}.HasKey('Captures').Count()", 0), 15)
     finally:
         for svc in reversed(services):
             await svc.stop()

@@ -65,6 +65,8 @@ class ReconcileResult:
     ports: dict[int, PortInfo]
     bridges: dict[str, str]
     """bridge -> capture ID, for the bridges that carry a Netsonde sFlow row now."""
+    bridge_uuids: dict[str, str]
+    """bridge -> OVSDB row UUID (every bridge)."""
 
 
 class CaptureController:
@@ -125,7 +127,7 @@ class CaptureController:
                                                                   "target": self.target})
         for b in disabled:
             log.info("ovssflow capture removed from bridge", extra={"bridge": b})
-        return ReconcileResult(enabled, disabled, ports, owned)
+        return ReconcileResult(enabled, disabled, ports, owned, {b.bridge: b.uuid for b in current})
 
     def disable_all(self) -> list[str]:
         """Remove every Netsonde sFlow row (service stop with `remove_on_stop`)."""

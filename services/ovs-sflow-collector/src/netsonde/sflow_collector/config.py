@@ -15,7 +15,7 @@ class SFlowCollectorConfig(BaseConfig):
     """Address the UDP socket binds to ("::" for IPv6 agents too)."""
     listen_port: int = 6343
     """UDP port of the collector (0: pick a free one, reported in /healthz)."""
-    rcvbuf_bytes: int = 32 * 1024 * 1024
+    rcvbuf_bytes: int = 64 * 1024 * 1024
     """SO_RCVBUF of the socket: room for bursts (the kernel caps it at net.core.rmem_max unless root)."""
     process_interval_s: float = 0.05
     """How often pending samples go through the flow tables (also after every `process_datagrams`)."""

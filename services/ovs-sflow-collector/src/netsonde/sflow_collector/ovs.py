@@ -19,7 +19,7 @@ from .collector import PortInfo
 
 CAPTURE_KEY = "netsonde-capture"
 
-__all__ = ["CAPTURE_KEY", "OvsError", "Vsctl", "port_tid", "host_tid", "BridgeSFlow"]
+__all__ = ["CAPTURE_KEY", "OvsError", "Vsctl", "port_tid", "host_tid", "bridge_node_id", "BridgeSFlow"]
 
 
 class OvsError(RuntimeError):
@@ -28,6 +28,11 @@ class OvsError(RuntimeError):
 
 def host_tid(host: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_OID, host))
+
+
+def bridge_node_id(host: str, bridge_uuid: str) -> str:
+    """Graph node ID of an OVSDB row, as probe-topology builds it (`ids.ovs_node_id`): uuid5(OID, host/ovs/uuid)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"{host}/ovs/{bridge_uuid}"))
 
 
 def port_tid(host: str, port_uuid: str) -> str:
@@ -45,6 +50,8 @@ class BridgeSFlow:
     polling: int = 0
     foreign: bool = False
     """The bridge has an sFlow row that is not Netsonde's."""
+    uuid: str = ""
+    """The Bridge row's UUID."""
 
 
 def _cell(v: object) -> object:
@@ -90,16 +97,17 @@ class Vsctl:
         sflows = {r["_uuid"]: r for r in self.table("sFlow", ["_uuid", "targets", "sampling", "polling",
                                                               "external_ids"])}
         out = []
-        for b in self.table("Bridge", ["name", "sflow"]):
+        for b in self.table("Bridge", ["_uuid", "name", "sflow"]):
             ref = _as_list(b["sflow"])
             row = sflows.get(ref[0]) if ref and ref[0] else None
             if row is None:
-                out.append(BridgeSFlow(str(b["name"]), ""))
+                out.append(BridgeSFlow(str(b["name"]), "", uuid=str(b["_uuid"])))
                 continue
             ext = row["external_ids"] if isinstance(row["external_ids"], dict) else {}
             cap = str(ext.get(CAPTURE_KEY, ""))
             out.append(BridgeSFlow(str(b["name"]), cap, tuple(str(t) for t in _as_list(row["targets"])),
-                                   _int(row["sampling"]), _int(row["polling"]), foreign=not cap))
+                                   _int(row["sampling"]), _int(row["polling"]), foreign=not cap,
+                                   uuid=str(b["_uuid"])))
         return out
 
     def enable_sflow(self, bridge: str, capture_id: str, target: str, agent: str, sampling: int, polling: int,

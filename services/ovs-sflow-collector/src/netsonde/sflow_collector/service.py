@@ -19,7 +19,7 @@ from typing import Any
 
 from netsonde.common import natsconn
 from netsonde.common.bus import Subjects, decode, encode
-from netsonde.common.bus.captures import Capture
+from netsonde.common.bus.captures import Capture, CaptureStatus
 from netsonde.common.bus.codec import BusDecodeError
 from netsonde.common.bus.flows import Flow, FlowUpdateBatch
 from netsonde.common.bus.metrics import InterfaceMetricsBatch
@@ -28,7 +28,7 @@ from netsonde.common.service import Service
 from .captures import CaptureController
 from .collector import PortInfo, SFlowCollector
 from .config import SFlowCollectorConfig
-from .ovs import OvsError, Vsctl
+from .ovs import OvsError, Vsctl, bridge_node_id
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,9 @@ class SFlowCollectorService(Service):
         self._boot = int(time.time() * 1000)
         self._seq = 0
         self._reconcile_now = asyncio.Event()
+        self._active: dict[tuple[str, str], str] = {}
+        """(bridge node ID, capture ID) -> bridge name, as last reported on the capture status subject."""
+        self._status_sent = 0.0
         self._exported: dict[tuple[str, str], int] = {}
         m = self.metrics
         self.m_datagrams = m.counter("datagrams_total", "sFlow datagrams received", ["sender"])
@@ -287,6 +290,28 @@ class SFlowCollectorService(Service):
                 self._once_ovs(e)
                 continue
             self.ports = res.ports
+            await self._publish_statuses(res.bridges, res.bridge_uuids)
+
+    async def _publish_statuses(self, owned: dict[str, str], uuids: dict[str, str]) -> None:
+        """CaptureStatus for each bridge under capture (graph-builder shows it as the node's `Captures`): on
+        every change, and every 10 s so a restarted graph-builder learns it again."""
+        active = {(bridge_node_id(self.cfg.host_id, uuids[b]), cap): b for b, cap in owned.items() if b in uuids}
+        stopped = [k for k in self._active if k not in active]
+        if active.keys() == self._active.keys() and time.monotonic() - self._status_sent < 10:
+            return
+        msgs = [CaptureStatus(host=self.cfg.host_id, node_id=nid, capture_id=cap, state="active", type="ovssflow")
+                for nid, cap in active]
+        msgs += [CaptureStatus(host=self.cfg.host_id, node_id=nid, capture_id=cap, state="stopped", type="ovssflow")
+                 for nid, cap in stopped]
+        try:
+            for m in msgs:
+                await self.nc.publish(self.subjects.capture_status, encode(m))
+        except Exception as e:
+            self.m_publish_errors.labels("capture_status").inc()
+            log.warning("could not publish capture status: %r", e)
+            return
+        self._active = active
+        self._status_sent = time.monotonic()
 
     def _once_ovs(self, e: Exception) -> None:
         if not getattr(self, "_ovs_warned", False):
