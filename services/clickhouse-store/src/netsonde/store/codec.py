@@ -17,11 +17,21 @@ from .errors import StoreError
 brotli: Any
 try:  # optional, like on a server built without it
     import brotli  # type: ignore[import-not-found,no-redef]
-except ImportError:  # pragma: no cover - depends on the environment
+except ImportError:  # optional dependency
     brotli = None
 
 # ClickHouse's own preference when a client accepts several (chooseHTTPCompressionMethod, most preferred first).
 RESPONSE_PREFERENCE = ("zstd", "br", "lz4", "gzip", "deflate")
+
+
+_DECODE_ERROR = {"gzip": "ZLIB_INFLATE_FAILED", "x-gzip": "ZLIB_INFLATE_FAILED", "deflate": "ZLIB_INFLATE_FAILED",
+                 "zstd": "ZSTD_DECODER_FAILED", "lz4": "LZ4_DECODER_FAILED", "br": "BROTLI_READ_FAILED"}
+
+
+def decode_error(encoding: str, detail: str) -> StoreError:
+    """The error ClickHouse reports for a body that is not valid `encoding` data."""
+    return StoreError(_DECODE_ERROR.get(encoding, "CANNOT_DECOMPRESS"),
+                      f"Cannot decode the {encoding} request body: {detail}")
 
 
 def supported(encoding: str) -> bool:
@@ -50,7 +60,7 @@ def decompress(data: bytes, encoding: str) -> bytes:
     except StoreError:
         raise
     except Exception as exc:  # every codec has its own error class
-        raise StoreError("CANNOT_DECOMPRESS", f"Cannot decompress {encoding} request body: {exc}") from None
+        raise decode_error(encoding, str(exc)) from None
 
 
 def _frames(data: bytes, make: Any, flush: bool = False) -> bytes:
@@ -147,9 +157,9 @@ class StreamDecoder:
         except StoreError:
             raise
         except Exception as exc:
-            raise StoreError("CANNOT_DECOMPRESS", f"Cannot decompress {self.encoding} request body: {exc}") from None
+            raise decode_error(self.encoding, str(exc)) from None
         return b"".join(out)
 
     def finish(self) -> None:
         if self._current is not None:
-            raise StoreError("CANNOT_DECOMPRESS", f"Unexpected end of {self.encoding} request body")
+            raise decode_error(self.encoding, "unexpected end of data")

@@ -32,6 +32,10 @@ CODES = {
     "LOGICAL_ERROR": 49,
     "CANNOT_PARSE_INPUT_ASSERTION_FAILED": 27,
     "HTTP_LENGTH_REQUIRED": 381,
+    "ZLIB_INFLATE_FAILED": 354,
+    "BROTLI_READ_FAILED": 448,
+    "ZSTD_DECODER_FAILED": 561,
+    "LZ4_DECODER_FAILED": 618,
 }
 
 # HTTP status per exception name, as ClickHouse's exceptionCodeToHTTPStatus maps them (anything else: 500).

@@ -187,7 +187,7 @@ class ClickHouseHTTP:
                     params[name] = value
             return params, _Body(None, "")
         has_body = request.method == "POST" and request.can_read_body
-        return params, _Body(request if has_body else None, encoding)
+        return params, _Body(request if has_body else None, encoding, self.config.max_body_bytes)
 
     async def _dispatch(self, request: web.Request, params: dict[str, str], body: "_Body",
                         query_id: str) -> tuple[str, web.StreamResponse]:
@@ -339,8 +339,10 @@ class ClickHouseHTTP:
 class _Body:
     """The request body as a stream of decoded (decompressed) chunks, read once."""
 
-    def __init__(self, request: web.Request | None, encoding: str) -> None:
+    def __init__(self, request: web.Request | None, encoding: str, limit: int = 0) -> None:
         self._request = request
+        self._limit = limit
+        self._total = 0
         self._decoder = codec.StreamDecoder(encoding) if request is not None else None
         self._buffer = bytearray()
         self._done = request is None
@@ -357,6 +359,10 @@ class _Body:
                 return None
             out = self._decoder.feed(chunk)
             if out:
+                self._total += len(out)
+                if self._limit and self._total > self._limit:
+                    raise StoreError("QUERY_IS_TOO_LARGE", f"Request body is larger than max_body_bytes "
+                                     f"({self._limit})")
                 return out
 
     async def read_prefix(self, n: int) -> bytes:
