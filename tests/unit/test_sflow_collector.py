@@ -146,3 +146,23 @@ def test_real_counter_samples_resolve_by_ifindex() -> None:
     items = c.counters()
     assert len(items) >= 9
     assert all(i.Key == "SFlow" and i.Name and i.OfPort > 0 and "IfInUcastPkts" in i.Metric for i in items)
+
+
+def test_table_cap_drops_and_counts_samples_of_extra_ports() -> None:
+    c = SFlowCollector(max_tables=2)
+    dgs = [datagram("192.0.2.9", [flow_sample([raw_record(ETH_ICMP, 102)], rate=1, inp=i)]) for i in range(1, 5)]
+    flows = run(c, dgs, batch=10)
+    assert len(c.tables) == 2 and c.samples_dropped == 2
+    assert totals(flows)[0] == 2
+
+
+def test_capture_query_matcher() -> None:
+    from netsonde.sflow_collector.captures import match_bridges
+    bridges = ["br0", "br1"]
+    assert match_bridges("G.V().Has('Name', 'br0', 'Type', 'ovsbridge')", bridges) == ["br0"]
+    assert match_bridges('g.V().Has("Type","ovsbridge")', bridges) == ["br0", "br1"]
+    assert match_bridges("G.V('Name', 'br1')", bridges) == ["br1"]
+    assert match_bridges("G.V().Has('Type', 'ovsbridge').Has('Name', 'brX')", bridges) == []
+    assert match_bridges("G.V().Has('Type', 'veth')", bridges) == []
+    assert match_bridges("G.V().Has('Driver', 'openvswitch')", bridges) == []
+    assert match_bridges("G.V().Has('Name')", bridges) == []

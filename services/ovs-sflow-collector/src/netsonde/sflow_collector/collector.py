@@ -74,11 +74,15 @@ class SFlowCollector:
     """See the module docstring. Not thread-safe; one per receiving task."""
 
     def __init__(self, resolve: Resolver | None = None, *, layer_key_mode: str = "L2",
-                 expire_ms: int = 600_000, max_entries: int = 500_000) -> None:
+                 expire_ms: int = 600_000, max_entries: int = 500_000, max_tables: int = 4096) -> None:
         self.resolve = resolve or (lambda agent, if_index: None)
         self.layer_key_mode = layer_key_mode
         self.expire_ms = expire_ms
         self.max_entries = max_entries
+        self.max_tables = max_tables
+        """Most flow tables (ports x captures); samples for more ports are dropped and counted."""
+        self.samples_dropped = 0
+        """Sample aggregates dropped because `max_tables` was reached."""
         self.stats: dict[str, AgentStats] = {}
         self.tables: dict[tuple[str, str], FlowTable] = {}
         """(NodeTID, capture ID) -> table."""
@@ -157,11 +161,15 @@ class SFlowCollector:
         self._agg = {}
         ts_ns = ts_ms * 1_000_000
         per_table: dict[int, tuple[FlowTable, list[tuple[bytes, bytes, int, int, int, int]]]] = {}
-        resolved: dict[tuple[bytes, int], FlowTable] = {}
+        resolved: dict[tuple[bytes, int], FlowTable | None] = {}
         for key, (n, header, rate, frame_len, in_if, _out, agent_b, _src, stripped) in agg.items():
-            table = resolved.get((agent_b, in_if))
-            if table is None:
+            try:
+                table = resolved[(agent_b, in_if)]
+            except KeyError:
                 table = resolved[(agent_b, in_if)] = self._table(self._agent(agent_b), in_if)
+            if table is None:
+                self.samples_dropped += n
+                continue
             rate = rate or 1
             wire_len = max(frame_len - stripped, len(header))  # without the FCS, as AF_PACKET counts
             packets = n * rate
@@ -174,7 +182,7 @@ class SFlowCollector:
             _process(table, items)
         return len(agg)
 
-    def _table(self, agent: str, if_index: int) -> FlowTable:
+    def _table(self, agent: str, if_index: int) -> FlowTable | None:
         info = self.resolve(agent, if_index)
         if info is None:
             self.unresolved += 1
@@ -183,6 +191,9 @@ class SFlowCollector:
             tid, capture = info.node_tid, info.capture_id
         table = self.tables.get((tid, capture))
         if table is None:
+            if len(self.tables) >= self.max_tables:
+                self._once.warning("sflow-tables", f"more than {self.max_tables} ports: samples dropped")
+                return None
             table = self.tables[(tid, capture)] = FlowTable(
                 tid, capture, self.layer_key_mode, expire_ms=self.expire_ms, max_entries=self.max_entries)
         return table
