@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import tempfile
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,7 @@ from .errors import StoreError
 
 log = logging.getLogger(__name__)
 
+STAGING_DB = "_netsonde_store"
 _SETTING_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 # Squash the whole batch into one block per partition before writing anything.
 ATOMIC_INSERT_SETTINGS = {
@@ -85,6 +88,21 @@ class Request:
     settings: dict[str, str] = field(default_factory=dict)
     database: str = "default"
     insert_file: str | None = None  # set for inserts whose data was spooled to a file
+    insert: "InsertSpec | None" = None
+
+
+@dataclass(frozen=True)
+class InsertSpec:
+    """An insert of a spooled batch into `database.table`: `columns` is the optional column list and
+    `source` the `FROM INFILE ... SETTINGS ... FORMAT ...` tail."""
+
+    database: str
+    table: str
+    columns: str
+    source: str
+    journal_dir: Path
+    statement: str  # the insert as the client wrote it, with the source: the plain, non-staged way
+    explicit_database: bool = True
 
 
 class Conn:
@@ -131,9 +149,17 @@ class Conn:
             raise
         self.applied = dict(settings)
 
+    def _rows(self, query: str, params: dict[str, str] | None = None) -> list[list[str]]:
+        body = self._run(query, "TabSeparated", params).bytes().decode()
+        return [line.split("\t") for line in body.splitlines()]
+
     def execute(self, req: Request) -> Outcome:
         self.prepare(req.database, req.settings)
         t0 = time.perf_counter_ns()
+        if req.insert is not None:
+            out = self._insert_batch(req.insert)
+            out.elapsed_ns = time.perf_counter_ns() - t0
+            return out
         res = self._run(req.sql, req.fmt, req.params)
         body = res.bytes() if res is not None else b""
         out = Outcome(body=body or b"", elapsed_ns=time.perf_counter_ns() - t0)
@@ -145,6 +171,113 @@ class Conn:
         if req.insert_file is None and body:
             out.result_rows = out.read_rows
         return out
+
+
+    def _insert_statement(self, sql_text: str) -> Outcome:
+        res = self._run(sql_text)
+        out = Outcome()
+        with contextlib.suppress(Exception):
+            out.written_rows = int(res.rows_written())
+            out.written_bytes = int(res.bytes_written())
+            out.read_rows = int(res.rows_read())
+            out.read_bytes = int(res.bytes_read())
+        return out
+
+    def _insert_batch(self, spec: InsertSpec) -> Outcome:
+        """Insert one spooled batch so that it becomes visible all at once, even across partitions.
+
+        A batch into a partitioned MergeTree table is first inserted into a staging copy of the table,
+        then its partitions are attached to the target (`ATTACH PARTITION ... FROM`, atomic per partition,
+        hard links). When there are several partitions, a journal written (and fsynced) before the first
+        attach lets the next start finish the attaches a crash interrupted: a batch is all or nothing.
+        Tables the staging copy cannot stand in for (other engines, materialized views reading the table)
+        take the batch in one plain INSERT, atomic per partition like a ClickHouse server.
+        """
+        target = f"{quote_ident(spec.database)}.{quote_ident(spec.table)}"
+        direct = spec.statement
+        if not spec.explicit_database and self._rows(
+                "SELECT count() FROM system.tables WHERE is_temporary AND name = {t:String}", {"t": spec.table})[0][0] != "0":
+            return self._insert_statement(direct)  # a session's temporary table
+        info = self._rows("SELECT engine, partition_key, length(dependencies_table) FROM system.tables "
+                          "WHERE database = {d:String} AND name = {t:String}", {"d": spec.database, "t": spec.table})
+        if not info or len(info[0]) < 3:
+            return self._insert_statement(direct)  # let the engine report the unknown table
+        engine, partition_key, dependents = info[0][0], info[0][1], info[0][2]
+        if (not engine.endswith("MergeTree") or engine.startswith(("Replicated", "Shared")) or not partition_key
+                or dependents != "0"):
+            return self._insert_statement(direct)
+        stage = f"{quote_ident(STAGING_DB)}.{quote_ident('stage_' + uuid.uuid4().hex)}"
+        self._run(f"CREATE TABLE {stage} AS {target}")
+        try:
+            out = self._insert_statement(f"INSERT INTO {stage} {spec.columns} {spec.source}")
+            stage_db, stage_table = STAGING_DB, stage.split(".", 1)[1].strip("`")
+            partitions = [r[0] for r in self._rows(
+                "SELECT DISTINCT partition_id FROM system.parts WHERE database = {d:String} AND table = {t:String} "
+                "AND active ORDER BY partition_id", {"d": stage_db, "t": stage_table})]
+            if len(partitions) == 1:
+                self._run(f"ALTER TABLE {target} ATTACH PARTITION ID {quote_string(partitions[0])} FROM {stage}")
+            elif partitions:
+                watermark = self._rows("SELECT max(max_block_number) FROM system.parts "
+                                       "WHERE database = {d:String} AND table = {t:String}",
+                                       {"d": spec.database, "t": spec.table})[0][0]
+                journal = spec.journal_dir / f"{stage_table}.json"
+                _write_durably(journal, json.dumps({
+                    "database": spec.database, "table": spec.table, "stage": stage_table,
+                    "watermark": int(watermark or 0), "partitions": partitions}).encode())
+                for pid in partitions:
+                    self._run(f"ALTER TABLE {target} ATTACH PARTITION ID {quote_string(pid)} FROM {stage}")
+                journal.unlink()
+            return out
+        finally:
+            with contextlib.suppress(StoreError):
+                self._run(f"DROP TABLE IF EXISTS {stage} SYNC")
+
+    def recover(self, journal_dir: Path) -> int:
+        """Finish the multi-partition inserts a crash interrupted (see `_insert_batch`); drop leftover stages."""
+        finished = 0
+        for journal in sorted(journal_dir.glob("*.json")):
+            try:
+                j = json.loads(journal.read_text())
+                target = f"{quote_ident(j['database'])}.{quote_ident(j['table'])}"
+                stage = f"{quote_ident(STAGING_DB)}.{quote_ident(j['stage'])}"
+                for pid in j["partitions"]:
+                    # Block numbers only grow and the store serialises inserts per table, so a part of this
+                    # partition above the watermark (merged or not) means the attach already happened.
+                    done = self._rows(
+                        "SELECT count() FROM system.parts WHERE database = {d:String} AND table = {t:String} "
+                        "AND partition_id = {p:String} AND max_block_number > {w:Int64}",
+                        {"d": j["database"], "t": j["table"], "p": pid, "w": str(j["watermark"])})[0][0]
+                    if done == "0":
+                        self._run(f"ALTER TABLE {target} ATTACH PARTITION ID {quote_string(pid)} FROM {stage}")
+                finished += 1
+                log.warning("finished an insert interrupted by a crash",
+                            extra={"table": f"{j['database']}.{j['table']}", "partitions": len(j["partitions"])})
+            except (StoreError, KeyError, ValueError) as exc:
+                log.error("cannot finish an interrupted insert; its staging table is kept",
+                          extra={"journal": str(journal), "error": str(exc)})
+                journal.rename(journal.with_suffix(".failed"))
+                continue
+            journal.unlink()
+        kept = {p.stem for p in journal_dir.glob("*.failed")}
+        for (name,) in self._rows("SELECT name FROM system.tables WHERE database = {d:String}", {"d": STAGING_DB}):
+            if name not in kept:
+                with contextlib.suppress(StoreError):
+                    self._run(f"DROP TABLE IF EXISTS {quote_ident(STAGING_DB)}.{quote_ident(name)} SYNC")
+        return finished
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 @dataclass
@@ -168,6 +301,8 @@ class Engine:
         self.insert_connections = insert_connections
         self.max_sessions = max_sessions
         self.tmp_dir = Path(tmp_dir) if tmp_dir else self.data_dir / "tmp_inserts"
+        self.journal_dir = self.data_dir / "insert_journal"
+        self._table_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.version = ""
         self.timezone = "UTC"
         self._all: list[Conn] = []
@@ -185,6 +320,7 @@ class Engine:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.tmp_dir.glob("insert-*"):  # spooled by a previous run that died
             with contextlib.suppress(OSError):
                 stale.unlink()
@@ -198,6 +334,10 @@ class Engine:
         for line in names.splitlines():
             code, _, name = line.partition("\t")
             errors.NAMES_BY_CODE[int(code)] = name
+        first._run(f"CREATE DATABASE IF NOT EXISTS {quote_ident(STAGING_DB)}")
+        recovered = await loop.run_in_executor(self._executor, first.recover, self.journal_dir)
+        if recovered:
+            log.warning("recovered interrupted inserts", extra={"inserts": recovered})
         self._query_pool = asyncio.Queue()
         self._insert_pool = asyncio.Queue()
         self._query_pool.put_nowait(first)
@@ -337,14 +477,25 @@ class Engine:
                      session_id: str | None = None, session_timeout: float = 60.0,
                      session_check: bool = False) -> Outcome:
         """`target` is `INSERT INTO t [(cols)]`; `path` holds one batch in format `fmt`, inserted atomically."""
+        settings = ", ".join(f"{k} = {v}" for k, v in ATOMIC_INSERT_SETTINGS.items())
+        if inline_settings:
+            settings = f"{settings}, {inline_settings}"
+        source = f"FROM INFILE {quote_string(path)} SETTINGS {settings} FORMAT {fmt}"
+        req.sql = f"{target} {source}"
+        req.insert_file = path
+        req.fmt = "TabSeparated"
+        parsed = sql.insert_target(target)
+        lock: asyncio.Lock | None = None
+        if parsed is not None:
+            database, table, columns = parsed
+            req.insert = InsertSpec(database or req.database, table, columns, source, self.journal_dir, req.sql,
+                                    database is not None)
+            lock = self._table_locks.setdefault((database or req.database, table), asyncio.Lock())
         try:
-            settings = ", ".join(f"{k} = {v}" for k, v in ATOMIC_INSERT_SETTINGS.items())
-            if inline_settings:
-                settings = f"{settings}, {inline_settings}"
-            req.sql = f"{target} FROM INFILE {quote_string(path)} SETTINGS {settings} FORMAT {fmt}"
-            req.insert_file = path
-            req.fmt = "TabSeparated"
-            return await self.execute(req, session_id, session_timeout, session_check)
+            if lock is None:
+                return await self.execute(req, session_id, session_timeout, session_check)
+            async with lock:  # one batch at a time per table: what crash recovery relies on
+                return await self.execute(req, session_id, session_timeout, session_check)
         except StoreError as exc:
             exc.message = exc.message.replace(f" (in file/uri {path})", "").replace(path, "<request body>")
             raise

@@ -183,3 +183,39 @@ def statement_count(text: str) -> int:
 
 def strip_trailing_semicolons(text: str) -> str:
     return text.rstrip().rstrip(";").rstrip()
+
+
+def _unquote(tok: Token) -> str:
+    if tok.kind == "quoted" and tok.text[0] in "`\"":
+        q = tok.text[0]
+        return tok.text[1:-1].replace(q + q, q).replace("\\" + q, q).replace("\\\\", "\\")
+    return tok.text
+
+
+def insert_target(target: str) -> tuple[str | None, str, str] | None:
+    """Split `INSERT INTO [TABLE] [db.]table [(cols)]` into (database or None, table, the rest).
+
+    None for what is not a plain table (`INSERT INTO FUNCTION ...`) or cannot be parsed.
+    """
+    try:
+        toks = list(tokens(target))
+    except LexError:
+        return None
+    words = [t.text.upper() for t in toks[:3]]
+    if len(toks) < 3 or words[0] != "INSERT" or words[1] != "INTO":
+        return None
+    i = 2
+    if words[2] == "TABLE":
+        i = 3
+    if i >= len(toks) or toks[i].kind not in ("word", "quoted") or toks[i].text.upper() == "FUNCTION":
+        return None
+    first = toks[i]
+    if i + 2 < len(toks) and toks[i + 1].text == "." and toks[i + 2].kind in ("word", "quoted"):
+        db: str | None = _unquote(first)
+        table_tok = toks[i + 2]
+        end = table_tok.end
+    else:
+        db, table_tok, end = None, first, first.end
+    if table_tok.kind == "quoted" and table_tok.text[0] == "'":
+        return None
+    return db, _unquote(table_tok), target[end:].strip()
