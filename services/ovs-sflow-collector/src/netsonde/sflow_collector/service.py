@@ -127,6 +127,7 @@ class SFlowCollectorService(Service):
             "dropped": {k: dict(s.errors) for k, s in stats.items() if s.errors},
             "socket_drops": self.socket_drops(),
             "flow_tables": len(self.collector.tables),
+            "samples_dropped": self.collector.samples_dropped,
             "ovs_bridges": sorted({p.bridge for p in self.ports.values() if p.capture_id}),
         }
 
