@@ -34,29 +34,47 @@ HISTORY_DDL = (
     "PARTITION BY toYYYYMMDD(updated_at) ORDER BY (kind, id, revision)")
 """The table as graph-builder creates it (for tests that run without graph-builder's migrations)."""
 
-_SQL = """
-SELECT concat('{"ID":', toJSONString(id), ',"Metadata":', if(metadata = '', '{}', replaceAll(metadata, '\\n', ' ')),
+_JSON_ROW = """concat('{"ID":', toJSONString(id), ',"Metadata":', if(metadata = '', '{}', replaceAll(metadata, '\\n', ' ')),
     ',"Host":', toJSONString(toString(host)), ',"Origin":', toJSONString(toString(origin)),
     ',"CreatedAt":', toString(toUnixTimestamp64Milli(created_at)),
     ',"UpdatedAt":', toString(toUnixTimestamp64Milli(updated_at)), ',"Revision":', toString(revision),
     if(next_del IS NULL, '', concat(',"DeletedAt":', toString(toUnixTimestamp64Milli(assumeNotNull(next_del))))),
-    ',"Parent":', toJSONString(parent), ',"Child":', toJSONString(child), '}')
+    ',"Parent":', toJSONString(parent), ',"Child":', toJSONString(child), '}')"""
+"""One JSON object per row in the GraphElement shape (the stored metadata JSON embedded as is), so the whole
+answer decodes in one msgspec call. Edges are the elements with a Parent."""
+
+_SQL_POINT = f"""
+SELECT {_JSON_ROW}
+FROM (
+    SELECT *, CAST(NULL AS Nullable(DateTime64(3, 'UTC'))) AS next_del
+    FROM {{table}}
+    WHERE updated_at <= fromUnixTimestamp64Milli({{at:Int64}}, 'UTC')
+    ORDER BY kind, id, revision DESC
+    LIMIT 1 BY kind, id
+)
+WHERE deleted_at IS NULL
+"""
+"""The graph at an instant: per ID the latest revision at or before it, unless that is a deletion."""
+
+_SQL_WINDOW = f"""
+SELECT {_JSON_ROW}
 FROM (
     SELECT id, revision, host, origin, created_at, updated_at, deleted_at, parent, child, metadata,
            leadInFrame(toNullable(updated_at)) OVER w AS next_at,
            leadInFrame(toNullable(revision)) OVER w AS next_rev,
            leadInFrame(deleted_at) OVER w AS next_del
-    FROM {table}
-    WHERE updated_at <= fromUnixTimestamp64Milli({at:Int64}, 'UTC')
+    FROM {{table}}
+    WHERE updated_at <= fromUnixTimestamp64Milli({{at:Int64}}, 'UTC')
     WINDOW w AS (PARTITION BY kind, id ORDER BY revision ASC, updated_at ASC
                  ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING)
 )
 WHERE deleted_at IS NULL
   AND (next_rev IS NULL OR next_rev != revision)
-  AND (next_at IS NULL OR next_at > fromUnixTimestamp64Milli({lo:Int64}, 'UTC'))
+  AND (next_at IS NULL OR next_at > fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC'))
 """
-"""One JSON object per line in the GraphElement shape (the stored metadata JSON is embedded as is), so the
-whole answer decodes in one msgspec call. Edges are the elements with a Parent."""
+"""Every revision alive in [lo, at]: each row is paired with the next revision of its ID (window function);
+a row is kept if the next one starts after `lo` (or there is none); duplicates of one revision collapse to
+the last; a revision followed by a deletion carries its time as DeletedAt."""
 
 
 class RevisionGraph(Graph):
@@ -158,7 +176,7 @@ class HistoryStore:
         settings: dict[str, Any] = {"max_result_rows": self.max_rows + 1, "result_overflow_mode": "throw"}
         if timeout_s is not None:
             settings["max_execution_time"] = max(int(timeout_s + 0.999), 1)
-        sql = _SQL.replace("{table}", self.table)
+        sql = (_SQL_WINDOW if window_ms is not None else _SQL_POINT).replace("{table}", self.table)
         started = time.perf_counter()
         try:
             with self._lock:
