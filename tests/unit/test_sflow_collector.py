@@ -166,3 +166,27 @@ def test_capture_query_matcher() -> None:
     assert match_bridges("G.V().Has('Type', 'veth')", bridges) == []
     assert match_bridges("G.V().Has('Driver', 'openvswitch')", bridges) == []
     assert match_bridges("G.V().Has('Name')", bridges) == []
+
+
+def test_raw_ipv4_and_ipv6_headers_become_flows() -> None:
+    ip4 = ETH_ICMP[14:]
+    ip6 = bytes.fromhex("6000000000103a40" + "fd00" + "00" * 13 + "01" + "fd00" + "00" * 13 + "02"
+                        + "8000000000070001") + b"y" * 8
+
+    def ip_record(proto: int, pkt: bytes) -> bytes:
+        return record(1, u32(proto, len(pkt) + 4, 4, len(pkt)) + pkt + b"\0" * (-len(pkt) % 4))
+    c = SFlowCollector()
+    dg = datagram("192.0.2.9", [flow_sample([ip_record(11, ip4)], rate=10, inp=3),
+                                flow_sample([ip_record(12, ip6)], rate=10, inp=3)] * 2)
+    for variant in (True, False):  # C scanner, then the Python fallback
+        collector_mod._scan, saved = (collector_mod._scan if variant else None), collector_mod._scan
+        try:
+            c = SFlowCollector()
+            flows = run(c, [dg])
+        finally:
+            collector_mod._scan = saved
+        by_path = {f.LayersPath: f for f in flows}
+        assert set(by_path) == {"IPv4/ICMPv4", "IPv6/ICMPv6/ICMPv6Echo"}, by_path.keys()
+        v4, v6 = by_path["IPv4/ICMPv4"], by_path["IPv6/ICMPv6/ICMPv6Echo"]
+        assert (v4.Metric.ABPackets, v4.Metric.ABBytes, v4.SamplingRate) == (20, 20 * len(ip4), 10)
+        assert (v6.Metric.ABPackets, v6.Network.A if v6.Network else "") == (20, "fd00::1")

@@ -5,7 +5,8 @@
  * anything is counted. Then each flow sample that carries an Ethernet raw-packet-header record is keyed
  * by (agent, source, input, output, sampling rate, frame length, the header's L2/L3/L4 flow fields and
  * TCP flags) and counted in `agg`, a dict key -> [samples, header, rate, frame_length, input, output,
- * agent, source_index, stripped]. Samples with the same key are the same packet for the flow logic, so Python only
+ * agent, source_index, stripped, header_protocol]. IPv4/IPv6 raw headers (protocols 11/12) are keyed by the
+ * whole header. Samples with the same key are the same packet for the flow logic, so Python only
  * runs the flow logic once per distinct key and scales by the number of samples.
  *
  * Returns (reason or None, flow_samples, counter_samples, agent_address_bytes).
@@ -274,7 +275,8 @@ static int aggregate_sample(PyObject *agg, const uint8_t *b, Py_ssize_t agent_of
     for (uint32_t i = 0; i < nrec; i++) {
         uint32_t fmt = rd32(b + off), length = rd32(b + off + 4);
         off += 8;
-        if (fmt == 1 && rd32(b + off) == 1) {
+        uint32_t hp = fmt == 1 && length >= 16 ? rd32(b + off) : 0;
+        if (hp == 1 || hp == 11 || hp == 12) { /* Ethernet, IPv4, IPv6 headers */
             uint32_t frame_len = rd32(b + off + 4), stripped = rd32(b + off + 8), hlen = rd32(b + off + 12);
             const uint8_t *h = b + off + 16;
             uint8_t key[32 + KEY_MAX + 256];
@@ -285,14 +287,14 @@ static int aggregate_sample(PyObject *agg, const uint8_t *b, Py_ssize_t agent_of
             for (int j = 0; j < 7; j++) {
                 key[kl++] = f[j] >> 24; key[kl++] = f[j] >> 16; key[kl++] = f[j] >> 8; key[kl++] = f[j];
             }
-            Py_ssize_t hk = header_key(h, hlen, key + kl + 1);
+            Py_ssize_t hk = hp == 1 ? header_key(h, hlen, key + kl + 1) : -1;
             PyObject *k;
             if (hk >= 0) {
                 key[kl] = 0;
                 k = PyBytes_FromStringAndSize((const char *)key, kl + 1 + hk);
             } else {
-                /* opaque: key = prefix + whole header */
-                key[kl] = 1;
+                /* opaque: key = prefix + whole header (kind 1 = Ethernet, 11/12 = IP header) */
+                key[kl] = hp == 1 ? 1 : (uint8_t)hp;
                 k = PyBytes_FromStringAndSize(NULL, kl + 1 + hlen);
                 if (k) {
                     memcpy(PyBytes_AS_STRING(k), key, kl + 1);
@@ -311,8 +313,8 @@ static int aggregate_sample(PyObject *agg, const uint8_t *b, Py_ssize_t agent_of
                 Py_DECREF(k);
                 return -1;
             } else {
-                v = Py_BuildValue("[iy#IIIIy#II]", 1, (const char *)h, (Py_ssize_t)hlen, rate, frame_len,
-                                  in_val, out_val, (const char *)(b + agent_off), agent_len, src_idx, stripped);
+                v = Py_BuildValue("[iy#IIIIy#III]", 1, (const char *)h, (Py_ssize_t)hlen, rate, frame_len,
+                                  in_val, out_val, (const char *)(b + agent_off), agent_len, src_idx, stripped, hp);
                 if (!v || PyDict_SetItem(agg, k, v) < 0) { Py_XDECREF(v); Py_DECREF(k); return -1; }
                 Py_DECREF(v);
             }

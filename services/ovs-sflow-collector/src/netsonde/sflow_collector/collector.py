@@ -131,14 +131,14 @@ class SFlowCollector:
             if isinstance(s, FlowSample):
                 nflow += 1
                 for r in s.records:
-                    if isinstance(r, RawPacketHeader) and r.protocol == 1:
-                        key = b"py" + agent_b + repr((s.source_id_type, s.source_id_index, s.input_format, s.input,
+                    if isinstance(r, RawPacketHeader) and r.protocol in (1, 11, 12):
+                        key = b"py" + bytes([r.protocol]) + agent_b + repr((s.source_id_type, s.source_id_index, s.input_format, s.input,
                                                       s.output_format, s.output, s.sampling_rate,
                                                       r.frame_length, r.stripped)).encode() + r.header
                         v = self._agg.get(key)
                         if v is None:
                             self._agg[key] = [1, r.header, s.sampling_rate, r.frame_length, s.input, s.output,
-                                              agent_b, s.source_id_index, r.stripped]
+                                              agent_b, s.source_id_index, r.stripped, r.protocol]
                         else:
                             v[0] += 1
                         break
@@ -162,7 +162,7 @@ class SFlowCollector:
         ts_ns = ts_ms * 1_000_000
         per_table: dict[int, tuple[FlowTable, list[tuple[bytes, bytes, int, int, int, int]]]] = {}
         resolved: dict[tuple[bytes, int], FlowTable | None] = {}
-        for key, (n, header, rate, frame_len, in_if, _out, agent_b, _src, stripped) in agg.items():
+        for key, (n, header, rate, frame_len, in_if, _out, agent_b, _src, stripped, proto) in agg.items():
             try:
                 table = resolved[(agent_b, in_if)]
             except KeyError:
@@ -173,11 +173,15 @@ class SFlowCollector:
             rate = rate or 1
             wire_len = max(frame_len - stripped, len(header))  # without the FCS, as AF_PACKET counts
             packets = n * rate
+            self._rates[id(table)] = rate
+            if proto != 1:  # a raw IPv4/IPv6 header (routers): no link layer
+                for _ in range(n):  # IP headers are keyed whole: n is almost always 1
+                    table.process_ip_packet(header, ts_ms, wire_len, rate)
+                continue
             item = per_table.get(id(table))
             if item is None:
                 item = per_table[id(table)] = (table, [])
             item[1].append((key, header, packets, packets * wire_len, ts_ns, ts_ns))
-            self._rates[id(table)] = rate
         for table, items in per_table.values():
             _process(table, items)
         return len(agg)
