@@ -190,3 +190,11 @@ def test_raw_ipv4_and_ipv6_headers_become_flows() -> None:
         v4, v6 = by_path["IPv4/ICMPv4"], by_path["IPv6/ICMPv6/ICMPv6Echo"]
         assert (v4.Metric.ABPackets, v4.Metric.ABBytes, v4.SamplingRate) == (20, 20 * len(ip4), 10)
         assert (v6.Metric.ABPackets, v6.Network.A if v6.Network else "") == (20, "fd00::1")
+
+
+def test_sequence_gaps_are_counted_as_lost_datagrams() -> None:
+    c = SFlowCollector()
+    for seq in (1, 2, 5, 6, 3, 7, 1):  # 3-4 missing; 3 arrives late (no loss); 1 again = agent restart
+        assert c.feed(datagram("192.0.2.9", [], seq=seq), "10.0.0.1")
+    assert c.feed(datagram("192.0.2.10", [], seq=100), "10.0.0.1")  # another agent: its own sequence
+    assert c.stats["10.0.0.1"].lost == 2

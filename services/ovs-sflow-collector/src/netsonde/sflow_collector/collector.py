@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import struct
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 __all__ = ["PortInfo", "AgentStats", "SFlowCollector", "fallback_tid", "scan_available"]
 
 scan_available = _scan is not None
+MAX_SENDERS = 10_000
+"""Distinct sender addresses with their own stats; more are counted together as "other"."""
+_SEQ = struct.Struct(">II")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class AgentStats:
     counter_samples: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     """Dropped datagrams by reason (decode.REASONS)."""
+    lost: int = 0
+    """Datagrams missing from the agents' sequence numbers (lost on the way, or dropped at the socket)."""
 
 
 class SFlowCollector:
@@ -93,6 +99,7 @@ class SFlowCollector:
         self._counter_state: dict[tuple[str, int], tuple[dict[str, int], int]] = {}
         self._counters: list[InterfaceMetrics] = []
         self._once = OnceLogger(log)
+        self._seqs: dict[tuple[str, bytes, int], int] = {}
         self.unresolved = 0
         """Flow-sample aggregates whose (agent, ifIndex) resolved to no port."""
 
@@ -101,29 +108,42 @@ class SFlowCollector:
         """Take one datagram. Returns False (and counts it for `sender`) when it is malformed."""
         st = self.stats.get(sender)
         if st is None:
-            st = self.stats[sender] = AgentStats()
+            if len(self.stats) >= MAX_SENDERS:  # spoofed sources must not grow memory without bound
+                sender = "other"
+                st = self.stats.get(sender)
+            if st is None:
+                st = self.stats[sender] = AgentStats()
         st.datagrams += 1
         if _scan is not None:
-            reason, nflow, ncounter, _agent = _scan(data, self._agg)
+            reason, nflow, ncounter, agent = _scan(data, self._agg)
         else:
-            reason, nflow, ncounter = self._scan_python(data)
+            reason, nflow, ncounter, agent = self._scan_python(data)
         if reason is not None:
             st.errors[reason] = st.errors.get(reason, 0) + 1
             self._once.warning(f"sflow-{reason}", f"dropped a malformed sFlow datagram from {sender}: {reason}",
                                sender=sender, reason=reason)
             return False
         st.flow_samples += nflow
+        sub, seq = _SEQ.unpack_from(data, 8 + len(agent))
+        key = (sender, agent, sub)
+        last = self._seqs.get(key)
+        if last is not None and 0 < seq - last - 1 < 1_000_000:  # a gap; a restart or reordering is no loss
+            st.lost += seq - last - 1
+        if last is None or seq > last or last - seq > 1_000_000:
+            if last is None and len(self._seqs) >= MAX_SENDERS:
+                self._seqs.clear()
+            self._seqs[key] = seq
         if ncounter:
             st.counter_samples += ncounter
             self._take_counters(data, ts_ms)
         return True
 
-    def _scan_python(self, data: bytes) -> tuple[str | None, int, int]:
+    def _scan_python(self, data: bytes) -> tuple[str | None, int, int, bytes]:
         """Fallback without the C extension: decode fully and feed the same aggregate shape."""
         try:
             dg = decode_datagram(data)
         except SFlowDecodeError as e:
-            return e.reason, 0, 0
+            return e.reason, 0, 0, b""
         from .decode import FlowSample, RawPacketHeader
         agent_b = ipaddress.ip_address(dg.agent).packed if dg.agent else b""
         nflow = ncounter = 0
@@ -144,7 +164,7 @@ class SFlowCollector:
                         break
             elif isinstance(s, CounterSample):
                 ncounter += 1
-        return None, nflow, ncounter
+        return None, nflow, ncounter, agent_b
 
     def _agent(self, raw: bytes) -> str:
         a = self._agents.get(raw)

@@ -64,6 +64,7 @@ class SFlowCollectorService(Service):
         self.m_dropped = m.counter("datagrams_dropped_total", "Malformed datagrams dropped", ["sender", "reason"])
         self.m_flow_samples = m.counter("flow_samples_total", "Flow samples decoded", ["sender"])
         self.m_counter_samples = m.counter("counter_samples_total", "Counter samples decoded", ["sender"])
+        self.m_lost = m.counter("datagrams_lost_total", "Gaps in the agents' datagram sequence numbers", ["sender"])
         self.m_flows = m.counter("flow_updates_published_total", "Flow updates published on the stream")
         self.m_batches = m.counter("batches_published_total", "FlowUpdateBatch messages published")
         self.m_publish_errors = m.counter("publish_errors_total", "Publishes that failed", ["kind"])
@@ -125,6 +126,7 @@ class SFlowCollectorService(Service):
             "datagrams": sum(s.datagrams for s in stats.values()),
             "flow_samples": sum(s.flow_samples for s in stats.values()),
             "dropped": {k: dict(s.errors) for k, s in stats.items() if s.errors},
+            "lost": {k: s.lost for k, s in stats.items() if s.lost},
             "socket_drops": self.socket_drops(),
             "flow_tables": len(self.collector.tables),
             "samples_dropped": self.collector.samples_dropped,
@@ -222,7 +224,8 @@ class SFlowCollectorService(Service):
     def _export_stats(self) -> None:
         for sender, st in self.collector.stats.items():
             for name, value, metric in (("d", st.datagrams, self.m_datagrams), ("f", st.flow_samples,
-                                        self.m_flow_samples), ("c", st.counter_samples, self.m_counter_samples)):
+                                        self.m_flow_samples), ("c", st.counter_samples, self.m_counter_samples),
+                                        ("l", st.lost, self.m_lost)):
                 prev = self._exported.get((sender, name), 0)
                 if value > prev:
                     metric.labels(sender).inc(value - prev)
