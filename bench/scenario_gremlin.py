@@ -137,7 +137,8 @@ def run(small: bool) -> Result:
             lambda i: cached.execute("G.Context('-1h').V().Count()"), 20 if small else 200, "")
         res.notes.append(f"History: {len(rows):,} revision rows in the embedded ClickHouse store "
                          "(chdb behind the HTTP interface), read with clickhouse-connect; the rebuild is one SQL "
-                         "query (window function) + msgspec JSON decode of the metadata + Graph construction.")
+                         "query (LIMIT 1 BY id for an instant; a window function for time slices) returning one "
+                         "JSON object per element, one msgspec decode, and the Graph construction.")
         client.close()
         history.close()
     finally:
