@@ -22,7 +22,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 
 from netsonde.common.testing import free_port
 from netsonde.sflow_collector.collector import SFlowCollector, fallback_tid
