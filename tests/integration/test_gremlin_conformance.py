@@ -563,3 +563,22 @@ def test_no_history_backend() -> None:
     with pytest.raises(GremlinError) as err:
         plain.execute("G.Flows()")
     assert "flow store" in str(err.value)
+
+
+def test_history_unavailable_is_503(clickhouse_url: str) -> None:
+    """A database without graph_revisions: a clean 503, not a crash."""
+    import uuid
+    db = f"gremlin_empty_{uuid.uuid4().hex[:8]}"
+    admin = connect(clickhouse_url)
+    admin.command(f"CREATE DATABASE IF NOT EXISTS `{db}`")
+    try:
+        engine = GremlinEngine(td.live_graph(), history=HistoryStore(lambda: connect(clickhouse_url, db)),
+                               flows=FlowStore(lambda: connect(clickhouse_url, db)))
+        for q in ("G.At('-1m').V()", "G.Flows().Count()"):
+            with pytest.raises(GremlinError) as err:
+                engine.execute(q)
+            assert err.value.status == 503, q
+        assert engine.execute("G.V().Count()") == 15  # the live graph still answers
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS `{db}`")
+        admin.close()
