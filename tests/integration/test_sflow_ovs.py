@@ -66,6 +66,9 @@ async def test_ovssflow_capture_flows_and_counters(ovs: OvsDaemons, nats_url: st
         assert await wait_for(lambda: len(sflow_rows(ovs)) == 1, 15), ovs.log()
         row = sflow_rows(ovs)[0]
         assert row["targets"] == f"127.0.0.1:{svc.port}" and row["sampling"] == 1
+        assert svc.controller is not None  # reconciling again changes nothing (no row churn)
+        again = await asyncio.to_thread(svc.controller.reconcile)
+        assert (again.enabled, again.disabled, again.bridges) == ([], [], {br: cap.UUID})
         tid_a = port_tid(host, port_uuid(ovs, pair.port_a))
         tid_b = port_tid(host, port_uuid(ovs, pair.port_b))
         assert await wait_for(lambda: {p.node_tid for p in svc.ports.values()} >= {tid_a, tid_b}, 15)

@@ -115,8 +115,8 @@ class CaptureController:
                                    "create; capture left inactive there", bridge=b.bridge)
                 continue
             header = cap.HeaderSize or self.header_bytes
-            if (b.capture_id, b.targets, b.sampling, b.polling) != (cap.UUID, (self.target,),
-                                                                    max(1, cap.SamplingRate), cap.PollingInterval):
+            if (b.capture_id, b.targets, b.sampling, b.polling, b.header) != (
+                    cap.UUID, (self.target,), max(1, cap.SamplingRate), cap.PollingInterval, header):
                 self.vsctl.enable_sflow(b.bridge, cap.UUID, self.target, self.agent, cap.SamplingRate,
                                         cap.PollingInterval, header)
                 enabled.append(b.bridge)

@@ -52,6 +52,7 @@ class BridgeSFlow:
     """The bridge has an sFlow row that is not Netsonde's."""
     uuid: str = ""
     """The Bridge row's UUID."""
+    header: int = 0
 
 
 def _cell(v: object) -> object:
@@ -94,7 +95,7 @@ class Vsctl:
 
     # --- bridges and their sFlow rows -----------------------------------------------------------------
     def bridges(self) -> list[BridgeSFlow]:
-        sflows = {r["_uuid"]: r for r in self.table("sFlow", ["_uuid", "targets", "sampling", "polling",
+        sflows = {r["_uuid"]: r for r in self.table("sFlow", ["_uuid", "targets", "sampling", "polling", "header",
                                                               "external_ids"])}
         out = []
         for b in self.table("Bridge", ["_uuid", "name", "sflow"]):
@@ -107,7 +108,7 @@ class Vsctl:
             cap = str(ext.get(CAPTURE_KEY, ""))
             out.append(BridgeSFlow(str(b["name"]), cap, tuple(str(t) for t in _as_list(row["targets"])),
                                    _int(row["sampling"]), _int(row["polling"]), foreign=not cap,
-                                   uuid=str(b["_uuid"])))
+                                   uuid=str(b["_uuid"]), header=_int(row["header"])))
         return out
 
     def enable_sflow(self, bridge: str, capture_id: str, target: str, agent: str, sampling: int, polling: int,
