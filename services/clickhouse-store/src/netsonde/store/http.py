@@ -198,6 +198,11 @@ class ClickHouseHTTP:
                 qparams[key[6:]] = value
             elif key not in HTTP_PARAMS:
                 settings[key] = value
+        for flag in ("compress", "decompress"):
+            if params.get(flag, "0") not in ("0", "", "false"):
+                raise StoreError("NOT_IMPLEMENTED", f"The '{flag}=1' parameter (ClickHouse's internal block "
+                                 "compression) is not supported by the embedded store; use HTTP compression "
+                                 "(Content-Encoding / Accept-Encoding with enable_http_compression=1)")
         database = params.get("database") or "default"
         session_id = params.get("session_id") or None
         session_timeout = self._session_timeout(params)
