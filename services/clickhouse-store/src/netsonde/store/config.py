@@ -38,7 +38,7 @@ class StoreConfig(BaseConfig):
     tmp_dir: str = ""
     """Where insert batches are spooled before the atomic INSERT (default: <data_dir>/tmp_inserts)."""
     max_body_bytes: int = 8 * 1024 * 1024 * 1024
-    """Largest request body accepted (compressed size)."""
+    """Largest request body accepted (after decoding its Content-Encoding)."""
     shutdown_grace: float = 30.0
     """Seconds to let in-flight statements finish on SIGTERM before the engine is closed."""
 
@@ -57,6 +57,18 @@ class StoreConfig(BaseConfig):
                 scoped[f.name] = env[key]
         scoped.update({k: v for k, v in overrides.items() if v is not None})
         return super().load(env=env, file=file, **scoped)  # type: ignore[return-value]
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, Any, str]]:
+        """As BaseConfig.describe, naming the store's own settings by their NETSONDE_STORE_<FIELD> variable."""
+        own = {f.name for f in dataclasses.fields(cls)} - {f.name for f in dataclasses.fields(BaseConfig)}
+        out = []
+        for env, typ, default, doc in super().describe():
+            name = env.removeprefix("NETSONDE_").lower()
+            if name in own:
+                env = f"NETSONDE_STORE_{name.upper()}"
+            out.append((env, typ, default, doc))
+        return out
 
     def validate(self) -> None:
         super().validate()
