@@ -182,13 +182,9 @@ def migrations(ttl_days: int = DEFAULT_TTL_DAYS) -> list[Migration]:
     flows = (
         f"CREATE TABLE IF NOT EXISTS {{db}}.{FLOWS_TABLE} ({_columns_ddl(FLOW_COLUMNS)}, "
         "INDEX idx_tracking TrackingID TYPE bloom_filter(0.01) GRANULARITY 4, "
-        "INDEX idx_l3tracking L3TrackingID TYPE bloom_filter(0.01) GRANULARITY 4, "
         "INDEX idx_uuid UUID TYPE bloom_filter(0.01) GRANULARITY 4, "
-        "INDEX idx_parent ParentUUID TYPE bloom_filter(0.01) GRANULARITY 4, "
         "INDEX idx_net_a NetworkA TYPE bloom_filter(0.01) GRANULARITY 4, "
         "INDEX idx_net_b NetworkB TYPE bloom_filter(0.01) GRANULARITY 4, "
-        "INDEX idx_link_a LinkA TYPE bloom_filter(0.01) GRANULARITY 4, "
-        "INDEX idx_link_b LinkB TYPE bloom_filter(0.01) GRANULARITY 4, "
         "INDEX idx_start Start TYPE minmax GRANULARITY 1) "
         "ENGINE = ReplacingMergeTree "
         "PARTITION BY toYYYYMMDD(toDateTime(intDiv(Last, 1000), 'UTC')) "
@@ -212,6 +208,9 @@ def migrations(ttl_days: int = DEFAULT_TTL_DAYS) -> list[Migration]:
         Migration(1, "flows table", [flows]),
         Migration(2, "flow_metrics table", [metrics]),
         Migration(3, "flow_raw_packets table", [raw]),
+        Migration(4, "drop the skip indexes that cost inserts more than they save queries", [
+            f"ALTER TABLE {{db}}.{FLOWS_TABLE} DROP INDEX IF EXISTS {idx}"
+            for idx in ("idx_l3tracking", "idx_parent", "idx_link_a", "idx_link_b")]),
     ]
 
 

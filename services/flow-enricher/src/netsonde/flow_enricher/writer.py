@@ -29,6 +29,11 @@ _TYPES = {
 }
 
 
+INSERT_SETTINGS = {"optimize_on_insert": 0}
+"""Skip ReplacingMergeTree's collapse of each inserted block: it costs 2-3x the insert, and duplicates within
+a block only happen on redelivery, which FINAL handles anyway (docs/flow-storage.md)."""
+
+
 class FlowWriter:
     """One ClickHouse client per thread that calls `insert` (clickhouse-connect clients are not shared)."""
 
@@ -62,7 +67,7 @@ class FlowWriter:
 
     def _insert_table(self, client: Client, table: str, cols: dict[str, list[Any]]) -> None:
         client.insert(table, list(cols.values()), column_names=list(cols), column_type_names=_TYPES[table],
-                      column_oriented=True, database=self.database)
+                      column_oriented=True, database=self.database, settings=INSERT_SETTINGS)
 
     def insert(self, cols: fs.InsertColumns) -> int:
         """Insert the columns of one flush into the flow tables; returns the flow rows written.
@@ -78,7 +83,7 @@ class FlowWriter:
 
     def insert_native(self, table: str, block: bytes, column_names: list[str]) -> None:
         """Send a ready ClickHouse Native block (from the C path) to `table`."""
-        self._client().raw_insert(table, column_names, insert_block=block, fmt="Native")
+        self._client().raw_insert(table, column_names, insert_block=block, fmt="Native", settings=INSERT_SETTINGS)
 
     def insert_processed(self, p: Any) -> int:
         """Insert what `pipeline.process` built: Native blocks, then Python-path columns; returns flow rows.
