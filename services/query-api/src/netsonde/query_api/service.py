@@ -56,8 +56,8 @@ class QueryApiService(Service):
             await asyncio.wait_for(self.replica.synced.wait(), self.cfg.snapshot_timeout_s)
         except asyncio.TimeoutError:
             log.warning("no graph snapshot yet (is graph-builder running?); serving and retrying")
-        history = getattr(gremlin, "HistoryStore")(self.client_factory) if self.cfg.history else None
-        flows = getattr(gremlin, "FlowStore")(self.client_factory) if self.cfg.flows else None
+        history = gremlin.HistoryStore(self.client_factory) if self.cfg.history else None
+        flows = gremlin.FlowStore(self.client_factory) if self.cfg.flows else None
         self.engine = gremlin.GremlinEngine(
             graph=self.replica.graph, history=history, flows=flows,
             limits=gremlin.QueryLimits(timeout_s=self.cfg.query_timeout_s, max_results=self.cfg.max_results))
