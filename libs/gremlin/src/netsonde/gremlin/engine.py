@@ -11,7 +11,6 @@ from netsonde.common.graph import Graph
 from . import core as _core  # noqa: F401  (registers the core steps)
 from . import extensions as _extensions  # noqa: F401  (registers Skydive's extension steps)
 from . import flows as _flows  # noqa: F401  (registers the flow steps)
-from .errors import GremlinError
 from .flows import RawPacketsT
 from .parser import parse
 from .steps import Step, lookup_step

@@ -8,7 +8,6 @@ from typing import Any
 
 from netsonde.common.bus.graph import GraphElement
 
-from . import ast
 from .fields import metadata_value, missing
 from .predicates import Eq, is_number
 from .steps import Filter, Step, extension_step
@@ -242,4 +241,4 @@ def aggregate(metrics: list[dict[str, Any]], slice_ms: int, step: Step) -> list[
     return out
 
 
-__all__ = ["Aggregates", "Ascendants", "Descendants", "Metrics", "Neighbors", "NextHop", "aggregate", "ast"]
+__all__ = ["Aggregates", "Ascendants", "Descendants", "Metrics", "Neighbors", "NextHop", "aggregate"]

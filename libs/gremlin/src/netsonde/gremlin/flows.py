@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import ipaddress
 import struct
 import threading
 import time
@@ -24,13 +23,14 @@ from netsonde.common import flowschema as fs
 from netsonde.common.bus.graph import GraphElement
 
 from . import ast
-from .core import parse_sort_args, sum_metrics
+
+from .core import parse_sort_args
 from .errors import GremlinError
 from .fields import flatten_keys, path_values
 from .predicates import (Between, Eq, Gt, Gte, Inside, Ipv4Range, Lt, Lte, Ne, Nee, Outside, Predicate, Regex,
                          Within, Without)
 from .steps import HasNotPredicate, HasPredicate, Step, extension_step, parse_pairs
-from .traversal import Context, GraphT, GraphView, MapT, MetricsT, NodesT, PathsT, ScalarT, Value, ValuesT
+from .traversal import Context, GraphT, GraphView, MetricsT, NodesT, PathsT, ScalarT, Value, ValuesT
 
 CAPTURE_TYPES = frozenset({
     "ovsbridge", "ovsport", "dpdkport", "internal", "veth", "tun", "tap", "tuntap", "bridge", "dummy", "gre",
@@ -690,12 +690,4 @@ class MoreThan(Step):
         self.n = self.int_arg(0, "a count")
 
 
-def _ip_ok(v: str) -> bool:
-    try:
-        ipaddress.ip_address(v)
-        return True
-    except ValueError:
-        return False
-
-
-__all__ = ["CAPTURE_TYPES", "FlowStore", "FlowsT", "GroupsT", "RawPacketsT", "BpfProgram", "sum_metrics", "MapT"]
+__all__ = ["CAPTURE_TYPES", "BpfProgram", "FlowStore", "FlowsT", "GroupsT", "RawPacketsT", "predicate_sql"]
