@@ -198,3 +198,37 @@ def test_sequence_gaps_are_counted_as_lost_datagrams() -> None:
         assert c.feed(datagram("192.0.2.9", [], seq=seq), "10.0.0.1")
     assert c.feed(datagram("192.0.2.10", [], seq=100), "10.0.0.1")  # another agent: its own sequence
     assert c.stats["10.0.0.1"].lost == 2
+
+
+def test_recvmmsg_path_equals_the_per_datagram_path() -> None:
+    import socket as _socket
+    from netsonde.sflow_collector.collector import recv_available
+    assert recv_available
+    rx = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    rx.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 8 << 20)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    tx = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    sent = DATAGRAMS[:100] + [b"", u32(4) + DATAGRAMS[0][4:]]
+    try:
+        for data in sent:
+            tx.sendto(data, rx.getsockname())
+        fast = SFlowCollector()
+        got = 0
+        for _ in range(100):
+            got += fast.feed_socket(rx.fileno(), TS, 64)
+            if got == len(sent):
+                break
+        assert got == len(sent) and fast.feed_socket(rx.fileno(), TS, 64) == 0
+    finally:
+        rx.close()
+        tx.close()
+    slow = SFlowCollector()
+    for data in sent:
+        slow.feed(data, "127.0.0.1", TS)
+    assert fast.stats == slow.stats
+    fast.process(TS)
+    slow.process(TS)
+    key = lambda f: (f.UUID, f.Metric.ABPackets, f.Metric.BAPackets, f.Metric.ABBytes)  # noqa: E731
+    assert sorted(map(key, fast.updates(TS + 1))) == sorted(map(key, slow.updates(TS + 1)))
+    assert len(fast.counters()) == len(slow.counters())

@@ -30,15 +30,17 @@ from .decode import (
 )
 
 try:
+    from ._fastsflow import recv_scan as _recv_scan
     from ._fastsflow import scan as _scan
 except ImportError:  # pragma: no cover - the extension is built by `pip install -e`; see docs/sflow.md
-    _scan = None
+    _scan = _recv_scan = None
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PortInfo", "AgentStats", "SFlowCollector", "fallback_tid", "scan_available"]
+__all__ = ["PortInfo", "AgentStats", "SFlowCollector", "fallback_tid", "scan_available", "recv_available"]
 
 scan_available = _scan is not None
+recv_available = _recv_scan is not None
 MAX_SENDERS = 10_000
 """Distinct sender addresses with their own stats; more are counted together as "other"."""
 _SEQ = struct.Struct(">II")
@@ -100,12 +102,39 @@ class SFlowCollector:
         self._counters: list[InterfaceMetrics] = []
         self._once = OnceLogger(log)
         self._seqs: dict[tuple[str, bytes, int], int] = {}
+        self._senders: dict[bytes, str] = {}
         self.unresolved = 0
         """Flow-sample aggregates whose (agent, ifIndex) resolved to no port."""
 
     # --- in -------------------------------------------------------------------------------------------
     def feed(self, data: bytes, sender: str = "", ts_ms: int = 0) -> bool:
         """Take one datagram. Returns False (and counts it for `sender`) when it is malformed."""
+        if _scan is not None:
+            reason, nflow, ncounter, agent = _scan(data, self._agg)
+        else:
+            reason, nflow, ncounter, agent = self._scan_python(data)
+        sub = seq = 0
+        if reason is None:
+            sub, seq = _SEQ.unpack_from(data, 8 + len(agent))
+        return self._account(sender, reason, nflow, ncounter, agent, sub, seq, data, ts_ms)
+
+    def feed_socket(self, fd: int, ts_ms: int, max_datagrams: int = 512) -> int:
+        """Read up to `max_datagrams` waiting on a non-blocking UDP socket (recvmmsg in C) and take them all;
+        returns how many were read. Only with the C extension (`recv_available`)."""
+        senders = self._senders
+        account = self._account
+        items = _recv_scan(fd, self._agg, max_datagrams)
+        for sender_b, reason, nflow, ncounter, agent, sub, seq, data in items:
+            sender = senders.get(sender_b)
+            if sender is None:
+                sender = _sender_text(sender_b)
+                if len(senders) < MAX_SENDERS:
+                    senders[sender_b] = sender
+            account(sender, reason, nflow, ncounter, agent, sub, seq, data, ts_ms)
+        return len(items)
+
+    def _account(self, sender: str, reason: str | None, nflow: int, ncounter: int, agent: bytes, sub: int,
+                 seq: int, data: bytes | None, ts_ms: int) -> bool:
         st = self.stats.get(sender)
         if st is None:
             if len(self.stats) >= MAX_SENDERS:  # spoofed sources must not grow memory without bound
@@ -114,17 +143,12 @@ class SFlowCollector:
             if st is None:
                 st = self.stats[sender] = AgentStats()
         st.datagrams += 1
-        if _scan is not None:
-            reason, nflow, ncounter, agent = _scan(data, self._agg)
-        else:
-            reason, nflow, ncounter, agent = self._scan_python(data)
         if reason is not None:
             st.errors[reason] = st.errors.get(reason, 0) + 1
             self._once.warning(f"sflow-{reason}", f"dropped a malformed sFlow datagram from {sender}: {reason}",
                                sender=sender, reason=reason)
             return False
         st.flow_samples += nflow
-        sub, seq = _SEQ.unpack_from(data, 8 + len(agent))
         key = (sender, agent, sub)
         last = self._seqs.get(key)
         if last is not None and 0 < seq - last - 1 < 1_000_000:  # a gap; a restart or reordering is no loss
@@ -133,7 +157,7 @@ class SFlowCollector:
             if last is None and len(self._seqs) >= MAX_SENDERS:
                 self._seqs.clear()
             self._seqs[key] = seq
-        if ncounter:
+        if ncounter and data is not None:
             st.counter_samples += ncounter
             self._take_counters(data, ts_ms)
         return True
@@ -313,6 +337,15 @@ class SFlowCollector:
         """Interface counters taken since the previous call."""
         out, self._counters = self._counters, []
         return out
+
+
+def _sender_text(raw: bytes) -> str:
+    if len(raw) == 16 and raw[:12] == b"\0" * 10 + b"\xff\xff":  # IPv4-mapped (dual-stack socket)
+        raw = raw[12:]
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        return ""
 
 
 def _process(table: FlowTable, items: list[tuple[bytes, bytes, int, int, int, int]]) -> None:

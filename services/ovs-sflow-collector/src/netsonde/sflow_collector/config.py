@@ -17,6 +17,8 @@ class SFlowCollectorConfig(BaseConfig):
     """UDP port of the collector (0: pick a free one, reported in /healthz)."""
     rcvbuf_bytes: int = 64 * 1024 * 1024
     """SO_RCVBUF of the socket: room for bursts (the kernel caps it at net.core.rmem_max unless root)."""
+    recvmmsg: bool = True
+    """Read the socket with recvmmsg in the C extension (64 datagrams per system call); false: recvfrom loop."""
     process_interval_s: float = 0.05
     """How often pending samples go through the flow tables (also after every `process_datagrams`)."""
     process_datagrams: int = 2000

@@ -26,7 +26,7 @@ from netsonde.common.bus.metrics import InterfaceMetricsBatch
 from netsonde.common.service import Service
 
 from .captures import CaptureController
-from .collector import PortInfo, SFlowCollector
+from .collector import PortInfo, SFlowCollector, recv_available
 from .config import SFlowCollectorConfig
 from .ovs import OvsError, Vsctl, bridge_node_id
 
@@ -142,6 +142,13 @@ class SFlowCollectorService(Service):
     def _drain_socket(self) -> None:
         sock = self.sock
         if sock is None:
+            return
+        if self.cfg.recvmmsg and recv_available:
+            try:
+                self._pending += self.collector.feed_socket(sock.fileno(), _now_ms(), READS_PER_WAKEUP)
+            except OSError as e:  # e.g. ICMP errors reported on the socket: never fatal
+                if e.errno not in (errno.ECONNREFUSED, errno.EAGAIN):
+                    log.warning("udp receive error: %s", e)
             return
         feed = self.collector.feed
         recv = sock.recvfrom
