@@ -65,11 +65,15 @@ def _tool_main(ifname: str) -> None:
 
 
 def _nfstream_main(ifname: str) -> None:
-    """nfstream meter on `ifname` without nDPI dissection; prints the packets of the flows it exported."""
+    """nfstream meter on `ifname` without nDPI dissection; prints the packets of the flows it exported.
+
+    nfstream exports a flow when its idle timeout passes on the packet clock: the bench sends a short tick of
+    traffic a few seconds after the measured traffic, so every measured flow gets exported."""
     import threading
 
     from nfstream import NFStreamer
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     total = [0, 0]
     streamer = NFStreamer(source=ifname, n_dissections=0, statistical_analysis=False, idle_timeout=1,
                           active_timeout=3600, n_meters=1, promiscuous_mode=True, snapshot_length=256)
@@ -81,9 +85,15 @@ def _nfstream_main(ifname: str) -> None:
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
+    time.sleep(3)  # the meter process starts its capture
     print("ready", flush=True)
     sys.stdin.readline()
     print(json.dumps({"packets": total[0], "flows": total[1]}), flush=True)
+    for child in _tree(os.getpid())[1:]:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except OSError:
+            pass
     os._exit(0)
 
 
@@ -207,10 +217,14 @@ class Bed:
         rx0 = self.rx_packets()
         cpu0 = _cpu_ns(proc.pid)
         elapsed = self.send(packets, pps)
-        time.sleep(3.0 if name == "nfstream" else 1.0)  # let the tool drain its buffers
+        time.sleep(3.0 if name in ("pmacctd", "nfstream") else 1.0)  # let the tool drain its buffers
         cpu1 = _cpu_ns(proc.pid)
         rss = _rss_kib(proc.pid)
         sent = self.rx_packets() - rx0
+        if name == "nfstream":
+            time.sleep(2.0)
+            self.send(FLOWS, 10_000)  # the tick that makes nfstream export the measured flows
+            time.sleep(2.0)
         if name in ("netsonde", "nfstream"):
             assert proc.stdin is not None and proc.stdout is not None
             proc.stdin.write("stop\n")
