@@ -29,8 +29,8 @@ class StoreConfig(BaseConfig):
     """Engine connections for sessionless queries (statements on different connections run in parallel)."""
     insert_connections: int = 2
     """Engine connections reserved for inserts, so long queries never starve them."""
-    max_sessions: int = 256
-    """Most concurrent HTTP sessions (each holds its own engine connection)."""
+    max_sessions: int = 1024
+    """Most open HTTP sessions (each holds an engine connection); beyond it the longest idle one is dropped."""
     default_session_timeout: float = 60.0
     """Idle seconds before a session (and its temporary tables) is dropped, unless `session_timeout` says."""
     max_session_timeout: float = 3600.0

@@ -295,7 +295,7 @@ class Engine:
     """Owns the chdb data directory and every connection to it."""
 
     def __init__(self, data_dir: str | Path, query_connections: int = 4, insert_connections: int = 2,
-                 max_sessions: int = 256, tmp_dir: str | Path | None = None) -> None:
+                 max_sessions: int = 1024, tmp_dir: str | Path | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.query_connections = query_connections
         self.insert_connections = insert_connections
@@ -434,9 +434,17 @@ class Engine:
                 raise StoreError("SESSION_NOT_FOUND", f"Session {sid} not found")
             if len(self.sessions) >= self.max_sessions:
                 self.expire_sessions()
-                if len(self.sessions) >= self.max_sessions:
+            if len(self.sessions) >= self.max_sessions:
+                # Clients rarely close sessions (clickhouse-connect makes one per client): drop the one idle
+                # the longest rather than refuse new clients.
+                idle = [s for s in self.sessions.values() if not s.busy]
+                if not idle:
                     raise StoreError("TOO_MANY_SIMULTANEOUS_QUERIES",
-                                     f"Too many sessions ({self.max_sessions}); close some or wait for them to expire")
+                                     f"Too many sessions ({self.max_sessions}) all running a query")
+                oldest = min(idle, key=lambda s: s.last_used)
+                self.sessions.pop(oldest.sid, None)
+                self._discard(oldest.conn)
+                log.info("dropped the least recently used session", extra={"session": oldest.sid})
             conn = await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
             session = self.sessions.setdefault(sid, Session(sid, conn, timeout))
             if session.conn is not conn:
