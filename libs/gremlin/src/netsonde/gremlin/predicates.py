@@ -52,6 +52,10 @@ class Predicate:
     def test(self, present: bool, values: list[Any]) -> bool:
         return any(self.match(v) for v in values)
 
+    def test_one(self, v: Any) -> bool:
+        """`test(True, [v])` for one scalar value (the common case, without building a list)."""
+        return self.test(True, [v])
+
     def match(self, v: Any) -> bool:
         raise NotImplementedError
 
@@ -88,6 +92,11 @@ class Eq(Predicate):
             if _hashable(v) and _term_key(v) == key:
                 return True
         return False
+
+    def test_one(self, v: Any) -> bool:
+        if self.key is None:
+            return equal(v, self.args[0])
+        return _hashable(v) and _term_key(v) == self.key
 
     def match(self, v: Any) -> bool:
         return equal(v, self.args[0])
@@ -130,6 +139,9 @@ class _TermSet(Predicate):
 class Within(_TermSet):
     """Any value equals one of the arguments."""
 
+    def test_one(self, v: Any) -> bool:
+        return self.match(v)
+
 
 @predicate("Without")
 class Without(_TermSet):
@@ -141,6 +153,9 @@ class Without(_TermSet):
 
 class _Numeric(Predicate):
     OP: ClassVar[str] = ""
+
+    def test_one(self, v: Any) -> bool:
+        return self.match(v)
 
     def __init__(self, args: list[Any], pos: int) -> None:
         super().__init__(args, pos)
@@ -226,6 +241,8 @@ class Regex(Predicate):
 
     def match(self, v: Any) -> bool:
         return isinstance(v, str) and self.rx.fullmatch(v) is not None
+
+    test_one = match
 
 
 @predicate("Ipv4Range", "IPV4RANGE")

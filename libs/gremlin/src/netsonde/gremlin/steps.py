@@ -117,23 +117,32 @@ class Filter:
     def __bool__(self) -> bool:
         return bool(self.pairs)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_tests", tuple(_pair_test(k, p) for k, p in self.pairs))
+
     def match(self, el: GraphElement) -> bool:
+        tests: tuple[Callable[[GraphElement], bool], ...] = self._tests  # type: ignore[attr-defined]
         if self.any_of:
-            return any(p.test(*element_values(el, k)) for k, p in self.pairs)
-        for k, p in self.pairs:
-            if not p.test(*element_values(el, k)):
+            return any(t(el) for t in tests)
+        for t in tests:
+            if not t(el):
                 return False
         return True
 
     def apply(self, elems: Iterable[GraphElement], ctx: Context) -> list[GraphElement]:
-        out = []
         match = self.match
+        if isinstance(elems, list):
+            out = [el for el in elems if match(el)]
+            ctx.tick(len(elems))
+            return out
+        out = []
         n = 0
         for el in elems:
             n += 1
+            if n & 4095 == 0:
+                ctx.tick(4096)
             if match(el):
                 out.append(el)
-        ctx.tick(n)
         return out
 
     def index_candidate(self) -> tuple[str, list[Any]] | None:
@@ -146,6 +155,25 @@ class Filter:
             if isinstance(p, Within):
                 return k, list(p.args)
         return None
+
+
+_MISSING = object()
+
+
+def _pair_test(key: str, pred: Predicate) -> Callable[[GraphElement], bool]:
+    """A per-element test for one (key, predicate) pair; plain top-level metadata keys skip the path walk."""
+    if key[:1] == "@" or "." in key:
+        return lambda el: pred.test(*element_values(el, key))
+    test, test_one = pred.test, pred.test_one
+
+    def plain(el: GraphElement) -> bool:
+        v = el.Metadata.get(key, _MISSING)
+        if v is _MISSING:
+            return test(False, [])
+        if type(v) is list:
+            return test(True, v)
+        return test_one(v)
+    return plain
 
 
 class HasPredicate(Predicate):
