@@ -19,6 +19,8 @@ class SFlowCollectorConfig(BaseConfig):
     """SO_RCVBUF of the socket: room for bursts (the kernel caps it at net.core.rmem_max unless root)."""
     recvmmsg: bool = True
     """Read the socket with recvmmsg in the C extension (64 datagrams per system call); false: recvfrom loop."""
+    read_coalesce_s: float = 0.002
+    """After reading the socket, wait this long before the next wake-up (fewer, larger reads; 0: read at once)."""
     process_interval_s: float = 0.05
     """How often pending samples go through the flow tables (also after every `process_datagrams`)."""
     process_datagrams: int = 2000
@@ -54,6 +56,8 @@ class SFlowCollectorConfig(BaseConfig):
             raise ConfigError(f"setting 'listen_port': {self.listen_port} is not a port")
         if self.layer_key_mode not in ("L2", "L3"):
             raise ConfigError("setting 'layer_key_mode': L2 or L3")
+        if self.read_coalesce_s < 0 or self.read_coalesce_s > 0.1:
+            raise ConfigError("setting 'read_coalesce_s': between 0 and 0.1")
         if self.update_interval_s <= 0 or self.process_interval_s <= 0 or self.reconcile_interval_s <= 0:
             raise ConfigError("intervals must be > 0")
         if self.flows_per_message < 1 or self.process_datagrams < 1:

@@ -138,6 +138,16 @@ class SFlowCollectorService(Service):
         self._drain_socket()
         if self._pending >= self.cfg.process_datagrams:
             self._process()
+        if self.cfg.read_coalesce_s > 0 and self.sock is not None:
+            # let datagrams accumulate for a moment: one wake-up then reads many (at most 1/read_coalesce_s
+            # wake-ups per second under load; none when idle, the reader is re-armed in epoll)
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self.sock.fileno())
+            loop.call_later(self.cfg.read_coalesce_s, self._rearm)
+
+    def _rearm(self) -> None:
+        if self.sock is not None and not self.stopping:
+            asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_readable)
 
     def _drain_socket(self) -> None:
         sock = self.sock
