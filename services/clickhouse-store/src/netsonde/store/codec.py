@@ -163,3 +163,48 @@ class StreamDecoder:
     def finish(self) -> None:
         if self._current is not None:
             raise decode_error(self.encoding, "unexpected end of data")
+
+
+class StreamEncoder:
+    """Incremental response encoder: one frame/stream for the whole response, flushed at every chunk so
+    the client can decode what it has received."""
+
+    def __init__(self, encoding: str | None, level: int = 3) -> None:
+        self.encoding = encoding or ""
+        self._c: Any = None
+        self._started = False
+        if self.encoding == "zstd":
+            self._c = zstandard.ZstdCompressor(level=level).compressobj()
+        elif self.encoding == "lz4":
+            self._c = lz4.frame.LZ4FrameCompressor(auto_flush=True)
+        elif self.encoding == "gzip":
+            self._c = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        elif self.encoding == "deflate":
+            self._c = zlib.compressobj(level, zlib.DEFLATED, zlib.MAX_WBITS)
+        elif self.encoding == "br":
+            self._c = brotli.Compressor()
+
+    def feed(self, data: bytes) -> bytes:
+        if self._c is None or not data:
+            return data
+        if self.encoding == "zstd":
+            return bytes(self._c.compress(data) + self._c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+        if self.encoding == "lz4":
+            out = b"" if self._started else self._c.begin()
+            self._started = True
+            return bytes(out + self._c.compress(data))
+        if self.encoding == "br":
+            return bytes(self._c.process(data) + self._c.flush())
+        return bytes(self._c.compress(data) + self._c.flush(zlib.Z_SYNC_FLUSH))
+
+    def finish(self) -> bytes:
+        if self._c is None:
+            return b""
+        if self.encoding == "zstd":
+            return bytes(self._c.flush())
+        if self.encoding == "lz4":
+            out = b"" if self._started else self._c.begin()
+            return bytes(out + self._c.flush())
+        if self.encoding == "br":
+            return bytes(self._c.finish())
+        return bytes(self._c.flush())

@@ -31,7 +31,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 from chdb import _chdb  # type: ignore[attr-defined]
 
@@ -39,6 +39,7 @@ from . import errors, sql
 from .errors import StoreError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STAGING_DB = "_netsonde_store"
 _SETTING_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
@@ -172,6 +173,31 @@ class Conn:
             out.result_rows = out.read_rows
         return out
 
+
+    def start_stream(self, req: Request) -> Any:
+        self.prepare(req.database, req.settings)
+        try:
+            return self.raw.send_query(req.sql, req.fmt, params=req.params or {})
+        except Exception as exc:
+            raise StoreError.from_engine(str(exc)) from None
+
+    def fetch(self, handle: Any) -> tuple[bytes, int] | None:
+        """The next chunk of a streamed result and its row count, or None at the end."""
+        try:
+            res = self.raw.streaming_fetch_result(handle)
+        except Exception as exc:
+            raise StoreError.from_engine(str(exc)) from None
+        if res is None:
+            return None
+        data = res.bytes() or b""
+        rows = int(res.rows_read())
+        if rows == 0 and not data:
+            return None
+        return data, rows
+
+    def cancel(self, handle: Any) -> None:
+        with contextlib.suppress(Exception):
+            self.raw.streaming_cancel_query(handle)
 
     def _insert_statement(self, sql_text: str) -> Outcome:
         res = self._run(sql_text)
@@ -378,7 +404,7 @@ class Engine:
     def inflight(self) -> int:
         return self._inflight
 
-    async def _in_thread(self, fn: Callable[[], Outcome]) -> Outcome:
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
         if self._closed:
             raise StoreError("ABORTED", "The store is shutting down")
         self._inflight += 1
@@ -428,6 +454,14 @@ class Engine:
                     conn.broken = True
 
     async def _execute_in_session(self, req: Request, sid: str, timeout: float, check: bool) -> Outcome:
+        session = await self._lock_session(sid, timeout, check)
+        try:
+            return await self._in_thread(lambda: session.conn.execute(req))
+        finally:
+            self._unlock_session(session)
+
+    async def _lock_session(self, sid: str, timeout: float, check: bool) -> Session:
+        """The session's own connection, marked busy (a concurrent request gets SESSION_IS_LOCKED)."""
         session = self.sessions.get(sid)
         if session is None:
             if check:
@@ -453,11 +487,40 @@ class Engine:
             raise StoreError("SESSION_IS_LOCKED", f"Session {sid} is locked by a concurrent client")
         session.busy = True
         session.timeout = timeout
+        return session
+
+    @staticmethod
+    def _unlock_session(session: Session) -> None:
+        session.busy = False
+        session.last_used = time.monotonic()
+
+    async def open_stream(self, req: Request, session_id: str | None = None, session_timeout: float = 60.0,
+                          session_check: bool = False) -> "ResultStream":
+        """Start a query whose result is read chunk by chunk; the connection stays with the stream until
+        `close()`. Errors the engine reports before the first chunk raise here."""
+        session: Session | None = None
+        if session_id:
+            session = await self._lock_session(session_id, session_timeout, session_check)
+            conn = session.conn
+        else:
+            assert self._query_pool is not None
+            conn = await self._query_pool.get()
+        stream = ResultStream(self, conn, session)
         try:
-            return await self._in_thread(lambda: session.conn.execute(req))
-        finally:
-            session.busy = False
-            session.last_used = time.monotonic()
+            stream.handle = await self._in_thread(lambda: conn.start_stream(req))
+        except BaseException:
+            await stream.close()
+            raise
+        return stream
+
+    def _release(self, conn: Conn, session: Session | None) -> None:
+        if session is not None:
+            self._unlock_session(session)
+        elif self._query_pool is not None:
+            if conn.broken:
+                self._discard(conn)
+                conn = self._open()
+            self._query_pool.put_nowait(conn)
 
     def _discard(self, conn: Conn) -> None:
         conn.close()
@@ -507,3 +570,45 @@ class Engine:
         except StoreError as exc:
             exc.message = exc.message.replace(f" (in file/uri {path})", "").replace(path, "<request body>")
             raise
+
+
+class ResultStream:
+    """A query result read chunk by chunk (see Engine.open_stream)."""
+
+    def __init__(self, engine: Engine, conn: Conn, session: Session | None) -> None:
+        self.engine = engine
+        self.conn = conn
+        self.session = session
+        self.handle: Any = None
+        self.rows = 0
+        self.bytes = 0
+        self.done = False
+        self._closed = False
+
+    async def next(self) -> bytes | None:
+        if self.done:
+            return None
+        try:
+            got = await self.engine._in_thread(lambda: self.conn.fetch(self.handle))
+        except BaseException:
+            self.done = True
+            raise
+        if got is None:
+            self.done = True
+            return None
+        data, rows = got
+        self.rows += rows
+        self.bytes += len(data)
+        return data
+
+    async def close(self) -> None:
+        """Cancel what is left of the query (if anything) and give the connection back."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.handle is not None and not self.done:
+                self.conn.broken = self.session is None  # a cancelled stream leaves a fresh connection behind
+                await self.engine._in_thread(lambda: self.conn.cancel(self.handle))
+        finally:
+            self.engine._release(self.conn, self.session)

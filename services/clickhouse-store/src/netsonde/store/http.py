@@ -55,6 +55,11 @@ CONTENT_TYPES = {
     "pretty": "text/plain; charset=UTF-8", "prettycompact": "text/plain; charset=UTF-8",
     "values": "text/plain; charset=UTF-8", "xml": "application/xml; charset=UTF-8",
 }
+# Formats whose engine chunks concatenate into one valid result (no per-chunk header or footer).
+STREAMABLE_FORMATS = frozenset({
+    "native", "tabseparated", "tsv", "tabseparatedraw", "tsvraw", "csv", "jsoneachrow", "jsonlines", "ndjson",
+    "jsoncompacteachrow", "jsonstringseachrow", "jsoncompactstringseachrow", "rowbinary", "values",
+})
 RESULT_KINDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "CHECK", "("})
 _COMPRESS_IN_THREAD = 256 * 1024
 _MAX_QUERY_TEXT = 256 * 1024 * 1024
@@ -128,6 +133,8 @@ class ClickHouseHTTP:
         except StoreError as exc:
             self.failures.labels(exc.name).inc()
             return self._error(exc, query_id)
+        except ConnectionError:  # the client went away (e.g. in the middle of a streamed result)
+            raise
         except Exception as exc:  # never let one request take the store down
             log.exception("unexpected error serving a request")
             err = StoreError("LOGICAL_ERROR", f"Unexpected error in the store: {exc!r}")
@@ -275,10 +282,62 @@ class ClickHouseHTTP:
         result_format = fmt if (explicit or keyword in RESULT_KINDS) else None
         req = Request(sql=sql.strip_trailing_semicolons(stripped), fmt=fmt, params=qparams, settings=settings,
                       database=database)
+        if (result_format is not None and keyword != "INSERT" and fmt.lower() in STREAMABLE_FORMATS
+                and params.get("wait_end_of_query", "0") in ("0", "", "false")):
+            return "query", await self._stream(request, params, req, result_format, session_id, session_timeout,
+                                               session_check, query_id, settings)
         outcome = await self.engine.execute(req, session_id, session_timeout, session_check)
         kind = "insert" if keyword == "INSERT" else ("query" if result_format else "command")
         return kind, await self._respond(request, params, outcome.body, result_format, outcome.summary(), query_id,
                                    settings)
+
+    async def _stream(self, request: web.Request, params: dict[str, str], req: Request, result_format: str,
+                      session_id: str | None, session_timeout: float, session_check: bool, query_id: str,
+                      settings: dict[str, str]) -> web.StreamResponse:
+        """Send a result as the engine produces it (chunked), as a server does without wait_end_of_query.
+
+        Errors before the first chunk get a normal error response; an error after it is written into the
+        stream between `__exception__` markers carrying the X-ClickHouse-Exception-Tag, as ClickHouse does,
+        so clients never mistake a cut result for a complete one."""
+        stream = await self.engine.open_stream(req, session_id, session_timeout, session_check)
+        try:
+            chunk = await stream.next()
+            headers = self._headers(query_id, settings)
+            headers["X-ClickHouse-Format"] = result_format
+            headers["Content-Type"] = CONTENT_TYPES.get(result_format.lower(), "application/octet-stream")
+            tag = uuid.uuid4().hex[:16]
+            headers["X-ClickHouse-Exception-Tag"] = tag
+            headers["X-ClickHouse-Summary"] = json.dumps(
+                {"read_rows": str(stream.rows), "read_bytes": str(stream.bytes), "written_rows": "0",
+                 "written_bytes": "0", "total_rows_to_read": "0", "result_rows": "0", "result_bytes": "0",
+                 "elapsed_ns": "0"}, separators=(",", ":"))
+            encoding = None
+            if params.get("enable_http_compression") in ("1", "true"):
+                encoding = codec.choose_response_encoding(request.headers.get("Accept-Encoding", ""))
+            if encoding:
+                headers["Content-Encoding"] = encoding
+            try:
+                level = int(params.get("http_zlib_compression_level") or 3)
+            except ValueError:
+                level = 3
+            encoder = codec.StreamEncoder(encoding, level)
+            response = web.StreamResponse(headers=headers)
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            try:
+                while chunk is not None:
+                    await response.write(encoder.feed(chunk))
+                    chunk = await stream.next()
+            except StoreError as exc:
+                self.failures.labels(exc.name).inc()
+                text = exc.body().rstrip("\n")
+                block = (f"__exception__\r\n{tag}\r\n{text}\n{len(text)} {tag}\r\n__exception__\r\n").encode()
+                await response.write(encoder.feed(block))
+            await response.write(encoder.finish())
+            await response.write_eof()
+            return response
+        finally:
+            await stream.close()
 
     def _session_timeout(self, params: dict[str, str]) -> float:
         raw = params.get("session_timeout")
