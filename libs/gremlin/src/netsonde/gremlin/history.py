@@ -22,7 +22,7 @@ from typing import Any, Callable
 import msgspec
 
 from netsonde.common.bus.graph import GraphElement
-from netsonde.common.graph import INDEXED_KEYS, Graph
+from netsonde.common.graph import Graph
 
 from .errors import GremlinError
 
@@ -106,6 +106,31 @@ class RevisionGraph(Graph):
             if is_edge:
                 self.out_edges[el.Parent].add(el.ID)
                 self.in_edges[el.Child].add(el.ID)
+
+
+class PastGraph(Graph):
+    """A read-only past graph whose metadata indexes are built lazily, one key at a time, on the first
+    lookup (a rebuild then pays only for the indexes its queries use)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._built: set[str] = set()
+
+    def lookup(self, key: str, value: Any) -> set[str]:
+        if key not in self._built:
+            bucket = self.index[key]
+            for nid, node in self.nodes.items():
+                v = node.Metadata.get(key)
+                if v is None:
+                    continue
+                if isinstance(v, list):
+                    for item in v:
+                        if isinstance(item, (str, int)):
+                            bucket[item].add(nid)
+                elif isinstance(v, (str, int)) and not isinstance(v, bool):
+                    bucket[v].add(nid)
+            self._built.add(key)
+        return super().lookup(key, value)
 
 
 class HistoryStore:
@@ -225,26 +250,15 @@ def build_graph(elements: list[GraphElement], revisions: bool) -> Graph:
                 rg.add_revision(el, True)
         return rg
     # One revision per ID: fill the dicts directly (what upsert_node/upsert_edge do, without the checks
-    # for an existing element).
-    g = Graph()
-    nodes, edges, index = g.nodes, g.edges, g.index
+    # for an existing element); the metadata indexes are built per key on first use.
+    g = PastGraph()
+    nodes, edges = g.nodes, g.edges
     out_edges, in_edges = g.out_edges, g.in_edges
     for el in elements:
         if el.Parent:
             edges[el.ID] = el
             out_edges[el.Parent].add(el.ID)
             in_edges[el.Child].add(el.ID)
-            continue
-        nodes[el.ID] = el
-        md = el.Metadata
-        for key in INDEXED_KEYS:
-            v = md.get(key)
-            if v is None:
-                continue
-            if isinstance(v, list):
-                for item in v:
-                    if isinstance(item, (str, int)):
-                        index[key][item].add(el.ID)
-            elif isinstance(v, (str, int)) and not isinstance(v, bool):
-                index[key][v].add(el.ID)
+        else:
+            nodes[el.ID] = el
     return g
