@@ -242,6 +242,7 @@ def test_past_graph_bulk_build_matches_upserts() -> None:
                        ("IfIndex", 7), ("MAC", "nope")):
         assert past.lookup(key, value) == g.lookup(key, value), key
     live, old = GremlinEngine(g), GremlinEngine(past)
-    for q in ("G.V('n5').Out().Out().Values('@ID')", "G.V().Has('Type', 'veth').In().Count()",
-              "G.V().Has('TID', Within('tid-3', 'tid-9')).Both().Values('@ID')"):
-        assert sorted(map(str, live.execute(q))) == sorted(map(str, old.execute(q))), q
+    assert live.execute("G.V().Has('Type', 'veth').In().Count()") == old.execute(
+        "G.V().Has('Type', 'veth').In().Count()")
+    for q in ("G.V('n5').Out().Out().Values('@ID')", "G.V().Has('TID', Within('tid-3', 'tid-9')).Both().Values('@ID')"):
+        assert sorted(live.execute(q)) == sorted(old.execute(q)), q
