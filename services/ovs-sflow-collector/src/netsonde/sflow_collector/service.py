@@ -1,7 +1,8 @@
 """The collector process: UDP socket -> SFlowCollector -> JetStream (flows) and core NATS (counters).
 
-Hot path: the socket is read in the event loop's reader callback, up to 512 datagrams per wake-up, each
-handed to the C scanner (`SFlowCollector.feed`); the flow tables run every `process_interval_s` or every
+Hot path: the socket is read in the event loop's reader callback, up to 512 datagrams per wake-up with recvmmsg
+and the C scanner (`SFlowCollector.feed_socket`), then the reader sleeps `read_coalesce_s` so the next wake-up
+finds many datagrams; the flow tables run every `process_interval_s` or every
 `process_datagrams` datagrams; flow updates are published every `update_interval_s` as FlowUpdateBatch
 messages with a `Nats-Msg-Id` (= batch_id) so a retried publish is not stored twice.
 """
