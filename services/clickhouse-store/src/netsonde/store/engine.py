@@ -104,6 +104,7 @@ class InsertSpec:
     journal_dir: Path
     statement: str  # the insert as the client wrote it, with the source: the plain, non-staged way
     explicit_database: bool = True
+    stages: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # target -> (stage, signature)
 
 
 class Conn:
@@ -213,35 +214,49 @@ class Conn:
         """Insert one spooled batch so that it becomes visible all at once, even across partitions.
 
         A batch into a partitioned MergeTree table is first inserted into a staging copy of the table,
-        then its partitions are attached to the target (`ATTACH PARTITION ... FROM`, atomic per partition,
+        then its partitions are moved to the target (`MOVE PARTITION ... TO TABLE`, atomic per partition,
         hard links). When there are several partitions, a journal written (and fsynced) before the first
         attach lets the next start finish the attaches a crash interrupted: a batch is all or nothing.
-        Tables the staging copy cannot stand in for (other engines, materialized views reading the table)
-        take the batch in one plain INSERT, atomic per partition like a ClickHouse server.
+        The staging copy is kept per target (the moves empty it) and remade when the target's
+        definition changes. Tables it cannot stand in for (other engines, materialized views reading the
+        table, temporary tables) take the batch in one plain INSERT, atomic per partition like a server.
         """
         target = f"{quote_ident(spec.database)}.{quote_ident(spec.table)}"
         direct = spec.statement
-        if not spec.explicit_database and self._rows(
-                "SELECT count() FROM system.tables WHERE is_temporary AND name = {t:String}", {"t": spec.table})[0][0] != "0":
-            return self._insert_statement(direct)  # a session's temporary table
-        info = self._rows("SELECT engine, partition_key, length(dependencies_table) FROM system.tables "
-                          "WHERE database = {d:String} AND name = {t:String}", {"d": spec.database, "t": spec.table})
-        if not info or len(info[0]) < 3:
-            return self._insert_statement(direct)  # let the engine report the unknown table
-        engine, partition_key, dependents = info[0][0], info[0][1], info[0][2]
+        info = self._rows(
+            "SELECT is_temporary, engine, partition_key, length(dependencies_table), "
+            "toString(metadata_modification_time), toString(cityHash64(create_table_query)) FROM system.tables "
+            "WHERE name = {t:String} AND (database = {d:String} OR is_temporary) ORDER BY is_temporary DESC",
+            {"d": spec.database, "t": spec.table})
+        if info and info[0][0] == "1" and spec.explicit_database:
+            info = info[1:]
+        if not info or len(info[0]) < 6 or info[0][0] == "1":
+            return self._insert_statement(direct)  # a temporary table, or let the engine report it unknown
+        _, engine, partition_key, dependents, mtime, create_hash = info[0]
         if (not engine.endswith("MergeTree") or engine.startswith(("Replicated", "Shared")) or not partition_key
                 or dependents != "0"):
             return self._insert_statement(direct)
-        stage = f"{quote_ident(STAGING_DB)}.{quote_ident('stage_' + uuid.uuid4().hex)}"
-        self._run(f"CREATE TABLE {stage} AS {target}")
+        key = (spec.database, spec.table)
+        signature = f"{mtime}/{create_hash}"
+        cached = spec.stages.get(key)
+        if cached is None or cached[1] != signature:
+            if cached is not None:
+                self._drop_stage(cached[0])
+                spec.stages.pop(key, None)
+            stage_table = "stage_" + uuid.uuid4().hex
+            self._run(f"CREATE TABLE {quote_ident(STAGING_DB)}.{quote_ident(stage_table)} AS {target}")
+            spec.stages[key] = (stage_table, signature)
+        else:
+            stage_table = cached[0]
+        stage = f"{quote_ident(STAGING_DB)}.{quote_ident(stage_table)}"
+        ok = False
         try:
             out = self._insert_statement(f"INSERT INTO {stage} {spec.columns} {spec.source}")
-            stage_db, stage_table = STAGING_DB, stage.split(".", 1)[1].strip("`")
             partitions = [r[0] for r in self._rows(
                 "SELECT DISTINCT partition_id FROM system.parts WHERE database = {d:String} AND table = {t:String} "
-                "AND active ORDER BY partition_id", {"d": stage_db, "t": stage_table})]
+                "AND active ORDER BY partition_id", {"d": STAGING_DB, "t": stage_table})]
             if len(partitions) == 1:
-                self._run(f"ALTER TABLE {target} ATTACH PARTITION ID {quote_string(partitions[0])} FROM {stage}")
+                self._run(f"ALTER TABLE {stage} MOVE PARTITION ID {quote_string(partitions[0])} TO TABLE {target}")
             elif partitions:
                 watermark = self._rows("SELECT max(max_block_number) FROM system.parts "
                                        "WHERE database = {d:String} AND table = {t:String}",
@@ -251,12 +266,18 @@ class Conn:
                     "database": spec.database, "table": spec.table, "stage": stage_table,
                     "watermark": int(watermark or 0), "partitions": partitions}).encode())
                 for pid in partitions:
-                    self._run(f"ALTER TABLE {target} ATTACH PARTITION ID {quote_string(pid)} FROM {stage}")
+                    self._run(f"ALTER TABLE {stage} MOVE PARTITION ID {quote_string(pid)} TO TABLE {target}")
                 journal.unlink()
+            ok = True
             return out
         finally:
-            with contextlib.suppress(StoreError):
-                self._run(f"DROP TABLE IF EXISTS {stage} SYNC")
+            if not ok:  # after any failure start the next batch from a fresh staging table
+                self._drop_stage(stage_table)
+                spec.stages.pop(key, None)
+
+    def _drop_stage(self, stage_table: str) -> None:
+        with contextlib.suppress(StoreError):
+            self._run(f"DROP TABLE IF EXISTS {quote_ident(STAGING_DB)}.{quote_ident(stage_table)} SYNC")
 
     def recover(self, journal_dir: Path) -> int:
         """Finish the multi-partition inserts a crash interrupted (see `_insert_batch`); drop leftover stages."""
@@ -329,6 +350,7 @@ class Engine:
         self.tmp_dir = Path(tmp_dir) if tmp_dir else self.data_dir / "tmp_inserts"
         self.journal_dir = self.data_dir / "insert_journal"
         self._table_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._stages: dict[tuple[str, str], tuple[str, str]] = {}  # used under the table's lock only
         self.version = ""
         self.timezone = "UTC"
         self._all: list[Conn] = []
@@ -560,7 +582,7 @@ class Engine:
         if parsed is not None:
             database, table, columns = parsed
             req.insert = InsertSpec(database or req.database, table, columns, source, self.journal_dir, req.sql,
-                                    database is not None)
+                                    database is not None, self._stages)
             lock = self._table_locks.setdefault((database or req.database, table), asyncio.Lock())
         try:
             if lock is None:
