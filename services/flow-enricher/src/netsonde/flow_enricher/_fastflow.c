@@ -288,21 +288,48 @@ static void tables_free(tables_t *t) {
     for (int i = 0; i < NRAWCOLS; i++) buf_free(&t->r[i].data);
 }
 
+static size_t varint_len(uint64_t v) { size_t n = 1; while (v >= 0x80) { v >>= 7; n++; } return n; }
+static char *write_varint(char *p, uint64_t v) {
+    do { uint8_t c = v & 0x7f; v >>= 7; if (v) c |= 0x80; *p++ = c; } while (v);
+    return p;
+}
+static char *write_str(char *p, const char *s, size_t n) { p = write_varint(p, n); memcpy(p, s, n); return p + n; }
+
+/* the Native block, written directly into the bytes object (one copy of the column data) */
 static PyObject *block(const col_t *cols, colbuf_t *bufs, int n, size_t rows) {
-    buf_t out = {0};
-    size_t total = 32;
-    for (int i = 0; i < n; i++) total += bufs[i].data.len + bufs[i].keys.len + bufs[i].vals.len + 64;
-    if (buf_reserve(&out, total)) return NULL;
-    put_varint(&out, n); put_varint(&out, rows);
+    size_t total = varint_len(n) + varint_len(rows);
     for (int i = 0; i < n; i++) {
-        put_str(&out, cols[i].name, strlen(cols[i].name));
-        put_str(&out, cols[i].type, strlen(cols[i].type));
-        put(&out, bufs[i].data.p, bufs[i].data.len);
-        if (cols[i].kind == MAP) { put(&out, bufs[i].keys.p, bufs[i].keys.len); put(&out, bufs[i].vals.p, bufs[i].vals.len); }
+        size_t ln = strlen(cols[i].name), lt = strlen(cols[i].type);
+        total += varint_len(ln) + ln + varint_len(lt) + lt + bufs[i].data.len;
+        if (cols[i].kind == MAP) total += bufs[i].keys.len + bufs[i].vals.len;
     }
-    PyObject *res = PyBytes_FromStringAndSize(out.p, out.len);
-    buf_free(&out);
+    PyObject *res = PyBytes_FromStringAndSize(NULL, total);
+    if (!res) return NULL;
+    char *p = PyBytes_AS_STRING(res);
+    p = write_varint(p, n);
+    p = write_varint(p, rows);
+    for (int i = 0; i < n; i++) {
+        p = write_str(p, cols[i].name, strlen(cols[i].name));
+        p = write_str(p, cols[i].type, strlen(cols[i].type));
+        if (bufs[i].data.len) { memcpy(p, bufs[i].data.p, bufs[i].data.len); p += bufs[i].data.len; }
+        if (cols[i].kind == MAP) {
+            if (bufs[i].keys.len) { memcpy(p, bufs[i].keys.p, bufs[i].keys.len); p += bufs[i].keys.len; }
+            if (bufs[i].vals.len) { memcpy(p, bufs[i].vals.p, bufs[i].vals.len); p += bufs[i].vals.len; }
+        }
+    }
     return res;
+}
+
+/* the column buffers are kept between calls (lengths reset): no page faults and no regrowth per flush.
+ * process() never releases the GIL, so calls from several threads are serialized. */
+static tables_t *shared_tables = NULL;
+static size_t shared_uses = 0;
+
+static void tables_reset(tables_t *t) {
+    for (int i = 0; i < NFLOWCOLS; i++) { t->f[i].data.len = t->f[i].keys.len = t->f[i].vals.len = 0; t->f[i].total = 0; }
+    for (int i = 0; i < NMETCOLS; i++) t->m[i].data.len = 0;
+    for (int i = 0; i < NRAWCOLS; i++) t->r[i].data.len = 0;
+    t->rows = t->raw_rows = 0;
 }
 
 /* ---------------------------------------------------------------- one flow */
@@ -688,7 +715,9 @@ static PyObject *process(PyObject *self, PyObject *args) {
     PyObject *seq = PySequence_Fast(messages, "messages must be a sequence of bytes");
     if (!seq) return NULL;
     Py_ssize_t nm = PySequence_Fast_GET_SIZE(seq);
-    tables_t *t = calloc(1, sizeof(tables_t));
+    if (!shared_tables) shared_tables = calloc(1, sizeof(tables_t));
+    tables_t *t = shared_tables;
+    if (t) tables_reset(t);
     mark_t *mk = malloc(sizeof(mark_t));
     PyObject *enriched = PyList_New(nm), *errors = PyList_New(0), *tss = PyList_New(nm), *res = NULL;
     long unresolved = 0;
@@ -699,6 +728,7 @@ static PyObject *process(PyObject *self, PyObject *args) {
         if (PyBytes_AsStringAndSize(item, &data, &len)) goto done;
         mark(t, mk);
         buf_t enr = {0};
+        if (buf_reserve(&enr, (size_t)len + (size_t)len / 4 + 64)) goto done;
         const char *err = NULL; int64_t ts = 0; long unres = 0;
         Py_INCREF(item);  /* keep the bytes alive: the views point into them */
         int rc = process_message(t, &L, (const uint8_t *)data, len, &enr, NULL, &err, &ts, &unres);
@@ -740,7 +770,8 @@ static PyObject *process(PyObject *self, PyObject *args) {
     }
 done:
     Py_XDECREF(L.last_nid); Py_XDECREF(L.last_host);
-    if (t) { tables_free(t); free(t); }
+    /* give the memory back now and then (after a burst of huge flushes, say) */
+    if (t && ++shared_uses % 256 == 0) { tables_free(t); tables_reset(t); }
     free(mk);
     Py_XDECREF(enriched); Py_XDECREF(errors); Py_XDECREF(tss);
     Py_DECREF(seq);

@@ -36,6 +36,21 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 20.0
 
 
+def tune_malloc() -> None:
+    """Keep freed memory in the process (glibc): every flush allocates blocks of tens of MB, and handing them
+    back to the kernel each time costs page faults worth ~30% of the enricher's CPU (measured; see
+    docs/flow-storage.md). Called by `python -m netsonde.flow_enricher`, not on import."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 512 * 1024 * 1024)   # M_MMAP_THRESHOLD: big blocks from the heap, reused
+        libc.mallopt(-1, 1024 * 1024 * 1024)  # M_TRIM_THRESHOLD: do not give the heap back after each flush
+    except (OSError, AttributeError):
+        pass  # not glibc: defaults
+
+
 class FlowEnricherService(Service):
     name = "flow-enricher"
 
