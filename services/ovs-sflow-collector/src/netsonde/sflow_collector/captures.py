@@ -99,7 +99,8 @@ class CaptureController:
         return out
 
     def reconcile(self) -> ReconcileResult:
-        current = self.vsctl.bridges()
+        snap = self.vsctl.snapshot()  # one ovs-vsctl run; sFlow changes below do not change the port map
+        current = self.vsctl.bridges(snap)
         want = self.desired([b.bridge for b in current])
         enabled, disabled = [], []
         owned: dict[str, str] = {}
@@ -121,7 +122,7 @@ class CaptureController:
                                         cap.PollingInterval, header)
                 enabled.append(b.bridge)
             owned[b.bridge] = cap.UUID
-        ports = self.vsctl.port_map(self.host, owned)
+        ports = self.vsctl.port_map(self.host, owned, snap)
         for b in enabled:
             log.info("ovssflow capture enabled on bridge", extra={"bridge": b, "capture": owned[b],
                                                                   "target": self.target})

@@ -41,6 +41,16 @@ def port_tid(host: str, port_uuid: str) -> str:
 
 
 @dataclass(frozen=True)
+class OvsSnapshot:
+    """Rows of the OVSDB tables the controller reads (cells unwrapped)."""
+
+    sflow: list[dict[str, object]]
+    bridge: list[dict[str, object]]
+    port: list[dict[str, object]]
+    interface: list[dict[str, object]]
+
+
+@dataclass(frozen=True)
 class BridgeSFlow:
     bridge: str
     capture_id: str
@@ -90,15 +100,37 @@ class Vsctl:
         return p.stdout
 
     def table(self, table: str, columns: list[str]) -> list[dict[str, object]]:
-        out = json.loads(self.run("--format=json", f"--columns={','.join(columns)}", "list", table))
-        return [{c: _cell(v) for c, v in zip(out["headings"], row)} for row in out["data"]]
+        return self.tables([(table, columns)])[0]
+
+    def tables(self, specs: list[tuple[str, list[str]]]) -> list[list[dict[str, object]]]:
+        """Several `list` commands in one ovs-vsctl run (one consistent read, one process)."""
+        args = ["--format=json"]
+        for table, columns in specs:
+            args += ["--", f"--columns={','.join(columns)}", "list", table]
+        lines = [ln for ln in self.run(*args).splitlines() if ln.strip()]
+        if len(lines) != len(specs):
+            raise OvsError(f"ovs-vsctl list: {len(lines)} answers to {len(specs)} commands")
+        out = []
+        for line in lines:
+            t = json.loads(line)
+            out.append([{c: _cell(v) for c, v in zip(t["headings"], row)} for row in t["data"]])
+        return out
+
+    def snapshot(self) -> OvsSnapshot:
+        """The rows the controller needs (bridges, ports, interfaces, sFlow), in one ovs-vsctl run."""
+        sflow, bridge, port, iface = self.tables([
+            ("sFlow", ["_uuid", "targets", "sampling", "polling", "header", "external_ids"]),
+            ("Bridge", ["_uuid", "name", "sflow", "ports"]),
+            ("Port", ["_uuid", "name", "interfaces"]),
+            ("Interface", ["_uuid", "name", "ifindex", "ofport"])])
+        return OvsSnapshot(sflow, bridge, port, iface)
 
     # --- bridges and their sFlow rows -----------------------------------------------------------------
-    def bridges(self) -> list[BridgeSFlow]:
-        sflows = {r["_uuid"]: r for r in self.table("sFlow", ["_uuid", "targets", "sampling", "polling", "header",
-                                                              "external_ids"])}
+    def bridges(self, snap: OvsSnapshot | None = None) -> list[BridgeSFlow]:
+        snap = snap or self.snapshot()
+        sflows = {r["_uuid"]: r for r in snap.sflow}
         out = []
-        for b in self.table("Bridge", ["_uuid", "name", "sflow"]):
+        for b in snap.bridge:
             ref = _as_list(b["sflow"])
             row = sflows.get(ref[0]) if ref and ref[0] else None
             if row is None:
@@ -125,12 +157,13 @@ class Vsctl:
         self.run("--if-exists", "clear", "Bridge", bridge, "sflow")
 
     # --- ports ----------------------------------------------------------------------------------------
-    def port_map(self, host: str, captures: dict[str, str]) -> dict[int, PortInfo]:
+    def port_map(self, host: str, captures: dict[str, str], snap: OvsSnapshot | None = None) -> dict[int, PortInfo]:
         """Linux ifIndex -> PortInfo for every interface of every bridge (`captures`: bridge -> capture ID)."""
-        ifaces = {r["_uuid"]: r for r in self.table("Interface", ["_uuid", "name", "ifindex", "ofport"])}
-        ports = {r["_uuid"]: r for r in self.table("Port", ["_uuid", "name", "interfaces"])}
+        snap = snap or self.snapshot()
+        ifaces = {r["_uuid"]: r for r in snap.interface}
+        ports = {r["_uuid"]: r for r in snap.port}
         out: dict[int, PortInfo] = {}
-        for b in self.table("Bridge", ["name", "ports"]):
+        for b in snap.bridge:
             bname = str(b["name"])
             for pu in _as_list(b["ports"]):
                 port = ports.get(pu)
