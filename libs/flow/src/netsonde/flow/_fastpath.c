@@ -417,7 +417,7 @@ static int acc_count(Acc *a, const uint8_t *key, uint32_t wire, uint64_t ts)
 {
     if ((a->count + a->tombs + 1) * 10 > a->cap * 6) {
         size_t ncap = a->cap;
-        while ((a->count + 1) * 10 > ncap * 3)
+        while ((a->count + 1) * 10 > ncap * 5)
             ncap *= 2;
         if (acc_rehash(a, ncap) < 0)
             return -1;

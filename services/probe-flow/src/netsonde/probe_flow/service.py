@@ -26,6 +26,7 @@ from netsonde.common.bus import Subjects, decode, encode
 from netsonde.common.bus.captures import Capture, CaptureStatus
 from netsonde.common.bus.codec import BusDecodeError
 from netsonde.common.bus.flows import Flow, FlowUpdateBatch
+from netsonde.common.bus.streams import ensure_flow_stream
 from netsonde.common.service import Service
 from netsonde.flow.inject import InjectionError, inject_packets
 from netsonde.flow.pcap import PcapError, feed_pcap
@@ -269,22 +270,3 @@ class ProbeFlowService(Service):
         except InjectionError as e:
             return web.json_response({"error": str(e)}, status=400)
         return web.json_response({"sent": sent})
-
-
-async def ensure_flow_stream(js: Any, subjects: Subjects, max_bytes: int = 1 << 30) -> None:
-    """Create the flow stream unless it exists (file storage, 24 h, `max_bytes`); whoever is first wins."""
-    from nats.js import api
-    from nats.js.errors import NotFoundError
-    try:
-        await js.stream_info(subjects.flow_stream)
-        return
-    except NotFoundError:
-        pass
-    config = api.StreamConfig(name=subjects.flow_stream, subjects=[subjects.flows_all],
-                              storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
-                              discard=api.DiscardPolicy.OLD, max_age=86_400.0, max_bytes=max_bytes,
-                              duplicate_window=120.0)
-    try:
-        await js.add_stream(config)
-    except Exception:
-        await js.stream_info(subjects.flow_stream)
