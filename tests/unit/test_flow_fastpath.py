@@ -143,3 +143,12 @@ def test_updates_between_blocks_and_expiry_forget_keys():
     t.process_frames(frames[:300])
     again = {f.TrackingID: f.Metric.ABPackets + f.Metric.BAPackets for f in t.updates(2)}
     assert again == first
+
+
+def test_raw_packet_limit_uses_the_per_frame_path():
+    frames = _mix(200, seed=2)
+    t = FlowTable("n", raw_packet_limit=2)
+    t.process_frames(frames)
+    flows = t.updates(1)
+    assert flows and all(len(f.LastRawPackets) <= 2 for f in flows)
+    assert sum(f.RawPacketsCaptured for f in flows) > 0

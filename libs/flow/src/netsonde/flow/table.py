@@ -149,7 +149,7 @@ class FlowTable:
 
     def process_frames(self, frames: list[tuple[bytes, int, int]]) -> None:
         """The batch hot path: account (frame, ts_ns, wire_len) tuples (pcap replay, libpcap captures)."""
-        if self._acc is None:
+        if self._acc is None or self.raw_packet_limit:  # raw packets are kept by the per-frame path
             self.process_frames_reference(frames)
             return
         fresh, slow, _ = self._acc.fold_frames(frames)
@@ -231,7 +231,7 @@ class FlowTable:
         extension header) are counted in C against a per-header key ("fastkey"); Python only builds the
         flow the first time a fastkey appears and collects the counters at each `updates()`. Other packets
         go through the full decoder, in timestamp order with the new fastkeys."""
-        if self._acc is None:
+        if self._acc is None or self.raw_packet_limit:  # raw packets are kept by the per-frame path
             slow = _walk_block(block)
             self._process_slow(slow)
             return len(slow)
@@ -351,6 +351,8 @@ class FlowTable:
                 if seg.frag_error:
                     fs.frag_err += 1
                 if seg.tr_proto or seg.icmp_type:
+                    if len(self._frag_owner) >= 65_536:  # bounded: oldest datagrams forgotten
+                        self._frag_owner.clear()
                     self._frag_owner[(seg.ip_src, seg.ip_dst, seg.ip_id)] = fs
             if self.raw_packet_limit and i == 0:
                 self._keep_raw(fs, frame, ts_ms)
