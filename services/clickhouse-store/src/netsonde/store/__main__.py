@@ -14,8 +14,11 @@ from .service import StoreService
 
 
 def parse_args(argv: list[str] | None = None) -> dict[str, object]:
-    p = argparse.ArgumentParser(prog="netsonde store", description="Embedded ClickHouse store (chdb engine "
-                                "behind ClickHouse's HTTP interface). Flags override NETSONDE_STORE_* settings.")
+    p = argparse.ArgumentParser(
+        prog="netsonde store",
+        description="Embedded ClickHouse store (chdb engine "
+        "behind ClickHouse's HTTP interface). Flags override NETSONDE_STORE_* settings.",
+    )
     p.add_argument("--data-dir", help="chdb data directory (one store process per directory)")
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="ClickHouse HTTP port (default 8123; 0 picks a free one)")

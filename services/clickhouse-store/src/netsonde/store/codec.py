@@ -20,23 +20,32 @@ try:  # optional, like on a server built without it
 except ImportError:  # optional dependency
     brotli = None
 
-# ClickHouse's own preference when a client accepts several (chooseHTTPCompressionMethod, most preferred first).
+# ClickHouse's own preference among accepted encodings (chooseHTTPCompressionMethod), best first.
 RESPONSE_PREFERENCE = ("zstd", "br", "lz4", "gzip", "deflate")
 
 
-_DECODE_ERROR = {"gzip": "ZLIB_INFLATE_FAILED", "x-gzip": "ZLIB_INFLATE_FAILED", "deflate": "ZLIB_INFLATE_FAILED",
-                 "zstd": "ZSTD_DECODER_FAILED", "lz4": "LZ4_DECODER_FAILED", "br": "BROTLI_READ_FAILED"}
+_DECODE_ERROR = {
+    "gzip": "ZLIB_INFLATE_FAILED",
+    "x-gzip": "ZLIB_INFLATE_FAILED",
+    "deflate": "ZLIB_INFLATE_FAILED",
+    "zstd": "ZSTD_DECODER_FAILED",
+    "lz4": "LZ4_DECODER_FAILED",
+    "br": "BROTLI_READ_FAILED",
+}
 
 
 def decode_error(encoding: str, detail: str) -> StoreError:
     """The error ClickHouse reports for a body that is not valid `encoding` data."""
-    return StoreError(_DECODE_ERROR.get(encoding, "CANNOT_DECOMPRESS"),
-                      f"Cannot decode the {encoding} request body: {detail}")
+    return StoreError(
+        _DECODE_ERROR.get(encoding, "CANNOT_DECOMPRESS"),
+        f"Cannot decode the {encoding} request body: {detail}",
+    )
 
 
 def supported(encoding: str) -> bool:
     return encoding in ("gzip", "x-gzip", "deflate", "zstd", "lz4", "identity", "") or (
-        encoding == "br" and brotli is not None)
+        encoding == "br" and brotli is not None
+    )
 
 
 def decompress(data: bytes, encoding: str) -> bytes:
@@ -45,7 +54,9 @@ def decompress(data: bytes, encoding: str) -> bytes:
     if encoding in ("", "identity") or not data:
         return data
     if not supported(encoding):
-        raise StoreError("UNKNOWN_COMPRESSION_METHOD", f"Unknown Content-Encoding of HTTP request: {encoding}")
+        raise StoreError(
+            "UNKNOWN_COMPRESSION_METHOD", f"Unknown Content-Encoding of HTTP request: {encoding}"
+        )
     try:
         if encoding in ("gzip", "x-gzip"):
             return _frames(data, lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), flush=True)
@@ -114,12 +125,14 @@ def compress(data: bytes, encoding: str, level: int = 3) -> bytes:
 
 
 class StreamDecoder:
-    """Incremental request-body decoder: `feed` compressed chunks, get plain bytes; `finish` checks the end."""
+    """Incremental request-body decoder: `feed` compressed chunks, get plain bytes; `finish` checks."""
 
     def __init__(self, encoding: str) -> None:
         encoding = encoding.strip().lower()
         if not supported(encoding):
-            raise StoreError("UNKNOWN_COMPRESSION_METHOD", f"Unknown Content-Encoding of HTTP request: {encoding}")
+            raise StoreError(
+                "UNKNOWN_COMPRESSION_METHOD", f"Unknown Content-Encoding of HTTP request: {encoding}"
+            )
         self.encoding = encoding
         self._make: Any = None
         if encoding in ("gzip", "x-gzip"):

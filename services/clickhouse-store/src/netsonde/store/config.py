@@ -30,7 +30,7 @@ class StoreConfig(BaseConfig):
     insert_connections: int = 2
     """Engine connections reserved for inserts, so long queries never starve them."""
     max_sessions: int = 1024
-    """Most open HTTP sessions (each holds an engine connection); beyond it the longest idle one is dropped."""
+    """Most open HTTP sessions (each holds an engine connection); beyond it the longest idle goes."""
     default_session_timeout: float = 60.0
     """Idle seconds before a session (and its temporary tables) is dropped, unless `session_timeout` says."""
     max_session_timeout: float = 3600.0
@@ -45,8 +45,12 @@ class StoreConfig(BaseConfig):
     SECTION: typing.ClassVar[str] = "store"
 
     @classmethod
-    def load(cls, env: Mapping[str, str] | None = None, file: str | Path | None = None,  # type: ignore[override]
-             **overrides: Any) -> "StoreConfig":
+    def load(
+        cls,
+        env: Mapping[str, str] | None = None,
+        file: str | Path | None = None,  # type: ignore[override]
+        **overrides: Any,
+    ) -> "StoreConfig":
         """As BaseConfig.load, plus `NETSONDE_STORE_<FIELD>` (e.g. NETSONDE_STORE_DATA_DIR), which wins over
         `NETSONDE_<FIELD>`; explicit overrides (the CLI flags) win over both."""
         env = os.environ if env is None else env
@@ -60,7 +64,7 @@ class StoreConfig(BaseConfig):
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any, str]]:
-        """As BaseConfig.describe, naming the store's own settings by their NETSONDE_STORE_<FIELD> variable."""
+        """As BaseConfig.describe, naming the store's own settings NETSONDE_STORE_<FIELD>."""
         own = {f.name for f in dataclasses.fields(cls)} - {f.name for f in dataclasses.fields(BaseConfig)}
         out = []
         for env, typ, default, doc in super().describe():

@@ -73,10 +73,16 @@ class Outcome:
     elapsed_ns: int = 0
 
     def summary(self) -> dict[str, str]:
-        return {"read_rows": str(self.read_rows), "read_bytes": str(self.read_bytes),
-                "written_rows": str(self.written_rows), "written_bytes": str(self.written_bytes),
-                "total_rows_to_read": str(self.read_rows), "result_rows": str(self.result_rows),
-                "result_bytes": str(len(self.body)), "elapsed_ns": str(self.elapsed_ns)}
+        return {
+            "read_rows": str(self.read_rows),
+            "read_bytes": str(self.read_bytes),
+            "written_rows": str(self.written_rows),
+            "written_bytes": str(self.written_bytes),
+            "total_rows_to_read": str(self.read_rows),
+            "result_rows": str(self.result_rows),
+            "result_bytes": str(len(self.body)),
+            "elapsed_ns": str(self.elapsed_ns),
+        }
 
 
 @dataclass
@@ -104,7 +110,9 @@ class InsertSpec:
     journal_dir: Path
     statement: str  # the insert as the client wrote it, with the source: the plain, non-staged way
     explicit_database: bool = True
-    stages: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # target -> (stage, signature)
+    stages: dict[tuple[str, str], tuple[str, str]] = field(
+        default_factory=dict
+    )  # target -> (stage, signature)
 
 
 class Conn:
@@ -174,7 +182,6 @@ class Conn:
             out.result_rows = out.read_rows
         return out
 
-
     def start_stream(self, req: Request) -> Any:
         self.prepare(req.database, req.settings)
         try:
@@ -225,16 +232,22 @@ class Conn:
         direct = spec.statement
         info = self._rows(
             "SELECT is_temporary, engine, partition_key, length(dependencies_table), "
-            "toString(metadata_modification_time), toString(cityHash64(create_table_query)) FROM system.tables "
+            "toString(metadata_modification_time), toString(cityHash64(create_table_query)) "
+            "FROM system.tables "
             "WHERE name = {t:String} AND (database = {d:String} OR is_temporary) ORDER BY is_temporary DESC",
-            {"d": spec.database, "t": spec.table})
+            {"d": spec.database, "t": spec.table},
+        )
         if info and info[0][0] == "1" and spec.explicit_database:
             info = info[1:]
         if not info or len(info[0]) < 6 or info[0][0] == "1":
             return self._insert_statement(direct)  # a temporary table, or let the engine report it unknown
         _, engine, partition_key, dependents, mtime, create_hash = info[0]
-        if (not engine.endswith("MergeTree") or engine.startswith(("Replicated", "Shared")) or not partition_key
-                or dependents != "0"):
+        if (
+            not engine.endswith("MergeTree")
+            or engine.startswith(("Replicated", "Shared"))
+            or not partition_key
+            or dependents != "0"
+        ):
             return self._insert_statement(direct)
         key = (spec.database, spec.table)
         signature = f"{mtime}/{create_hash}"
@@ -252,19 +265,38 @@ class Conn:
         ok = False
         try:
             out = self._insert_statement(f"INSERT INTO {stage} {spec.columns} {spec.source}")
-            partitions = [r[0] for r in self._rows(
-                "SELECT DISTINCT partition_id FROM system.parts WHERE database = {d:String} AND table = {t:String} "
-                "AND active ORDER BY partition_id", {"d": STAGING_DB, "t": stage_table})]
+            partitions = [
+                r[0]
+                for r in self._rows(
+                    "SELECT DISTINCT partition_id FROM system.parts "
+                    "WHERE database = {d:String} AND table = {t:String} "
+                    "AND active ORDER BY partition_id",
+                    {"d": STAGING_DB, "t": stage_table},
+                )
+            ]
             if len(partitions) == 1:
-                self._run(f"ALTER TABLE {stage} MOVE PARTITION ID {quote_string(partitions[0])} TO TABLE {target}")
+                self._run(
+                    f"ALTER TABLE {stage} MOVE PARTITION ID {quote_string(partitions[0])} TO TABLE {target}"
+                )
             elif partitions:
-                watermark = self._rows("SELECT max(max_block_number) FROM system.parts "
-                                       "WHERE database = {d:String} AND table = {t:String}",
-                                       {"d": spec.database, "t": spec.table})[0][0]
+                watermark = self._rows(
+                    "SELECT max(max_block_number) FROM system.parts "
+                    "WHERE database = {d:String} AND table = {t:String}",
+                    {"d": spec.database, "t": spec.table},
+                )[0][0]
                 journal = spec.journal_dir / f"{stage_table}.json"
-                _write_durably(journal, json.dumps({
-                    "database": spec.database, "table": spec.table, "stage": stage_table,
-                    "watermark": int(watermark or 0), "partitions": partitions}).encode())
+                _write_durably(
+                    journal,
+                    json.dumps(
+                        {
+                            "database": spec.database,
+                            "table": spec.table,
+                            "stage": stage_table,
+                            "watermark": int(watermark or 0),
+                            "partitions": partitions,
+                        }
+                    ).encode(),
+                )
                 for pid in partitions:
                     self._run(f"ALTER TABLE {stage} MOVE PARTITION ID {quote_string(pid)} TO TABLE {target}")
                 journal.unlink()
@@ -280,7 +312,7 @@ class Conn:
             self._run(f"DROP TABLE IF EXISTS {quote_ident(STAGING_DB)}.{quote_ident(stage_table)} SYNC")
 
     def recover(self, journal_dir: Path) -> int:
-        """Finish the multi-partition inserts a crash interrupted (see `_insert_batch`); drop leftover stages."""
+        """Finish the multi-partition inserts a crash interrupted (see `_insert_batch`); drop stages."""
         finished = 0
         for journal in sorted(journal_dir.glob("*.json")):
             try:
@@ -293,20 +325,29 @@ class Conn:
                     done = self._rows(
                         "SELECT count() FROM system.parts WHERE database = {d:String} AND table = {t:String} "
                         "AND partition_id = {p:String} AND max_block_number > {w:Int64}",
-                        {"d": j["database"], "t": j["table"], "p": pid, "w": str(j["watermark"])})[0][0]
+                        {"d": j["database"], "t": j["table"], "p": pid, "w": str(j["watermark"])},
+                    )[0][0]
                     if done == "0":
-                        self._run(f"ALTER TABLE {target} ATTACH PARTITION ID {quote_string(pid)} FROM {stage}")
+                        self._run(
+                            f"ALTER TABLE {target} ATTACH PARTITION ID {quote_string(pid)} FROM {stage}"
+                        )
                 finished += 1
-                log.warning("finished an insert interrupted by a crash",
-                            extra={"table": f"{j['database']}.{j['table']}", "partitions": len(j["partitions"])})
+                log.warning(
+                    "finished an insert interrupted by a crash",
+                    extra={"table": f"{j['database']}.{j['table']}", "partitions": len(j["partitions"])},
+                )
             except (StoreError, KeyError, ValueError) as exc:
-                log.error("cannot finish an interrupted insert; its staging table is kept",
-                          extra={"journal": str(journal), "error": str(exc)})
+                log.error(
+                    "cannot finish an interrupted insert; its staging table is kept",
+                    extra={"journal": str(journal), "error": str(exc)},
+                )
                 journal.rename(journal.with_suffix(".failed"))
                 continue
             journal.unlink()
         kept = {p.stem for p in journal_dir.glob("*.failed")}
-        for (name,) in self._rows("SELECT name FROM system.tables WHERE database = {d:String}", {"d": STAGING_DB}):
+        for (name,) in self._rows(
+            "SELECT name FROM system.tables WHERE database = {d:String}", {"d": STAGING_DB}
+        ):
             if name not in kept:
                 with contextlib.suppress(StoreError):
                     self._run(f"DROP TABLE IF EXISTS {quote_ident(STAGING_DB)}.{quote_ident(name)} SYNC")
@@ -341,8 +382,14 @@ class Session:
 class Engine:
     """Owns the chdb data directory and every connection to it."""
 
-    def __init__(self, data_dir: str | Path, query_connections: int = 4, insert_connections: int = 2,
-                 max_sessions: int = 1024, tmp_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        query_connections: int = 4,
+        insert_connections: int = 2,
+        max_sessions: int = 1024,
+        tmp_dir: str | Path | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.query_connections = query_connections
         self.insert_connections = insert_connections
@@ -357,8 +404,9 @@ class Engine:
         self._query_pool: asyncio.Queue[Conn] | None = None
         self._insert_pool: asyncio.Queue[Conn] | None = None
         self.sessions: dict[str, Session] = {}
-        self._executor = ThreadPoolExecutor(max_workers=query_connections + insert_connections + 16,
-                                            thread_name_prefix="chdb")
+        self._executor = ThreadPoolExecutor(
+            max_workers=query_connections + insert_connections + 16, thread_name_prefix="chdb"
+        )
         self._inflight = 0
         self._idle = asyncio.Event()
         self._closed = False
@@ -377,8 +425,15 @@ class Engine:
         res = first._run("SELECT version(), timezone()", "TabSeparated").bytes().decode().strip().split("\t")
         self.version, self.timezone = res[0], res[1]
         StoreError.version = self.version
-        names = first._run("SELECT number, errorCodeToName(number) FROM numbers(2000) "
-                           "WHERE errorCodeToName(number) != ''", "TabSeparated").bytes().decode()
+        names = (
+            first._run(
+                "SELECT number, errorCodeToName(number) FROM numbers(2000) "
+                "WHERE errorCodeToName(number) != ''",
+                "TabSeparated",
+            )
+            .bytes()
+            .decode()
+        )
         for line in names.splitlines():
             code, _, name = line.partition("\t")
             errors.NAMES_BY_CODE[int(code)] = name
@@ -414,7 +469,9 @@ class Engine:
         self._closed = True
         finished = await self.drain(timeout)
         if not finished:
-            log.warning("statements still running at shutdown; closing anyway", extra={"inflight": self._inflight})
+            log.warning(
+                "statements still running at shutdown; closing anyway", extra={"inflight": self._inflight}
+            )
         for conn in self._all:
             conn.close()
         self._all.clear()
@@ -457,8 +514,13 @@ class Engine:
                 conn = await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
             pool.put_nowait(conn)
 
-    async def execute(self, req: Request, session_id: str | None = None, session_timeout: float = 60.0,
-                      session_check: bool = False) -> Outcome:
+    async def execute(
+        self,
+        req: Request,
+        session_id: str | None = None,
+        session_timeout: float = 60.0,
+        session_check: bool = False,
+    ) -> Outcome:
         """Run one statement on a pooled connection, or on the session's own connection."""
         if session_id:
             return await self._execute_in_session(req, session_id, session_timeout, session_check)
@@ -467,7 +529,8 @@ class Engine:
         # Without a session, USE / SET / temporary tables must not outlive the request: such a statement
         # leaves its connection to be replaced by a fresh one.
         stateful = req.insert_file is None and (
-            sql.first_keyword(req.sql) in ("USE", "SET") or "TEMPORARY" in req.sql.upper())
+            sql.first_keyword(req.sql) in ("USE", "SET") or "TEMPORARY" in req.sql.upper()
+        )
         async with self._borrow(pool) as conn:
             try:
                 return await self._in_thread(lambda: conn.execute(req))
@@ -495,8 +558,10 @@ class Engine:
                 # the longest rather than refuse new clients.
                 idle = [s for s in self.sessions.values() if not s.busy]
                 if not idle:
-                    raise StoreError("TOO_MANY_SIMULTANEOUS_QUERIES",
-                                     f"Too many sessions ({self.max_sessions}) all running a query")
+                    raise StoreError(
+                        "TOO_MANY_SIMULTANEOUS_QUERIES",
+                        f"Too many sessions ({self.max_sessions}) all running a query",
+                    )
                 oldest = min(idle, key=lambda s: s.last_used)
                 self.sessions.pop(oldest.sid, None)
                 self._discard(oldest.conn)
@@ -516,8 +581,13 @@ class Engine:
         session.busy = False
         session.last_used = time.monotonic()
 
-    async def open_stream(self, req: Request, session_id: str | None = None, session_timeout: float = 60.0,
-                          session_check: bool = False) -> "ResultStream":
+    async def open_stream(
+        self,
+        req: Request,
+        session_id: str | None = None,
+        session_timeout: float = 60.0,
+        session_check: bool = False,
+    ) -> "ResultStream":
         """Start a query whose result is read chunk by chunk; the connection stays with the stream until
         `close()`. Errors the engine reports before the first chunk raise here."""
         session: Session | None = None
@@ -566,10 +636,18 @@ class Engine:
         os.close(fd)
         return path
 
-    async def insert(self, target: str, fmt: str, path: str, inline_settings: str, req: Request,
-                     session_id: str | None = None, session_timeout: float = 60.0,
-                     session_check: bool = False) -> Outcome:
-        """`target` is `INSERT INTO t [(cols)]`; `path` holds one batch in format `fmt`, inserted atomically."""
+    async def insert(
+        self,
+        target: str,
+        fmt: str,
+        path: str,
+        inline_settings: str,
+        req: Request,
+        session_id: str | None = None,
+        session_timeout: float = 60.0,
+        session_check: bool = False,
+    ) -> Outcome:
+        """`target` is `INSERT INTO t [(cols)]`; `path` holds one batch in `fmt`, inserted atomically."""
         settings = ", ".join(f"{k} = {v}" for k, v in ATOMIC_INSERT_SETTINGS.items())
         if inline_settings:
             settings = f"{settings}, {inline_settings}"
@@ -581,8 +659,16 @@ class Engine:
         lock: asyncio.Lock | None = None
         if parsed is not None:
             database, table, columns = parsed
-            req.insert = InsertSpec(database or req.database, table, columns, source, self.journal_dir, req.sql,
-                                    database is not None, self._stages)
+            req.insert = InsertSpec(
+                database or req.database,
+                table,
+                columns,
+                source,
+                self.journal_dir,
+                req.sql,
+                database is not None,
+                self._stages,
+            )
             lock = self._table_locks.setdefault((database or req.database, table), asyncio.Lock())
         try:
             if lock is None:

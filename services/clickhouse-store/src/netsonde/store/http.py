@@ -24,7 +24,6 @@ import uuid
 from typing import IO, Iterator
 
 from aiohttp import web
-
 from netsonde.common.metrics import Metrics
 
 from . import codec, sql
@@ -35,31 +34,73 @@ from .errors import StoreError
 log = logging.getLogger(__name__)
 
 # URL parameters the HTTP layer consumes itself (everything else is a setting, `param_*` are parameters).
-HTTP_PARAMS = frozenset({
-    "query", "database", "default_format", "query_id", "session_id", "session_timeout", "session_check",
-    "compress", "decompress", "user", "password", "quota_key", "buffer_size", "wait_end_of_query",
-    "client_protocol_version", "enable_http_compression", "http_zlib_compression_level",
-    "send_progress_in_http_headers", "http_headers_progress_interval_ms",
-    "cancel_http_readonly_queries_on_client_close", "add_http_cors_header", "role", "stacktrace",
-    "http_native_compression_disable_checksumming_on_decompress", "http_response_buffer_size",
-    "http_wait_end_of_query", "http_write_exception_in_output_format",
-})
+HTTP_PARAMS = frozenset(
+    {
+        "query",
+        "database",
+        "default_format",
+        "query_id",
+        "session_id",
+        "session_timeout",
+        "session_check",
+        "compress",
+        "decompress",
+        "user",
+        "password",
+        "quota_key",
+        "buffer_size",
+        "wait_end_of_query",
+        "client_protocol_version",
+        "enable_http_compression",
+        "http_zlib_compression_level",
+        "send_progress_in_http_headers",
+        "http_headers_progress_interval_ms",
+        "cancel_http_readonly_queries_on_client_close",
+        "add_http_cors_header",
+        "role",
+        "stacktrace",
+        "http_native_compression_disable_checksumming_on_decompress",
+        "http_response_buffer_size",
+        "http_wait_end_of_query",
+        "http_write_exception_in_output_format",
+    }
+)
 
 CONTENT_TYPES = {
-    "tabseparated": "text/tab-separated-values; charset=UTF-8", "tsv": "text/tab-separated-values; charset=UTF-8",
+    "tabseparated": "text/tab-separated-values; charset=UTF-8",
+    "tsv": "text/tab-separated-values; charset=UTF-8",
     "tabseparatedwithnames": "text/tab-separated-values; charset=UTF-8",
     "tabseparatedwithnamesandtypes": "text/tab-separated-values; charset=UTF-8",
-    "csv": "text/csv; charset=UTF-8; header=absent", "csvwithnames": "text/csv; charset=UTF-8; header=present",
-    "json": "application/json; charset=UTF-8", "jsoncompact": "application/json; charset=UTF-8",
-    "jsoneachrow": "application/x-ndjson; charset=UTF-8", "jsoncompacteachrow": "application/x-ndjson; charset=UTF-8",
-    "pretty": "text/plain; charset=UTF-8", "prettycompact": "text/plain; charset=UTF-8",
-    "values": "text/plain; charset=UTF-8", "xml": "application/xml; charset=UTF-8",
+    "csv": "text/csv; charset=UTF-8; header=absent",
+    "csvwithnames": "text/csv; charset=UTF-8; header=present",
+    "json": "application/json; charset=UTF-8",
+    "jsoncompact": "application/json; charset=UTF-8",
+    "jsoneachrow": "application/x-ndjson; charset=UTF-8",
+    "jsoncompacteachrow": "application/x-ndjson; charset=UTF-8",
+    "pretty": "text/plain; charset=UTF-8",
+    "prettycompact": "text/plain; charset=UTF-8",
+    "values": "text/plain; charset=UTF-8",
+    "xml": "application/xml; charset=UTF-8",
 }
 # Formats whose engine chunks concatenate into one valid result (no per-chunk header or footer).
-STREAMABLE_FORMATS = frozenset({
-    "native", "tabseparated", "tsv", "tabseparatedraw", "tsvraw", "csv", "jsoneachrow", "jsonlines", "ndjson",
-    "jsoncompacteachrow", "jsonstringseachrow", "jsoncompactstringseachrow", "rowbinary", "values",
-})
+STREAMABLE_FORMATS = frozenset(
+    {
+        "native",
+        "tabseparated",
+        "tsv",
+        "tabseparatedraw",
+        "tsvraw",
+        "csv",
+        "jsoneachrow",
+        "jsonlines",
+        "ndjson",
+        "jsoncompacteachrow",
+        "jsonstringseachrow",
+        "jsoncompactstringseachrow",
+        "rowbinary",
+        "values",
+    }
+)
 RESULT_KINDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "CHECK", "("})
 _COMPRESS_IN_THREAD = 256 * 1024
 _MAX_QUERY_TEXT = 256 * 1024 * 1024
@@ -73,10 +114,13 @@ class ClickHouseHTTP:
         self.config = config
         self.display_name = socket.gethostname()
         self.requests = metrics.counter("http_requests_total", "ClickHouse HTTP requests", ["kind"])
-        self.failures = metrics.counter("http_errors_total", "Requests answered with a ClickHouse exception",
-                                        ["name"])
+        self.failures = metrics.counter(
+            "http_errors_total", "Requests answered with a ClickHouse exception", ["name"]
+        )
         self.inserted_rows = metrics.counter("inserted_rows_total", "Rows written by inserts")
-        self.latency = metrics.histogram("request_seconds", "Time to answer a ClickHouse HTTP request", ["kind"])
+        self.latency = metrics.histogram(
+            "request_seconds", "Time to answer a ClickHouse HTTP request", ["kind"]
+        )
         self._receiving: set[asyncio.Task[object]] = set()
 
     def abort_receiving(self) -> int:
@@ -111,15 +155,22 @@ class ClickHouseHTTP:
         return web.Response(text="Ok.\n", content_type="text/html")
 
     async def not_found(self, request: web.Request) -> web.Response:
-        return web.Response(status=404, text=(
-            "There is no handle " + request.path + "\n\nUse / or /ping for health checks.\n"
-            "Or /replicas_status for more sophisticated health checks.\n\n"
-            "Send queries from your program with POST method or GET /?query=...\n"), content_type="text/plain")
+        return web.Response(
+            status=404,
+            text=(
+                "There is no handle " + request.path + "\n\nUse / or /ping for health checks.\n"
+                "Or /replicas_status for more sophisticated health checks.\n\n"
+                "Send queries from your program with POST method or GET /?query=...\n"
+            ),
+            content_type="text/plain",
+        )
 
     # --- the query endpoint ------------------------------------------------------------------------
     async def query(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        query_id = request.query.get("query_id") or request.headers.get("X-ClickHouse-Query-Id") or str(uuid.uuid4())
+        query_id = (
+            request.query.get("query_id") or request.headers.get("X-ClickHouse-Query-Id") or str(uuid.uuid4())
+        )
         kind = "query"
         try:
             if request.method not in ("GET", "POST", "HEAD"):
@@ -128,7 +179,9 @@ class ClickHouseHTTP:
             with self._receiving_body():
                 params, body = await self._read(request)
             kind, response = await self._dispatch(request, params, body, query_id)
-            log.debug("request done", extra={"kind": kind, "seconds": round(time.perf_counter() - started, 4)})
+            log.debug(
+                "request done", extra={"kind": kind, "seconds": round(time.perf_counter() - started, 4)}
+            )
             return response
         except StoreError as exc:
             self.failures.labels(exc.name).inc()
@@ -151,28 +204,40 @@ class ClickHouseHTTP:
         q = request.query
         if hdr_user or hdr_key:
             if auth or "user" in q or "password" in q:
-                raise StoreError("AUTHENTICATION_FAILED", "Invalid authentication: it is not allowed to use "
-                                 "X-ClickHouse HTTP headers and other authentication methods simultaneously")
+                raise StoreError(
+                    "AUTHENTICATION_FAILED",
+                    "Invalid authentication: it is not allowed to use "
+                    "X-ClickHouse HTTP headers and other authentication methods simultaneously",
+                )
             user, password = hdr_user or "default", hdr_key
         elif auth:
             if "user" in q or "password" in q:
-                raise StoreError("AUTHENTICATION_FAILED", "Invalid authentication: it is not allowed to use "
-                                 "Authorization HTTP header and authentication via parameters simultaneously")
+                raise StoreError(
+                    "AUTHENTICATION_FAILED",
+                    "Invalid authentication: it is not allowed to use "
+                    "Authorization HTTP header and authentication via parameters simultaneously",
+                )
             scheme, _, info = auth.partition(" ")
             if scheme.lower() != "basic":
-                raise StoreError("AUTHENTICATION_FAILED",
-                                 f"Invalid authentication: '{scheme}' HTTP Authorization scheme is not supported")
+                raise StoreError(
+                    "AUTHENTICATION_FAILED",
+                    f"Invalid authentication: '{scheme}' HTTP Authorization scheme is not supported",
+                )
             try:
                 user, _, password = base64.b64decode(info.strip()).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
-                raise StoreError("AUTHENTICATION_FAILED", "Invalid authentication: malformed Basic credentials")
+                raise StoreError(
+                    "AUTHENTICATION_FAILED", "Invalid authentication: malformed Basic credentials"
+                ) from None
         else:
             user, password = q.get("user", "default"), q.get("password", "")
         ok_user = hmac.compare_digest(user.encode(), self.config.user.encode())
         ok_password = hmac.compare_digest(password.encode(), self.config.password.encode())
         if not (ok_user and ok_password):
-            raise StoreError("AUTHENTICATION_FAILED", f"{user}: Authentication failed: password is incorrect, "
-                             "or there is no user with such name")
+            raise StoreError(
+                "AUTHENTICATION_FAILED",
+                f"{user}: Authentication failed: password is incorrect, or there is no user with such name",
+            )
 
     async def _read(self, request: web.Request) -> tuple[dict[str, str], "_Body"]:
         """URL (or multipart form) parameters, and the request body as a decoded stream."""
@@ -187,8 +252,10 @@ class ClickHouseHTTP:
                     break
                 name = getattr(part, "name", None) or ""
                 if getattr(part, "filename", None):
-                    raise StoreError("NOT_IMPLEMENTED", "External data (multipart file parts) is not supported "
-                                     "by the embedded store")
+                    raise StoreError(
+                        "NOT_IMPLEMENTED",
+                        "External data (multipart file parts) is not supported by the embedded store",
+                    )
                 value = (await part.read(decode=True)).decode()  # type: ignore[union-attr]
                 if name:
                     params[name] = value
@@ -196,8 +263,9 @@ class ClickHouseHTTP:
         has_body = request.method == "POST" and request.can_read_body
         return params, _Body(request if has_body else None, encoding, self.config.max_body_bytes)
 
-    async def _dispatch(self, request: web.Request, params: dict[str, str], body: "_Body",
-                        query_id: str) -> tuple[str, web.StreamResponse]:
+    async def _dispatch(
+        self, request: web.Request, params: dict[str, str], body: "_Body", query_id: str
+    ) -> tuple[str, web.StreamResponse]:
         settings: dict[str, str] = {}
         qparams: dict[str, str] = {}
         for key, value in params.items():
@@ -207,9 +275,12 @@ class ClickHouseHTTP:
                 settings[key] = value
         for flag in ("compress", "decompress"):
             if params.get(flag, "0") not in ("0", "", "false"):
-                raise StoreError("NOT_IMPLEMENTED", f"The '{flag}=1' parameter (ClickHouse's internal block "
-                                 "compression) is not supported by the embedded store; use HTTP compression "
-                                 "(Content-Encoding / Accept-Encoding with enable_http_compression=1)")
+                raise StoreError(
+                    "NOT_IMPLEMENTED",
+                    f"The '{flag}=1' parameter (ClickHouse's internal block "
+                    "compression) is not supported by the embedded store; use HTTP compression "
+                    "(Content-Encoding / Accept-Encoding with enable_http_compression=1)",
+                )
         database = params.get("database") or "default"
         session_id = params.get("session_id") or None
         session_timeout = self._session_timeout(params)
@@ -223,7 +294,7 @@ class ClickHouseHTTP:
             head = sql.parse_insert_head(qtext)
             if head is not None:
                 qbytes = qtext.encode()
-                first = qbytes[len(qtext[:head.data_offset].encode()):]
+                first = qbytes[len(qtext[: head.data_offset].encode()) :]
                 text = qtext
             else:
                 with self._receiving_body():
@@ -235,10 +306,13 @@ class ClickHouseHTTP:
             latin = prefix.decode("latin-1")
             head = sql.parse_insert_head(latin)
             if head is not None:
-                first = prefix[head.data_offset:]
-                head = sql.InsertHead(head.target.encode("latin-1").decode("utf-8", "replace"),
-                                      head.settings.encode("latin-1").decode("utf-8", "replace"),
-                                      head.fmt, head.data_offset)
+                first = prefix[head.data_offset :]
+                head = sql.InsertHead(
+                    head.target.encode("latin-1").decode("utf-8", "replace"),
+                    head.settings.encode("latin-1").decode("utf-8", "replace"),
+                    head.fmt,
+                    head.data_offset,
+                )
                 text = head.target
             else:
                 with self._receiving_body():
@@ -255,14 +329,23 @@ class ClickHouseHTTP:
                     size = await body.spool(first, f)
                 log.debug("spooled insert batch", extra={"bytes": size})
                 req = Request(sql="", params=qparams, settings=settings, database=database)
-                outcome = await self.engine.insert(head.target, head.fmt, path, head.settings, req, session_id,
-                                                   session_timeout, session_check)
+                outcome = await self.engine.insert(
+                    head.target,
+                    head.fmt,
+                    path,
+                    head.settings,
+                    req,
+                    session_id,
+                    session_timeout,
+                    session_check,
+                )
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             self.inserted_rows.inc(outcome.written_rows)
-            return "insert", await self._respond(request, params, outcome.body, None, outcome.summary(), query_id,
-                                                 settings)
+            return "insert", await self._respond(
+                request, params, outcome.body, None, outcome.summary(), query_id, settings
+            )
 
         stripped = text.strip()
         if not stripped:
@@ -272,28 +355,57 @@ class ClickHouseHTTP:
         except sql.LexError:
             count = 1
         if count > 1:
-            raise StoreError("SYNTAX_ERROR", "Syntax error (Multi-statements are not allowed): failed at end of "
-                             "query")
+            raise StoreError(
+                "SYNTAX_ERROR", "Syntax error (Multi-statements are not allowed): failed at end of query"
+            )
         keyword = sql.first_keyword(stripped)
         if read_only and keyword not in sql.READ_ONLY_KINDS:
             raise self._readonly(request)
         explicit = sql.output_format(stripped)
         fmt = explicit or params.get("default_format") or "TabSeparated"
         result_format = fmt if (explicit or keyword in RESULT_KINDS) else None
-        req = Request(sql=sql.strip_trailing_semicolons(stripped), fmt=fmt, params=qparams, settings=settings,
-                      database=database)
-        if (result_format is not None and keyword != "INSERT" and fmt.lower() in STREAMABLE_FORMATS
-                and params.get("wait_end_of_query", "0") in ("0", "", "false")):
-            return "query", await self._stream(request, params, req, result_format, session_id, session_timeout,
-                                               session_check, query_id, settings)
+        req = Request(
+            sql=sql.strip_trailing_semicolons(stripped),
+            fmt=fmt,
+            params=qparams,
+            settings=settings,
+            database=database,
+        )
+        if (
+            result_format is not None
+            and keyword != "INSERT"
+            and fmt.lower() in STREAMABLE_FORMATS
+            and params.get("wait_end_of_query", "0") in ("0", "", "false")
+        ):
+            return "query", await self._stream(
+                request,
+                params,
+                req,
+                result_format,
+                session_id,
+                session_timeout,
+                session_check,
+                query_id,
+                settings,
+            )
         outcome = await self.engine.execute(req, session_id, session_timeout, session_check)
         kind = "insert" if keyword == "INSERT" else ("query" if result_format else "command")
-        return kind, await self._respond(request, params, outcome.body, result_format, outcome.summary(), query_id,
-                                   settings)
+        return kind, await self._respond(
+            request, params, outcome.body, result_format, outcome.summary(), query_id, settings
+        )
 
-    async def _stream(self, request: web.Request, params: dict[str, str], req: Request, result_format: str,
-                      session_id: str | None, session_timeout: float, session_check: bool, query_id: str,
-                      settings: dict[str, str]) -> web.StreamResponse:
+    async def _stream(
+        self,
+        request: web.Request,
+        params: dict[str, str],
+        req: Request,
+        result_format: str,
+        session_id: str | None,
+        session_timeout: float,
+        session_check: bool,
+        query_id: str,
+        settings: dict[str, str],
+    ) -> web.StreamResponse:
         """Send a result as the engine produces it (chunked), as a server does without wait_end_of_query.
 
         Errors before the first chunk get a normal error response; an error after it is written into the
@@ -308,9 +420,18 @@ class ClickHouseHTTP:
             tag = uuid.uuid4().hex[:16]
             headers["X-ClickHouse-Exception-Tag"] = tag
             headers["X-ClickHouse-Summary"] = json.dumps(
-                {"read_rows": str(stream.rows), "read_bytes": str(stream.bytes), "written_rows": "0",
-                 "written_bytes": "0", "total_rows_to_read": "0", "result_rows": "0", "result_bytes": "0",
-                 "elapsed_ns": "0"}, separators=(",", ":"))
+                {
+                    "read_rows": str(stream.rows),
+                    "read_bytes": str(stream.bytes),
+                    "written_rows": "0",
+                    "written_bytes": "0",
+                    "total_rows_to_read": "0",
+                    "result_rows": "0",
+                    "result_bytes": "0",
+                    "elapsed_ns": "0",
+                },
+                separators=(",", ":"),
+            )
             encoding = None
             if params.get("enable_http_compression") in ("1", "true"):
                 encoding = codec.choose_response_encoding(request.headers.get("Accept-Encoding", ""))
@@ -350,15 +471,22 @@ class ClickHouseHTTP:
         except ValueError:
             raise StoreError("INVALID_SESSION_TIMEOUT", f"Invalid session timeout: '{raw}'") from None
         if value > self.config.max_session_timeout:
-            raise StoreError("INVALID_SESSION_TIMEOUT", f"Session timeout '{raw}' is larger than "
-                             f"max_session_timeout: {self.config.max_session_timeout:g}. Maximum session timeout "
-                             "could be modified in configuration file.")
+            raise StoreError(
+                "INVALID_SESSION_TIMEOUT",
+                f"Session timeout '{raw}' is larger than "
+                f"max_session_timeout: {self.config.max_session_timeout:g}. Maximum session timeout "
+                "could be modified in configuration file.",
+            )
         return value
 
     @staticmethod
     def _readonly(request: web.Request) -> StoreError:
-        hint = (" For queries over HTTP, method GET implies readonly. You should use method POST for modifying "
-                "queries") if request.method in ("GET", "HEAD") else ""
+        hint = ""
+        if request.method in ("GET", "HEAD"):
+            hint = (
+                " For queries over HTTP, method GET implies readonly. "
+                "You should use method POST for modifying queries"
+            )
         return StoreError("READONLY", "Cannot execute query in readonly mode." + hint)
 
     def _headers(self, query_id: str, settings: dict[str, str]) -> dict[str, str]:
@@ -368,8 +496,16 @@ class ClickHouseHTTP:
             "X-ClickHouse-Timezone": settings.get("session_timezone") or self.engine.timezone,
         }
 
-    async def _respond(self, request: web.Request, params: dict[str, str], body: bytes, result_format: str | None,
-                 summary: dict[str, str], query_id: str, settings: dict[str, str]) -> web.StreamResponse:
+    async def _respond(
+        self,
+        request: web.Request,
+        params: dict[str, str],
+        body: bytes,
+        result_format: str | None,
+        summary: dict[str, str],
+        query_id: str,
+        settings: dict[str, str],
+    ) -> web.StreamResponse:
         headers = self._headers(query_id, settings)
         headers["X-ClickHouse-Summary"] = json.dumps(summary, separators=(",", ":"))
         if result_format:
@@ -425,8 +561,9 @@ class _Body:
             if out:
                 self._total += len(out)
                 if self._limit and self._total > self._limit:
-                    raise StoreError("QUERY_IS_TOO_LARGE", f"Request body is larger than max_body_bytes "
-                                     f"({self._limit})")
+                    raise StoreError(
+                        "QUERY_IS_TOO_LARGE", f"Request body is larger than max_body_bytes ({self._limit})"
+                    )
                 return out
 
     async def read_prefix(self, n: int) -> bytes:
@@ -447,7 +584,9 @@ class _Body:
                 break
             self._buffer += chunk
             if len(self._buffer) > limit:
-                raise StoreError("QUERY_IS_TOO_LARGE", f"Query is too large ({len(self._buffer)} bytes > {limit})")
+                raise StoreError(
+                    "QUERY_IS_TOO_LARGE", f"Query is too large ({len(self._buffer)} bytes > {limit})"
+                )
         out = bytes(self._buffer)
         self._buffer.clear()
         return out

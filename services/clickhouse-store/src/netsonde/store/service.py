@@ -7,7 +7,6 @@ import logging
 from typing import Any
 
 from aiohttp import web
-
 from netsonde.common.service import Service
 
 from .config import StoreConfig
@@ -25,29 +24,45 @@ class StoreService(Service):
     def __init__(self, config: StoreConfig) -> None:
         super().__init__(config)
         self.config: StoreConfig = config
-        self.engine = Engine(config.data_dir, config.query_connections, config.insert_connections,
-                             config.max_sessions, config.tmp_dir or None)
+        self.engine = Engine(
+            config.data_dir,
+            config.query_connections,
+            config.insert_connections,
+            config.max_sessions,
+            config.tmp_dir or None,
+        )
         self.port = 0
         self._runner: web.AppRunner | None = None
         self.handler: ClickHouseHTTP | None = None
         self._site: web.TCPSite | None = None
         self.metrics.gauge("sessions", "Open HTTP sessions").set_function(lambda: len(self.engine.sessions))
         self.metrics.gauge("inflight_statements", "Statements running in the engine").set_function(
-            lambda: self.engine.inflight)
+            lambda: self.engine.inflight
+        )
 
     async def on_start(self) -> None:
         await self.engine.start()
         handler = self.handler = ClickHouseHTTP(self.engine, self.config, self.metrics)
-        self._runner = web.AppRunner(handler.app(), access_log=None, handle_signals=False, auto_decompress=False,
-                                     shutdown_timeout=self.config.shutdown_grace)
+        self._runner = web.AppRunner(
+            handler.app(),
+            access_log=None,
+            handle_signals=False,
+            auto_decompress=False,
+            shutdown_timeout=self.config.shutdown_grace,
+        )
         await self._runner.setup()
         site = self._site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.spawn(self._expire_sessions(), "expire-sessions")
-        log.info("ClickHouse HTTP interface listening",
-                 extra={"url": f"http://{self.config.host}:{self.port}", "data_dir": self.config.data_dir,
-                        "engine": self.engine.version})
+        log.info(
+            "ClickHouse HTTP interface listening",
+            extra={
+                "url": f"http://{self.config.host}:{self.port}",
+                "data_dir": self.config.data_dir,
+                "engine": self.engine.version,
+            },
+        )
 
     async def _expire_sessions(self) -> None:
         while True:
@@ -68,5 +83,9 @@ class StoreService(Service):
         await self.engine.close(self.config.shutdown_grace)
 
     def health(self) -> dict[str, Any]:
-        return {"port": self.port, "engine": self.engine.version, "sessions": len(self.engine.sessions),
-                "inflight": self.engine.inflight}
+        return {
+            "port": self.port,
+            "engine": self.engine.version,
+            "sessions": len(self.engine.sessions),
+            "inflight": self.engine.inflight,
+        }

@@ -14,7 +14,9 @@ from typing import Iterator
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _NUMBER = re.compile(r"[0-9][0-9A-Za-z_.]*")
 
-READ_ONLY_KINDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "(", "VALUES"})
+READ_ONLY_KINDS = frozenset(
+    {"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "(", "VALUES"}
+)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def tokens(text: str, start: int = 0) -> Iterator[Token]:
                         continue
                     break
                 j += 1
-            yield Token("quoted", text[i:j + 1], i, j + 1)
+            yield Token("quoted", text[i : j + 1], i, j + 1)
             i = j + 1
         else:
             m = _WORD.match(text, i)
@@ -130,8 +132,8 @@ def parse_insert_head(text: str) -> InsertHead | None:
                 if j < len(text) and text[j] == "\n":
                     j += 1
                 head_end = settings_at if settings_at >= 0 else tok.start
-                settings = text[settings_at + len("SETTINGS"):tok.start].strip() if settings_at >= 0 else ""
-                return InsertHead(text[first.start:head_end].strip(), settings, fmt_tok.text, j)
+                settings = text[settings_at + len("SETTINGS") : tok.start].strip() if settings_at >= 0 else ""
+                return InsertHead(text[first.start : head_end].strip(), settings, fmt_tok.text, j)
     except (StopIteration, LexError):
         return None
     return None
@@ -159,7 +161,7 @@ def output_format(text: str) -> str | None:
         tok, name = top[i], top[i + 1]
         if tok.kind != "word" or tok.text.upper() != "FORMAT" or name.kind != "word":
             continue
-        rest = top[i + 2:]
+        rest = top[i + 2 :]
         if not rest or (rest[0].kind == "word" and rest[0].text.upper() == "SETTINGS"):
             found = name.text
     return found
@@ -186,7 +188,7 @@ def strip_trailing_semicolons(text: str) -> str:
 
 
 def _unquote(tok: Token) -> str:
-    if tok.kind == "quoted" and tok.text[0] in "`\"":
+    if tok.kind == "quoted" and tok.text[0] in '`"':
         q = tok.text[0]
         return tok.text[1:-1].replace(q + q, q).replace("\\" + q, q).replace("\\\\", "\\")
     return tok.text
