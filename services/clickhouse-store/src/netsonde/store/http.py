@@ -124,8 +124,8 @@ class ClickHouseHTTP:
         self._receiving: set[asyncio.Task[object]] = set()
 
     def abort_receiving(self) -> int:
-        """Cancel the requests still receiving their body (on shutdown: they have written nothing yet);
-        requests already running in the engine are left to finish."""
+        """On shutdown, cancel the requests still receiving their body (they have written nothing yet) and
+        the results being streamed; statements running to completion in the engine are left to finish."""
         tasks = list(self._receiving)
         for task in tasks:
             task.cancel()
@@ -446,9 +446,10 @@ class ClickHouseHTTP:
             response.enable_chunked_encoding()
             await response.prepare(request)
             try:
-                while chunk is not None:
-                    await response.write(encoder.feed(chunk))
-                    chunk = await stream.next()
+                with self._receiving_body():  # a result being streamed is dropped on shutdown too
+                    while chunk is not None:
+                        await response.write(encoder.feed(chunk))
+                        chunk = await stream.next()
             except StoreError as exc:
                 self.failures.labels(exc.name).inc()
                 text = exc.body().rstrip("\n")
