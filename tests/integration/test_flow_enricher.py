@@ -206,3 +206,50 @@ async def test_clickhouse_outage_loses_nothing(nats_url: str, unique: str, nc: A
         await svc.stop()
         store.keep = False
         store.stop()
+
+
+async def test_lookup_follows_graph_builder(nats_url: str, clickhouse_url: str, unique: str, nc: Any,
+                                            drop_db: Any) -> None:
+    """With graph_feed on, the enricher's lookup follows a real graph-builder (snapshot, then events): flows
+    are enriched with nodes a probe announced, and a node the probe no longer reports stops resolving."""
+    from netsonde.graph_builder.config import GraphBuilderConfig
+    from netsonde.graph_builder.service import GraphBuilderService
+
+    cfg = config(nats_url, clickhouse_url, unique, graph_feed=True)
+    subjects = Subjects(cfg.subject_prefix)
+    builder = GraphBuilderService(GraphBuilderConfig.load(env={}, nats_url=nats_url, subject_prefix=cfg.subject_prefix,
+                                                          host_id="test", history=False))
+    await builder.start()
+    await builder.nc.flush()  # its subscriptions are registered before the probe publishes
+
+    def probe_full(seq: int, nodes: dict[str, dict[str, Any]]) -> bytes:
+        return msgpack.packb({"v": 1, "host": "h1", "kind": "full", "boot": "b1", "seq": seq, "ts": 0,
+                              "nodes": [{"ID": k, "Metadata": v} for k, v in nodes.items()], "edges": []})
+
+    nodes = {"host-h1": {"Name": "h1", "Type": "host", "TID": "tid-host"},
+             "node-a": {"Name": "vA", "Type": "veth", "TID": "tid-a", "MAC": "02:00:00:00:00:0a",
+                        "IPV4": ["10.0.0.1/24"]},
+             "node-b": {"Name": "vB", "Type": "veth", "TID": "tid-b", "MAC": "02:00:00:00:00:0b",
+                        "IPV4": ["10.0.0.2/24"]}}
+    await nc.publish(subjects.topology("h1"), probe_full(0, nodes))
+    assert await wait_for(lambda: len(builder.builder.graph.nodes) == 3, 10)
+    svc = FlowEnricherService(cfg)
+    await svc.start()
+    js = nc.jetstream()
+    try:
+        assert await wait_for(lambda: svc.lookup.node_for_tid("tid-a") == "node-a", 15), svc.health()
+        await js.publish(subjects.flows("h1"), encode(make_batch(0, 5)))
+        assert await wait_for(lambda: svc.stored_flows == 5, 30)
+        assert count(clickhouse_url, cfg.clickhouse_database,
+                     "SELECT count() FROM flows FINAL WHERE NodeID = 'node-a' AND BNodeID = 'node-b'") == 5
+        del nodes["node-b"]
+        await nc.publish(subjects.topology("h1"), probe_full(1, nodes))
+        assert await wait_for(lambda: svc.lookup.node_for_mac("02:00:00:00:00:0b") == "", 10)
+        await js.publish(subjects.flows("h1"), encode(make_batch(1, 5)))
+        assert await wait_for(lambda: svc.stored_flows == 10, 30)
+        assert count(clickhouse_url, cfg.clickhouse_database,
+                     "SELECT count() FROM flows FINAL WHERE NodeID = 'node-a' AND BNodeID = ''") == 5
+        assert svc.health()["graph_synced"] is True
+    finally:
+        await svc.stop()
+        await builder.stop()
