@@ -269,3 +269,17 @@ def test_crafted_encapsulations_injected_into_a_veth(pair):
     assert [f.Network.A for f in fl if f.ParentUUID == mpls.UUID] == ["10.1.1.1"]
     vlan = by_path["Ethernet/Dot1Q/IPv4/ICMPv4"]
     assert vlan.Link.ID == 123 and vlan.Metric.ABPackets == 2
+
+
+def test_ndpi_on_live_capture(pair):
+    topo, a, ia, b, ib = pair
+    pcap = "/work/shared/testdata/eth-ip4-arp-dns-req-http-google.pcap"
+    cap = AfPacketCapture(ib, FlowTable("n", ndpi=True), netns_path=topo.path(b), bpf="ip", snaplen=1600)
+    cap.start()
+    try:
+        sh(f"ip netns exec {a} tcpreplay -q -i {ia} --pps 1000 {pcap}")
+        _wait_packets(cap, 56)
+    finally:
+        cap.stop()
+    apps = sorted(f.Application for f in _flows(cap))
+    assert apps == ["DNS.Google", "DNS.Google", "HTTP.Google", "HTTP.Google"]

@@ -102,3 +102,16 @@ def test_not_a_pcap_is_rejected(tmp_path):
     path.write_bytes(b"hello world, not a capture")
     with pytest.raises(PcapError, match="not a pcap"):
         flows_from_pcap(path)
+
+
+def test_ndpi_application_names():
+    from netsonde.flow.dpi import available
+    assert available(), "nDPI (the nfstream wheel's engine) is not installed"
+    flows = flows_from_pcap(PCAP, ndpi=True)
+    apps = sorted(f.Application for f in flows)
+    assert apps == ["ARP", "ARP", "DNS.Google", "DNS.Google", "HTTP.Google", "HTTP.Google"]
+    dns = [f for f in flows if f.Application == "DNS.Google"][0]
+    assert dns.Extra["NDPI"] == {"Protocol": "DNS.Google", "Category": "Network"}
+    # the counts do not change with DPI on
+    plain = {f.TrackingID: f.Metric for f in flows_from_pcap(PCAP)}
+    assert {f.TrackingID: f.Metric for f in flows} == plain

@@ -68,7 +68,7 @@ class Segment:
     __slots__ = ("layers", "mac_src", "mac_dst", "vlan", "net_proto", "ip_src", "ip_dst", "net_id",
                  "tr_proto", "sport", "dport", "tr_id", "tunnel", "icmp_type", "icmp_code", "icmp_id",
                  "icmp_raw_type", "tcp_flags", "ttl", "fragment", "frag_error", "length", "ip_proto",
-                 "app_port", "ndpi", "ip_id")
+                 "app_port", "ndpi", "ip_id", "ip_off")
 
     def __init__(self) -> None:
         self.layers: list[str] = []
@@ -94,6 +94,7 @@ class Segment:
         self.app_port = 0
         self.ndpi = ""
         self.ip_id = -1
+        self.ip_off = -1
 
     @property
     def layers_path(self) -> str:
@@ -205,6 +206,7 @@ def _ipv4(b: bytes, off: int, seg: Segment, segs: list[Segment]) -> None:
     frag = (b[off + 6] << 8) | b[off + 7]
     seg.ttl = b[off + 8]
     proto = b[off + 9]
+    seg.ip_off = off
     seg.layers.append("IPv4")
     seg.net_proto = "IPV4"
     seg.ip_src = b[off + 12:off + 16]
@@ -236,6 +238,7 @@ def _ipv6(b: bytes, off: int, seg: Segment, segs: list[Segment]) -> None:
     plen = (b[off + 4] << 8) | b[off + 5]
     nh = b[off + 6]
     seg.ttl = b[off + 7]
+    seg.ip_off = off
     seg.layers.append("IPv6")
     seg.net_proto = "IPV6"
     seg.ip_src = b[off + 8:off + 24]

@@ -148,15 +148,17 @@ def feed_pcap(table: FlowTable, src: str | Path | BinaryIO | bytes) -> int:
 
 def flows_from_pcap(path: str | Path | BinaryIO | bytes, node_tid: str = "", capture_id: str = "",
                     layer_key_mode: str = "L2", extra_tcp_metric: bool = False,
-                    table: FlowTable | None = None) -> list[Flow]:
-    """Every flow of a pcap file, in its final state (the whole file is one update window)."""
-    t = table if table is not None else FlowTable(node_tid, capture_id, layer_key_mode, extra_tcp_metric)
+                    table: FlowTable | None = None, ndpi: bool = False) -> list[Flow]:
+    """Every flow of a pcap file, in its final state (the whole file is one update window). With `ndpi`,
+    Application is nDPI's protocol name (e.g. `DNS.Google`) and Extra["NDPI"] holds protocol and category."""
+    t = table if table is not None else FlowTable(node_tid, capture_id, layer_key_mode, extra_tcp_metric,
+                                                  ndpi=ndpi)
     feed_pcap(t, path)
     return t.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m netsonde.flow.pcap FILE [--node-tid T] [--layer-key-mode L2|L3]`: flows as JSON lines."""
+    """`python -m netsonde.flow.pcap FILE [--node-tid T] [--layer-key-mode L2|L3] [--ndpi]`: flows as JSON lines."""
     import argparse
     import sys
 
@@ -166,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("file")
     ap.add_argument("--node-tid", default="pcap")
     ap.add_argument("--layer-key-mode", default="L2", choices=["L2", "L3"])
+    ap.add_argument("--ndpi", action="store_true", help="nDPI application names (e.g. DNS.Google)")
     args = ap.parse_args(argv)
     try:
-        flows = flows_from_pcap(args.file, node_tid=args.node_tid, layer_key_mode=args.layer_key_mode)
+        flows = flows_from_pcap(args.file, node_tid=args.node_tid, layer_key_mode=args.layer_key_mode,
+                                ndpi=args.ndpi)
     except (PcapError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

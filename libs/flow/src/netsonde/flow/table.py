@@ -68,7 +68,7 @@ class FlowState:
                  "mac_a", "mac_b", "vlan", "net_proto", "ip_a", "ip_b", "net_id", "tr_proto", "port_a",
                  "port_b", "tr_id", "tunnel", "icmp_type", "icmp_code", "icmp_id", "ab_p", "ab_b", "ba_p",
                  "ba_b", "start", "last", "rtt", "rtt_t0", "sent", "tcp", "frags", "frag_err", "finish",
-                 "touched", "raw", "raw_count", "fastkeys", "sampling")
+                 "touched", "raw", "raw_count", "fastkeys", "sampling", "dpi")
 
     def __init__(self) -> None:
         self.ab_p = self.ab_b = self.ba_p = self.ba_b = 0
@@ -83,6 +83,8 @@ class FlowState:
         self.raw_count = 0
         self.fastkeys: list[bytes] | None = None
         self.sampling = 0
+        self.dpi: tuple[str, str] | None = None
+        """(application, category) once nDPI decided; None while undecided or without DPI."""
 
     def is_ab(self, seg: Segment) -> bool:
         if self.net_proto and self.ip_a != self.ip_b:
@@ -98,7 +100,7 @@ class FlowTable:
     def __init__(self, node_tid: str, capture_id: str = "", layer_key_mode: str = "L2",
                  extra_tcp_metric: bool = False, *, expire_ms: int = 600_000, finished_hold_ms: int = 5_000,
                  max_entries: int = 500_000, raw_packet_limit: int = 0,
-                 app_timeouts_ms: dict[str, int] | None = None) -> None:
+                 app_timeouts_ms: dict[str, int] | None = None, ndpi: bool = False) -> None:
         if layer_key_mode not in ("L2", "L3"):
             raise ValueError(f"layer_key_mode must be L2 or L3, not {layer_key_mode!r}")
         self.node_tid = node_tid
@@ -110,6 +112,10 @@ class FlowTable:
         self.max_entries = max_entries
         self.raw_packet_limit = raw_packet_limit
         self.app_timeouts_ms = DEFAULT_APP_TIMEOUTS_MS if app_timeouts_ms is None else app_timeouts_ms
+        self._dpi = None
+        if ndpi:  # deep packet inspection needs payloads: every packet takes the per-frame path
+            from .dpi import Classifier
+            self._dpi = Classifier()
         self.flows: dict[tuple[int, str], FlowState] = {}
         self.stats = TableStats()
         self._fast: dict[bytes, tuple[FlowState, bool]] = {}
@@ -149,7 +155,7 @@ class FlowTable:
 
     def process_frames(self, frames: list[tuple[bytes, int, int]]) -> None:
         """The batch hot path: account (frame, ts_ns, wire_len) tuples (pcap replay, libpcap captures)."""
-        if self._acc is None or self.raw_packet_limit:  # raw packets are kept by the per-frame path
+        if self._acc is None or self.raw_packet_limit or self._dpi is not None:  # per-frame path needed
             self.process_frames_reference(frames)
             return
         fresh, slow, _ = self._acc.fold_frames(frames)
@@ -231,7 +237,7 @@ class FlowTable:
         extension header) are counted in C against a per-header key ("fastkey"); Python only builds the
         flow the first time a fastkey appears and collects the counters at each `updates()`. Other packets
         go through the full decoder, in timestamp order with the new fastkeys."""
-        if self._acc is None or self.raw_packet_limit:  # raw packets are kept by the per-frame path
+        if self._acc is None or self.raw_packet_limit or self._dpi is not None:  # per-frame path needed
             slow = _walk_block(block)
             self._process_slow(slow)
             return len(slow)
@@ -356,6 +362,8 @@ class FlowTable:
                     self._frag_owner[(seg.ip_src, seg.ip_dst, seg.ip_id)] = fs
             if self.raw_packet_limit and i == 0:
                 self._keep_raw(fs, frame, ts_ms)
+            if self._dpi is not None and fs.dpi is None and seg.ip_off >= 0 and i == len(segs) - 1:
+                self._inspect(fs, seg, frame, ts_ms)
             parent = fs.uuid
         if segs:
             stats.packets += 1
@@ -411,6 +419,15 @@ class FlowTable:
                 tcp[4 + o] = ms
             if flags & RST and not tcp[6 + o]:
                 tcp[6 + o] = ms
+
+    def _inspect(self, fs: FlowState, seg: Segment, frame: bytes, ts_ms: int) -> None:
+        assert self._dpi is not None
+        r = self._dpi.feed(fs.key, frame[seg.ip_off:], ts_ms, fs.is_ab(seg), 4 if seg.net_proto == "IPV4" else 6,
+                           seg.ip_proto, seg.sport, seg.dport, seg.length)
+        if r is not None:
+            fs.dpi = r
+            if r[0] != "Unknown":
+                fs.application = r[0]
 
     def _keep_raw(self, fs: FlowState, frame: bytes, ts_ms: int) -> None:
         lim = self.raw_packet_limit
@@ -534,6 +551,9 @@ class FlowTable:
         now = max((fs.last for fs in self.flows.values()), default=0)
         start = self._last_update_ms
         out = [self._to_flow(fs, start, max(now, start)) for fs in self.flows.values()]
+        if self._dpi is not None:
+            for key in self.flows:
+                self._dpi.forget(key)
         self.flows.clear()
         self._fast.clear()
         self._agg.clear()
@@ -544,6 +564,8 @@ class FlowTable:
 
     def _remove(self, key: tuple[int, str]) -> None:
         fs = self.flows.pop(key)
+        if self._dpi is not None:
+            self._dpi.forget(key)
         if fs.fastkeys:
             for fk in fs.fastkeys:
                 self._fast.pop(fk, None)
@@ -590,7 +612,8 @@ class FlowTable:
                     Start=fs.start, Last=fs.last, Metric=metric, LastUpdateMetric=lum, Link=link, Network=net,
                     Transport=tr, ICMP=icmp, TCPMetric=tcpm, IPMetric=ipm, ParentUUID=fs.parent_uuid,
                     CaptureID=self.capture_id, FinishType=fs.finish, RawPacketsCaptured=fs.raw_count,
-                    LastRawPackets=raw, SamplingRate=fs.sampling)
+                    LastRawPackets=raw, SamplingRate=fs.sampling,
+                    Extra={"NDPI": {"Protocol": fs.dpi[0], "Category": fs.dpi[1]}} if fs.dpi else {})
         if consume:
             fs.sent = (fs.ab_p, fs.ab_b, fs.ba_p, fs.ba_b)
             fs.touched = False

@@ -155,8 +155,13 @@ class CaptureController:
     def _start(self, key: tuple[str, str], cap: Capture, node: dict[str, Any]) -> None:
         md = node.get("Metadata", {})
         tid = md.get("TID") or str(node.get("ID", ""))
-        table = FlowTable(tid, cap.UUID, cap.LayerKeyMode or "L2", cap.ExtraTCPMetric, expire_ms=self.expire_ms,
-                          max_entries=self.max_entries, raw_packet_limit=cap.RawPacketLimit)
+        try:
+            table = FlowTable(tid, cap.UUID, cap.LayerKeyMode or "L2", cap.ExtraTCPMetric, expire_ms=self.expire_ms,
+                              max_entries=self.max_entries, raw_packet_limit=cap.RawPacketLimit, ndpi=cap.NDPI)
+        except (RuntimeError, ValueError) as e:  # bad LayerKeyMode, nDPI unavailable
+            self.errors[key] = str(e)
+            self._status(cap, node, "error", error=str(e))
+            return
         cls = CAPTURE_TYPES[cap.Type or "afpacket"]
         kw: dict[str, Any] = {}
         if cls.kind == "afpacket":

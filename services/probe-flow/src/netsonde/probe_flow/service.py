@@ -230,7 +230,11 @@ class ProbeFlowService(Service):
     async def _http_pcap(self, request: web.Request) -> web.Response:
         body = await request.read()
         node_tid = request.query.get("node_tid", "pcap")
-        table = FlowTable(node_tid, request.query.get("capture_id", ""), request.query.get("layer_key_mode", "L2"))
+        try:
+            table = FlowTable(node_tid, request.query.get("capture_id", ""), request.query.get("layer_key_mode", "L2"),
+                              ndpi=request.query.get("ndpi", "") in ("1", "true"))
+        except (RuntimeError, ValueError) as e:
+            return web.json_response({"error": str(e)}, status=400)
         try:
             packets = await asyncio.to_thread(feed_pcap, table, body)
         except PcapError as e:
