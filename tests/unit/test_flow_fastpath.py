@@ -195,3 +195,14 @@ def test_ring_block_vlan_metadata_is_put_back():
     t.process_block(blk)
     fl = t.updates(1)
     assert [(x.LayersPath, x.Link.ID, x.Metric.ABBytes) for x in fl] == [("Ethernet/Dot1Q/IPv4/UDP", 42, len(f) + 4)]
+
+
+def test_stateless_fold_feeds_process_aggregates():
+    """`_fastpath.fold_frames` (no state) folds a batch into the aggregates `process_aggregates` takes."""
+    frames = [f for f in _mix(500, seed=4) if len(f[0]) >= 14]
+    aggs, slow, n = table_mod._fastpath.fold_frames(frames)
+    assert n == len(frames) and sum(a[2] for a in aggs) + len(slow) == len(frames)
+    assert len(aggs) < len(frames) - len(slow)  # packets of the same headers were folded
+    t = FlowTable("n")
+    t.process_aggregates(aggs)
+    assert t.stats.packets == sum(a[2] for a in aggs)

@@ -2,9 +2,10 @@
 
 One `FlowTable` per capture per interface. Frames go in through `process_frame` (one Ethernet frame, the
 reference path, also used for sFlow samples and pcap import), `process_block` / `process_frames` (the hot
-path: a whole TPACKET_V3 block or a list of frames counted in C, see `_fastpath.c`) or `process_aggregates`
-(packets the caller already folded per header, e.g. sFlow samples). `updates(now_ms)` returns the flows touched since the previous call with
-`LastUpdateMetric` = delta, plus the flows that expired; `flush()` empties the table.
+path: a whole TPACKET_V3 block or a list of frames counted in C, see `_fastpath.c`) or
+`process_aggregates` (packets the caller already folded per header, e.g. sFlow samples). `updates(now_ms)`
+returns the flows touched since the previous call with `LastUpdateMetric` = delta, plus the flows that
+expired; `flush()` empties the table.
 
 Keys follow Skydive (`flow/flow.go`, `flow/hash.go`): xxHash64 over the network pair, the transport pair (for
 a tunnel's UDP: the VNI and destination port only), ICMP type/code/id -> L3 key; then the MACs and VLANs ->
@@ -257,7 +258,6 @@ class FlowTable:
             return
         i = j = 0
         na, ns = len(fresh), len(slow)
-        pf = self.process_frame
         while i < na or j < ns:
             if j >= ns or (i < na and fresh[i][2] <= slow[j][1]):
                 self._fast_new(*fresh[i])
