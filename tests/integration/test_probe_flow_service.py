@@ -128,3 +128,38 @@ def _inject(ifname: str, netns: str) -> int:
     from netsonde.flow.inject import inject_packets
     return inject_packets(ifname, netns, "10.88.0.1", "10.88.0.2", type="icmp4", count=3, interval_ms=50,
                           icmp_id=777)
+
+
+async def test_injection_over_nats_reaches_a_capture(probe: ProbeFlowService, nats_url: str, unique: str):
+    """query-api's way in: a msgpack PacketInjection on Subjects.packet_inject(host), Src chosen by a query."""
+    from netsonde.flow.capture import AfPacketCapture
+    from netsonde.flow.table import FlowTable
+    topo = Topo(unique)
+    try:
+        a, b = topo.ns("a"), topo.ns("b")
+        ia, ib = f"va{topo.u}", f"vb{topo.u}"
+        topo.veth(a, ia, b, ib)
+        sh(f"ip -n {a} addr add 10.89.0.1/24 dev {ia} && ip -n {b} addr add 10.89.0.2/24 dev {ib}")
+        src = {"ID": "src", "Host": probe.cfg.host_id,
+               "Metadata": {"Name": ia, "Type": "veth", "NetNsPath": topo.path(a), "Host": probe.cfg.host_id}}
+        probe.select_nodes = lambda q: [src] if "src" in q else []  # type: ignore[method-assign]
+        cap = AfPacketCapture(ib, FlowTable("dst"), netns_path=topo.path(b), bpf="udp")
+        cap.start()
+        nc = await nats.connect(nats_url)
+        subject = Subjects(probe.cfg.subject_prefix).packet_inject(probe.cfg.host_id)
+        req = {"Src": "G.V().Has('ID', 'src')", "SrcIP": "10.89.0.1", "DstIP": "10.89.0.2", "Type": "udp4",
+               "Count": 4, "Interval": 10, "SrcPort": 4444, "DstPort": 5555, "Size": 200}
+        rep = msgpack.unpackb((await nc.request(subject, msgpack.packb(req), timeout=10)).data)
+        assert rep == {"sent": 4}
+        bad = msgpack.unpackb((await nc.request(subject, msgpack.packb({**req, "Src": "G.V().Has('ID', 'x')"}),
+                                                timeout=10)).data)
+        assert "selects no node" in bad["error"]
+        await nc.close()
+        assert await wait_for(lambda: cap.packets_received >= 4, 5)
+        cap.stop()
+        with cap.lock:
+            flows = cap.table.updates(int(time.time() * 1000))
+        assert [(f.Transport.A, f.Transport.B, f.Metric.ABPackets, f.Metric.ABBytes) for f in flows] == \
+            [(4444, 5555, 4, 800)]
+    finally:
+        topo.close()

@@ -9,6 +9,8 @@
 - Capture state changes and, every 10 s, counters go out as `CaptureStatus` on `Subjects.capture_status`.
 - HTTP (next to /healthz and /metrics): `POST /pcap` (a pcap file in the body -> flows published),
   `POST /injectpacket` (Skydive's PacketInjection fields, plus `Ifname`/`NetNsPath` or a `Src` query).
+  The same injection is served by request/reply on `Subjects.packet_inject(host)` (msgpack map in and out),
+  so query-api can forward `/api/injectpacket` to the probe of the host that owns the `Src` node.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import time
 from typing import Any
 
+import msgpack
 from aiohttp import web
 
 from netsonde.common import natsconn
@@ -80,6 +83,7 @@ class ProbeFlowService(Service):
             self.replica.listeners.append(lambda events: self._reconcile_now.set())
             await self.replica.start(wait=False)
             self.engine = GremlinEngine(self.replica.graph)
+        await self.nc.subscribe(self.subjects.packet_inject(self.cfg.host_id), cb=self._nats_inject)
         self.spawn(self._watch_captures(), "watch-captures")
         self.spawn(self._reconciler(), "reconcile")
         self.spawn(self._publisher(), "publish")
@@ -249,18 +253,33 @@ class ProbeFlowService(Service):
             req = await request.json()
         except ValueError:
             return web.json_response({"error": "body must be a JSON PacketInjection"}, status=400)
+        res = await self.inject(req if isinstance(req, dict) else {})
+        return web.json_response(res, status=400 if "error" in res else 200)
+
+    async def _nats_inject(self, msg: Any) -> None:
+        try:
+            req = msgpack.unpackb(msg.data)
+        except Exception:
+            req = None
+        res = await self.inject(req) if isinstance(req, dict) else {"error": "request must be a msgpack map"}
+        with contextlib.suppress(Exception):
+            await msg.respond(msgpack.packb(res))
+
+    async def inject(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Run one PacketInjection (Skydive's fields, plus `Ifname`/`NetNsPath` or a `Src` query selecting a
+        node of this host); returns {"sent": n} or {"error": reason}."""
         ifname, netns = req.get("Ifname", ""), req.get("NetNsPath")
         if not ifname and req.get("Src"):
             try:
                 nodes = [n for n in self.select_nodes(req["Src"])
                          if (n.get("Host") or n["Metadata"].get("Host")) == self.cfg.host_id]
             except QueryError as e:
-                return web.json_response({"error": str(e)}, status=400)
+                return {"error": str(e)}
             if not nodes:
-                return web.json_response({"error": f"Src {req['Src']!r} selects no node on this host"}, status=400)
+                return {"error": f"Src {req['Src']!r} selects no node on this host"}
             ifname, netns = nodes[0]["Metadata"].get("Name", ""), node_netns(nodes[0])
         if not ifname:
-            return web.json_response({"error": "Ifname or Src is required"}, status=400)
+            return {"error": "Ifname or Src is required"}
         try:
             sent = await asyncio.to_thread(
                 inject_packets, ifname, netns, req.get("SrcIP", ""), req.get("DstIP", ""),
@@ -271,6 +290,6 @@ class ProbeFlowService(Service):
                 dst_port=int(req.get("DstPort", 0) or 0), payload=req.get("Payload", ""),
                 ttl=int(req.get("TTL", 64) or 64), mode=req.get("Mode", "unique"),
                 increment_payload=int(req.get("IncrementPayload", 0) or 0))
-        except InjectionError as e:
-            return web.json_response({"error": str(e)}, status=400)
-        return web.json_response({"sent": sent})
+        except (InjectionError, ValueError, TypeError) as e:
+            return {"error": str(e)}
+        return {"sent": sent}

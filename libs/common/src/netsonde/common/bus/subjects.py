@@ -71,6 +71,10 @@ class Subjects:
         """CaptureStatus from probes: which capture runs on which node, and its counters."""
         return f"{self.prefix}.captures.status"
 
+    def packet_inject(self, host: str) -> str:
+        """Request/reply to the probe-flow of `host`: msgpack PacketInjection fields -> {"sent"} or {"error"}."""
+        return f"{self.prefix}.inject.{_token(host)}"
+
 
 def _token(value: str) -> str:
     """Make a value safe as one subject token ('.' '*' '>' and spaces are not allowed)."""
