@@ -353,19 +353,87 @@ static PyObject *py_scan(PyObject *self, PyObject *args) {
     return res;
 }
 
-/* recv_scan(fd, agg, max_datagrams) -> list of (sender, reason|None, flow_samples, counter_samples, agent,
- * sub_agent, sequence, data|None): reads up to max_datagrams from a non-blocking UDP socket with recvmmsg (64 per
- * system call, no Python object per datagram until the result tuple), scans and aggregates each datagram like
- * scan(). `sender` is the packed source address (4 or 16 bytes); `data` is the datagram only when it carries
- * counter samples (decoded in Python). Stops at EAGAIN. */
+/* recv_scan(fd, agg, max_datagrams, seqs) -> (received, groups, bad, counters)
+ *
+ * Reads up to max_datagrams from a non-blocking UDP socket with recvmmsg (64 per system call, into a reusable
+ * buffer), scans and aggregates each datagram like scan(), and keeps the per-datagram bookkeeping in C:
+ * - groups: [sender, datagrams, flow_samples, counter_samples, lost] per run of consecutive valid datagrams
+ *   from one (sender, agent, sub-agent); `lost` counts gaps in the agent's sequence numbers, continuing from
+ *   seqs[(sender, agent, sub_agent)] (a dict the caller keeps; updated here) with the rule of
+ *   SFlowCollector._account: a gap of 1..999,999 is loss; the last sequence moves forward, or back after a
+ *   jump of more than 1,000,000 (agent restart), and a reordered datagram is no loss.
+ * - bad: (sender, reason) per malformed datagram;  counters: (sender, datagram) per datagram with counter
+ *   samples (decoded in Python).
+ * `sender` is the packed source address (4 or 16 bytes). Stops at EAGAIN. */
 #define BATCH 64
 #define DGRAM_MAX 65536
+#define MAX_SEQ_KEYS 10000
 static uint8_t *rbufs = NULL;
+
+typedef struct {
+    char sender[16];
+    Py_ssize_t sender_len;
+    char agent[16];
+    Py_ssize_t agent_len;
+    uint32_t sub;
+    int active;
+    long long last; /* -1: none */
+    int had_last;
+    unsigned long datagrams, flow, counter;
+    long long lost;
+} group_t;
+
+static PyObject *seq_key(const group_t *g) {
+    return Py_BuildValue("(y#y#I)", g->sender, g->sender_len, g->agent, g->agent_len, g->sub);
+}
+
+static int group_flush(group_t *g, PyObject *groups, PyObject *seqs) {
+    if (!g->active) return 0;
+    g->active = 0;
+    PyObject *row = Py_BuildValue("[y#kkkL]", g->sender, g->sender_len, g->datagrams, g->flow, g->counter, g->lost);
+    if (!row || PyList_Append(groups, row) < 0) { Py_XDECREF(row); return -1; }
+    Py_DECREF(row);
+    if (g->last < 0) return 0;
+    PyObject *k = seq_key(g);
+    if (!k) return -1;
+    if (!g->had_last && PyDict_Size(seqs) >= MAX_SEQ_KEYS) PyDict_Clear(seqs);
+    PyObject *v = PyLong_FromLongLong(g->last);
+    int rc = v ? PyDict_SetItem(seqs, k, v) : -1;
+    Py_XDECREF(v);
+    Py_DECREF(k);
+    return rc;
+}
+
+static int group_start(group_t *g, PyObject *seqs, const char *sb, Py_ssize_t sl, const uint8_t *agent,
+                       Py_ssize_t al, uint32_t sub) {
+    memcpy(g->sender, sb, (size_t)sl);
+    g->sender_len = sl;
+    memcpy(g->agent, agent, (size_t)al);
+    g->agent_len = al;
+    g->sub = sub;
+    g->active = 1;
+    g->datagrams = g->flow = g->counter = 0;
+    g->lost = 0;
+    g->last = -1;
+    g->had_last = 0;
+    PyObject *k = seq_key(g);
+    if (!k) return -1;
+    PyObject *v = PyDict_GetItemWithError(seqs, k);
+    Py_DECREF(k);
+    if (v) {
+        g->last = PyLong_AsLongLong(v);
+        if (g->last == -1 && PyErr_Occurred()) return -1;
+        g->had_last = 1;
+    } else if (PyErr_Occurred()) {
+        return -1;
+    }
+    return 0;
+}
 
 static PyObject *py_recv_scan(PyObject *self, PyObject *args) {
     int fd, maxd;
-    PyObject *agg;
-    if (!PyArg_ParseTuple(args, "iO!i", &fd, &PyDict_Type, &agg, &maxd)) return NULL;
+    PyObject *agg, *seqs;
+    if (!PyArg_ParseTuple(args, "iO!iO!", &fd, &PyDict_Type, &agg, &maxd, &PyDict_Type, &seqs)) return NULL;
     if (!rbufs) {
         rbufs = PyMem_RawMalloc((size_t)BATCH * DGRAM_MAX);
         if (!rbufs) return PyErr_NoMemory();
@@ -373,9 +441,11 @@ static PyObject *py_recv_scan(PyObject *self, PyObject *args) {
     struct mmsghdr msgs[BATCH];
     struct iovec iov[BATCH];
     struct sockaddr_storage addrs[BATCH];
-    PyObject *out = PyList_New(0);
-    if (!out) return NULL;
+    PyObject *groups = PyList_New(0), *bad = PyList_New(0), *counters = PyList_New(0);
+    group_t g;
+    g.active = 0;
     int total = 0;
+    if (!groups || !bad || !counters) goto fail;
     while (total < maxd) {
         int want = maxd - total < BATCH ? maxd - total : BATCH;
         memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)want);
@@ -391,8 +461,8 @@ static PyObject *py_recv_scan(PyObject *self, PyObject *args) {
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK || total > 0) break;
-            Py_DECREF(out);
-            return PyErr_SetFromErrno(PyExc_OSError);
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto fail;
         }
         for (int i = 0; i < n; i++) {
             const uint8_t *b = rbufs + (size_t)i * DGRAM_MAX;
@@ -410,34 +480,49 @@ static PyObject *py_recv_scan(PyObject *self, PyObject *args) {
             int pyerr = 0;
             const char *e = walk(b, len, NULL, &w, &pyerr);
             if (!e) e = walk(b, len, agg, &w, &pyerr);
-            if (pyerr) { Py_DECREF(out); return NULL; }
-            PyObject *t;
+            if (pyerr) goto fail;
             if (e) {
-                t = Py_BuildValue("(y#sIIy#IIO)", sb, sl, e, 0, 0, "", (Py_ssize_t)0, 0, 0, Py_None);
-            } else {
-                Py_ssize_t so = w.agent_off + w.agent_len;
-                uint32_t sub = rd32(b + so), seq = rd32(b + so + 4);
-                if (w.counter_samples) {
-                    t = Py_BuildValue("(y#OIIy#IIy#)", sb, sl, Py_None, w.flow_samples, w.counter_samples,
-                                      (const char *)(b + w.agent_off), w.agent_len, sub, seq, (const char *)b, len);
-                } else {
-                    t = Py_BuildValue("(y#OIIy#IIO)", sb, sl, Py_None, w.flow_samples, w.counter_samples,
-                                      (const char *)(b + w.agent_off), w.agent_len, sub, seq, Py_None);
-                }
+                PyObject *t = Py_BuildValue("(y#s)", sb, sl, e);
+                if (!t || PyList_Append(bad, t) < 0) { Py_XDECREF(t); goto fail; }
+                Py_DECREF(t);
+                continue;
             }
-            if (!t || PyList_Append(out, t) < 0) { Py_XDECREF(t); Py_DECREF(out); return NULL; }
-            Py_DECREF(t);
+            const uint8_t *agent = b + w.agent_off;
+            Py_ssize_t so = w.agent_off + w.agent_len;
+            uint32_t sub = rd32(b + so), seq = rd32(b + so + 4);
+            if (!g.active || g.sender_len != sl || memcmp(g.sender, sb, (size_t)sl) || g.agent_len != w.agent_len ||
+                memcmp(g.agent, agent, (size_t)w.agent_len) || g.sub != sub) {
+                if (group_flush(&g, groups, seqs) < 0 || group_start(&g, seqs, sb, sl, agent, w.agent_len, sub) < 0)
+                    goto fail;
+            }
+            long long s = seq;
+            if (g.last >= 0 && s - g.last - 1 > 0 && s - g.last - 1 < 1000000) g.lost += s - g.last - 1;
+            if (g.last < 0 || s > g.last || g.last - s > 1000000) g.last = s;
+            g.datagrams++;
+            g.flow += w.flow_samples;
+            g.counter += w.counter_samples;
+            if (w.counter_samples) {
+                PyObject *t = Py_BuildValue("(y#y#)", sb, sl, (const char *)b, len);
+                if (!t || PyList_Append(counters, t) < 0) { Py_XDECREF(t); goto fail; }
+                Py_DECREF(t);
+            }
         }
         total += n;
         if (n < want) break;
     }
-    return out;
+    if (group_flush(&g, groups, seqs) < 0) goto fail;
+    return Py_BuildValue("(iNNN)", total, groups, bad, counters);
+fail:
+    Py_XDECREF(groups);
+    Py_XDECREF(bad);
+    Py_XDECREF(counters);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
     {"recv_scan", py_recv_scan, METH_VARARGS,
-     "recv_scan(fd, agg, max_datagrams) -> [(sender, reason|None, flow_samples, counter_samples, agent, sub_agent,\n"
-     "sequence, data|None)]: recvmmsg + scan + aggregate, up to max_datagrams, until the socket is empty."},
+     "recv_scan(fd, agg, max_datagrams, seqs) -> (received, groups, bad, counters): recvmmsg + scan + aggregate,\n"
+     "up to max_datagrams, until the socket is empty (see the comment in _fastsflow.c)."},
     {"scan", py_scan, METH_VARARGS,
      "scan(data, agg=None) -> (reason|None, flow_samples, counter_samples, agent_bytes)\n"
      "Validate an sFlow v5 datagram; when valid and agg is a dict, aggregate its flow samples into it."},

@@ -101,8 +101,10 @@ class SFlowCollector:
         self._counter_state: dict[tuple[str, int], tuple[dict[str, int], int]] = {}
         self._counters: list[InterfaceMetrics] = []
         self._once = OnceLogger(log)
-        self._seqs: dict[tuple[str, bytes, int], int] = {}
+        self._seqs: dict[tuple[bytes, bytes, int], int] = {}
+        """(packed sender, packed agent, sub-agent) -> last sequence number (shared with the C path)."""
         self._senders: dict[bytes, str] = {}
+        self._packed_senders: dict[str, bytes] = {}
         self.unresolved = 0
         """Flow-sample aggregates whose (agent, ifIndex) resolved to no port."""
 
@@ -119,22 +121,43 @@ class SFlowCollector:
         return self._account(sender, reason, nflow, ncounter, agent, sub, seq, data, ts_ms)
 
     def feed_socket(self, fd: int, ts_ms: int, max_datagrams: int = 512) -> int:
-        """Read up to `max_datagrams` waiting on a non-blocking UDP socket (recvmmsg in C) and take them all;
-        returns how many were read. Only with the C extension (`recv_available`)."""
-        senders = self._senders
-        account = self._account
-        items = _recv_scan(fd, self._agg, max_datagrams)
-        for sender_b, reason, nflow, ncounter, agent, sub, seq, data in items:
-            sender = senders.get(sender_b)
-            if sender is None:
-                sender = _sender_text(sender_b)
-                if len(senders) < MAX_SENDERS:
-                    senders[sender_b] = sender
-            account(sender, reason, nflow, ncounter, agent, sub, seq, data, ts_ms)
-        return len(items)
+        """Read up to `max_datagrams` waiting on a non-blocking UDP socket and take them all; returns how many
+        were read. recvmmsg, scanning and the per-datagram bookkeeping (counts, sequence gaps) run in C; Python
+        only sees one row per run of datagrams from one agent, plus bad and counter-carrying datagrams.
+        Only with the C extension (`recv_available`)."""
+        received, groups, bad, counters = _recv_scan(fd, self._agg, max_datagrams, self._seqs)
+        for sender_b, datagrams, nflow, ncounter, lost in groups:
+            st = self._stats_for(self._sender(sender_b))
+            st.datagrams += datagrams
+            st.flow_samples += nflow
+            st.counter_samples += ncounter
+            st.lost += lost
+        for sender_b, reason in bad:
+            self._bad(self._sender(sender_b), reason)
+        for _sender_b, data in counters:
+            self._take_counters(data, ts_ms)
+        return int(received)
 
-    def _account(self, sender: str, reason: str | None, nflow: int, ncounter: int, agent: bytes, sub: int,
-                 seq: int, data: bytes | None, ts_ms: int) -> bool:
+    def _sender(self, raw: bytes) -> str:
+        sender = self._senders.get(raw)
+        if sender is None:
+            sender = _sender_text(raw)
+            if len(self._senders) < MAX_SENDERS:
+                self._senders[raw] = sender
+        return sender
+
+    def _packed(self, sender: str) -> bytes:
+        raw = self._packed_senders.get(sender)
+        if raw is None:
+            try:
+                raw = ipaddress.ip_address(sender).packed
+            except ValueError:
+                raw = sender.encode()
+            if len(self._packed_senders) < MAX_SENDERS:
+                self._packed_senders[sender] = raw
+        return raw
+
+    def _stats_for(self, sender: str) -> AgentStats:
         st = self.stats.get(sender)
         if st is None:
             if len(self.stats) >= MAX_SENDERS:  # spoofed sources must not grow memory without bound
@@ -142,14 +165,24 @@ class SFlowCollector:
                 st = self.stats.get(sender)
             if st is None:
                 st = self.stats[sender] = AgentStats()
+        return st
+
+    def _bad(self, sender: str, reason: str) -> None:
+        st = self._stats_for(sender)
         st.datagrams += 1
+        st.errors[reason] = st.errors.get(reason, 0) + 1
+        self._once.warning(f"sflow-{reason}", f"dropped a malformed sFlow datagram from {sender}: {reason}",
+                           sender=sender, reason=reason)
+
+    def _account(self, sender: str, reason: str | None, nflow: int, ncounter: int, agent: bytes, sub: int,
+                 seq: int, data: bytes | None, ts_ms: int) -> bool:
         if reason is not None:
-            st.errors[reason] = st.errors.get(reason, 0) + 1
-            self._once.warning(f"sflow-{reason}", f"dropped a malformed sFlow datagram from {sender}: {reason}",
-                               sender=sender, reason=reason)
+            self._bad(sender, reason)
             return False
+        st = self._stats_for(sender)
+        st.datagrams += 1
         st.flow_samples += nflow
-        key = (sender, agent, sub)
+        key = (self._packed(sender), agent, sub)  # the same keys as the C path (recv_scan)
         last = self._seqs.get(key)
         if last is not None and 0 < seq - last - 1 < 1_000_000:  # a gap; a restart or reordering is no loss
             st.lost += seq - last - 1
