@@ -325,9 +325,13 @@ class ClickHouseHTTP:
                 raise self._readonly(request)
             path = self.engine.spool_path()
             try:
+                t_spool = time.perf_counter()
                 with open(path, "wb") as f, self._receiving_body():
                     size = await body.spool(first, f)
-                log.debug("spooled insert batch", extra={"bytes": size})
+                t_engine = time.perf_counter()
+                log.debug(
+                    "spooled insert batch", extra={"bytes": size, "seconds": round(t_engine - t_spool, 4)}
+                )
                 req = Request(sql="", params=qparams, settings=settings, database=database)
                 outcome = await self.engine.insert(
                     head.target,
@@ -342,6 +346,10 @@ class ClickHouseHTTP:
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+            log.debug(
+                "inserted batch",
+                extra={"rows": outcome.written_rows, "seconds": round(time.perf_counter() - t_engine, 4)},
+            )
             self.inserted_rows.inc(outcome.written_rows)
             return "insert", await self._respond(
                 request, params, outcome.body, None, outcome.summary(), query_id, settings
