@@ -151,3 +151,30 @@ def test_c_and_python_paths_agree() -> None:
         dict(msgspec.to_builtins(flow("tid-a", "x", "y", "1.1.1.1", "2.2.2.2")), Link={"Protocol": "E", "A": 1, "B": 2})]})
     mixed = pipeline.process([msgs[0], weird], lk, fast=True)
     assert mixed.rows == 3 and mixed.native and mixed.columns is not None and mixed.columns.rows == 1
+
+
+def test_c_path_is_safe_from_several_threads() -> None:
+    """The C path calls back into Python for ambiguous keys (pick), where another thread may enter it: each
+    call must still get its own, correct result."""
+    import threading
+
+    lk = EndpointLookup()
+    lk.load(graph())
+    msgs = [encode(FlowUpdateBatch(host="h1", batch_id=f"b{i}", ts=i, flows=[
+        flow("tid-lo1" if i % 2 else "tid-lo2", None, None, "127.0.0.1", "127.0.0.1") for _ in range(50)]))
+        for i in range(40)]
+    expected = pipeline.process(msgs, lk, fast=True)
+    results: list[pipeline.Processed] = []
+
+    def work() -> None:
+        for _ in range(20):
+            results.append(pipeline.process(msgs, lk, fast=True))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 60
+    for r in results:
+        assert r.native == expected.native and r.enriched == expected.enriched and r.rows == 2000

@@ -324,6 +324,7 @@ static PyObject *block(const col_t *cols, colbuf_t *bufs, int n, size_t rows) {
  * process() never releases the GIL, so calls from several threads are serialized. */
 static tables_t *shared_tables = NULL;
 static size_t shared_uses = 0;
+static int shared_busy = 0;
 
 static void tables_reset(tables_t *t) {
     for (int i = 0; i < NFLOWCOLS; i++) { t->f[i].data.len = t->f[i].keys.len = t->f[i].vals.len = 0; t->f[i].total = 0; }
@@ -715,9 +716,12 @@ static PyObject *process(PyObject *self, PyObject *args) {
     PyObject *seq = PySequence_Fast(messages, "messages must be a sequence of bytes");
     if (!seq) return NULL;
     Py_ssize_t nm = PySequence_Fast_GET_SIZE(seq);
-    if (!shared_tables) shared_tables = calloc(1, sizeof(tables_t));
-    tables_t *t = shared_tables;
+    /* pick() is Python: while it runs another thread may enter process(); it then gets private buffers */
+    int own = shared_busy;
+    if (!own && !shared_tables) shared_tables = calloc(1, sizeof(tables_t));
+    tables_t *t = own ? calloc(1, sizeof(tables_t)) : shared_tables;
     if (t) tables_reset(t);
+    if (!own) shared_busy = 1;
     mark_t *mk = malloc(sizeof(mark_t));
     PyObject *enriched = PyList_New(nm), *errors = PyList_New(0), *tss = PyList_New(nm), *res = NULL;
     long unresolved = 0;
@@ -770,8 +774,12 @@ static PyObject *process(PyObject *self, PyObject *args) {
     }
 done:
     Py_XDECREF(L.last_nid); Py_XDECREF(L.last_host);
-    /* give the memory back now and then (after a burst of huge flushes, say) */
-    if (t && ++shared_uses % 256 == 0) { tables_free(t); tables_reset(t); }
+    if (own) { if (t) { tables_free(t); free(t); } }
+    else {
+        shared_busy = 0;
+        /* give the memory back now and then (after a burst of huge flushes, say) */
+        if (t && ++shared_uses % 256 == 0) { tables_free(t); tables_reset(t); }
+    }
     free(mk);
     Py_XDECREF(enriched); Py_XDECREF(errors); Py_XDECREF(tss);
     Py_DECREF(seq);

@@ -21,7 +21,7 @@ class FlowEnricherConfig(BaseConfig):
     """Use the C hot path (`_fastflow`) when it is built; off: the reference Python path (msgspec)."""
     insert_interval_s: float = 0.5
     """Longest time a fetched update waits before its insert (bounds the end-to-end lag when idle)."""
-    inserts_in_flight: int = 1
+    inserts_in_flight: int = 2
     """Inserts running while the next batch is fetched and built (each holds its messages unacked)."""
     ack_wait_s: float = 60.0
     """JetStream redelivers a message not acked within this time (to any replica)."""
