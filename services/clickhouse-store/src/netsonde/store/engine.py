@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STAGING_DB = "_netsonde_store"
+SELF_DESCRIBING_FORMATS = {
+    "native": "Native",
+    "arrow": "Arrow",
+    "arrowstream": "ArrowStream",
+    "parquet": "Parquet",
+}
 _SETTING_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 # Squash the whole batch into one block per partition before writing anything.
 ATOMIC_INSERT_SETTINGS = {
@@ -325,16 +331,19 @@ class Conn:
                 spec.stages.pop(key, None)
 
     def _single_partition(self, spec: InsertSpec, partition_key: str) -> bool:
-        """Whether a Native batch (its column names and types are in the data) falls in one partition of the
-        target: the partition key evaluated over the spooled file. Anything uncertain answers False."""
-        if spec.fmt.lower() != "native" or not spec.path:
+        """Whether a batch in a self-describing format (column names and types in the data: Native, Arrow,
+        Parquet) falls in one partition of the target: the partition key evaluated over the spooled file.
+        Anything uncertain answers False."""
+        fmt = SELF_DESCRIBING_FORMATS.get(spec.fmt.lower())
+        if fmt is None or not spec.path:
             return False
         try:
             rows = self._rows(
-                f"SELECT uniqExact(tuple({partition_key})) FROM file({quote_string(spec.path)}, 'Native')"
+                f"SELECT uniqExact(tuple({partition_key})) FROM file({quote_string(spec.path)}, '{fmt}')"
             )
-        except StoreError:
-            return False  # e.g. the batch lacks a column the key needs (it takes its default)
+        except StoreError as exc:  # e.g. the batch lacks a column the key needs (it takes its default)
+            log.debug("partition check of a batch failed; staging it", extra={"error": exc.message[:200]})
+            return False
         return bool(rows) and rows[0][0] in ("0", "1")
 
     def _drop_stage(self, stage_table: str) -> None:
