@@ -47,6 +47,7 @@ class GraphReplica:
             await asyncio.wait_for(self.synced.wait(), self.snapshot_timeout * 3)
 
     async def stop(self) -> None:
+        self._stopped = True  # a cancel swallowed by a failing unsubscribe must not keep the loop alive
         if self._resync_task is not None:
             self._resync_task.cancel()
         if self._sub is not None:
@@ -57,7 +58,7 @@ class GraphReplica:
 
     async def _resnapshot_loop(self) -> None:
         """Load a snapshot now, then again whenever `synced` is cleared (gap or new epoch)."""
-        while True:
+        while not getattr(self, "_stopped", False):
             if not self.synced.is_set():
                 try:
                     await self._load_snapshot()
