@@ -1,7 +1,7 @@
 """Flow capture: Netsonde's probe (AF_PACKET TPACKET_V3 + C fast path + flow table) next to tcpdump,
 softflowd, pmacctd and nfstream, all capturing the same traffic on one veth.
 
-Method (as in /work/shared/baselines.md): two namespaces joined by a veth pair; 60-byte UDP frames over 1000
+Method (as in the project's peer baselines): two namespaces joined by a veth pair; 60-byte UDP frames over 1000
 flows whose destination MAC is not the receiver's (its kernel drops them right after the capture taps).
 tcpreplay sends from the first namespace pinned to CPU0; each tool runs alone in the receiving namespace
 pinned to CPU1. Tool CPU = se.sum_exec_runtime of every thread of the tool's process tree over the traffic

@@ -1,6 +1,6 @@
 """sFlow: datagrams and samples decoded per CPU-second, Netsonde's collector vs pmacct's sfacctd.
 
-The real OVS corpus (`/work/shared/testdata/sflow-ovs-corpus.bin.gz`, 10,000 datagrams, 63,126 flow samples;
+The real OVS corpus (`tests/data/sflow-ovs-corpus.bin.gz`, 10,000 datagrams, 63,126 flow samples;
 the test slice in `tests/data/` in small mode) is replayed over loopback by a Python sender pinned to CPU0,
 at fixed rates and flat out. Each tool runs pinned to CPU1:
 
@@ -37,7 +37,7 @@ from netsonde.common.testing import free_port, start_nats
 from .result import Result
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = Path("/work/shared/testdata/sflow-ovs-corpus.bin.gz")
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "sflow-ovs-corpus.bin.gz"
 SLICE = ROOT / "tests" / "data" / "sflow-ovs-slice.bin.gz"
 
 

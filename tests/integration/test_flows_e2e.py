@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -112,5 +113,25 @@ def test_capture_ping_flows_hops_and_history(nats_url: str, clickhouse_url: str,
         # after the ping: the stored flow through a time context
         past = gremlin(api, f"G.Context(NOW, 300).Flows().Has('Network.A','{n['ipa']}').Dedup().Count()")
         assert past == 1
+
+        # Skydive's packet injector: 3 ICMP echoes with a known id, from va to vb, through the API
+        body = json.dumps({"Src": f"G.V().Has('Name','{n['va']}')", "Dst": f"G.V().Has('Name','{n['vb']}')",
+                           "Type": "icmp4", "Count": 3, "Interval": 50, "ICMPID": 4242}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{api}/api/injectpacket", data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert json.loads(r.read())["Sent"] == 3
+        injected = f"G.Flows().Has('ICMP.ID', 4242).Has('NodeTID', '{flows[0]['NodeTID']}')"
+        wait_until(lambda: [f for f in gremlin(api, injected) or [] if f["Metric"]["ABPackets"] == 3], 30,
+                   "the injected packets as a flow")
+
+        # pcap import through the CLI: the file's flows land in the same store
+        pcap = str(Path(__file__).resolve().parents[1] / "data" / "eth-ip4-arp-dns-req-http-google.pcap")
+        out = subprocess.run([sys.executable, "-m", "netsonde.cli", "client", "--analyzer", f"127.0.0.1:{api}",
+                              "pcap", pcap, "--node-tid", "pcap-import"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        imported = json.loads(out.stdout)["Flows"]
+        assert imported >= 3
+        wait_until(lambda: gremlin(api, "G.Context(NOW, FOREVER).Flows().Has('NodeTID','pcap-import').Count()")
+                   == imported, 30, "the imported flows")
     finally:
         procs.stop()

@@ -273,7 +273,7 @@ def test_crafted_encapsulations_injected_into_a_veth(pair):
 
 def test_ndpi_on_live_capture(pair):
     topo, a, ia, b, ib = pair
-    pcap = "/work/shared/testdata/eth-ip4-arp-dns-req-http-google.pcap"
+    pcap = str(Path(__file__).resolve().parents[1] / "data" / "eth-ip4-arp-dns-req-http-google.pcap")
     cap = AfPacketCapture(ib, FlowTable("n", ndpi=True), netns_path=topo.path(b), bpf="ip", snaplen=1600)
     cap.start()
     try:

@@ -19,7 +19,7 @@ from netsonde.probe_flow.config import ProbeFlowConfig
 from netsonde.probe_flow.service import ProbeFlowService
 from tests.integration.test_probe_flow_capture import Topo, sh
 
-PCAP = Path("/work/shared/testdata/eth-ip4-arp-dns-req-http-google.pcap")
+PCAP = Path(__file__).resolve().parents[1] / "data" / "eth-ip4-arp-dns-req-http-google.pcap"
 
 
 @pytest.fixture

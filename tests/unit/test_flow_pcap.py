@@ -11,7 +11,7 @@ from scapy.utils import PcapNgWriter
 
 from netsonde.flow.pcap import PcapError, flows_from_pcap, read_pcap
 
-PCAP = Path("/work/shared/testdata/eth-ip4-arp-dns-req-http-google.pcap")
+PCAP = Path(__file__).resolve().parents[1] / "data" / "eth-ip4-arp-dns-req-http-google.pcap"
 
 
 def tshark_conversations(path: Path, proto: str) -> dict[tuple, tuple[int, int]]:

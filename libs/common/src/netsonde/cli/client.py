@@ -46,6 +46,8 @@ def add_parser(sub: Any) -> None:
     pcap = csub.add_parser("pcap", help="turn a pcap file into flows (stored like captured ones)")
     pcap.add_argument("file")
     pcap.add_argument("--node-tid", default="", help="NodeTID to give the flows")
+    pcap.add_argument("--keep-time", action="store_true",
+                      help="keep the file's timestamps (default: replayed now, inside the retention window)")
 
 
 def _url(args: argparse.Namespace, path: str) -> str:
@@ -101,7 +103,7 @@ def _run(args: argparse.Namespace, http: httpx.Client) -> int:
     if cmd == "pcap":
         with open(args.file, "rb") as f:
             resp = http.post(_url(args, "/api/pcap"), content=f.read(),
-                             params={"NodeTID": args.node_tid} if args.node_tid else None,
+                             params={"NodeTID": args.node_tid, "KeepTime": "1" if args.keep_time else ""},
                              headers={"Content-Type": "application/vnd.tcpdump.pcap"})
         return _show(resp)
     return 2

@@ -126,11 +126,19 @@ def _pcapng(f: BinaryIO, magic: bytes) -> Iterator[tuple[int, int, int, bytes]]:
             yield lt, 0, orig, body[4:4 + min(orig, len(body) - 8)]
 
 
-def feed_pcap(table: FlowTable, src: str | Path | BinaryIO | bytes) -> int:
-    """Run every packet of a pcap through `table`; returns the number of packets read."""
+def feed_pcap(table: FlowTable, src: str | Path | BinaryIO | bytes, replay_at_ns: int | None = None) -> int:
+    """Run every packet of a pcap through `table`; returns the number of packets read.
+
+    With `replay_at_ns`, packet times are shifted so the file's first packet is at that instant (as if the
+    file were replayed then, keeping the gaps between packets): stored flows then fall inside the retention
+    window instead of years in the past."""
     n = 0
+    offset: int | None = None if replay_at_ns is not None else 0
     for lt, ts_ns, orig, data in read_pcap(src):
         n += 1
+        if offset is None:
+            offset = replay_at_ns - ts_ns  # type: ignore[operator]
+        ts_ns += offset
         ts_ms = ts_ns // 1_000_000
         if lt == LINKTYPE_ETHERNET:
             table.process_frame(data, ts_ms, orig, 1, ts_ns)
@@ -148,12 +156,13 @@ def feed_pcap(table: FlowTable, src: str | Path | BinaryIO | bytes) -> int:
 
 def flows_from_pcap(path: str | Path | BinaryIO | bytes, node_tid: str = "", capture_id: str = "",
                     layer_key_mode: str = "L2", extra_tcp_metric: bool = False,
-                    table: FlowTable | None = None, ndpi: bool = False) -> list[Flow]:
+                    table: FlowTable | None = None, ndpi: bool = False,
+                    replay_at_ns: int | None = None) -> list[Flow]:
     """Every flow of a pcap file, in its final state (the whole file is one update window). With `ndpi`,
     Application is nDPI's protocol name (e.g. `DNS.Google`) and Extra["NDPI"] holds protocol and category."""
     t = table if table is not None else FlowTable(node_tid, capture_id, layer_key_mode, extra_tcp_metric,
                                                   ndpi=ndpi)
-    feed_pcap(t, path)
+    feed_pcap(t, path, replay_at_ns)
     return t.flush()
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgpack
 from aiohttp import web
 
 import netsonde.gremlin as gremlin
@@ -50,6 +51,45 @@ class Routes:
         r.add_get("/ws/subscriber/flow", self.ws_flow)
         r.add_get("/", self.ui)
         r.add_post("/api/pcap", self.pcap_import)
+        r.add_post("/api/injectpacket", self.inject_packet)
+
+    async def inject_packet(self, request: web.Request) -> web.Response:
+        """Skydive's PacketInjection: `Src` (and optionally `Dst`) are Gremlin queries selecting nodes; the
+        probe-flow of the Src node's host sends the packets (`Count`, `Interval` ms, `Size`, `ICMPID` ...).
+        SrcIP/DstIP/DstMAC default to the addresses of the selected nodes."""
+        try:
+            req = await request.json()
+        except ValueError:
+            return _error(400, "body must be a JSON PacketInjection")
+        if not isinstance(req, dict) or not req.get("Src"):
+            return _error(400, "Src (a Gremlin query selecting the interface to send from) is required")
+        try:
+            src = await self.svc.run_query(req["Src"])
+            dst = await self.svc.run_query(req["Dst"]) if req.get("Dst") else []
+        except gremlin.GremlinError as exc:
+            return _error(400, f"Src/Dst: {exc}")
+        if not isinstance(src, list) or not src or "Metadata" not in src[0]:
+            return _error(400, f"Src {req['Src']!r} selects no node")
+        node = src[0]
+        if not req.get("SrcIP") and node["Metadata"].get("IPV4"):
+            req["SrcIP"] = node["Metadata"]["IPV4"][0].split("/")[0]
+        if dst and isinstance(dst, list) and "Metadata" in dst[0]:
+            meta = dst[0]["Metadata"]
+            if not req.get("DstIP") and meta.get("IPV4"):
+                req["DstIP"] = meta["IPV4"][0].split("/")[0]
+            if not req.get("DstMAC") and meta.get("MAC"):
+                req["DstMAC"] = meta["MAC"]
+        req["Src"] = f"G.V('{node['ID']}')"
+        req.pop("Dst", None)
+        try:
+            reply = await self.svc.nc.request(self.svc.subjects.packet_inject(node["Host"]), msgpack.packb(req),
+                                              timeout=max(10.0, req.get("Count", 1) * req.get("Interval", 0) / 1000 + 10))
+        except Exception as exc:  # no probe-flow on that host, or it did not answer
+            return _error(503, f"no probe-flow answered for host {node['Host']!r}: {exc!r}")
+        result = msgpack.unpackb(reply.data)
+        if "error" in result:
+            return _error(400, result["error"])
+        return _json({"Sent": result.get("sent", 0), "Host": node["Host"], "Node": node["ID"]})
 
     async def pcap_import(self, request: web.Request) -> web.Response:
         """Upload a pcap (or pcapng) file: its packets go through the flow table of probe-flow and the resulting
@@ -58,7 +98,8 @@ class Routes:
         if not data:
             return _error(400, "empty body: POST the pcap file")
         try:
-            count = await self.svc.import_pcap(data, request.query.get("NodeTID", ""))
+            count = await self.svc.import_pcap(data, request.query.get("NodeTID", ""),
+                                               request.query.get("KeepTime", "") in ("1", "true"))
         except ValueError as exc:
             return _error(400, f"not a pcap file: {exc}")
         return _json({"Flows": count})
@@ -183,15 +224,11 @@ class Routes:
 
 
 def _check_bpf(expr: str) -> str:
-    """Compile the filter as the kernel will get it (libpcap via tcpdump -d); '' when valid."""
-    import shutil
-    import subprocess
+    """Compile the filter with libpcap, as the probes will; '' when valid, else libpcap's message."""
+    from netsonde.flow.capture import BPFError, compile_bpf
 
-    tcpdump = shutil.which("tcpdump") or "/usr/bin/tcpdump"
     try:
-        proc = subprocess.run([tcpdump, "-d", "-y", "EN10MB", expr], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot compile ({exc})"
-    if proc.returncode != 0:
-        return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "invalid filter"
+        compile_bpf(expr)
+    except BPFError as exc:
+        return str(exc)
     return ""

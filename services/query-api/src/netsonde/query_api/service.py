@@ -88,8 +88,10 @@ class QueryApiService(Service):
             return
         self.hub.on_flows(msgspec.to_builtins(batch.flows))
 
-    async def import_pcap(self, data: bytes, node_tid: str) -> int:
-        """Flows of a pcap file, published on the flow stream in batches; returns how many flows."""
+    async def import_pcap(self, data: bytes, node_tid: str, keep_time: bool = False) -> int:
+        """Flows of a pcap file, published on the flow stream in batches; returns how many flows.
+        Unless `keep_time`, the file is treated as replayed now (see `feed_pcap`), so its flows are not
+        dropped by the retention TTL."""
         import uuid
 
         from netsonde.common.bus import encode
@@ -97,7 +99,9 @@ class QueryApiService(Service):
         from netsonde.common.bus.streams import ensure_flow_stream
         from netsonde.flow.pcap import flows_from_pcap
 
-        flows = await asyncio.to_thread(flows_from_pcap, data, node_tid, f"pcap-{uuid.uuid4()}")
+        replay = None if keep_time else time.time_ns()
+        flows = await asyncio.to_thread(flows_from_pcap, data, node_tid, f"pcap-{uuid.uuid4()}",
+                                        replay_at_ns=replay)
         js = self.nc.jetstream()
         await ensure_flow_stream(js, self.subjects)
         for i in range(0, len(flows), 1000):
@@ -114,11 +118,11 @@ class QueryApiService(Service):
         status = "ok"
         try:
             try:
-                return await asyncio.to_thread(self.engine.execute, query)
+                return await asyncio.to_thread(self.engine.execute, query, accept)
             except RuntimeError as exc:
                 if "changed size during iteration" not in str(exc):
                     raise
-                return self.engine.execute(query)
+                return self.engine.execute(query, accept)
         except gremlin.GremlinError:
             status = "error"
             raise
