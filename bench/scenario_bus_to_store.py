@@ -35,7 +35,7 @@ from netsonde.common.clickhouse import connect
 from netsonde.common.testing import start_nats, start_store
 from netsonde.flow_enricher import pipeline
 from netsonde.flow_enricher.lookup import EndpointLookup
-from netsonde.flow_enricher.stream import ensure_flow_stream
+from netsonde.common.bus.streams import ensure_flow_stream
 from netsonde.flow_enricher.writer import FlowWriter
 
 from .result import Result

@@ -28,7 +28,9 @@ from netsonde.common.service import Service
 from .config import FlowEnricherConfig
 from .lookup import EndpointLookup
 from .pipeline import Processed, process
-from .stream import consumer_config, ensure_flow_stream
+from netsonde.common.bus.streams import ensure_flow_stream
+
+from .stream import consumer_config
 from .writer import FlowWriter
 
 log = logging.getLogger(__name__)

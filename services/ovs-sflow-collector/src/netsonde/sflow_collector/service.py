@@ -24,6 +24,7 @@ from netsonde.common.bus.captures import Capture, CaptureStatus
 from netsonde.common.bus.codec import BusDecodeError
 from netsonde.common.bus.flows import Flow, FlowUpdateBatch
 from netsonde.common.bus.metrics import InterfaceMetricsBatch
+from netsonde.common.bus.streams import ensure_flow_stream
 from netsonde.common.service import Service
 
 from .captures import CaptureController
@@ -89,7 +90,7 @@ class SFlowCollectorService(Service):
         self.nc = await natsconn.connect(self.cfg.nats_url, f"sflow-collector@{self.cfg.host_id}")
         self.js = self.nc.jetstream()
         if self.cfg.create_stream:
-            await _ensure_flow_stream(self.js, self.subjects)
+            await ensure_flow_stream(self.js, self.subjects)
         self.sock = _open_socket(self.cfg.listen_host, self.cfg.listen_port, self.cfg.rcvbuf_bytes)
         self.port = self.sock.getsockname()[1]
         self.instance = self.cfg.instance or str(self.port)
@@ -384,21 +385,3 @@ def _is_local_address(addr: str) -> bool:
     except OSError:
         return False
 
-
-async def _ensure_flow_stream(js: Any, subjects: Subjects) -> None:
-    """Create the flow stream unless it exists (same limits as flow-enricher's; whoever is first wins)."""
-    from nats.js import api
-    from nats.js.errors import NotFoundError
-    try:
-        await js.stream_info(subjects.flow_stream)
-        return
-    except NotFoundError:
-        pass
-    config = api.StreamConfig(
-        name=subjects.flow_stream, subjects=[subjects.flows_all], storage=api.StorageType.FILE,
-        retention=api.RetentionPolicy.LIMITS, discard=api.DiscardPolicy.OLD, max_age=86_400.0,
-        max_bytes=2 * 1024**3, duplicate_window=120.0)
-    try:
-        await js.add_stream(config)
-    except Exception:
-        await js.stream_info(subjects.flow_stream)  # created meanwhile by another process
