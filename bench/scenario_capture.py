@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.procstat import cpu_ns, peak_rss_kib, tree
 from bench.result import Result
 
 FLOWS = 1000
@@ -89,47 +90,12 @@ def _nfstream_main(ifname: str) -> None:
     print("ready", flush=True)
     sys.stdin.readline()
     print(json.dumps({"packets": total[0], "flows": total[1]}), flush=True)
-    for child in _tree(os.getpid())[1:]:
+    for child in tree(os.getpid())[1:]:
         try:
             os.kill(child, signal.SIGKILL)
         except OSError:
             pass
     os._exit(0)
-
-
-# --- process accounting ---------------------------------------------------------------------------------
-def _tree(pid: int) -> list[int]:
-    out = [pid]
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            for child in Path(f"/proc/{pid}/task/{tid}/children").read_text().split():
-                out.extend(_tree(int(child)))
-    except OSError:
-        pass
-    return out
-
-
-def _cpu_ns(pid: int) -> int:
-    total = 0
-    for p in _tree(pid):
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                total += int(Path(f"/proc/{p}/task/{tid}/schedstat").read_text().split()[0])
-        except OSError:
-            continue
-    return total
-
-
-def _rss_kib(pid: int) -> int:
-    total = 0
-    for p in _tree(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
 
 
 # --- the bench ----------------------------------------------------------------------------------------
@@ -215,11 +181,11 @@ class Bed:
             raise ValueError(name)
         time.sleep(1.5)  # let the tool finish starting (its start-up CPU is not counted)
         rx0 = self.rx_packets()
-        cpu0 = _cpu_ns(proc.pid)
+        cpu0 = cpu_ns(proc.pid)
         elapsed = self.send(packets, pps)
         time.sleep(3.0 if name in ("pmacctd", "nfstream") else 1.0)  # let the tool drain its buffers
-        cpu1 = _cpu_ns(proc.pid)
-        rss = _rss_kib(proc.pid)
+        cpu1 = cpu_ns(proc.pid)
+        rss = peak_rss_kib(proc.pid)
         sent = self.rx_packets() - rx0
         if name == "nfstream":
             time.sleep(2.0)

@@ -34,6 +34,7 @@ from typing import Any
 
 from netsonde.common.testing import free_port, start_nats
 
+from .procstat import cpu_ns
 from .result import Result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,29 +50,6 @@ def load(path: Path) -> list[bytes]:
         out.append(data[off + 4:off + 4 + n])
         off += 4 + n
     return out
-
-
-# --- process accounting ---------------------------------------------------------------------------------
-def _tree(pid: int) -> list[int]:
-    out = [pid]
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            for child in Path(f"/proc/{pid}/task/{tid}/children").read_text().split():
-                out.extend(_tree(int(child)))
-    except OSError:
-        pass
-    return out
-
-
-def cpu_ns(pid: int) -> int:
-    total = 0
-    for p in _tree(pid):
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                total += int(Path(f"/proc/{p}/task/{tid}/schedstat").read_text().split()[0])
-        except OSError:
-            continue
-    return total
 
 
 def udp_drops(port: int) -> int:

@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from clickhouse_connect.driver.query import arrow_buffer
+
 from netsonde.common.clickhouse import connect
 from netsonde.common.testing import start_store
 
@@ -148,6 +150,14 @@ def run(small: bool = False) -> Result:
                 ins.append(block)
                 ins.finish()
 
+        def in_process_arrow_ipc(t: str) -> None:
+            # what insert_arrow sends (an Arrow IPC file, lz4 buffers), given to the engine in-process
+            for s in slices:
+                _names, ipc = arrow_buffer(arrow.slice(s.start, s.stop - s.start), "lz4")
+                ins = local.send_insert(f"INSERT INTO {t}", "Arrow")
+                ins.append(ipc.to_pybytes())
+                ins.finish()
+
         def via_store_insert(t: str) -> None:
             for s in py_slices:
                 client.insert(t, [col[s] for col in columns], column_names=COLUMNS, column_type_names=TYPES,
@@ -179,6 +189,7 @@ def run(small: bool = False) -> Result:
             ("in-process chdb: Python(DataFrame)", "local", in_process_df, n),
             ("in-process chdb: Python(Arrow table)", "local", in_process_arrow, n),
             ("in-process chdb: send_insert of Native bytes", "local", in_process_native, n),
+            ("in-process chdb: send_insert of the Arrow IPC file insert_arrow sends", "local", in_process_arrow_ipc, n),
         ]
         last_table = {"store": "", "local": ""}
         for _ in range(rounds):

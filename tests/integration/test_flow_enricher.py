@@ -4,7 +4,6 @@ consumer, and a ClickHouse outage that loses nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any, AsyncIterator
 

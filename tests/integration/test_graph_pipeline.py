@@ -6,12 +6,10 @@ subscriber: neither uses project code, which is what a third party tapping the b
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import msgpack
 import nats
-import pytest
 
 from netsonde.common.bus import Subjects
 from netsonde.common.replica import GraphReplica

@@ -69,7 +69,7 @@ async def test_ovssflow_flows_through_gremlin(ovs: OvsDaemons, nats_url: str, cl
             ok = await wait_for(lambda: count(f"{ports_q}.Has('Name', Within('{pair.port_a}', '{pair.port_b}'))"
                                               ".HasKey('TID').Dedup().Count()", 2), 20)
             assert ok, [(n["Metadata"]["Name"], n["Metadata"]["Type"], n["Metadata"].get("TID")) for n in await gremlin(
-                f"G.V().Has('Type', Within('ovsbridge', 'ovsport'))")]
+                "G.V().Has('Type', Within('ovsbridge', 'ovsport'))")]
 
             r = await http.post("/api/capture", json={
                 "GremlinQuery": f"G.V().Has('Name', '{br}', 'Type', 'ovsbridge')", "Type": "ovssflow",

@@ -66,6 +66,7 @@ class GraphBuilderService(Service):
         await self.nc.subscribe(self.subjects.graph_snapshot, cb=self._on_snapshot)
         await self.nc.subscribe(self.subjects.capture_status, cb=self._on_capture_status)
         await self.nc.subscribe(self.subjects.interface_metrics_all, cb=self._on_interface_metrics)
+        await self.nc.flush()  # the server holds our subscriptions before we call ourselves ready
         await self._request_resync("")
         if self.writer is not None:
             self.spawn(self._history_loop(), "history-writer")
@@ -131,7 +132,6 @@ class GraphBuilderService(Service):
             self.metrics.bad_messages.labels("metrics", exc.reason).inc()
             self.bad.warning(f"metrics-{exc.reason}", f"dropped a bad interface metrics message: {exc}")
             return
-        graph = self.builder.graph
         changed = False
         for item in batch.items:
             node_id = self._metrics_target(batch.host, item)

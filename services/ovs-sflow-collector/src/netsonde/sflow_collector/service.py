@@ -24,7 +24,7 @@ from netsonde.common.bus.captures import Capture, CaptureStatus
 from netsonde.common.bus.codec import BusDecodeError
 from netsonde.common.bus.flows import Flow, FlowUpdateBatch
 from netsonde.common.bus.metrics import InterfaceMetricsBatch
-from netsonde.common.bus.streams import ensure_flow_stream
+from netsonde.common.bus.streams import ensure_flow_stream, open_capture_bucket
 from netsonde.common.service import Service
 
 from .captures import CaptureController
@@ -264,21 +264,9 @@ class SFlowCollectorService(Service):
         return udp_socket_drops(self.sock)
 
     # --- ovssflow captures ----------------------------------------------------------------------------
-    async def _capture_kv(self) -> Any:
-        from nats.js.api import KeyValueConfig, StorageType
-        from nats.js.errors import BucketNotFoundError, NotFoundError
-        try:
-            return await self.js.key_value(self.subjects.capture_bucket)
-        except (BucketNotFoundError, NotFoundError):
-            try:
-                return await self.js.create_key_value(KeyValueConfig(bucket=self.subjects.capture_bucket,
-                                                                     storage=StorageType.FILE, history=1))
-            except Exception:
-                return await self.js.key_value(self.subjects.capture_bucket)
-
     async def _watch_captures(self) -> None:
         assert self.controller is not None
-        kv = await self._capture_kv()
+        kv = await open_capture_bucket(self.js, self.subjects)
         watcher = await kv.watchall()
         async for entry in watcher:
             if entry is None:  # initial values delivered

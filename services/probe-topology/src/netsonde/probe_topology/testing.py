@@ -3,7 +3,6 @@ uses no project code), the in-process probe, and `ip` helpers. Used by tests/int
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import subprocess

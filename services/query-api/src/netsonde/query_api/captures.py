@@ -6,11 +6,11 @@ import uuid
 from typing import Any
 
 import msgspec
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 
 from netsonde.common.bus import Subjects, decode, encode
 from netsonde.common.bus.captures import Capture
+from netsonde.common.bus.streams import open_capture_bucket
 
 CAPTURE_TYPES = ("", "afpacket", "pcap", "ovssflow", "sflow", "pcapsocket", "ebpf", "ovsmirror")
 
@@ -56,12 +56,7 @@ class CaptureStore:
         self.kv: Any = None
 
     async def start(self) -> None:
-        js = self.nc.jetstream()
-        try:
-            self.kv = await js.key_value(self.subjects.capture_bucket)
-        except BucketNotFoundError:
-            self.kv = await js.create_key_value(KeyValueConfig(bucket=self.subjects.capture_bucket, history=1,
-                                                               storage=StorageType.FILE))
+        self.kv = await open_capture_bucket(self.nc.jetstream(), self.subjects)
 
     async def put(self, cap: Capture) -> None:
         await self.kv.put(cap.UUID, encode(cap))

@@ -64,6 +64,7 @@ class QueryApiService(Service):
         self.captures = CaptureStore(self.nc, self.subjects)
         await self.captures.start()
         await self.nc.subscribe(self.subjects.flows_enriched, cb=self._on_enriched_flows)
+        await self.nc.flush()
 
     async def on_stop(self) -> None:
         if self.replica is not None:

@@ -35,3 +35,20 @@ async def ensure_flow_stream(js: Any, subjects: Subjects, max_age_s: float = 86_
         return info
     except Exception:
         return await js.stream_info(name)  # another process created it between our check and our add
+
+
+async def open_capture_bucket(js: Any, subjects: Subjects) -> Any:
+    """The capture definitions' key-value bucket (created on first use; one revision kept per key).
+
+    query-api writes it (`/api/capture`); probe-flow and the sFlow collector watch it."""
+    from nats.js.api import KeyValueConfig, StorageType
+    from nats.js.errors import BucketNotFoundError, NotFoundError
+
+    try:
+        return await js.key_value(subjects.capture_bucket)
+    except (BucketNotFoundError, NotFoundError):
+        try:
+            return await js.create_key_value(KeyValueConfig(bucket=subjects.capture_bucket,
+                                                            storage=StorageType.FILE, history=1))
+        except Exception:
+            return await js.key_value(subjects.capture_bucket)  # another process created it first
