@@ -1,4 +1,5 @@
-"""ovssflow on a real OVS bridge (userspace datapath): capture in the KV bucket -> OVS sFlow row -> ping between
+"""ovssflow on a real OVS bridge (userspace datapath): capture in the KV bucket -> the collector selects the bridge
+with the Gremlin engine on its graph replica (graph-builder + probe-topology run too) -> OVS sFlow row -> ping between
 two namespaces -> flows on the JetStream stream with the OVS port's NodeTID and exact counts, counters on
 the metrics subject; deleting the capture removes the row."""
 
@@ -18,6 +19,10 @@ from nats.js.api import KeyValueConfig
 from netsonde.common.bus import Subjects, encode
 from netsonde.common.bus.captures import Capture
 from netsonde.common.service import wait_for
+from netsonde.graph_builder.config import GraphBuilderConfig
+from netsonde.graph_builder.service import GraphBuilderService
+from netsonde.probe_topology.config import ProbeTopologyConfig
+from netsonde.probe_topology.service import ProbeTopologyService
 from netsonde.sflow_collector.config import SFlowCollectorConfig
 from netsonde.sflow_collector.ovs import port_tid
 from netsonde.sflow_collector.service import SFlowCollectorService
@@ -49,6 +54,11 @@ async def test_ovssflow_capture_flows_and_counters(ovs: OvsDaemons, nats_url: st
     subjects = Subjects(prefix)
     ovs.vsctl("add-br", br, "--", "set", "bridge", br, "datapath_type=netdev")
     pair = attach_netns_pair(ovs, br, unique, subnet="10.97.0")
+    common: dict[str, Any] = dict(env={}, nats_url=nats_url, subject_prefix=prefix, host_id=host)
+    graph = GraphBuilderService(GraphBuilderConfig.load(**common, history=False))
+    await graph.start()
+    probe = ProbeTopologyService(ProbeTopologyConfig.load(**common, ovsdb=ovs.db, process_netns=False))
+    await probe.start()
     svc = await start_collector(nats_url, prefix, host, ovs.db)
     nc = await nats.connect(nats_url)
     try:
@@ -67,7 +77,9 @@ async def test_ovssflow_capture_flows_and_counters(ovs: OvsDaemons, nats_url: st
         row = sflow_rows(ovs)[0]
         assert row["targets"] == f"127.0.0.1:{svc.port}" and row["sampling"] == 1
         assert svc.controller is not None  # reconciling again changes nothing (no row churn)
-        again = await asyncio.to_thread(svc.controller.reconcile)
+        selected = {cap.UUID: svc.select_bridges(cap.GremlinQuery)}
+        assert selected == {cap.UUID: [br]}
+        again = await asyncio.to_thread(svc.controller.reconcile, selected)
         assert (again.enabled, again.disabled, again.bridges) == ([], [], {br: cap.UUID})
         tid_a = port_tid(host, port_uuid(ovs, pair.port_a))
         tid_b = port_tid(host, port_uuid(ovs, pair.port_b))
@@ -119,5 +131,7 @@ async def test_ovssflow_capture_flows_and_counters(ovs: OvsDaemons, nats_url: st
     finally:
         await nc.close()
         await svc.stop()
+        await probe.stop()
+        await graph.stop()
         detach_netns_pair(ovs, br, pair)
         ovs.vsctl("--if-exists", "del-br", br)

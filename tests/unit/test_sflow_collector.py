@@ -156,18 +156,6 @@ def test_table_cap_drops_and_counts_samples_of_extra_ports() -> None:
     assert totals(flows)[0] == 2
 
 
-def test_capture_query_matcher() -> None:
-    from netsonde.sflow_collector.captures import match_bridges
-    bridges = ["br0", "br1"]
-    assert match_bridges("G.V().Has('Name', 'br0', 'Type', 'ovsbridge')", bridges) == ["br0"]
-    assert match_bridges('g.V().Has("Type","ovsbridge")', bridges) == ["br0", "br1"]
-    assert match_bridges("G.V('Name', 'br1')", bridges) == ["br1"]
-    assert match_bridges("G.V().Has('Type', 'ovsbridge').Has('Name', 'brX')", bridges) == []
-    assert match_bridges("G.V().Has('Type', 'veth')", bridges) == []
-    assert match_bridges("G.V().Has('Driver', 'openvswitch')", bridges) == []
-    assert match_bridges("G.V().Has('Name')", bridges) == []
-
-
 def test_raw_ipv4_and_ipv6_headers_become_flows() -> None:
     ip4 = ETH_ICMP[14:]
     ip6 = bytes.fromhex("6000000000103a40" + "fd00" + "00" * 13 + "01" + "fd00" + "00" * 13 + "02"

@@ -5,15 +5,15 @@ this collector (sampling = SamplingRate, polling = PollingInterval, header = Hea
 is deleted, or stops selecting a bridge, the row is removed. `reconcile()` is idempotent and also runs
 periodically, so bridges created after the capture are picked up and a row removed by hand comes back.
 
-Bridge selection is a small matcher until the graph replica + Gremlin engine replace it: the query's
-`V(...)` / `Has(...)` key/value pairs, where only `Name` and `Type` are understood. `Type` other than
-`ovsbridge` selects nothing; without `Name`, every bridge is selected; any other key selects nothing (logged).
+Bridge selection is the capture's GremlinQuery run by the Gremlin engine on the collector's replica of the
+graph (done by the service, on its event loop): `reconcile(selected)` gets, per capture UUID, the names of the
+`ovsbridge` nodes of this host the query returns, or None while the replica is not synced (the bridges then
+keep what they have).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 from netsonde.common.bus.captures import Capture
@@ -24,39 +24,7 @@ from .ovs import OvsError, Vsctl
 
 log = logging.getLogger(__name__)
 
-__all__ = ["match_bridges", "CaptureController", "ReconcileResult"]
-
-_STEP = re.compile(r"\b(?:Has|V)\s*\(([^()]*)\)", re.IGNORECASE)
-_ARG = re.compile(r"""'([^']*)'|"([^"]*)"|([^,\s]+)""")
-
-
-def _pairs(query: str) -> list[tuple[str, str]] | None:
-    """Key/value pairs of V()/Has() steps; None when the query uses a construct the matcher cannot judge."""
-    out: list[tuple[str, str]] = []
-    for m in _STEP.finditer(query):
-        args = [a or b or c for a, b, c in _ARG.findall(m.group(1))]
-        if len(args) % 2:
-            return None
-        out.extend(zip(args[::2], args[1::2]))
-    return out
-
-
-def match_bridges(query: str, bridges: list[str]) -> list[str]:
-    """The bridges of `bridges` that the capture's GremlinQuery selects (see the module docstring)."""
-    pairs = _pairs(query)
-    if pairs is None:
-        return []
-    names: set[str] | None = None
-    for k, v in pairs:
-        if k == "Type":
-            if v != "ovsbridge":
-                return []
-        elif k == "Name":
-            names = {v} if names is None else names & {v}
-        else:
-            return []
-    return [b for b in bridges if names is None or b in names]
-
+__all__ = ["CaptureController", "ReconcileResult"]
 
 @dataclass
 class ReconcileResult:
@@ -90,18 +58,25 @@ class CaptureController:
     def remove_capture(self, capture_id: str) -> bool:
         return self.captures.pop(capture_id, None) is not None
 
-    def desired(self, bridges: list[str]) -> dict[str, Capture]:
-        """bridge -> the capture that should own its sFlow (the oldest-known capture wins a conflict)."""
+    def desired(self, bridges: list[str], owners: dict[str, str],
+                selected: dict[str, list[str] | None]) -> dict[str, Capture]:
+        """bridge -> the capture that should own its sFlow (the oldest-known capture wins a conflict).
+        `owners` (bridge -> capture ID now) is kept for a capture whose selection is unknown (None/absent)."""
         out: dict[str, Capture] = {}
         for cap in self.captures.values():
-            for b in match_bridges(cap.GremlinQuery, bridges):
-                out.setdefault(b, cap)
+            chosen = selected.get(cap.UUID)
+            if chosen is None:
+                chosen = [b for b, owner in owners.items() if owner == cap.UUID]
+            for b in chosen:
+                if b in bridges:
+                    out.setdefault(b, cap)
         return out
 
-    def reconcile(self) -> ReconcileResult:
+    def reconcile(self, selected: dict[str, list[str] | None] | None = None) -> ReconcileResult:
         snap = self.vsctl.snapshot()  # one ovs-vsctl run; sFlow changes below do not change the port map
         current = self.vsctl.bridges(snap)
-        want = self.desired([b.bridge for b in current])
+        want = self.desired([b.bridge for b in current], {b.bridge: b.capture_id for b in current if b.capture_id},
+                            selected or {})
         enabled, disabled = [], []
         owned: dict[str, str] = {}
         for b in current:

@@ -25,7 +25,10 @@ from netsonde.common.bus.codec import BusDecodeError
 from netsonde.common.bus.flows import Flow, FlowUpdateBatch
 from netsonde.common.bus.metrics import InterfaceMetricsBatch
 from netsonde.common.bus.streams import ensure_flow_stream, open_capture_bucket
+from netsonde.common.logs import OnceLogger
+from netsonde.common.replica import GraphReplica
 from netsonde.common.service import Service
+from netsonde.gremlin import GremlinEngine
 
 from .captures import CaptureController
 from .collector import PortInfo, SFlowCollector, recv_available
@@ -57,6 +60,9 @@ class SFlowCollectorService(Service):
         self._boot = int(time.time() * 1000)
         self._seq = 0
         self._reconcile_now = asyncio.Event()
+        self._once_query = OnceLogger(log)
+        self.replica: GraphReplica | None = None
+        self.engine: GremlinEngine | None = None
         self._active: dict[tuple[str, str], str] = {}
         """(bridge node ID, capture ID) -> bridge name, as last reported on the capture status subject."""
         self._status_sent = 0.0
@@ -98,13 +104,41 @@ class SFlowCollectorService(Service):
         self.spawn(self._ticker(), "sflow-ticker")
         if self.cfg.manage_ovs:
             target = self.cfg.ovs_target or f"127.0.0.1:{self.port}"
+            self.replica = GraphReplica(self.nc, self.subjects)
+            self.replica.listeners.append(self._on_graph_events)
+            await self.replica.start(wait=False)
+            self.engine = GremlinEngine(self.replica.graph)
             self.controller = CaptureController(Vsctl(self.cfg.ovs_db), self.cfg.host_id, target,
                                                 self.cfg.ovs_agent, self.cfg.ovs_header_bytes)
             self.spawn(self._watch_captures(), "sflow-captures")
             self.spawn(self._reconciler(), "sflow-ovs")
         log.info("sflow collector listening", extra={"port": self.port, "host": self.cfg.listen_host})
 
+    def _on_graph_events(self, events: list[Any]) -> None:
+        """A bridge appeared or went away: reconcile now (metadata updates, e.g. counters, do not count)."""
+        if any(ev.type in ("NodeAdded", "NodeDeleted") and ev.obj.Metadata.get("Type") == "ovsbridge"
+               for ev in events):
+            self._reconcile_now.set()
+
+    def select_bridges(self, query: str) -> list[str] | None:
+        """The OVS bridges of this host a capture's GremlinQuery selects (None until the graph is synced).
+        Runs on the event loop, where the replica is not changing under the query."""
+        if self.replica is None or self.engine is None or not self.replica.synced.is_set():
+            return None
+        try:
+            result = self.engine.execute(query)
+        except Exception as exc:  # a bad query selects nothing; logged once per query
+            self._once_query.warning(query, f"capture query {query!r}: {exc}")
+            return []
+        if not isinstance(result, list):
+            return []
+        return [n["Metadata"].get("Name", "") for n in result
+                if isinstance(n, dict) and n.get("Metadata", {}).get("Type") == "ovsbridge"
+                and n.get("Host") == self.cfg.host_id]
+
     async def on_stop(self) -> None:
+        if self.replica is not None:
+            await self.replica.stop()
         if self.sock is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self.sock.fileno())
@@ -294,8 +328,9 @@ class SFlowCollectorService(Service):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._reconcile_now.wait(), self.cfg.reconcile_interval_s)
             self._reconcile_now.clear()
+            selected = {c.UUID: self.select_bridges(c.GremlinQuery) for c in self.controller.captures.values()}
             try:
-                res = await asyncio.to_thread(self.controller.reconcile)
+                res = await asyncio.to_thread(self.controller.reconcile, selected)
             except OvsError as e:
                 self.m_ovs_errors.inc()
                 self._once_ovs(e)
