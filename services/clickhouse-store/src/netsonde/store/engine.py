@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STAGING_DB = "_netsonde_store"
+TABLE_INFO_TTL = 10.0
+DDL_KINDS = frozenset(
+    {"CREATE", "DROP", "ALTER", "RENAME", "EXCHANGE", "TRUNCATE", "DETACH", "ATTACH", "UNDROP"}
+)
 SELF_DESCRIBING_FORMATS = {
     "native": "Native",
     "arrow": "Arrow",
@@ -121,6 +125,7 @@ class InsertSpec:
     )  # target -> (stage, signature)
     path: str = ""  # the spooled batch
     fmt: str = ""
+    table_info: dict[tuple[str, str], tuple[list[str], float]] = field(default_factory=dict)
 
 
 class Conn:
@@ -128,6 +133,7 @@ class Conn:
 
     def __init__(self, path: str) -> None:
         self.raw = _chdb.connect(path)
+        self.in_session = False
         self.applied: dict[str, str] = {}
         self.database = "default"
         self.broken = False
@@ -239,17 +245,25 @@ class Conn:
         target = f"{quote_ident(spec.database)}.{quote_ident(spec.table)}"
         direct = spec.statement
         t0 = time.perf_counter()
-        info = self._rows(
-            "SELECT is_temporary, engine, partition_key, length(dependencies_table), "
-            "toString(metadata_modification_time), toString(cityHash64(create_table_query)) "
-            "FROM system.tables "
-            "WHERE name = {t:String} AND (database = {d:String} OR is_temporary) ORDER BY is_temporary DESC",
-            {"d": spec.database, "t": spec.table},
-        )
-        if info and info[0][0] == "1" and spec.explicit_database:
-            info = info[1:]
-        if not info or len(info[0]) < 6 or info[0][0] == "1":
-            return self._insert_statement(direct)  # a temporary table, or let the engine report it unknown
+        if not spec.explicit_database and self.in_session:
+            exists = self._rows(f"EXISTS TEMPORARY TABLE {quote_ident(spec.table)}")
+            if exists and exists[0][0] == "1":
+                return self._insert_statement(direct)  # the session's temporary table
+        key = (spec.database, spec.table)
+        cached = spec.table_info.get(key)
+        if cached is not None and time.monotonic() - cached[1] < TABLE_INFO_TTL:
+            info = [cached[0]]
+        else:
+            info = self._rows(
+                "SELECT is_temporary, engine, partition_key, length(dependencies_table), "
+                "toString(metadata_modification_time), toString(cityHash64(create_table_query)) "
+                "FROM system.tables WHERE database = {d:String} AND name = {t:String}",
+                {"d": spec.database, "t": spec.table},
+            )
+            if info and len(info[0]) >= 6:
+                spec.table_info[key] = (info[0], time.monotonic())
+        if not info or len(info[0]) < 6:
+            return self._insert_statement(direct)  # let the engine report the unknown table
         _, engine, partition_key, dependents, mtime, create_hash = info[0]
         if (
             not engine.endswith("MergeTree")
@@ -262,7 +276,6 @@ class Conn:
             # One partition: a plain INSERT writes one part (the batch is squashed into one block), which
             # appears atomically; the staging detour is only needed when a batch spans partitions.
             return self._insert_statement(direct)
-        key = (spec.database, spec.table)
         signature = f"{mtime}/{create_hash}"
         cached = spec.stages.get(key)
         if cached is None or cached[1] != signature:
@@ -437,6 +450,8 @@ class Engine:
         self.journal_dir = self.data_dir / "insert_journal"
         self._table_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._stages: dict[tuple[str, str], tuple[str, str]] = {}  # used under the table's lock only
+        # system.tables rows of insert targets, dropped whenever DDL goes through the store (and after a TTL)
+        self._table_info: dict[tuple[str, str], tuple[list[str], float]] = {}
         self.version = ""
         self.timezone = "UTC"
         self._all: list[Conn] = []
@@ -561,6 +576,18 @@ class Engine:
         session_check: bool = False,
     ) -> Outcome:
         """Run one statement on a pooled connection, or on the session's own connection."""
+        ddl = req.insert is None and sql.first_keyword(req.sql) in DDL_KINDS
+        if ddl:
+            self._table_info.clear()
+        try:
+            return await self._execute(req, session_id, session_timeout, session_check)
+        finally:
+            if ddl:
+                self._table_info.clear()
+
+    async def _execute(
+        self, req: Request, session_id: str | None, session_timeout: float, session_check: bool
+    ) -> Outcome:
         if session_id:
             return await self._execute_in_session(req, session_id, session_timeout, session_check)
         assert self._query_pool is not None and self._insert_pool is not None
@@ -606,6 +633,7 @@ class Engine:
                 self._discard(oldest.conn)
                 log.info("dropped the least recently used session", extra={"session": oldest.sid})
             conn = await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+            conn.in_session = True
             session = self.sessions.setdefault(sid, Session(sid, conn, timeout))
             if session.conn is not conn:
                 self._discard(conn)
@@ -709,6 +737,7 @@ class Engine:
                 self._stages,
                 path,
                 fmt,
+                self._table_info,
             )
             lock = self._table_locks.setdefault((database or req.database, table), asyncio.Lock())
         try:
