@@ -1,9 +1,10 @@
 """Topology latency: from `ip link add` to the node in the API answer and to the WebSocket event.
 
 probe-topology, graph-builder (history on, into the store) and query-api run as separate processes on one
-NATS, as in `netsonde allinone`. Single changes: one veth pair at a time, alternately measured by polling the
-API every 2 ms and by a WebSocket subscriber alone (polling would slow the event delivery it measures). Burst: 1 000 veth pairs created by one `ip -batch`; time until the API counts
-all 2 000 ends, and graph-builder events/s.
+NATS, as in `netsonde allinone`. Single changes: one veth pair at a time (100 for each measure), alternately
+timed by polling the API every 2 ms and by a WebSocket subscriber alone (polling would slow the delivery it
+measures). Burst: 1 000 veth pairs created by one `ip -batch`; time until the API counts all 2 000 ends, and
+graph-builder events/s.
 """
 
 from __future__ import annotations
