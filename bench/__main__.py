@@ -56,6 +56,21 @@ def machine() -> list[str]:
     ]
 
 
+def _now() -> str:
+    return f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+
+def _read_sections(path: Path) -> dict[str, str]:
+    """The scenario sections of an existing benchmarks page, by scenario name."""
+    if not path.exists():
+        return {}
+    out: dict[str, str] = {}
+    for chunk in path.read_text().split("<!-- scenario:")[1:]:
+        name, _, text = chunk.partition(" -->\n")
+        out[name.strip()] = text.rstrip("\n") + "\n"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("scenarios", nargs="*", help=f"subset of {', '.join(SCENARIOS)}")
@@ -63,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="docs/benchmarks.md")
     args = parser.parse_args(argv)
     chosen = args.scenarios or SCENARIOS
-    sections: list[str] = []
+    sections: list[tuple[str, str]] = []
     failed = []
     for name in chosen:
         try:
@@ -71,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         except ModuleNotFoundError as exc:
             if exc.name == f"bench.scenario_{name}":
                 print(f"[bench] {name}: no scenario module yet", file=sys.stderr)
-                sections.append(f"## {name}\n\nNot measured yet: no scenario in this build.\n")
+                sections.append((name, f"## {name}\n\nNot measured yet: no scenario in this build.\n"))
                 continue
             raise
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
@@ -81,17 +96,21 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             failed.append(name)
             traceback.print_exc()
-            sections.append(f"## {name}\n\nFailed:\n\n```\n{traceback.format_exc()[-2000:]}\n```\n")
+            sections.append((name, f"## {name}\n\nFailed:\n\n```\n{traceback.format_exc()[-2000:]}\n```\n"))
             continue
         print(result.to_markdown(), flush=True)
         print(f"[bench] {name} took {time.monotonic() - started:.1f}s", file=sys.stderr)
-        sections.append(result.to_markdown())
+        sections.append((name, result.to_markdown()))
     if not args.small:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
+        # A run of some scenarios replaces only their sections; the others keep their last figures.
+        kept = _read_sections(out) if args.scenarios else {}
+        kept.update({name: f"{text}\n_Measured {_now()}._\n" for name, text in sections})
         head = ["# Benchmarks", "", "Written by `make bench` (`python -m bench`). Ratios and medians; "
                 "peers measured on the same machine in the same run.", "", *machine(), ""]
-        out.write_text("\n".join(head) + "\n" + "\n".join(sections))
+        body = [f"<!-- scenario:{name} -->\n{kept[name]}" for name in SCENARIOS if name in kept]
+        out.write_text("\n".join(head) + "\n" + "\n".join(body))
         print(f"[bench] wrote {out}", file=sys.stderr)
     return 1 if failed else 0
 
