@@ -51,8 +51,8 @@ def machine() -> list[str]:
         f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}, Python {platform.python_version()}",
         f"- nats-server: {version(['nats-server', '--version'])}",
-        f"- pmacctd: {version(['pmacctd', '-V'])}",
-        f"- softflowd: {version(['softflowd', '-v'])}",
+        *(f"- {pkg} (Debian): {version(['dpkg-query', '-W', '-f', '${Version}', pkg])}"
+          for pkg in ("pmacct", "softflowd", "tcpreplay", "netsniff-ng")),
     ]
 
 
