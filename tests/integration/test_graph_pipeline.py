@@ -143,12 +143,21 @@ async def test_history_rows_in_clickhouse_and_restart_keeps_identity(
         created = svc.builder.graph.nodes["b"].CreatedAt
         await svc.stop()
 
-        # A restarted graph-builder continues from the history: same CreatedAt, next revision.
+        # A restarted graph-builder continues from the history: same CreatedAt, next revision. It asks the
+        # probes for their state; this test answers its resync requests as probe-topology does.
+        restarted_state = probe_full("h", 0, {"b": {"Name": "b", "MTU": 1}})
+
+        async def answer_resync(msg) -> None:
+            if msgpack.unpackb(msg.data).get("host") in ("", "h"):
+                await nc.publish(f"{prefix}.topology.h", restarted_state)
+
+        await nc.subscribe(f"{prefix}.control.resync", cb=answer_resync)
+        await nc.flush()
         svc = await start_builder(nats_url, prefix, clickhouse_url=clickhouse_url, clickhouse_database=db,
                                   history_flush_interval_s=0.1)
         assert svc.builder.graph.nodes["b"].CreatedAt == created
-        await nc.publish(f"{prefix}.topology.h", probe_full("h", 0, {"b": {"Name": "b", "MTU": 1}}))
-        assert await wait_for(lambda: svc.builder.graph.nodes["b"].Revision == 2, 5)
+        assert await wait_for(lambda: svc.builder.graph.nodes["b"].Revision == 2, 15), svc.builder.graph.nodes["b"]
+        assert svc.builder.graph.nodes["b"].Metadata == {"Name": "b", "MTU": 1}
         client.command(f"DROP DATABASE IF EXISTS {db}")
         client.close()
     finally:
