@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PACKAGES := libs/common libs/flow libs/gremlin $(wildcard services/*)
 APT_PACKAGES := nats-server iproute2 iputils-ping ethtool openvswitch-switch tcpdump tshark libpcap-dev gcc python3-dev docker-compose
-BENCH_APT_PACKAGES := tcpreplay pmacct softflowd iperf3
+BENCH_APT_PACKAGES := tcpreplay pmacct softflowd iperf3 netsniff-ng
 STAMP := $(VENV)/.installed
 
 .PHONY: help deps deps-bench install allinone test test-unit bench lint clean

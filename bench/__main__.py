@@ -52,7 +52,7 @@ def machine() -> list[str]:
         f"- Machine: {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}, Python {platform.python_version()}",
         f"- nats-server: {version(['nats-server', '--version'])}",
         *(f"- {pkg} (Debian): {version(['dpkg-query', '-W', '-f', '${Version}', pkg])}"
-          for pkg in ("pmacct", "softflowd", "tcpreplay")),
+          for pkg in ("pmacct", "softflowd", "tcpreplay", "netsniff-ng")),
     ]
 
 

@@ -3,8 +3,8 @@ softflowd, pmacctd and nfstream, all capturing the same traffic on one veth.
 
 Method (as in the project's peer baselines): two namespaces joined by a veth pair; 60-byte UDP frames over 1000
 flows whose destination MAC is not the receiver's (its kernel drops them right after the capture taps).
-tcpreplay sends from the first namespace pinned to CPU0; each tool runs alone in the receiving namespace
-pinned to CPU1. Tool CPU = se.sum_exec_runtime of every thread of the tool's process tree over the traffic
+tcpreplay (and, for the top rate, trafgen on one CPU) sends from the first namespace pinned to CPU0; each
+tool runs alone in the receiving namespace pinned to CPU1. Tool CPU = se.sum_exec_runtime of every thread of the tool's process tree over the traffic
 window (start-up excluded); loss = 1 - seen/sent with sent = rx_packets of the receiving veth and seen =
 the tool's own packet count; RSS = VmHWM summed over the tree.
 
@@ -98,6 +98,10 @@ def _nfstream_main(ifname: str) -> None:
     os._exit(0)
 
 
+TRAFGEN = "trafgen"
+"""Plan rate meaning: as fast as trafgen sends from one CPU."""
+
+
 # --- the bench ----------------------------------------------------------------------------------------
 class Bed:
     def __init__(self) -> None:
@@ -144,7 +148,15 @@ class Bed:
                              capture_output=True, text=True, check=True).stdout
         return int(out)
 
-    def send(self, packets: int, pps: int | None) -> float:
+    def send(self, packets: int, pps: int | str | None) -> float:
+        if pps == TRAFGEN:  # netsniff-ng's trafgen on one CPU (mmap TX ring): the fastest single-core sender here
+            cfg = self.dir / "traffic.trafgen"
+            cfg.write_text("{ eth(da=02:00:00:00:00:99, sa=02:00:00:00:00:01), ipv4(sa=198.18.0.1, da=198.18.0.2, "
+                           f"ttl=64), udp(sp=dinc(10000, {10000 + FLOWS - 1}), dp=9), fill(0x00, 18) }}\n")
+            t0 = time.monotonic()
+            subprocess.run(["ip", "netns", "exec", self.gen, "trafgen", "--cpus", "1", "-i", str(cfg), "-o", self.gif,
+                            "-n", str(packets), "-q", "-b", "0"], check=True, capture_output=True)
+            return time.monotonic() - t0
         loops = max(1, packets // FLOWS)
         rate = ["--topspeed"] if not pps else ["--pps", str(pps)]
         t0 = time.monotonic()
@@ -313,6 +325,10 @@ def run(small: bool) -> Result:
         except ImportError:
             res.notes.append("nfstream is not installed (pip install nfstream): not measured")
         plan = [(300_000, 1_000_000, tools), (600_000, 1_000_000, tools), (None, 2_000_000, tools)]
+        if shutil.which("trafgen"):
+            plan.append((TRAFGEN, 5_000_000, [t for t in tools if t != "nfstream"]))
+        else:
+            res.notes.append("trafgen (Debian netsniff-ng) is not installed: no run above tcpreplay's rate")
     with Bed() as bed:
         for pps, packets, tools in plan:
             for tool in tools:
@@ -324,7 +340,8 @@ def run(small: bool) -> Result:
                 except Exception as e:  # one tool failing does not lose the others' figures
                     res.notes.append(f"{tool} at {pps or 'max'} pkt/s failed: {e!r}")
                     continue
-                res.rows.append([tool, pps or "max (tcpreplay --topspeed)", round(r["pps"]), r["sent"],
+                label = "max (trafgen, 1 CPU)" if pps == TRAFGEN else pps or "max (tcpreplay --topspeed)"
+                res.rows.append([tool, label, round(r["pps"]), r["sent"],
                                  round(r["cpu_s_per_m"], 3), f"{r['loss'] * 100:.2f}%", round(r["rss_mib"], 1)])
     res.notes.append(f"Flow-table memory: {per_flow:.0f} bytes per flow (tracemalloc over {n_mem:,} UDP flows, the "
                      f"C key table included). In-process hot path (process_frames, 1000 known flows, no socket): "

@@ -14,10 +14,10 @@ from typing import Any
 import msgpack
 import nats
 import pytest
-from nats.js.api import KeyValueConfig
 
 from netsonde.common.bus import Subjects, encode
 from netsonde.common.bus.captures import Capture
+from netsonde.common.bus.streams import open_capture_bucket
 from netsonde.common.service import wait_for
 from netsonde.graph_builder.config import GraphBuilderConfig
 from netsonde.graph_builder.service import GraphBuilderService
@@ -63,7 +63,7 @@ async def test_ovssflow_capture_flows_and_counters(ovs: OvsDaemons, nats_url: st
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        kv = await js.create_key_value(KeyValueConfig(bucket=subjects.capture_bucket))
+        kv = await open_capture_bucket(js, subjects)  # the collector may have created it already
         metrics: list[dict[str, Any]] = []
 
         async def on_metrics(msg: Any) -> None:  # a plain msgpack consumer: no project code
