@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 
 import aiohttp
 import httpx
@@ -114,9 +115,14 @@ async def test_namespace_veth_bridge_end_to_end(host_stack, names) -> None:
     assert await wait_for(lambda: has(f"G.V().Has('Name','{va}').Count()", 0), 10)
     assert await wait_for(lambda: has(f"G.V().Has('Name','{vb}').Count()", 0), 10)
 
-    # history: the deleted veth is still there in the past
-    assert await wait_for(lambda: gb.writer is not None and not gb.writer.pending, 10)
-    past = await gremlin(http, f"G.At('-1s').V().Has('Name','{va}').Count()")
-    assert past == 0 or past == 1  # depends on the second boundary; the window below is exact
-    window = await gremlin(http, f"G.Context(NOW, 60).V().Has('Name','{va}').Values('MTU')")
-    assert 1500 in window and 1400 in window
+    # history: the deleted veth is still there in the past, with both MTUs in a window that covers its life
+    # (absolute instants, so each poll rebuilds from ClickHouse instead of reusing a cached past graph)
+    async def window_has_both_mtus() -> bool:
+        now_ms = int(time.time() * 1000)
+        r = await http.post("/api/topology", json={"GremlinQuery":
+                                                   f"G.Context({now_ms}, 60).V().Has('Name','{va}').Values('MTU')"})
+        return r.status_code == 200 and {1500, 1400} <= set(r.json())
+
+    assert await wait_for(window_has_both_mtus, 15)
+    before_delete = await gremlin(http, f"G.At({int(time.time() * 1000) - 120_000}).V().Has('Name','{va}').Count()")
+    assert before_delete == 0  # two minutes ago it did not exist yet
