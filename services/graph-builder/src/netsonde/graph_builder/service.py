@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 
@@ -26,6 +26,7 @@ from .history import RevisionWriter
 from .schema import MIGRATIONS, ttl_statement
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class GraphBuilderService(Service):
@@ -94,23 +95,26 @@ class GraphBuilderService(Service):
                 "history_pending": len(self.writer.pending) if self.writer else 0}
 
     # --- inputs --------------------------------------------------------------------------------------
-    async def _on_topology(self, msg: Msg) -> None:
+    def _decode(self, msg: Msg, cls: type[T], kind: str) -> T | None:
+        """Decode a bus message; a bad one is counted by kind and reason, logged once per kind, and dropped."""
         try:
-            tm = decode(msg.data, TopologyMessage)
+            return decode(msg.data, cls)
         except BusDecodeError as exc:
-            self.metrics.bad_messages.labels("topology", exc.reason).inc()
-            self.bad.warning(f"topology-{exc.reason}", f"dropped a bad topology message on {msg.subject}: {exc}")
+            self.metrics.bad_messages.labels(kind, exc.reason).inc()
+            self.bad.warning(f"{kind}-{exc.reason}", f"dropped a bad {kind} message on {msg.subject}: {exc}")
+            return None
+
+    async def _on_topology(self, msg: Msg) -> None:
+        tm = self._decode(msg, TopologyMessage, "topology")
+        if tm is None:
             return
         self.builder.apply(tm)
         self.m_messages.labels(tm.kind).inc()
         await self._publish_changes()
 
     async def _on_capture_status(self, msg: Msg) -> None:
-        try:
-            st = decode(msg.data, CaptureStatus)
-        except BusDecodeError as exc:
-            self.metrics.bad_messages.labels("capture_status", exc.reason).inc()
-            self.bad.warning(f"capture-{exc.reason}", f"dropped a bad capture status: {exc}")
+        st = self._decode(msg, CaptureStatus, "capture_status")
+        if st is None:
             return
         per_node = self._captures.setdefault(st.node_id, {})
         if st.state == "stopped":
@@ -126,11 +130,8 @@ class GraphBuilderService(Service):
 
     async def _on_interface_metrics(self, msg: Msg) -> None:
         """Counters from sFlow (or other sources) become node metadata, e.g. `SFlow.LastUpdateMetric`."""
-        try:
-            batch = decode(msg.data, InterfaceMetricsBatch)
-        except BusDecodeError as exc:
-            self.metrics.bad_messages.labels("metrics", exc.reason).inc()
-            self.bad.warning(f"metrics-{exc.reason}", f"dropped a bad interface metrics message: {exc}")
+        batch = self._decode(msg, InterfaceMetricsBatch, "metrics")
+        if batch is None:
             return
         changed = False
         for item in batch.items:
