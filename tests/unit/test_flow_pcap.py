@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,34 +9,9 @@ from scapy.all import ICMP, IP, TCP, UDP, Ether, wrpcap
 from scapy.utils import PcapNgWriter
 
 from netsonde.flow.pcap import PcapError, flows_from_pcap, read_pcap
+from tests.integration.probe_flow_tools import tshark_conversations
 
 PCAP = Path(__file__).resolve().parents[1] / "data" / "eth-ip4-arp-dns-req-http-google.pcap"
-
-
-def tshark_conversations(path: Path, proto: str) -> dict[tuple, tuple[int, int]]:
-    """{(ipA, portA, ipB, portB) sorted: (frames, bytes)} from `tshark -z conv,<proto>`."""
-    out = subprocess.run(["tshark", "-n", "-r", str(path), "-q", "-z", f"conv,{proto}"], check=True,
-                         capture_output=True, text=True).stdout
-    convs = {}
-    for line in out.splitlines():
-        tok = line.split()
-        if len(tok) < 10 or tok[1] != "<->":
-            continue
-        (a, pa), (b, pb) = tok[0].rsplit(":", 1), tok[2].rsplit(":", 1)
-        k = tuple(sorted([(a, int(pa)), (b, int(pb))]))
-        convs[k] = convs.get(k, 0) + int(tok[9])  # total frames (tshark may list a 5-tuple per stream)
-    bytes_out = subprocess.run(["tshark", "-n", "-r", str(path), "-T", "fields", "-e", "ip.src", "-e",
-                                f"{proto}.srcport", "-e", "ip.dst", "-e", f"{proto}.dstport", "-e", "frame.len",
-                                "-Y", proto], check=True, capture_output=True, text=True).stdout
-    sums: dict[tuple, list[int]] = {}
-    for line in bytes_out.splitlines():
-        a, pa, b, pb, ln = line.split("\t")
-        k = tuple(sorted([(a, int(pa)), (b, int(pb))]))
-        s = sums.setdefault(k, [0, 0])
-        s[0] += 1
-        s[1] += int(ln)
-    assert {k: v[0] for k, v in sums.items()} == convs
-    return {k: (v[0], v[1]) for k, v in sums.items()}
 
 
 def flow_counts(flows, proto: str) -> dict[tuple, tuple[int, int]]:
