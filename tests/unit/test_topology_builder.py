@@ -10,8 +10,8 @@ from typing import Any
 
 import msgspec
 
+from netsonde.common import ids
 from netsonde.common.bus.topology import ProbeEdge, ProbeNode, TopologyMessage, state_digest
-from netsonde.probe_topology import ids
 from netsonde.probe_topology.builder import build
 from netsonde.probe_topology.netns import NetNs
 from netsonde.probe_topology.ovsdb import OvsBridge, OvsInterface, OvsPort, OvsState

@@ -4,40 +4,42 @@ Everything goes through `ovs-vsctl --db=<db>` (JSON output), run in a worker thr
 sFlow row a capture creates carries `external_ids:netsonde-capture=<capture UUID>`, so the controller
 recognises its own rows (and leaves a user's own sFlow configuration alone).
 
-NodeTID of a port (Skydive `topology/tid.go`, identical to probe-topology's `ids.ovs_tid`):
-`uuid5(NAMESPACE_OID, host_tid + port_row_uuid + "ovsport")` with `host_tid = uuid5(NAMESPACE_OID, host)`.
+Node IDs and TIDs of bridges and ports come from `netsonde.common.ids`, the code probe-topology builds the
+graph with (Skydive `topology/tid.go`: TID = uuid5(OID, host_tid + row UUID + type)).
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 from dataclasses import dataclass
+
+from netsonde.common import ids
 
 from .collector import PortInfo
 
 CAPTURE_KEY = "netsonde-capture"
 
-__all__ = ["CAPTURE_KEY", "OvsError", "Vsctl", "port_tid", "host_tid", "bridge_node_id", "BridgeSFlow"]
+__all__ = ["CAPTURE_KEY", "OvsError", "Vsctl", "port_tid", "bridge_tid", "bridge_node_id", "BridgeSFlow"]
 
 
 class OvsError(RuntimeError):
     """ovs-vsctl failed (OVSDB not reachable, bridge missing ...)."""
 
 
-def host_tid(host: str) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_OID, host))
-
-
 def bridge_node_id(host: str, bridge_uuid: str) -> str:
-    """Graph node ID of an OVSDB row, as probe-topology builds it (`ids.ovs_node_id`): uuid5(OID, host/ovs/uuid)."""
-    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"{host}/ovs/{bridge_uuid}"))
+    """Graph node ID of the `ovsbridge` node of the OVSDB Bridge row `bridge_uuid` on `host`."""
+    return ids.ovs_node_id(host, bridge_uuid)
+
+
+def bridge_tid(host: str, bridge_uuid: str) -> str:
+    """TID of the `ovsbridge` node of the OVSDB Bridge row `bridge_uuid` on `host`."""
+    return ids.ovs_tid(ids.host_tid(host), bridge_uuid, "ovsbridge")
 
 
 def port_tid(host: str, port_uuid: str) -> str:
     """TID of the `ovsport` node of the OVSDB Port row `port_uuid` on `host`."""
-    return str(uuid.uuid5(uuid.NAMESPACE_OID, host_tid(host) + port_uuid + "ovsport"))
+    return ids.ovs_tid(ids.host_tid(host), port_uuid, "ovsport")
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
+from netsonde.common import ids
 from netsonde.common.bus.topology import ProbeEdge, ProbeNode
 
-from . import ids
 from .netns import NetNs
 from .ovsdb import OvsState
 

@@ -1,5 +1,9 @@
 """Deterministic identities: node and edge IDs (stable across probe restarts) and Skydive's TID.
 
+The one home of node identity: probe-topology builds the graph with these, and every component that names a
+node without reading the graph (the sFlow collector's OVS bridges, ports and capture statuses) derives the
+same IDs and TIDs from here.
+
 IDs are UUIDv5 in the OID namespace over "/"-joined parts, like Skydive's deterministic `GenID(args...)`:
   host          "<host>/host"
   netns         "<host>/netns/<path>/<inode>" (named) or "<host>/netns/inode/<inode>" (held by processes)
