@@ -66,12 +66,15 @@ class _Builder:
             self.owner[child] = parent
 
 
-def build(host: str, hostname: str, namespaces: Iterable[NsSource], ovs: OvsState | None) -> HostState:
-    """The host's full state: host node, netns nodes, interfaces (netlink merged with OVS), OVS bridges/ports."""
+def build(host: str, hostname: str, namespaces: Iterable[NsSource], ovs: OvsState | None,
+          host_metadata: dict[str, Any] | None = None) -> HostState:
+    """The host's full state: host node (with the configured metadata), netns nodes, interfaces (netlink
+    merged with OVS, ethtool, routes, neighbours), OVS bridges/ports."""
     b = _Builder(host, hostname)
     host_id = ids.host_node_id(host)
     host_tid = ids.host_tid(host)
-    b.node(host_id, {"Name": host, "Type": "host", "Hostname": hostname, "TID": host_tid})
+    b.node(host_id, {**(host_metadata or {}), "Name": host, "Type": "host", "Hostname": hostname,
+                     "TID": host_tid})
 
     sources = list(namespaces)
     by_ns_index: dict[tuple[int, int], str] = {}
@@ -87,6 +90,10 @@ def build(host: str, hostname: str, namespaces: Iterable[NsSource], ovs: OvsStat
     # namespaces and their interfaces
     for src in sources:
         ns = src.ns
+        rt = getattr(src, "rt", None)
+        tables = rt.routing_tables() if rt is not None else {}
+        neighbors = rt.neighbors() if rt is not None else {}
+        last_update: dict[int, dict[str, int]] = getattr(src, "last_update", {})
         if ns.kind == "root":
             owner_id = host_id
         else:
@@ -118,6 +125,13 @@ def build(host: str, hostname: str, namespaces: Iterable[NsSource], ovs: OvsStat
                 metric["Start"] = src.first_seen.get(index, 0)
                 metric["Last"] = src.metric_ts.get(index, 0)
                 md["Metric"] = metric
+            lum = last_update.get(index)
+            if lum is not None:
+                md["LastUpdateMetric"] = lum
+            if index in tables:
+                md["RoutingTables"] = tables[index]
+            if index in neighbors:
+                md["Neighbors"] = neighbors[index]
             if ns.kind != "root":
                 md["NetNsPath"] = ns.path
                 md["NetNsName"] = ns.name

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from typing import Any
 
 from netsonde.common.config import BaseConfig, ConfigError
+
+
+RESERVED_HOST_KEYS = frozenset({"Name", "Type", "Host", "Hostname", "TID"})
+"""Host node keys the probe sets itself: configured metadata may not replace them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,7 +22,11 @@ class ProbeTopologyConfig(BaseConfig):
     digest_interval_s: float = 10.0
     """Period of the "digest" message (hash of the full state) graph-builder checks against its copy."""
     metrics_interval_s: float = 30.0
-    """Period of the link counter refresh (a netlink dump per namespace) that updates `Metric`."""
+    """Period of the refresh (links, addresses, routes, neighbours dumped again in every namespace) that
+    updates `Metric`, `LastUpdateMetric` and the ethtool data (Skydive's `agent.topology.netlink.metrics_update`)."""
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Metadata merged into the host node (Skydive's `agent.metadata`): a TOML table
+    (`[probe_topology.metadata]`), or JSON in `NETSONDE_METADATA`. Nested tables and arrays are kept as is."""
     flush_interval_s: float = 0.02
     """A change is published at most this long after it was seen (a burst is coalesced in one delta)."""
     delta_max_items: int = 500
@@ -25,8 +35,9 @@ class ProbeTopologyConfig(BaseConfig):
     """Messages (deltas and full parts) are split to stay under this size."""
     netns_scan_interval_s: float = 2.0
     """Period of the /proc/*/ns/net scan for namespaces held only by processes (named ones use inotify)."""
-    netns_dirs: tuple[str, ...] = ("/run/netns", "/var/run/netns")
-    """Directories of named namespaces (watched with inotify)."""
+    netns_dirs: tuple[str, ...] = ("/var/run/netns", "/run/netns")
+    """Directories of named namespaces (watched with inotify). When two are the same directory (/var/run ->
+    /run), the first one gives a namespace's `Path` (`/var/run/netns/<name>`, as `ip netns` and Skydive say)."""
     process_netns: bool = True
     """Also follow namespaces that only processes hold (found in /proc)."""
     netlink_rcvbuf: int = 32 * 1024 * 1024
@@ -34,8 +45,20 @@ class ProbeTopologyConfig(BaseConfig):
     start_timeout_s: float = 10.0
     """Longest wait for the first netlink dumps (and OVSDB, when reachable) before the first full."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.metadata, str):  # from the environment
+            try:
+                object.__setattr__(self, "metadata", json.loads(self.metadata) if self.metadata.strip() else {})
+            except ValueError as exc:
+                raise ConfigError(f"setting 'metadata': not JSON: {exc}") from None
+
     def validate(self) -> None:
         super().validate()
+        if not isinstance(self.metadata, dict):
+            raise ConfigError(f"setting 'metadata': expected a table, got {type(self.metadata).__name__}")
+        reserved = sorted(set(self.metadata) & RESERVED_HOST_KEYS)
+        if reserved:
+            raise ConfigError(f"setting 'metadata': {', '.join(reserved)} belong to the probe and cannot be set")
         for name in ("digest_interval_s", "metrics_interval_s", "flush_interval_s", "netns_scan_interval_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"setting {name!r} must be > 0")

@@ -1,4 +1,5 @@
-"""Driver, bus info and speed of an interface through the ethtool ioctl (works in any namespace's socket)."""
+"""Driver, bus info, speed, duplex and feature flags of an interface through the ethtool ioctl (works with a
+socket of any namespace). Feature names are the kernel's (`ethtool -k` spelling: `highdma`, `rx-gro`, ...)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ from typing import Any
 SIOCETHTOOL = 0x8946
 ETHTOOL_GSET = 0x1
 ETHTOOL_GDRVINFO = 0x3
+ETHTOOL_GSTRINGS = 0x1B
+ETHTOOL_GSSET_INFO = 0x37
+ETHTOOL_GFEATURES = 0x3A
+ETH_SS_FEATURES = 4
+ETH_GSTRING_LEN = 32
+DUPLEX = {0: "half", 1: "full"}
+
+_feature_names: list[str] | None = None
+"""The kernel's feature names (the same for every device): read once."""
 
 
 def _ioctl(sock: socket.socket, ifname: str, buf: Any) -> bool:
@@ -23,7 +33,7 @@ def _ioctl(sock: socket.socket, ifname: str, buf: Any) -> bool:
 
 
 def driver_info(sock: socket.socket, ifname: str) -> dict[str, Any]:
-    """{"Driver": ..., "BusInfo": ..., "Speed": Mb/s} for what the device reports (missing keys: unknown)."""
+    """{"Driver": ..., "BusInfo": ...} for what the device reports (missing keys: unknown)."""
     out: dict[str, Any] = {}
     buf = ctypes.create_string_buffer(196)
     struct.pack_into("I", buf, 0, ETHTOOL_GDRVINFO)
@@ -34,6 +44,12 @@ def driver_info(sock: socket.socket, ifname: str) -> dict[str, Any]:
             out["Driver"] = driver
         if bus and bus != "N/A":
             out["BusInfo"] = bus
+    return out
+
+
+def link_settings(sock: socket.socket, ifname: str) -> dict[str, Any]:
+    """{"Speed": Mb/s, "Duplex": "full"|"half"} where the device knows them; {} otherwise."""
+    out: dict[str, Any] = {}
     cmd = ctypes.create_string_buffer(44)
     struct.pack_into("I", cmd, 0, ETHTOOL_GSET)
     if _ioctl(sock, ifname, cmd):
@@ -42,4 +58,43 @@ def driver_info(sock: socket.socket, ifname: str) -> dict[str, Any]:
         speed = speed_lo | (speed_hi << 16)
         if speed not in (0, 0xFFFF, 0xFFFFFFFF):
             out["Speed"] = speed
+            duplex = DUPLEX.get(cmd.raw[14])
+            if duplex:
+                out["Duplex"] = duplex
     return out
+
+
+def feature_names(sock: socket.socket, ifname: str) -> list[str]:
+    """The kernel's feature names, by bit (ETHTOOL_GSSET_INFO then ETHTOOL_GSTRINGS); [] if unsupported."""
+    global _feature_names
+    if _feature_names is not None:
+        return _feature_names
+    info = ctypes.create_string_buffer(20)
+    struct.pack_into("IIQ", info, 0, ETHTOOL_GSSET_INFO, 0, 1 << ETH_SS_FEATURES)
+    if not _ioctl(sock, ifname, info):
+        return []
+    count = struct.unpack_from("I", info, 16)[0] if struct.unpack_from("Q", info, 8)[0] else 0
+    if not count:
+        return []
+    strings = ctypes.create_string_buffer(12 + count * ETH_GSTRING_LEN)
+    struct.pack_into("III", strings, 0, ETHTOOL_GSTRINGS, ETH_SS_FEATURES, count)
+    if not _ioctl(sock, ifname, strings):
+        return []
+    raw = strings.raw
+    _feature_names = [raw[12 + i * ETH_GSTRING_LEN:12 + (i + 1) * ETH_GSTRING_LEN].split(b"\0", 1)[0].decode()
+                      for i in range(count)]
+    return _feature_names
+
+
+def features(sock: socket.socket, ifname: str) -> dict[str, bool]:
+    """Skydive `Features`: every named feature -> whether it is active (ETHTOOL_GFEATURES); {} if unsupported."""
+    names = feature_names(sock, ifname)
+    if not names:
+        return {}
+    blocks = (len(names) + 31) // 32
+    buf = ctypes.create_string_buffer(8 + blocks * 16)
+    struct.pack_into("II", buf, 0, ETHTOOL_GFEATURES, blocks)
+    if not _ioctl(sock, ifname, buf):
+        return {}
+    active = [struct.unpack_from("I", buf, 8 + b * 16 + 8)[0] for b in range(blocks)]
+    return {name: bool(active[i >> 5] >> (i & 31) & 1) for i, name in enumerate(names) if name}

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 CLONE_NEWNET = 0x40000000
-NETNS_DIRS: tuple[str, ...] = ("/run/netns", "/var/run/netns")
+NETNS_DIRS: tuple[str, ...] = ("/var/run/netns", "/run/netns")
+"""`ip netns` (iproute2) names its namespaces under /var/run/netns: the first directory gives `Path`, as in Skydive."""
 
 T = TypeVar("T")
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)

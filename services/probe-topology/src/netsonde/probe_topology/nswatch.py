@@ -1,7 +1,7 @@
-"""One netlink watcher per namespace: a dump on start (and on resync / overrun), then events.
+"""One netlink watcher per namespace: a dump on start (and on resync / overrun / counter refresh), then events.
 
-The socket is bound to the link and address multicast groups and the dumps are requested on the same
-socket, so dump replies and events are read in the kernel's order: events that arrive during a dump are
+The socket is bound to the link, address, route and neighbour multicast groups and the dumps (links, then
+addresses, routes, neighbours) are requested on the same socket, so dump replies and events are read in the kernel's order: events that arrive during a dump are
 applied both to the current state and to the state being dumped, and the dump replaces the current state
 when its NLMSG_DONE arrives. A receive-buffer overrun (ENOBUFS) means events were lost: the watcher
 dumps again and reports `overrun` so the service publishes a full state.
@@ -18,26 +18,33 @@ import struct
 import time
 from typing import Any, Callable
 
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
 
 from . import ethtool
 from .netlink import (RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, iter_messages, parse_addr_at,
                       parse_link_at, parse_nsid_at)
 from .netns import NetNs, ioctl_socket, netlink_socket
+from .routes import (RTM_DELNEIGH, RTM_DELROUTE, RTM_GETNEIGH, RTM_GETROUTE, RTM_NEWNEIGH, RTM_NEWROUTE,
+                     NeighKey, Route, RouteKey, RouteState, parse_neigh_at, parse_route_at)
 
 log = logging.getLogger(__name__)
 
-RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
+RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x4, 0x10, 0x100
+RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE = 0x40, 0x400
+GROUPS = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
 RTM_GETLINK, RTM_GETADDR = 18, 22
+DUMPS: dict[str, tuple[int, int, str]] = {
+    "link": (RTM_GETLINK, 16, "addr"), "addr": (RTM_GETADDR, 8, "route"), "route": (RTM_GETROUTE, 12, "neigh"),
+    "neigh": (RTM_GETNEIGH, 12, ""),
+}
+"""Dump kind -> (request type, size of its zeroed family header, next dump of the chain)."""
 RTM_NEWNSID, RTM_GETNSID = 88, 90
 NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 
 
 class NsWatcher:
-    """Links, addresses, driver info and counters of one namespace, kept current from netlink."""
+    """Links, addresses, routes, neighbours, ethtool info and counters of one namespace, kept current."""
 
     def __init__(self, ns: NetNs, on_change: Callable[["NsWatcher", bool], None], rcvbuf: int = 32 << 20) -> None:
         self.ns = ns
@@ -49,7 +56,12 @@ class NsWatcher:
         self.metrics: dict[int, dict[str, int]] = {}
         self.first_seen: dict[int, int] = {}
         self.metric_ts: dict[int, int] = {}
+        self.last_update: dict[int, dict[str, int]] = {}
+        """Skydive `LastUpdateMetric`: counter deltas between the last two refreshes that saw a change."""
         self.drv: dict[int, tuple[str, dict[str, Any]]] = {}
+        """ifindex -> (name, Driver/BusInfo/Speed/Duplex/Features)."""
+        self.rt = RouteState()
+        self._last_refresh_ms = 0
         self.synced = False
         """True once the first full dump completed."""
         self.overruns = 0
@@ -59,12 +71,14 @@ class NsWatcher:
         self._ioctl: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._seq = int(time.time()) & 0xFFFF
-        self._dump_kind = ""  # "", "link", "addr"
+        self._dump_kind = ""  # "", "link", "addr", "route", "neigh"
         self._dump_seq = 0
         self._dump_intr = False
         self._dump_links: dict[int, dict[str, Any]] = {}
         self._dump_stats: dict[int, dict[str, int]] = {}
         self._dump_addrs: dict[int, set[tuple[str, str]]] = {}
+        self._dump_routes: dict[RouteKey, Route] = {}
+        self._dump_neighs: dict[NeighKey, dict[str, Any]] = {}
         self._want_dump = False
         self._dump_done: asyncio.Event = asyncio.Event()
         self.nsids: dict[int, int] = {}
@@ -75,7 +89,7 @@ class NsWatcher:
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
         path = None if self.ns.kind == "root" else self.ns.path
-        self._sock = netlink_socket(path, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR, self.rcvbuf)
+        self._sock = netlink_socket(path, GROUPS, self.rcvbuf)
         self._ioctl = ioctl_socket(path)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._sock.fileno(), self._readable)
@@ -93,7 +107,8 @@ class NsWatcher:
             self._ioctl = None
 
     def resync(self) -> None:
-        """Dump links then addresses again (also refreshes the counters); idempotent while a dump runs."""
+        """Dump links, addresses, routes and neighbours again (also refreshes counters and ethtool info);
+        idempotent while a dump runs."""
         if self._dump_kind:
             self._want_dump = True
             return
@@ -156,20 +171,19 @@ class NsWatcher:
     def _start_dump(self, kind: str) -> None:
         assert self._sock is not None
         self._seq = (self._seq + 1) & 0x7FFFFFFF
-        msg = ifinfmsg() if kind == "link" else ifaddrmsg()
-        msg["family"] = 0
-        msg["header"]["type"] = RTM_GETLINK if kind == "link" else RTM_GETADDR
-        msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
-        msg["header"]["sequence_number"] = self._seq
-        msg["header"]["pid"] = 0
-        msg.encode()
+        mtype, header_size, _next = DUMPS[kind]
+        request = struct.pack("=IHHII", 16 + header_size, mtype, NLM_F_REQUEST | NLM_F_DUMP, self._seq, 0)
         self._dump_kind, self._dump_seq, self._dump_intr = kind, self._seq, False
         if kind == "link":
             self._dump_links, self._dump_stats = {}, {}
-        else:
+        elif kind == "addr":
             self._dump_addrs = {}
+        elif kind == "route":
+            self._dump_routes = {}
+        else:
+            self._dump_neighs = {}
         try:
-            self._sock.send(msg.data)
+            self._sock.send(request + bytes(header_size))
         except OSError as exc:
             log.warning("netlink dump request failed in %s: %s", self.ns.name or "root", exc)
             self._dump_kind = ""
@@ -182,19 +196,22 @@ class NsWatcher:
             self._start_dump(kind)
             return
         if kind == "link":
-            now = _now_ms()
             self.links = self._dump_links
-            for index, stats in self._dump_stats.items():
-                self.first_seen.setdefault(index, now)
-                if self.metrics.get(index) != stats:  # `Last` moves only when a counter moved
-                    self.metrics[index] = stats
-                    self.metric_ts[index] = now
-            for d in (self.metrics, self.metric_ts, self.first_seen, self.drv, self.addrs):
+            self._refresh_metrics(self._dump_stats)
+            for d in (self.metrics, self.metric_ts, self.first_seen, self.drv, self.addrs, self.last_update):
                 for index in [i for i in d if i not in self.links]:
                     del d[index]
-            self._start_dump("addr")
+        elif kind == "addr":
+            self.addrs = {i: a for i, a in self._dump_addrs.items() if i in self.links}
+        elif kind == "route":
+            self.rt.replace_routes(self._dump_routes)
+        else:
+            self.rt.replace_neighs(self._dump_neighs)
+            self.rt.forget_links(set(self.links))
+        following = DUMPS[kind][2]
+        if following:
+            self._start_dump(following)
             return
-        self.addrs = {i: a for i, a in self._dump_addrs.items() if i in self.links}
         if self._want_dump:
             self._want_dump = False
             self._start_dump("link")
@@ -272,7 +289,60 @@ class NsWatcher:
             return self._link(buf, off, end, mtype == RTM_NEWLINK, in_dump)
         if mtype in (RTM_NEWADDR, RTM_DELADDR):
             return self._addr(buf, off, end, mtype == RTM_NEWADDR, in_dump)
+        if mtype in (RTM_NEWROUTE, RTM_DELROUTE):
+            return self._route(buf, off, end, mtype == RTM_NEWROUTE, in_dump)
+        if mtype in (RTM_NEWNEIGH, RTM_DELNEIGH):
+            return self._neigh(buf, off, end, mtype == RTM_NEWNEIGH, in_dump)
         return False
+
+    def _refresh_metrics(self, dumped: dict[int, dict[str, int]]) -> None:
+        """Counters of a link dump: `Metric` moves (with `Last`) only when a counter moved, and the change
+        since the previous refresh becomes `LastUpdateMetric` over [previous refresh, now] (Skydive)."""
+        now = _now_ms()
+        previous_refresh = self._last_refresh_ms
+        self._last_refresh_ms = now
+        for index, stats in dumped.items():
+            first = self.first_seen.setdefault(index, now)
+            old = self.metrics.get(index)
+            if old == stats:
+                continue
+            self.metrics[index] = stats
+            self.metric_ts[index] = now
+            if old is not None and previous_refresh:
+                delta = {k: v - old.get(k, 0) for k, v in stats.items()}
+                delta["Start"] = max(previous_refresh, first)
+                delta["Last"] = now
+                self.last_update[index] = delta
+
+    def _route(self, buf: bytes, off: int, end: int, new: bool, in_dump: bool) -> bool:
+        parsed = parse_route_at(buf, off, end)
+        if parsed is None:
+            return False
+        key, route = parsed
+        if in_dump:
+            self._dump_routes[key] = route
+            return False
+        if self._dump_kind == "route":
+            if new:
+                self._dump_routes[key] = route
+            else:
+                self._dump_routes.pop(key, None)
+        return self.rt.route_event(key, route if new else None)
+
+    def _neigh(self, buf: bytes, off: int, end: int, new: bool, in_dump: bool) -> bool:
+        parsed = parse_neigh_at(buf, off, end)
+        if parsed is None:
+            return False
+        key, nb = parsed
+        if in_dump:
+            self._dump_neighs[key] = nb
+            return False
+        if self._dump_kind == "neigh":
+            if new:
+                self._dump_neighs[key] = nb
+            else:
+                self._dump_neighs.pop(key, None)
+        return self.rt.neigh_event(key, nb if new else None)
 
     def _link(self, buf: bytes, off: int, end: int, new: bool, in_dump: bool) -> bool:
         # AF_BRIDGE (7) notifications are about bridge ports and carry partial data: not link changes
@@ -284,12 +354,14 @@ class NsWatcher:
             self._dump_links[index] = md
             if stats is not None:
                 self._dump_stats[index] = stats
-            self._driver(index, md["Name"])
+            self._ethtool(index, md["Name"])
             return False
         dumping_links = self._dump_kind == "link"
+        old = self.links.get(index)
         if not new:
+            self.rt.drop_interface(index)
             self.links.pop(index, None)
-            for d in (self.addrs, self.metrics, self.metric_ts, self.first_seen, self.drv):
+            for d in (self.addrs, self.metrics, self.metric_ts, self.first_seen, self.drv, self.last_update):
                 d.pop(index, None)
             if dumping_links:
                 self._dump_links.pop(index, None)
@@ -300,20 +372,40 @@ class NsWatcher:
         self.links[index] = md
         if dumping_links:
             self._dump_links[index] = md
+        if old is not None and ("UP" in old["LinkFlags"]) != ("UP" in md["LinkFlags"]):
+            self._routes_changed_silently()
         if index not in self.metrics:
             now = _now_ms()
             self.first_seen.setdefault(index, now)
             if stats is not None:
                 self.metrics[index] = stats
                 self.metric_ts[index] = now
-        self._driver(index, md["Name"])
+        self._ethtool(index, md["Name"])
         return True
 
-    def _driver(self, index: int, name: str) -> None:
+    def _routes_changed_silently(self) -> None:
+        """A link went up or down: the kernel adds/flushes IPv4 routes of it without events: dump them again."""
+        if self._dump_kind:
+            self._want_dump = True
+        else:
+            self._start_dump("route")
+
+    def _ethtool(self, index: int, name: str) -> None:
+        """Driver and bus (once per name), speed, duplex and features (again at each link event and dump:
+        `ethtool -K` and carrier changes come with a link event)."""
+        if self._ioctl is None:
+            return
         cached = self.drv.get(index)
         if cached is not None and cached[0] == name:
-            return
-        info = ethtool.driver_info(self._ioctl, name) if self._ioctl is not None else {}
+            info = {k: cached[1][k] for k in ("Driver", "BusInfo") if k in cached[1]}
+        else:
+            info = ethtool.driver_info(self._ioctl, name)
+        info.update(ethtool.link_settings(self._ioctl, name))
+        feats = ethtool.features(self._ioctl, name)
+        if feats:
+            if cached is not None and cached[1].get("Features") == feats:
+                feats = cached[1]["Features"]  # keep the same object: cheaper equality in the diff
+            info["Features"] = feats
         self.drv[index] = (name, info)
 
     def _addr(self, buf: bytes, off: int, end: int, new: bool, in_dump: bool) -> bool:

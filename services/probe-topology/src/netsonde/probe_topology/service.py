@@ -244,7 +244,7 @@ class ProbeTopologyService(Service):
 
     def current_state(self) -> HostState:
         t0 = time.perf_counter()
-        state = build(self.host, self.hostname, self.watchers.values(), self.ovs_state)
+        state = build(self.host, self.hostname, self.watchers.values(), self.ovs_state, self.config.metadata)
         self._last_build_s = time.perf_counter() - t0
         self.m_build.observe(self._last_build_s)
         return state
