@@ -105,6 +105,7 @@ class BaseConfig:
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError(f"config file {path}: {exc}") from None
             values.update(data.get("common", {}))
+            values.update(data.get(cls.SECTION.replace("_", "-"), {}))  # [probe-topology] = [probe_topology]
             values.update(data.get(cls.SECTION, {}))
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for name in fields:
@@ -129,7 +130,8 @@ class BaseConfig:
         docs = _attribute_docs(cls)
         out = []
         for f in dataclasses.fields(cls):
-            out.append((f"NETSONDE_{f.name.upper()}", str(f.type), f.default, docs.get(f.name, "")))
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out.append((f"NETSONDE_{f.name.upper()}", str(f.type), default, docs.get(f.name, "")))
         return out
 
 
