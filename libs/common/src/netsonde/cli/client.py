@@ -46,8 +46,11 @@ def add_parser(sub: Any) -> None:
     pcap = csub.add_parser("pcap", help="turn a pcap file into flows (stored like captured ones)")
     pcap.add_argument("file")
     pcap.add_argument("--node-tid", default="", help="NodeTID to give the flows")
-    pcap.add_argument("--keep-time", action="store_true",
-                      help="keep the file's timestamps (default: replayed now, inside the retention window)")
+    when = pcap.add_mutually_exclusive_group()
+    when.add_argument("--keep-time", action="store_true",
+                      help="flows carry the packets' own timestamps (the default)")
+    when.add_argument("--replay", action="store_true",
+                      help="replay the file now at capture speed: times shifted so its first packet is now")
 
 
 def _url(args: argparse.Namespace, path: str) -> str:
@@ -103,7 +106,7 @@ def _run(args: argparse.Namespace, http: httpx.Client) -> int:
     if cmd == "pcap":
         with open(args.file, "rb") as f:
             resp = http.post(_url(args, "/api/pcap"), content=f.read(),
-                             params={"NodeTID": args.node_tid, "KeepTime": "1" if args.keep_time else ""},
+                             params={"NodeTID": args.node_tid, "KeepTime": "0" if args.replay else "1"},
                              headers={"Content-Type": "application/vnd.tcpdump.pcap"})
         return _show(resp)
     return 2

@@ -45,6 +45,10 @@ RAW_PACKETS_TABLE = "flow_raw_packets"
 
 DEFAULT_TTL_DAYS = 30
 
+STORED_AT = "StoredAt"
+"""DateTime column filled by the server at insert (DEFAULT now()) in every flow table; the retention TTL
+counts from it. Not part of the insert columns."""
+
 
 @dataclass(frozen=True)
 class Column:
@@ -175,10 +179,15 @@ def _ttl(expr: str, ttl_days: int) -> str:
     return f"TTL toDateTime(intDiv({expr}, 1000)) + INTERVAL {int(ttl_days)} DAY" if ttl_days > 0 else ""
 
 
-def migrations(ttl_days: int = DEFAULT_TTL_DAYS) -> list[Migration]:
-    """The versioned flow-table migrations, with rows expiring `ttl_days` after their `Last` (0 = never).
+def _stored_ttl(ttl_days: int) -> str:
+    return f"TTL `{STORED_AT}` + INTERVAL {int(ttl_days)} DAY"
 
-    The TTL only applies at creation; `set_ttl()` changes it on existing tables."""
+
+def migrations(ttl_days: int = DEFAULT_TTL_DAYS) -> list[Migration]:
+    """The versioned flow-table migrations, with rows expiring `ttl_days` after they were stored (0 = never;
+    tables created before migration 5 first expired rows by their `Last`).
+
+    `ttl_statements()` changes the TTL on existing tables."""
     flows = (
         f"CREATE TABLE IF NOT EXISTS {{db}}.{FLOWS_TABLE} ({_columns_ddl(FLOW_COLUMNS)}, "
         "INDEX idx_tracking TrackingID TYPE bloom_filter(0.01) GRANULARITY 4, "
@@ -211,6 +220,11 @@ def migrations(ttl_days: int = DEFAULT_TTL_DAYS) -> list[Migration]:
         Migration(4, "drop the skip indexes that cost inserts more than they save queries", [
             f"ALTER TABLE {{db}}.{FLOWS_TABLE} DROP INDEX IF EXISTS {idx}"
             for idx in ("idx_l3tracking", "idx_parent", "idx_link_a", "idx_link_b")]),
+        Migration(5, "retention counted from storage time, so imported old captures are kept", [
+            *(f"ALTER TABLE {{db}}.{table} ADD COLUMN IF NOT EXISTS `{STORED_AT}` DateTime DEFAULT now()"
+              for table in (FLOWS_TABLE, METRICS_TABLE, RAW_PACKETS_TABLE)),
+            *(f"ALTER TABLE {{db}}.{table} MODIFY {_stored_ttl(ttl_days)}"
+              for table in (FLOWS_TABLE, METRICS_TABLE, RAW_PACKETS_TABLE) if ttl_days > 0)]),
     ]
 
 
@@ -220,11 +234,14 @@ MIGRATIONS: list[Migration] = migrations()
 
 
 def ttl_statements(database: str, ttl_days: int) -> list[str]:
-    """ALTER statements that set (or remove, with 0) the TTL of the existing flow tables."""
+    """ALTER statements that set (or remove, with 0) the TTL of the existing flow tables.
+
+    Rows expire `ttl_days` after they were stored (`StoredAt`, migration 5), not after the flow's own time:
+    a pcap imported with its packets' 2016 timestamps stays as long as live flows do."""
     out = []
-    for table, col in ((FLOWS_TABLE, "Last"), (METRICS_TABLE, "Last"), (RAW_PACKETS_TABLE, "Timestamp")):
+    for table in (FLOWS_TABLE, METRICS_TABLE, RAW_PACKETS_TABLE):
         if ttl_days > 0:
-            out.append(f"ALTER TABLE `{database}`.{table} MODIFY {_ttl(col, ttl_days)}")
+            out.append(f"ALTER TABLE `{database}`.{table} MODIFY {_stored_ttl(ttl_days)}")
         else:
             out.append(f"ALTER TABLE `{database}`.{table} REMOVE TTL")
     return out
@@ -427,7 +444,7 @@ def row_to_metric(row: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
-    "COMPONENT", "FLOWS_TABLE", "METRICS_TABLE", "RAW_PACKETS_TABLE", "DEFAULT_TTL_DAYS", "Column",
+    "COMPONENT", "FLOWS_TABLE", "METRICS_TABLE", "RAW_PACKETS_TABLE", "DEFAULT_TTL_DAYS", "STORED_AT", "Column",
     "FLOW_COLUMNS", "METRIC_COLUMNS", "RAW_PACKET_COLUMNS", "FLOW_COLUMN_NAMES", "METRIC_COLUMN_NAMES",
     "RAW_PACKET_COLUMN_NAMES", "FLOW_COLUMN_TYPES", "METRIC_COLUMN_TYPES", "FIELD_TO_COLUMN",
     "METRIC_FIELD_TO_COLUMN", "LATEST_BY_UUID", "column_type", "migrations", "MIGRATIONS", "ttl_statements",

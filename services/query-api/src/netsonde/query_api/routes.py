@@ -14,7 +14,7 @@ from aiohttp import web
 import netsonde.gremlin as gremlin
 from netsonde.common.graph import element_to_json
 
-from .captures import CaptureError, capture_from_json, capture_to_json
+from .captures import CaptureError, capture_from_json, capture_to_json, selection_warning
 
 if TYPE_CHECKING:
     from .service import QueryApiService
@@ -99,7 +99,7 @@ class Routes:
             return _error(400, "empty body: POST the pcap file")
         try:
             count = await self.svc.import_pcap(data, request.query.get("NodeTID", ""),
-                                               request.query.get("KeepTime", "") in ("1", "true"))
+                                               request.query.get("KeepTime", "true") not in ("0", "false"))
         except ValueError as exc:
             return _error(400, f"not a pcap file: {exc}")
         return _json({"Flows": count})
@@ -188,18 +188,17 @@ class Routes:
             cap = capture_from_json(body)
         except ValueError as exc:
             return _error(400, str(exc) if isinstance(exc, CaptureError) else "request body must be JSON")
-        try:
-            selected = await self.svc.run_query(cap.GremlinQuery)
-        except gremlin.GremlinError as exc:
-            return _error(400, f"GremlinQuery: {exc}")
-        if not isinstance(selected, list) or not selected:
-            return _error(400, f"GremlinQuery {cap.GremlinQuery!r} selects no node; nothing to capture")
         if cap.BPFFilter:
             problem = _check_bpf(cap.BPFFilter)
             if problem:
                 return _error(400, f"BPFFilter {cap.BPFFilter!r}: {problem}")
+        try:  # a standing capture: selecting nothing today is a warning, never an error
+            selected: Any = await self.svc.run_query(cap.GremlinQuery)
+        except gremlin.GremlinError as exc:
+            selected = exc
         await self.svc.captures.put(cap)
-        return _json(capture_to_json(cap))
+        warning = selection_warning(cap, selected)
+        return _json({**capture_to_json(cap), **({"Warning": warning} if warning else {})})
 
     async def capture_delete(self, request: web.Request) -> web.Response:
         assert self.svc.captures is not None

@@ -89,10 +89,10 @@ class QueryApiService(Service):
             return
         self.hub.on_flows(msgspec.to_builtins(batch.flows))
 
-    async def import_pcap(self, data: bytes, node_tid: str, keep_time: bool = False) -> int:
+    async def import_pcap(self, data: bytes, node_tid: str, keep_time: bool = True) -> int:
         """Flows of a pcap file, published on the flow stream in batches; returns how many flows.
-        Unless `keep_time`, the file is treated as replayed now (see `feed_pcap`), so its flows are not
-        dropped by the retention TTL."""
+        With `keep_time` (the default) flows carry the packets' own timestamps (a 2016 capture is found with
+        `Context(<2016 instant>)`); without it the file is replayed now at capture speed (see `feed_pcap`)."""
         import uuid
 
         from netsonde.common.bus import encode
