@@ -1,7 +1,8 @@
 """The ovssflow slice end to end on real parts: POST /api/capture (Type ovssflow) -> capture bucket -> the
 collector configures the OVS bridge's sFlow -> ping between two namespaces on the bridge -> flows on the
-JetStream stream -> flow-enricher -> ClickHouse -> Gremlin `Flows()` on the bridge's ports (query-api), with
-exact counts and NodeTIDs equal to the TIDs probe-topology gives the OVS port nodes."""
+JetStream stream -> flow-enricher -> ClickHouse -> Gremlin `Flows()` on the bridge (query-api): one ICMP flow with
+5 requests and 5 replies whose NodeTID is the TID probe-topology gives the bridge node, and In()/Out()/Hops()/
+Nodes()/CaptureNode() answering as in Skydive (source interface, destination interface, the bridge)."""
 
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ async def test_ovssflow_flows_through_gremlin(ovs: OvsDaemons, nats_url: str, cl
                                                          "0.2", "-W", "2", pair.ip_b], capture_output=True, text=True)
             assert p.returncode == 0, p.stdout + p.stderr
 
-            icmp = f"{ports_q}.Flows().Has('LayersPath', 'Ethernet/IPv4/ICMPv4')"
+            icmp = f"{bridge_q}.Flows().Has('LayersPath', 'Ethernet/IPv4/ICMPv4')"
 
             async def icmp_counted() -> bool:
                 r = await http.post("/api/topology", json={"GremlinQuery": f"{icmp}.Sum('Metric.ABPackets')"})
@@ -94,22 +95,24 @@ async def test_ovssflow_flows_through_gremlin(ovs: OvsDaemons, nats_url: str, cl
                 return r.status_code == r2.status_code == 200 and (r.json(), r2.json()) == (5, 5)
             assert await wait_for(icmp_counted, 30, interval=0.5)
 
-            flows = await gremlin(icmp)
-            tids = {n["Metadata"]["Name"]: n["Metadata"]["TID"] for n in await gremlin(ports_q)}
-            by_tid = {f["NodeTID"]: f for f in flows}
-            assert set(by_tid) == {tids[pair.port_a], tids[pair.port_b]}
-            a, b = by_tid[tids[pair.port_a]], by_tid[tids[pair.port_b]]
-            assert a["Metric"]["ABPackets"] == 5 and a["Metric"]["ABBytes"] == 5 * 98
-            assert b["Metric"]["BAPackets"] == 5 and b["Metric"]["BABytes"] == 5 * 98
-            assert a["Network"]["A"] == pair.ip_a and a["TrackingID"] == b["TrackingID"]
-            assert a["SamplingRate"] == 1
-            # the issue's query: a bridge's flows are those of its ports (the sFlow capture is on the bridge)
+            [bridge] = await gremlin(bridge_q)
+            [flow] = await gremlin(icmp)  # one flow: both directions of the ping on the bridge
+            m = flow["Metric"]
+            assert (m["ABPackets"], m["BAPackets"], m["ABBytes"], m["BABytes"]) == (5, 5, 5 * 98, 5 * 98)
+            assert flow["NodeTID"] == bridge["Metadata"]["TID"]
+            assert (flow["Network"]["A"], flow["Network"]["B"]) == (pair.ip_a, pair.ip_b)
+            assert flow["SamplingRate"] == 1
+            # the issue's query, as in Skydive: one flow with 5/5 on the bridge
             on_bridge = await gremlin("G.V().Has('Type', 'ovsbridge').Flows().Has('LayersPath', 'Ethernet/IPv4/ICMPv4')")
-            assert {f["UUID"] for f in on_bridge} == {a["UUID"], b["UUID"]}
-            assert await gremlin(f"G.V().Has('Name', '{br}', 'Type', 'ovsbridge').Flows()"
-                                 ".Has('LayersPath', 'Ethernet/IPv4/ICMPv4').Sum('Metric.ABPackets')") == 5
-            hops = await gremlin(f"G.Flows().Has('UUID', '{a['UUID']}').Hops().Values('Name')")
-            assert hops == [pair.port_a]
+            assert [f["UUID"] for f in on_bridge] == [flow["UUID"]]
+            assert await gremlin(f"{ports_q}.Flows().Has('LayersPath', 'Ethernet/IPv4/ICMPv4').Count()") == 0
+            one = f"G.Flows().Has('UUID', '{flow['UUID']}')"
+            inner_a, inner_b = f"{pair.ns_a}i", f"{pair.ns_b}i"  # the veth ends inside the namespaces
+            assert await gremlin(f"{one}.Hops().Values('Name')") == [br]
+            assert await gremlin(f"{one}.CaptureNode().Values('Name')") == [br]
+            assert await gremlin(f"{one}.In().Values('Name')") == [inner_a]
+            assert await gremlin(f"{one}.Out().Values('Name')") == [inner_b]
+            assert await gremlin(f"{one}.Nodes().Values('Name')") == [br, inner_a, inner_b]
 
             # counter samples (polling 1 s) land on the port nodes as SFlow.Metric / SFlow.LastUpdateMetric
             port_a_q = f"G.V().Has('Type', 'ovsport', 'Name', '{pair.port_a}')"

@@ -11,7 +11,7 @@ from netsonde.flow.table import FlowTable
 from netsonde.sflow_collector import collector as collector_mod
 from netsonde.sflow_collector.collector import PortInfo, SFlowCollector, fallback_tid
 from netsonde.sflow_collector.decode import FlowSample, RawPacketHeader, decode_datagram
-from netsonde.sflow_collector.ovs import port_tid
+from netsonde.sflow_collector.ovs import bridge_tid, port_tid
 
 from tests.unit.test_sflow_decode import (
     DATAGRAMS, ETH_ICMP, counter_sample, datagram, flow_sample, generic_counters, record, u32,
@@ -61,23 +61,21 @@ def test_real_datagrams_to_flows_counts_every_sample() -> None:
     assert any(p.startswith("Ethernet/IPv4/TCP") for p in paths)
     assert any(p.startswith("Ethernet/IPv6") for p in paths)
     assert all(f.SamplingRate == 1 for f in flows)
-    # unresolved ports get the documented fallback TID
-    inputs = {s.input for d in DATAGRAMS for s in decode_datagram(d).samples if isinstance(s, FlowSample)}
-    assert {f.NodeTID for f in flows} <= {fallback_tid("127.0.0.1", i) for i in inputs}
+    # samples of an agent with no known port go to one table per agent, with the documented fallback TID
+    assert {f.NodeTID for f in flows} == {fallback_tid("127.0.0.1")}
 
 
 def test_same_flow_logic_as_probe_flow() -> None:
     """Each sample through FlowTable.process_frame one by one gives the same flows (UUID, TrackingID, counts)."""
     c = SFlowCollector()
     flows = run(c, DATAGRAMS, batch=len(DATAGRAMS))
-    tables: dict[int, FlowTable] = {}
+    t = FlowTable(fallback_tid("127.0.0.1"))
     for data in DATAGRAMS:
         for s in decode_datagram(data).samples:
             if isinstance(s, FlowSample):
                 raw = next(r for r in s.records if isinstance(r, RawPacketHeader))
-                t = tables.setdefault(s.input, FlowTable(fallback_tid("127.0.0.1", s.input)))
                 assert t.process_frame(raw.header, TS, raw.frame_length - raw.stripped, s.sampling_rate)
-    ref = [f for t in tables.values() for f in t.updates(TS + 1000)]
+    ref = t.updates(TS + 1000)
 
     def view(fl: list) -> set:  # type: ignore[type-arg]
         return {(f.UUID, f.TrackingID, f.L3TrackingID, f.NodeTID, f.LayersPath, f.Metric.ABPackets,
@@ -86,21 +84,59 @@ def test_same_flow_logic_as_probe_flow() -> None:
     assert view(flows) == view(ref)
 
 
-def test_counts_scaled_by_sampling_rate_and_port_resolution() -> None:
-    ports = {5: PortInfo(port_tid("h1", "3c0f8a7e-0000-4000-8000-000000000001"), "cap-1", "p5", "br0", 2)}
+BR0, BR1 = "3c0f8a7e-0000-4000-8000-0000000000b0", "3c0f8a7e-0000-4000-8000-0000000000b1"
+REPLY = ETH_ICMP[6:12] + ETH_ICMP[0:6] + ETH_ICMP[12:26] + ETH_ICMP[30:34] + ETH_ICMP[26:30] + b"\0" \
+    + ETH_ICMP[35:]
+
+
+def bridge_ports() -> dict[int, PortInfo]:
+    """ifIndex 5, 6 on br0; 7, 8 on br1 (the two ends of a path through both bridges)."""
+    out = {}
+    for ifx, bridge in ((5, BR0), (6, BR0), (7, BR1), (8, BR1)):
+        out[ifx] = PortInfo(bridge_tid("h1", bridge), "cap-1", f"p{ifx}", "br" + bridge[-1], ifx - 3,
+                            port_tid=port_tid("h1", f"3c0f8a7e-0000-4000-8000-00000000000{ifx}"))
+    return out
+
+
+def test_counts_scaled_by_sampling_rate_and_keyed_per_bridge() -> None:
+    """Requests enter br0 by port 5, replies by port 6: one flow on the bridge with both directions."""
+    ports = bridge_ports()
     c = SFlowCollector(lambda agent, ifx: ports.get(ifx) if agent == "192.0.2.9" else None)
-    reply = ETH_ICMP[6:12] + ETH_ICMP[0:6] + ETH_ICMP[12:26] + ETH_ICMP[30:34] + ETH_ICMP[26:30] + b"\0" \
-        + ETH_ICMP[35:]
-    dgs = [datagram("192.0.2.9", [flow_sample([raw_record(ETH_ICMP, 102)], rate=64, inp=5)] * 3
-                    + [flow_sample([raw_record(reply, 102)], rate=64, inp=5)], seq=i) for i in range(5)]
+    dgs = [datagram("192.0.2.9", [flow_sample([raw_record(ETH_ICMP, 102)], rate=64, inp=5, outp=6)] * 3
+                    + [flow_sample([raw_record(REPLY, 102)], rate=64, inp=6, outp=5)], seq=i) for i in range(5)]
     flows = run(c, dgs, batch=2)
     assert len(flows) == 1
     f = flows[0]
-    assert (f.NodeTID, f.CaptureID, f.SamplingRate) == (ports[5].node_tid, "cap-1", 64)
+    assert (f.NodeTID, f.CaptureID, f.SamplingRate) == (bridge_tid("h1", BR0), "cap-1", 64)
     assert (f.Metric.ABPackets, f.Metric.BAPackets) == (5 * 3 * 64, 5 * 64)
     assert (f.Metric.ABBytes, f.Metric.BABytes) == (5 * 3 * 64 * 98, 5 * 64 * 98)
     assert f.ICMP is not None and f.ICMP.Type == "ECHO" and f.Network is not None and f.Network.A == "10.98.0.1"
-    assert c.unresolved == 0
+    assert c.unresolved == 0 and len(c.tables) == 1
+
+
+def test_two_bridges_give_two_flows_with_one_tracking_id() -> None:
+    """A ping crossing br0 (ports 5, 6) and br1 (ports 7, 8): one flow per bridge, same TrackingID, own UUID."""
+    ports = bridge_ports()
+    c = SFlowCollector(lambda agent, ifx: ports.get(ifx))
+    samples = []
+    for inp, outp in ((5, 6), (7, 8)):  # the request enters each bridge
+        samples.append(flow_sample([raw_record(ETH_ICMP, 102)], rate=1, inp=inp, outp=outp))
+    for inp, outp in ((8, 7), (6, 5)):  # the reply comes back
+        samples.append(flow_sample([raw_record(REPLY, 102)], rate=1, inp=inp, outp=outp))
+    flows = run(c, [datagram("192.0.2.9", samples * 5)])
+    assert len(flows) == 2
+    assert {f.NodeTID for f in flows} == {bridge_tid("h1", BR0), bridge_tid("h1", BR1)}
+    assert len({f.TrackingID for f in flows}) == 1 and len({f.UUID for f in flows}) == 2
+    assert all((f.Metric.ABPackets, f.Metric.BAPackets, f.Metric.ABBytes, f.Metric.BABytes) == (5, 5, 490, 490)
+               for f in flows)
+
+
+def test_frames_from_the_bridge_port_go_by_output_port() -> None:
+    """An input the collector cannot resolve (e.g. a patch port) with a known single output port."""
+    ports = bridge_ports()
+    c = SFlowCollector(lambda agent, ifx: ports.get(ifx))
+    flows = run(c, [datagram("192.0.2.9", [flow_sample([raw_record(ETH_ICMP, 102)], rate=1, inp=99, outp=7)])])
+    assert [f.NodeTID for f in flows] == [bridge_tid("h1", BR1)]
 
 
 def test_python_fallback_gives_the_same_flows(monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -123,7 +159,7 @@ def test_bad_datagrams_are_counted_per_sender_and_dropped() -> None:
 
 
 def test_counter_samples_become_interface_metrics_with_deltas() -> None:
-    ports = {3: PortInfo("tid-3", "cap", "p3", "br0", 7)}
+    ports = {3: PortInfo("tid-br0", "cap", "p3", "br0", 7, port_tid="tid-3")}  # counters go to the port
     c = SFlowCollector(lambda agent, ifx: ports.get(ifx))
     c.feed(datagram("192.0.2.9", [counter_sample([generic_counters(3, 1000, 2000)], index=3)]), "x", TS)
     c.feed(datagram("192.0.2.9", [counter_sample([generic_counters(3, 1500, 2600)], index=3)]), "x", TS + 10_000)
@@ -148,9 +184,9 @@ def test_real_counter_samples_resolve_by_ifindex() -> None:
     assert all(i.Key == "SFlow" and i.Name and i.OfPort > 0 and "IfInUcastPkts" in i.Metric for i in items)
 
 
-def test_table_cap_drops_and_counts_samples_of_extra_ports() -> None:
+def test_table_cap_drops_and_counts_samples_of_extra_agents() -> None:
     c = SFlowCollector(max_tables=2)
-    dgs = [datagram("192.0.2.9", [flow_sample([raw_record(ETH_ICMP, 102)], rate=1, inp=i)]) for i in range(1, 5)]
+    dgs = [datagram(f"192.0.2.{i}", [flow_sample([raw_record(ETH_ICMP, 102)], rate=1, inp=i)]) for i in range(1, 5)]
     flows = run(c, dgs, batch=10)
     assert len(c.tables) == 2 and c.samples_dropped == 2
     assert totals(flows)[0] == 2

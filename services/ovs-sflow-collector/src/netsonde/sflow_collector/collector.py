@@ -2,8 +2,10 @@
 
 `SFlowCollector.feed(datagram, sender)` validates a datagram and folds its flow samples into a batch
 (C scanner, `_fastsflow.scan`); `process(ts_ms)` runs the batch through the flow logic of probe-flow
-(`netsonde.flow.table.FlowTable`, one table per agent + input port, so NodeTID is the port's node), scaling
-packets and bytes by the sampling rate; `updates(now_ms)` returns the flows touched since the previous call,
+(`netsonde.flow.table.FlowTable`), scaling packets and bytes by the sampling rate. Flows are keyed as Skydive
+keys them: one table per capture node (the OVS bridge a sample's input port belongs to, or the node of an
+`sflow` capture), so both directions of a conversation on one bridge are one flow (ABPackets and BAPackets);
+`updates(now_ms)` returns the flows touched since the previous call,
 marked with `SamplingRate`; `counters(now_ms)` returns the interface counters of the counter samples.
 
 Bytes of a sampled frame are its wire length without the FCS (`frame_length - stripped`), which is what an
@@ -51,18 +53,22 @@ class PortInfo:
     """What the collector knows about the port behind an (agent, ifIndex)."""
 
     node_tid: str
+    """TID of the capture node the port's samples are accounted to: the OVS bridge (flows' NodeTID)."""
     capture_id: str = ""
     name: str = ""
     bridge: str = ""
     of_port: int = -1
+    port_tid: str = ""
+    """TID of the port's own node (`ovsport`): its counter samples (per-port counters) are reported on it."""
 
 
 Resolver = Callable[[str, int], "PortInfo | None"]
 
 
-def fallback_tid(agent: str, if_index: int) -> str:
-    """NodeTID when no port is known for (agent, ifIndex): stable, but matches no graph node."""
-    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"sflow/{agent}/{if_index}"))
+def fallback_tid(agent: str) -> str:
+    """NodeTID of the samples of an agent none of whose ports is known (one table per agent, as Skydive keeps
+    one table per agent socket): stable, but matches no graph node."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"sflow/{agent}"))
 
 
 @dataclass
@@ -88,12 +94,12 @@ class SFlowCollector:
         self.expire_ms = expire_ms
         self.max_entries = max_entries
         self.max_tables = max_tables
-        """Most flow tables (ports x captures); samples for more ports are dropped and counted."""
+        """Most flow tables (capture nodes x captures); samples for more are dropped and counted."""
         self.samples_dropped = 0
         """Sample aggregates dropped because `max_tables` was reached."""
         self.stats: dict[str, AgentStats] = {}
         self.tables: dict[tuple[str, str], FlowTable] = {}
-        """(NodeTID, capture ID) -> table."""
+        """(NodeTID, capture ID) -> table: one per bridge and capture."""
         self._rates: dict[int, int] = {}
         """id(table) -> last sampling rate seen."""
         self._agg: dict[bytes, list] = {}  # type: ignore[type-arg]
@@ -238,12 +244,12 @@ class SFlowCollector:
         self._agg = {}
         ts_ns = ts_ms * 1_000_000
         per_table: dict[int, tuple[FlowTable, list[tuple[bytes, bytes, int, int, int, int]]]] = {}
-        resolved: dict[tuple[bytes, int], FlowTable | None] = {}
-        for key, (n, header, rate, frame_len, in_if, _out, agent_b, _src, stripped, proto) in agg.items():
+        resolved: dict[tuple[bytes, int, int], FlowTable | None] = {}
+        for key, (n, header, rate, frame_len, in_if, out_if, agent_b, _src, stripped, proto) in agg.items():
             try:
-                table = resolved[(agent_b, in_if)]
+                table = resolved[(agent_b, in_if, out_if)]
             except KeyError:
-                table = resolved[(agent_b, in_if)] = self._table(self._agent(agent_b), in_if)
+                table = resolved[(agent_b, in_if, out_if)] = self._table(self._agent(agent_b), in_if, out_if)
             if table is None:
                 self.samples_dropped += n
                 continue
@@ -263,17 +269,21 @@ class SFlowCollector:
             _process(table, items)
         return len(agg)
 
-    def _table(self, agent: str, if_index: int) -> FlowTable | None:
-        info = self.resolve(agent, if_index)
+    def _table(self, agent: str, in_if: int, out_if: int) -> FlowTable | None:
+        """The table of the bridge the sample's input port belongs to (or, when the input is unknown, e.g. a
+        patch port without a Linux ifIndex, the bridge of its single output port)."""
+        info = self.resolve(agent, in_if)
+        if info is None and 0 < out_if < 0x40000000:  # format 0: a single output port
+            info = self.resolve(agent, out_if)
         if info is None:
             self.unresolved += 1
-            tid, capture = fallback_tid(agent, if_index), ""
+            tid, capture = fallback_tid(agent), ""
         else:
             tid, capture = info.node_tid, info.capture_id
         table = self.tables.get((tid, capture))
         if table is None:
             if len(self.tables) >= self.max_tables:
-                self._once.warning("sflow-tables", f"more than {self.max_tables} ports: samples dropped")
+                self._once.warning("sflow-tables", f"more than {self.max_tables} flow tables: samples dropped")
                 return None
             table = self.tables[(tid, capture)] = FlowTable(
                 tid, capture, self.layer_key_mode, expire_ms=self.expire_ms, max_entries=self.max_entries)
@@ -362,7 +372,8 @@ class SFlowCollector:
             self._counter_state[(dg.agent, ifx)] = (values, ts_ms)
             self._counters.append(InterfaceMetrics(
                 Key="SFlow", Metric=values, LastUpdateMetric=delta, Last=ts_ms,
-                NodeTID=info.node_tid if info else "", IfIndex=ifx, Name=name or (info.name if info else ""),
+                NodeTID=(info.port_tid or info.node_tid) if info else "", IfIndex=ifx,
+                Name=name or (info.name if info else ""),
                 OfPort=of_port if of_port >= 0 else (info.of_port if info else -1), Agent=dg.agent,
                 IfSpeed=generic.if_speed, IfStatus=generic.if_status))
 

@@ -160,13 +160,16 @@ class Vsctl:
 
     # --- ports ----------------------------------------------------------------------------------------
     def port_map(self, host: str, captures: dict[str, str], snap: OvsSnapshot | None = None) -> dict[int, PortInfo]:
-        """Linux ifIndex -> PortInfo for every interface of every bridge (`captures`: bridge -> capture ID)."""
+        """Linux ifIndex -> PortInfo for every interface of every bridge (`captures`: bridge -> capture ID).
+        Samples are accounted to the bridge (PortInfo.node_tid, as Skydive's ovssflow does), counters to the
+        port (PortInfo.port_tid)."""
         snap = snap or self.snapshot()
         ifaces = {r["_uuid"]: r for r in snap.interface}
         ports = {r["_uuid"]: r for r in snap.port}
         out: dict[int, PortInfo] = {}
         for b in snap.bridge:
             bname = str(b["name"])
+            btid = bridge_tid(host, str(b["_uuid"]))
             for pu in _as_list(b["ports"]):
                 port = ports.get(pu)
                 if port is None:
@@ -178,8 +181,8 @@ class Vsctl:
                         continue
                     ifindex = _int(iface["ifindex"])
                     if ifindex > 0:
-                        out[ifindex] = PortInfo(tid, captures.get(bname, ""), str(port["name"]), bname,
-                                                _int(iface["ofport"], -1))
+                        out[ifindex] = PortInfo(btid, captures.get(bname, ""), str(port["name"]), bname,
+                                                _int(iface["ofport"], -1), port_tid=tid)
         return out
 
 
