@@ -142,8 +142,20 @@ async def test_captures_in_kv_bucket(stack) -> None:
     kv = await nc.jetstream().key_value(f"{prefix}_captures")
     entry = await kv.get(cap["UUID"])
     assert msgpack.unpackb(entry.value)["GremlinQuery"] == "G.V().Has('Name','va')"
-    bad = await http.post("/api/capture", json={"GremlinQuery": "G.V().Has('Name','nothing-here')"})
-    assert bad.status_code == 400 and "selects no node" in bad.text
+    # a standing declaration: a query that selects nothing yet is stored, with a warning
+    later = await http.post("/api/capture", json={"GremlinQuery": "G.V().Has('Name','nothing-here')"})
+    assert later.status_code == 200 and "selects no node" in later.json()["Warning"]
+    assert (await http.delete(f"/api/capture/{later.json()['UUID']}")).status_code == 200
+    bad = await http.post("/api/capture", json={"GremlinQuery": "G.V().Has('Name',"})
+    assert bad.status_code == 400 and "GremlinQuery" in bad.text
+    bad = await http.post("/api/capture", json={"GremlinQuery": "G.V()", "Type": "banana"})
+    assert bad.status_code == 400 and "unknown capture Type 'banana'" in bad.text
+    bad = await http.post("/api/capture", json={"GremlinQuery": "G.V()", "Type": "ovssflow", "BPFFilter": "icmp"})
+    assert bad.status_code == 400 and bad.text == "capture type ovssflow does not support option(s) BPFFilter"
+    bad = await http.post("/api/capture", json={"GremlinQuery": "G.V()", "Type": "ebpf", "RawPacketLimit": 5})
+    assert bad.status_code == 400 and bad.text == "capture type ebpf does not support option(s) RawPacketLimit"
+    bad = await http.post("/api/capture", json={"GremlinQuery": "G.V()", "TargetType": "netflowv5"})
+    assert bad.status_code == 400 and bad.text == "option TargetType is not supported by any capture type"
     bad = await http.post("/api/capture", json={"GremlinQuery": "G.V().Has('Name','va')", "BPFFilter": "icmp and ("})
     assert bad.status_code == 400 and "BPFFilter" in bad.text
     bad = await http.post("/api/capture", json={"BPFFilter": "icmp"})

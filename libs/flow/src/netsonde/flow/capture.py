@@ -384,5 +384,6 @@ class PcapCapture(BaseCapture):
             self._p = None
 
 
-CAPTURE_TYPES: dict[str, type[BaseCapture]] = {"afpacket": AfPacketCapture, "pcap": PcapCapture}
-"""Capture types this probe implements, by Skydive's name."""
+PACKET_READERS: dict[str, type[BaseCapture]] = {"afpacket": AfPacketCapture, "pcap": PcapCapture}
+"""The packet reader of each interface capture type, by Skydive's name (the type table itself is
+`netsonde.common.capture_types`)."""

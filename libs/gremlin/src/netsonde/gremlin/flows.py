@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from netsonde.common import flowschema as fs
 from netsonde.common.bus.graph import GraphElement
+from netsonde.common.capture_types import CAPTURABLE_NODE_TYPES
 
 from . import ast
 
@@ -31,12 +32,6 @@ from .predicates import (Between, Eq, Gt, Gte, Inside, Ipv4Range, Lt, Lte, Ne, N
                          Within, Without)
 from .steps import HasNotPredicate, HasPredicate, Step, extension_step, parse_pairs
 from .traversal import Context, GraphT, GraphView, MetricsT, NodesT, PathsT, ScalarT, Value, ValuesT
-
-CAPTURE_TYPES = frozenset({
-    "ovsbridge", "ovsport", "dpdkport", "internal", "veth", "tun", "tap", "tuntap", "bridge", "dummy", "gre",
-    "bond", "can", "hsr", "ifb", "macvlan", "macvtap", "vlan", "vxlan", "gretap", "ip6gretap", "geneve",
-    "ipoib", "vcan", "ipip", "ipvlan", "lowpan", "ip6tnl", "ip6gre", "sit", "device"})
-"""Node types a capture can run on (Skydive's `flow/probes/capabilities.go`): V().Flows() keeps these."""
 
 _SELECT_COLUMNS = tuple(c for c in fs.FLOW_COLUMN_NAMES if c != "BatchID")
 _IMMUTABLE = {"UUID", "NodeTID", "TrackingID", "L3TrackingID", "ParentUUID", "CaptureID", "LayersPath",
@@ -600,7 +595,7 @@ class Flows(Step):
             raise self.error("this engine has no flow store (flows need ClickHouse)")
         tids = ids = None
         if nodes is not None:
-            capable = [n for n in nodes if n.Metadata.get("Type") in CAPTURE_TYPES]
+            capable = [n for n in nodes if n.Metadata.get("Type") in CAPTURABLE_NODE_TYPES]
             tids = sorted({str(n.Metadata["TID"]) for n in capable if n.Metadata.get("TID")}
                           | _bridge_port_tids(view, capable))
             ids = sorted({n.ID for n in capable})
@@ -690,4 +685,4 @@ class MoreThan(Step):
         self.n = self.int_arg(0, "a count")
 
 
-__all__ = ["CAPTURE_TYPES", "BpfProgram", "FlowStore", "FlowsT", "GroupsT", "RawPacketsT", "predicate_sql"]
+__all__ = ["BpfProgram", "FlowStore", "FlowsT", "GroupsT", "RawPacketsT", "predicate_sql"]

@@ -123,7 +123,10 @@ class GraphBuilderService(Service):
             per_node[st.capture_id] = {"ID": st.capture_id, "State": st.state, "Type": st.type,
                                        "PacketsReceived": st.packets_received,
                                        "PacketsDropped": st.packets_dropped,
-                                       **({"Error": st.error} if st.error else {})}
+                                       **({"Error": st.error} if st.error else {}),
+                                       **({"PCAPSocket": st.pcap_socket} if st.pcap_socket else {}),
+                                       **({"MirrorOf": st.mirror_of} if st.mirror_of else {}),
+                                       **({"SFlowSocket": st.sflow_socket} if st.sflow_socket else {})}
         value = sorted(per_node.values(), key=lambda c: c["ID"]) or None
         if self.builder.set_overlay(st.node_id, "Captures", value):
             await self._publish_changes()

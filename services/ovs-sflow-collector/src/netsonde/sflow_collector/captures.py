@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 
 from netsonde.common.bus.captures import Capture
+from netsonde.common.capture_types import unsupported_options
 from netsonde.common.logs import OnceLogger
 
 from .collector import PortInfo
@@ -50,7 +51,9 @@ class CaptureController:
         self._once = OnceLogger(log)
 
     def set_capture(self, cap: Capture) -> None:
-        if cap.Type == "ovssflow":
+        # "" = each node's default type (ovssflow on a bridge); with an option sFlow cannot honour, probe-flow
+        # shows the bridge in State error instead
+        if cap.Type in ("", "ovssflow") and not unsupported_options(cap, "ovssflow"):
             self.captures[cap.UUID] = cap
         else:
             self.captures.pop(cap.UUID, None)

@@ -25,6 +25,7 @@ from netsonde.common.bus.codec import BusDecodeError
 from netsonde.common.bus.flows import Flow, FlowUpdateBatch
 from netsonde.common.bus.metrics import InterfaceMetricsBatch
 from netsonde.common.bus.streams import ensure_flow_stream, open_capture_bucket
+from netsonde.common.capture_types import nodes_in_result
 from netsonde.common.logs import OnceLogger
 from netsonde.common.replica import GraphReplica
 from netsonde.common.service import Service
@@ -130,11 +131,8 @@ class SFlowCollectorService(Service):
         except Exception as exc:  # a bad query selects nothing; logged once per query
             self._once_query.warning(query, f"capture query {query!r}: {exc}")
             return []
-        if not isinstance(result, list):
-            return []
-        return [n["Metadata"].get("Name", "") for n in result
-                if isinstance(n, dict) and n.get("Metadata", {}).get("Type") == "ovsbridge"
-                and n.get("Host") == self.cfg.host_id]
+        return [n["Metadata"].get("Name", "") for n in nodes_in_result(result)  # also paths, SubGraph()
+                if n.get("Metadata", {}).get("Type") == "ovsbridge" and n.get("Host") == self.cfg.host_id]
 
     async def on_stop(self) -> None:
         if self.replica is not None:

@@ -27,6 +27,11 @@ class ProbeFlowConfig(BaseConfig):
     """Select capture nodes with the graph replica + Gremlin engine (off: no capture starts by query)."""
     stream_max_bytes: int = 1 << 30
     """Size limit of the flow stream, when this probe creates it."""
+    pcapsocket_address: str = "127.0.0.1"
+    """Address the TCP listeners of `pcapsocket` captures bind to (each on a free port, shown in
+    `Captures[].PCAPSocket`)."""
+    ovsdb: str = "unix:/var/run/openvswitch/db.sock"
+    """OVSDB remote of this host's Open vSwitch (`ovsmirror` captures create their mirrors there)."""
 
     def validate(self) -> None:
         super().validate()

@@ -1,10 +1,18 @@
-"""Capture controller: capture definitions + the nodes their Gremlin query selects -> running captures.
+"""Capture controller: standing capture definitions + the nodes their Gremlin query selects -> running captures.
 
-`reconcile()` is idempotent: for every capture definition, the nodes `select_nodes(query)` returns that
-belong to this host and can be captured (Skydive's capture capabilities) get one running capture (thread +
-FlowTable); captures whose definition is gone, or whose node is no longer selected, are stopped and their
-tables flushed (the flushed flows are handed to `on_flows`). `select_nodes` is injected: the service wires
-it to the graph replica + Gremlin engine; tests pass a function returning node dicts for veths they made.
+A capture applies to every node of this host its query selects, now or later; `reconcile()` (run on every
+capture change, graph change and periodically) is idempotent. For each (capture, node):
+- the capture type is the node type's default or the capture's explicit Type (`netsonde.common.capture_types`);
+  node types that cannot be captured (host, netns ...) are skipped, types another service runs (ovssflow,
+  sflow) are left to it;
+- a type not allowed on the node type, an option the type cannot honour, a type with no implementation here
+  (ebpf, dpdk), or a capture that fails to start (interface gone, kernel refusal) is `State: error` with the
+  reason, retried when the node changes;
+- afpacket / pcap read the interface (in its namespace), pcapsocket listens on TCP, ovsmirror mirrors the OVS
+  port to an internal port `mir-...` and captures that one with afpacket once the topology probe reports it.
+Captures whose definition is gone or whose node is no longer selected are stopped and their tables flushed
+(the flows are handed out by `collect`). `select_nodes` is injected: the service wires it to the graph replica
++ Gremlin engine; tests may pass a function returning node dicts.
 """
 
 from __future__ import annotations
@@ -17,53 +25,44 @@ from typing import Any, Callable
 
 from netsonde.common.bus.captures import Capture, CaptureStatus
 from netsonde.common.bus.flows import Flow
-from netsonde.flow.capture import CAPTURE_TYPES, BaseCapture, BPFError, CaptureError, compile_bpf
+from netsonde.common.capture_types import (CAPTURE_TYPE_SPECS, CaptureTypeError, capture_type_for_node,
+                                           unsupported_options)
+from netsonde.flow.capture import PACKET_READERS, BaseCapture, BPFError, CaptureError
 from netsonde.flow.table import FlowTable
+
+from .mirror import MIRROR_KEY, MirrorError, OvsMirrors, mirror_port_name
+from .pcapsocket import PcapSocketCapture
 
 log = logging.getLogger(__name__)
 
-CAPTURABLE_TYPES = frozenset({
-    "internal", "veth", "tun", "bridge", "dummy", "gre", "bond", "can", "hsr", "ifb", "macvlan", "macvtap",
-    "vlan", "vxlan", "gretap", "ip6gretap", "geneve", "ipoib", "vcan", "ipip", "ipvlan", "lowpan", "ip6tnl",
-    "ip6gre", "sit", "device", "tap", "loopback"})
-"""Node types where `afpacket` (the default) and `pcap` captures apply (Skydive's capabilities)."""
-
 SelectNodes = Callable[[str], list[dict[str, Any]]]
+
+NOT_IMPLEMENTED = {
+    "ebpf": "ebpf capture is not available yet in Netsonde (planned: the eBPF issue); use afpacket",
+    "dpdk": "dpdk capture is not supported by Netsonde",
+}
+"""Capture types of the table that probe-flow cannot run: a node that gets one shows this error."""
 
 
 class QueryError(ValueError):
-    """A capture's GremlinQuery cannot be evaluated."""
+    """A capture's GremlinQuery (or an injection's Src) cannot be evaluated."""
 
 
-def check_capture(cap: Capture, select_nodes: SelectNodes) -> list[dict[str, Any]]:
-    """Validate a capture definition before it is stored: the BPF filter compiles and the GremlinQuery
-    selects at least one capturable node. Returns those nodes; raises QueryError or BPFError with a message
-    for the user."""
-    if not cap.GremlinQuery.strip():
-        raise QueryError("GremlinQuery is required")
-    if cap.Type and cap.Type not in CAPTURE_TYPES:
-        raise QueryError(f"capture type {cap.Type!r} is not handled by probe-flow ({', '.join(CAPTURE_TYPES)})")
-    if cap.BPFFilter:
-        compile_bpf(cap.BPFFilter, cap.HeaderSize or 256)  # raises BPFError("invalid BPF filter ...")
-    try:
-        nodes = select_nodes(cap.GremlinQuery)
-    except Exception as e:
-        raise QueryError(f"GremlinQuery {cap.GremlinQuery!r} failed: {e}") from None
-    nodes = [n for n in nodes if n.get("Metadata", {}).get("Type") in CAPTURABLE_TYPES]
-    if not nodes:
-        raise QueryError(f"GremlinQuery {cap.GremlinQuery!r} selects no node that can be captured")
-    return nodes
-
-
-__all__ = ["CaptureController", "check_capture", "QueryError", "BPFError", "CAPTURABLE_TYPES"]
+__all__ = ["CaptureController", "QueryError", "BPFError", "RunningCapture", "node_netns"]
 
 
 @dataclass
 class RunningCapture:
+    """One capture on one node. For ovsmirror, `reader` is None until the mirror interface shows up."""
+
     capture: Capture
     node: dict[str, Any]
-    table: FlowTable
-    reader: BaseCapture
+    kind: str
+    table: FlowTable | None
+    reader: BaseCapture | None
+    mirror: str = ""
+    """ovsmirror: name of the mirror port/interface."""
+    mirror_node: dict[str, Any] | None = None
     started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     @property
@@ -76,22 +75,33 @@ def node_netns(node: dict[str, Any]) -> str | None:
     return md.get("NetNsPath") or md.get("Netns") or None
 
 
+def _fingerprint(cap: Capture, node: dict[str, Any]) -> tuple[Any, ...]:
+    """What a running capture or a recorded error depends on: a change restarts / retries it."""
+    md = node.get("Metadata", {})
+    return (cap, md.get("Type"), md.get("Name"), node_netns(node), md.get("TID"), md.get("UUID"))
+
+
 class CaptureController:
-    """Owns the running captures of this host. Thread-safe (the service calls it from worker threads)."""
+    """Owns the captures of this host. Thread-safe (the service calls it from the loop and worker threads)."""
 
     def __init__(self, host: str, select_nodes: SelectNodes, *, update_expire_ms: int = 600_000,
                  max_entries: int = 500_000, ring_block_size: int = 1 << 20, ring_blocks: int = 32,
-                 on_status: Callable[[CaptureStatus], None] | None = None) -> None:
+                 on_status: Callable[[CaptureStatus], None] | None = None, pcapsocket_address: str = "127.0.0.1",
+                 ovsdb: str = "unix:/var/run/openvswitch/db.sock") -> None:
         self.host = host
         self.select_nodes = select_nodes
         self.expire_ms = update_expire_ms
         self.max_entries = max_entries
         self.ring_block_size = ring_block_size
         self.ring_blocks = ring_blocks
+        self.pcapsocket_address = pcapsocket_address
+        self.mirrors = OvsMirrors(ovsdb)
         self.on_status = on_status or (lambda s: None)
         self.definitions: dict[str, Capture] = {}
         self.running: dict[tuple[str, str], RunningCapture] = {}
+        self.fingerprints: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.errors: dict[tuple[str, str], str] = {}
+        """(capture, node) -> why that capture cannot run on that node (shown as State error)."""
         self.query_errors: dict[str, str] = {}
         self.pending_flows: list[Flow] = []
         """Flows flushed from stopped captures, waiting for the next publish."""
@@ -107,14 +117,30 @@ class CaptureController:
             self.definitions.pop(capture_id, None)
 
     # --- reconcile ----------------------------------------------------------------------------------------
+    def resolve(self, cap: Capture, node: dict[str, Any]) -> str | None:
+        """The capture type probe-flow runs for `cap` on `node`; None when the node is skipped (not
+        capturable, or another service's type). Raises CaptureTypeError with the reason it cannot run."""
+        md = node.get("Metadata", {})
+        ctype = capture_type_for_node(str(md.get("Type", "")), cap.Type)
+        if ctype is None:
+            return None
+        if ctype in NOT_IMPLEMENTED:
+            raise CaptureTypeError(NOT_IMPLEMENTED[ctype])
+        bad = unsupported_options(cap, ctype)
+        if bad:  # only with Type "" (query-api refuses such an explicit Type): reported for every service
+            raise CaptureTypeError(f"capture type {ctype} (default for node type {md.get('Type')}) does not "
+                                   f"support option(s) {', '.join(bad)}")
+        if CAPTURE_TYPE_SPECS[ctype].service != "probe-flow":
+            return None
+        if ctype == "ovsmirror" and MIRROR_KEY in (md.get("ExtID") or {}):
+            raise CaptureTypeError("a mirror port of an ovsmirror capture cannot be mirrored itself")
+        return ctype
+
     def reconcile(self) -> None:
         """Start what the definitions and the graph ask for; stop the rest."""
         with self._lock:
-            want: dict[tuple[str, str], tuple[Capture, dict[str, Any]]] = {}
+            want: dict[tuple[str, str], tuple[Capture, dict[str, Any], str, str]] = {}
             for cap in list(self.definitions.values()):
-                ctype = cap.Type or "afpacket"
-                if ctype not in CAPTURE_TYPES:
-                    continue  # another component's type (ovssflow, sflow ...)
                 try:
                     nodes = self.select_nodes(cap.GremlinQuery)
                 except Exception as e:
@@ -127,65 +153,141 @@ class CaptureController:
                 for node in nodes:
                     if not self._mine(node):
                         continue
-                    want[(cap.UUID, str(node.get("ID", "")))] = (cap, node)
+                    try:
+                        ctype = self.resolve(cap, node)
+                    except CaptureTypeError as e:
+                        want[(cap.UUID, str(node.get("ID", "")))] = (cap, node, "", str(e))
+                        continue
+                    if ctype is not None:
+                        want[(cap.UUID, str(node.get("ID", "")))] = (cap, node, ctype, "")
             for key in [k for k in self.running if k not in want]:
                 self._stop(key, "stopped")
             for key in [k for k in self.errors if k not in want]:
+                cid, nid = key
                 del self.errors[key]
-            for key, (cap, node) in want.items():
+                self.fingerprints.pop(key, None)
+                self.on_status(CaptureStatus(host=self.host, node_id=nid, capture_id=cid, state="stopped"))
+            for key, (cap, node, ctype, problem) in want.items():
+                fp = _fingerprint(cap, node)
+                changed = self.fingerprints.get(key) != fp
                 rc = self.running.get(key)
-                if rc is not None and (rc.capture != cap or node_netns(rc.node) != node_netns(node)
-                                       or rc.node.get("Metadata", {}).get("Name")
-                                       != node.get("Metadata", {}).get("Name")):
+                if rc is not None and changed:
                     self._stop(key, "stopped")  # definition or interface changed: restart
                     rc = None
-                if rc is not None and not rc.reader.running:
-                    err = rc.reader.error or "capture thread ended"
-                    self._stop(key, "error", err)
-                    self.errors[key] = err
+                if rc is not None:
+                    self._check_running(key, rc)
                     continue
-                if rc is None and key not in self.errors:
-                    self._start(key, cap, node)
+                if key in self.errors and not changed:
+                    continue
+                self.fingerprints[key] = fp
+                self.errors.pop(key, None)
+                if problem:
+                    self._fail(key, cap, node, problem, ctype)
+                else:
+                    self._start(key, cap, node, ctype)
+
+    def _check_running(self, key: tuple[str, str], rc: RunningCapture) -> None:
+        if rc.kind == "ovsmirror" and rc.reader is None:
+            self._attach_mirror(key, rc)
+            return
+        if rc.reader is not None and not rc.reader.running:
+            err = rc.reader.error or "capture thread ended"
+            self._stop(key, "error", err)
+            self.errors[key] = err
 
     def _mine(self, node: dict[str, Any]) -> bool:
         md = node.get("Metadata", {})
         host = node.get("Host") or md.get("Host")
-        return host == self.host and md.get("Type") in CAPTURABLE_TYPES and bool(md.get("Name"))
+        return host == self.host and bool(md.get("Name"))
 
-    def _start(self, key: tuple[str, str], cap: Capture, node: dict[str, Any]) -> None:
+    def _new_table(self, cap: Capture, tid: str) -> FlowTable:
+        return FlowTable(tid, cap.UUID, cap.LayerKeyMode or "L2", cap.ExtraTCPMetric, expire_ms=self.expire_ms,
+                         max_entries=self.max_entries, raw_packet_limit=cap.RawPacketLimit, ndpi=cap.NDPI)
+
+    def _fail(self, key: tuple[str, str], cap: Capture, node: dict[str, Any], error: str, ctype: str = "") -> None:
+        self.errors[key] = error
+        log.warning("capture %s on %s: %s", cap.UUID, node.get("Metadata", {}).get("Name"), error)
+        self._status(cap, node, "error", type=ctype or cap.Type, error=error)
+
+    def _start(self, key: tuple[str, str], cap: Capture, node: dict[str, Any], ctype: str) -> None:
         md = node.get("Metadata", {})
-        tid = md.get("TID") or str(node.get("ID", ""))
+        tid = str(md.get("TID") or node.get("ID", ""))
         try:
-            table = FlowTable(tid, cap.UUID, cap.LayerKeyMode or "L2", cap.ExtraTCPMetric, expire_ms=self.expire_ms,
-                              max_entries=self.max_entries, raw_packet_limit=cap.RawPacketLimit, ndpi=cap.NDPI)
-        except (RuntimeError, ValueError) as e:  # bad LayerKeyMode, nDPI unavailable
-            self.errors[key] = str(e)
-            self._status(cap, node, "error", error=str(e))
-            return
-        cls = CAPTURE_TYPES[cap.Type or "afpacket"]
-        kw: dict[str, Any] = {}
-        if cls.kind == "afpacket":
-            kw = {"block_size": self.ring_block_size, "block_nr": self.ring_blocks}
-        try:
-            reader = cls(md["Name"], table, node_netns(node), cap.BPFFilter, cap.HeaderSize or 256, **kw)
+            if ctype == "ovsmirror":
+                mirror = mirror_port_name(cap.UUID, str(md.get("UUID", node.get("ID"))))
+                self.mirrors.create(str(md["Name"]), mirror, cap.UUID)
+                rc = RunningCapture(cap, node, ctype, None, None, mirror=mirror)
+                self.running[key] = rc
+                log.info("capture %s: OVS mirror %s of port %s created", cap.UUID, mirror, md.get("Name"))
+                self._status(cap, node, "active", type=ctype)
+                self._attach_mirror(key, rc)
+                return
+            table = self._new_table(cap, tid)
+            reader: BaseCapture
+            if ctype == "pcapsocket":
+                reader = PcapSocketCapture(str(md["Name"]), table, cap.BPFFilter, cap.HeaderSize,
+                                           address=self.pcapsocket_address)
+            else:
+                kw: dict[str, Any] = {}
+                if ctype == "afpacket":
+                    kw = {"block_size": self.ring_block_size, "block_nr": self.ring_blocks}
+                reader = PACKET_READERS[ctype](md["Name"], table, node_netns(node), cap.BPFFilter,
+                                               cap.HeaderSize or 256, **kw)
             reader.start()
-        except CaptureError as e:
-            self.errors[key] = str(e)
-            log.warning("capture %s on %s failed: %s", cap.UUID, md.get("Name"), e)
-            self._status(cap, node, "error", error=str(e))
+        except (CaptureError, MirrorError, RuntimeError, ValueError) as e:  # ValueError/RuntimeError: table
+            self._fail(key, cap, node, str(e), ctype)
             return
-        self.running[key] = RunningCapture(cap, node, table, reader)
+        self.running[key] = RunningCapture(cap, node, ctype, table, reader)
         log.info("capture %s started on %s", cap.UUID, md.get("Name"),
-                 extra={"capture": cap.UUID, "node": node.get("ID"), "type": reader.kind})
-        self._status(cap, node, "active", type=reader.kind)
+                 extra={"capture": cap.UUID, "node": node.get("ID"), "type": ctype})
+        self._status_of(self.running[key])
+
+    def _attach_mirror(self, key: tuple[str, str], rc: RunningCapture) -> None:
+        """Start afpacket on the mirror interface once the topology shows it (it carries the flows' TID)."""
+        try:
+            found = [n for n in self.select_nodes(f"G.V().Has('Name', '{rc.mirror}', 'Type', 'internal')")
+                     if self._mine(n)]
+        except Exception:
+            return
+        if not found:
+            return
+        mnode = found[0]
+        mmd = mnode.get("Metadata", {})
+        try:
+            _link_up(rc.mirror)
+            table = self._new_table(rc.capture, str(mmd.get("TID") or mnode.get("ID", "")))
+            reader = PACKET_READERS["afpacket"](rc.mirror, table, node_netns(mnode), rc.capture.BPFFilter,
+                                                rc.capture.HeaderSize or 256, block_size=self.ring_block_size,
+                                                block_nr=self.ring_blocks)
+            reader.start()
+        except (CaptureError, OSError, RuntimeError, ValueError) as e:
+            self._stop(key, "error", f"mirror interface {rc.mirror}: {e}")
+            self.errors[key] = f"mirror interface {rc.mirror}: {e}"
+            return
+        rc.table, rc.reader, rc.mirror_node = table, reader, mnode
+        log.info("capture %s: capturing mirror %s of %s", rc.capture.UUID, rc.mirror,
+                 rc.node.get("Metadata", {}).get("Name"))
+        self._status_of(rc)
 
     def _stop(self, key: tuple[str, str], state: str, error: str = "") -> None:
         rc = self.running.pop(key)
-        rc.reader.stop()
-        with rc.reader.lock:
-            self.pending_flows.extend(rc.table.flush())
-        self._status(rc.capture, rc.node, state, type=rc.reader.kind, error=error,
-                     received=rc.reader.packets_received, dropped=rc.reader.packets_dropped)
+        self.fingerprints.pop(key, None)
+        if rc.reader is not None:
+            rc.reader.stop()
+            with rc.reader.lock:
+                assert rc.table is not None
+                self.pending_flows.extend(rc.table.flush())
+        if rc.mirror:
+            try:
+                self.mirrors.remove(rc.mirror)
+            except MirrorError as e:
+                log.warning("capture %s: could not remove OVS mirror %s: %s", rc.capture.UUID, rc.mirror, e)
+                error = error or f"mirror {rc.mirror} not removed: {e}"
+        received = rc.reader.packets_received if rc.reader else 0
+        dropped = rc.reader.packets_dropped if rc.reader else 0
+        self._status(rc.capture, rc.node, state, type=rc.kind, error=error, received=received, dropped=dropped)
+        if rc.mirror_node is not None:
+            self._status(rc.capture, rc.mirror_node, "stopped", type=rc.kind)
 
     def stop_all(self) -> None:
         with self._lock:
@@ -198,24 +300,52 @@ class CaptureController:
         with self._lock:
             out, self.pending_flows = self.pending_flows, []
             for rc in self.running.values():
-                with rc.reader.lock:
-                    out.extend(rc.table.updates(now_ms))
+                if rc.reader is not None and rc.table is not None:
+                    with rc.reader.lock:
+                        out.extend(rc.table.updates(now_ms))
             return out
 
     def statuses(self) -> list[CaptureStatus]:
+        """The state of every (capture, node) of this host (sent every 10 s, so graph-builder re-learns it)."""
         with self._lock:
-            out = [self._make_status(rc.capture, rc.node, "active", rc.reader.kind, "",
-                                     rc.reader.packets_received, rc.reader.packets_dropped)
-                   for rc in self.running.values()]
+            out: list[CaptureStatus] = []
+            for rc in self.running.values():
+                out.extend(self._make_statuses(rc))
             for (cid, nid), err in self.errors.items():
-                out.append(CaptureStatus(host=self.host, node_id=nid, capture_id=cid, state="error", error=err))
+                cap = self.definitions.get(cid)
+                out.append(CaptureStatus(host=self.host, node_id=nid, capture_id=cid, state="error", error=err,
+                                         type=cap.Type if cap else ""))
             return out
+
+    def _status_of(self, rc: RunningCapture) -> None:
+        for s in self._make_statuses(rc):
+            self.on_status(s)
+
+    def _make_statuses(self, rc: RunningCapture) -> list[CaptureStatus]:
+        r = rc.reader
+        received, dropped = (r.packets_received, r.packets_dropped) if r is not None else (0, 0)
+        sock = r.pcap_socket if isinstance(r, PcapSocketCapture) else ""
+        out = [CaptureStatus(host=self.host, node_id=rc.node_id, capture_id=rc.capture.UUID, state="active",
+                             type=rc.kind, packets_received=received, packets_dropped=dropped, pcap_socket=sock)]
+        if rc.mirror_node is not None:
+            out.append(CaptureStatus(host=self.host, node_id=str(rc.mirror_node.get("ID", "")),
+                                     capture_id=rc.capture.UUID, state="active", type=rc.kind,
+                                     packets_received=received, packets_dropped=dropped, mirror_of=rc.node_id))
+        return out
 
     def _status(self, cap: Capture, node: dict[str, Any], state: str, type: str = "", error: str = "",
                 received: int = 0, dropped: int = 0) -> None:
-        self.on_status(self._make_status(cap, node, state, type, error, received, dropped))
+        self.on_status(CaptureStatus(host=self.host, node_id=str(node.get("ID", "")), capture_id=cap.UUID,
+                                     state=state, type=type, error=error, packets_received=received,
+                                     packets_dropped=dropped))
 
-    def _make_status(self, cap: Capture, node: dict[str, Any], state: str, type: str, error: str,
-                     received: int, dropped: int) -> CaptureStatus:
-        return CaptureStatus(host=self.host, node_id=str(node.get("ID", "")), capture_id=cap.UUID, state=state,
-                             type=type, error=error, packets_received=received, packets_dropped=dropped)
+
+def _link_up(ifname: str) -> None:
+    """Bring the mirror's internal port up (OVS creates it down), in the probe's namespace."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise OSError(f"no interface {ifname!r}")
+        ipr.link("set", index=idx[0], state="up")

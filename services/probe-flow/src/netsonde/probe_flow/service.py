@@ -30,6 +30,7 @@ from netsonde.common.bus.captures import Capture, CaptureStatus
 from netsonde.common.bus.codec import BusDecodeError
 from netsonde.common.bus.flows import Flow, FlowUpdateBatch
 from netsonde.common.bus.streams import ensure_flow_stream, open_capture_bucket
+from netsonde.common.capture_types import nodes_in_result
 from netsonde.common.service import Service
 from netsonde.flow.inject import InjectionError, inject_packets
 from netsonde.flow.pcap import PcapError, feed_pcap
@@ -61,7 +62,8 @@ class ProbeFlowService(Service):
                                             update_expire_ms=int(config.expire_s * 1000),
                                             max_entries=config.max_entries,
                                             ring_block_size=config.ring_block_size, ring_blocks=config.ring_blocks,
-                                            on_status=self._statuses.append)
+                                            on_status=self._statuses.append,
+                                            pcapsocket_address=config.pcapsocket_address, ovsdb=config.ovsdb)
         m = self.metrics
         self.m_packets = m.counter("packets_total", "Packets accounted by the flow tables")
         self.m_bad = m.counter("bad_packets_total", "Frames that could not be decoded", ["kind"])
@@ -70,6 +72,8 @@ class ProbeFlowService(Service):
         self.m_publish_errors = m.counter("publish_errors_total", "Failed publishes", ["kind"])
         self.m_captures = m.gauge("captures_running", "Captures running on this host")
         self.m_table_flows = m.gauge("table_flows", "Flows held in the flow tables")
+        self.m_stream_errors = m.counter("pcapsocket_stream_errors_total",
+                                         "pcapsocket streams closed: not a pcap, or cut inside a record")
 
     # --- lifecycle --------------------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -115,9 +119,7 @@ class ProbeFlowService(Service):
             result = self.engine.execute(query)
         except Exception as e:
             raise QueryError(str(e)) from None
-        if not isinstance(result, list):
-            raise QueryError(f"query {query!r} does not return nodes")
-        return [n for n in result if isinstance(n, dict) and "Metadata" in n]
+        return nodes_in_result(result)  # node lists, ShortestPathTo paths, SubGraph()
 
     # --- tasks ----------------------------------------------------------------------------------------
     async def _watch_captures(self) -> None:
@@ -163,17 +165,21 @@ class ProbeFlowService(Service):
         await self.publish_flows(flows)
 
     def _export_stats(self) -> None:
-        packets = drops = nflows = 0
+        packets = drops = nflows = stream_errors = 0
         bad: dict[str, int] = {}
         for rc in list(self.controller.running.values()):
+            if rc.table is None or rc.reader is None:
+                continue
             st = rc.table.stats
             packets += st.packets
             nflows += len(rc.table)
             drops += rc.reader.packets_dropped
+            stream_errors += getattr(rc.reader, "stream_errors", 0)
             for k, v in st.decode_errors.items():
                 bad[k] = bad.get(k, 0) + v
         self.m_table_flows.set(nflows)
-        for key, value, inc in (("p", packets, self.m_packets.inc), ("d", drops, self.m_kernel_drops.inc)):
+        for key, value, inc in (("p", packets, self.m_packets.inc), ("d", drops, self.m_kernel_drops.inc),
+                                ("s", stream_errors, self.m_stream_errors.inc)):
             prev = self._exported.get(key, 0)
             if value > prev:
                 inc(value - prev)

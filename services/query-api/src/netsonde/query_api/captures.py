@@ -1,4 +1,9 @@
-"""Capture definitions in the JetStream key-value bucket that probes watch (key = capture UUID)."""
+"""Capture definitions in the JetStream key-value bucket that probes watch (key = capture UUID).
+
+A capture is a standing declaration: it is stored when its query parses, its BPF filter compiles and its
+Type and options are ones Netsonde honours (`netsonde.common.capture_types`), whether or not it selects a
+node today; probes and collectors start it on every node the query selects, now or later.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,15 @@ from typing import Any
 import msgspec
 from nats.js.errors import KeyNotFoundError
 
+import netsonde.gremlin as gremlin
+from netsonde.gremlin.engine import compile_query
 from netsonde.common.bus import Subjects, decode, encode
 from netsonde.common.bus.captures import Capture
 from netsonde.common.bus.streams import open_capture_bucket
+from netsonde.common.capture_types import CAPTURE_TYPE_SPECS, set_options, unsupported_options
 
-CAPTURE_TYPES = ("", "afpacket", "pcap", "ovssflow", "sflow", "pcapsocket", "ebpf", "ovsmirror")
+API_CAPTURE_TYPES = ("", *CAPTURE_TYPE_SPECS)
+"""Values of a capture's `Type` the API accepts ("" = each node's default type)."""
 
 
 class CaptureError(ValueError):
@@ -32,15 +41,47 @@ def capture_from_json(body: Any) -> Capture:
         cap = msgspec.convert(data, Capture)
     except msgspec.ValidationError as exc:
         raise CaptureError(f"invalid capture: {exc}") from None
-    if cap.Type not in CAPTURE_TYPES:
-        raise CaptureError(f"unknown capture Type {cap.Type!r}; one of {', '.join(t for t in CAPTURE_TYPES if t)}")
+    if cap.Type not in API_CAPTURE_TYPES:
+        raise CaptureError(f"unknown capture Type {cap.Type!r}; one of {', '.join(t for t in API_CAPTURE_TYPES if t)}")
     if cap.LayerKeyMode not in ("L2", "L3"):
         raise CaptureError("LayerKeyMode must be L2 or L3")
     if not 0 <= cap.HeaderSize <= 4096:
         raise CaptureError("HeaderSize must be between 0 and 4096")
     if cap.SamplingRate < 1:
         raise CaptureError("SamplingRate must be >= 1")
+    check_options(cap)
+    try:
+        compile_query(cap.GremlinQuery)
+    except gremlin.GremlinError as exc:
+        raise CaptureError(f"GremlinQuery: {exc}") from None
     return cap
+
+
+def check_options(cap: Capture) -> None:
+    """Refuse an option the capture's type cannot honour (with Type "", one that no type honours: the node's
+    default type is checked by the probe, which shows `State: error` on a node whose type cannot)."""
+    if cap.Type:
+        bad = unsupported_options(cap, cap.Type)
+        if bad:
+            raise CaptureError(f"capture type {cap.Type} does not support option(s) {', '.join(bad)}")
+        return
+    for option in set_options(cap):
+        if not any(option in spec.options for spec in CAPTURE_TYPE_SPECS.values()):
+            raise CaptureError(f"option {option} is not supported by any capture type")
+
+
+def selection_warning(cap: Capture, result: Any) -> str:
+    """The `Warning` of a POST answer when the query selects no node now (the capture still stands)."""
+    from netsonde.common.capture_types import CAPTURABLE_NODE_TYPES, nodes_in_result
+
+    if isinstance(result, Exception):
+        return (f"GremlinQuery {cap.GremlinQuery!r} cannot be evaluated now ({result}); the capture starts on "
+                "the nodes it selects once it can")
+    nodes = [n for n in nodes_in_result(result) if n.get("Metadata", {}).get("Type") in CAPTURABLE_NODE_TYPES]
+    if not nodes:
+        return (f"GremlinQuery {cap.GremlinQuery!r} selects no node that can be captured yet; the capture starts "
+                "on such nodes as they appear")
+    return ""
 
 
 def capture_to_json(cap: Capture) -> dict[str, Any]:

@@ -18,7 +18,8 @@ class Capture(msgspec.Struct):
     Name: str = ""
     Description: str = ""
     Type: str = ""
-    """afpacket, pcap, ovssflow, sflow ... ("" = the node type's default)."""
+    """afpacket, pcap, pcapsocket, ovsmirror, ovssflow, sflow, ebpf ("" = the node type's default, see
+    `netsonde.common.capture_types`)."""
     HeaderSize: int = 0
     RawPacketLimit: int = 0
     ExtraTCPMetric: bool = False
@@ -49,4 +50,10 @@ class CaptureStatus(msgspec.Struct):
     error: str = ""
     packets_received: int = 0
     packets_dropped: int = 0
+    pcap_socket: str = ""
+    """`pcapsocket`: host:port of the TCP listener that takes a pcap stream (node's `Captures[].PCAPSocket`)."""
+    mirror_of: str = ""
+    """`ovsmirror`: on the mirror interface's node, the ID of the mirrored ovsport (`Captures[].MirrorOf`)."""
+    sflow_socket: str = ""
+    """`sflow`: host:port of the UDP listener for the external sFlow agent (`Captures[].SFlowSocket`)."""
     v: int = 1
