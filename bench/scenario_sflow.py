@@ -200,7 +200,7 @@ def run_sfacctd(path: Path, count: int, rate: float, samples_per_dgram: float) -
 
 
 def decoder_rate(dgs: list[bytes], rounds: int) -> tuple[float, float]:
-    from netsonde.sflow_collector._fastsflow import scan
+    from netsonde.flow.sflow._fastsflow import scan
     agg: dict[bytes, list] = {}  # type: ignore[type-arg]
     samples = 0
     t0 = time.process_time()
@@ -218,7 +218,7 @@ def run(small: bool) -> Result:
                   "dgrams per CPU-s", "samples per CPU-s"])
     path = SLICE if small or not CORPUS.exists() else CORPUS
     dgs = load(path)
-    from netsonde.sflow_collector.decode import FlowSample, RawPacketHeader, decode_datagram
+    from netsonde.flow.sflow.decode import FlowSample, RawPacketHeader, decode_datagram
     flow_samples = sum(isinstance(s, FlowSample) for d in dgs for s in decode_datagram(d).samples)
     ip_samples = 0
     for d in dgs:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 
 from netsonde.common.testing import free_port
-from netsonde.sflow_collector.collector import SFlowCollector, fallback_tid
-from netsonde.sflow_collector.decode import ExtendedSwitch, FlowSample, RawPacketHeader, decode_datagram
+from netsonde.flow.sflow.collector import SFlowCollector, fallback_tid
+from netsonde.flow.sflow.decode import ExtendedSwitch, FlowSample, RawPacketHeader, decode_datagram
 from tests.unit.test_sflow_decode import DATAGRAMS
 
 AGG = "src_mac, dst_mac, vlan, in_iface, out_iface, src_host, dst_host, src_port, dst_port, tcpflags, proto, tos, " \

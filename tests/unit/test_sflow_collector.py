@@ -8,9 +8,9 @@ from collections import Counter
 from netsonde.common.bus import decode, encode
 from netsonde.common.bus.metrics import InterfaceMetricsBatch
 from netsonde.flow.table import FlowTable
-from netsonde.sflow_collector import collector as collector_mod
-from netsonde.sflow_collector.collector import PortInfo, SFlowCollector, fallback_tid
-from netsonde.sflow_collector.decode import FlowSample, RawPacketHeader, decode_datagram
+from netsonde.flow.sflow import collector as collector_mod
+from netsonde.flow.sflow.collector import PortInfo, SFlowCollector, fallback_tid
+from netsonde.flow.sflow.decode import FlowSample, RawPacketHeader, decode_datagram
 from netsonde.sflow_collector.ovs import bridge_tid, port_tid
 
 from tests.unit.test_sflow_decode import (
@@ -226,7 +226,7 @@ def test_sequence_gaps_are_counted_as_lost_datagrams() -> None:
 
 def test_recvmmsg_path_equals_the_per_datagram_path() -> None:
     import socket as _socket
-    from netsonde.sflow_collector.collector import recv_available
+    from netsonde.flow.sflow.collector import recv_available
     assert recv_available
     rx = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     rx.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 8 << 20)

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netsonde.sflow_collector import _fastsflow
-from netsonde.sflow_collector.decode import (
+from netsonde.flow.sflow import _fastsflow
+from netsonde.flow.sflow.decode import (
     REASONS, CounterSample, Datagram, EthernetFrameData, EthernetInterfaceCounters, ExtendedGateway,
     ExtendedRouter, ExtendedSwitch, FlowSample, GenericInterfaceCounters, IPv4Data, IPv6Data, OpenFlowPort,
     PortName, RawPacketHeader, SFlowDecodeError, UnknownRecord, decode_datagram,

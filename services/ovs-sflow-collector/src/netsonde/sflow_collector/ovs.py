@@ -15,8 +15,7 @@ import subprocess
 from dataclasses import dataclass
 
 from netsonde.common import ids
-
-from .collector import PortInfo
+from netsonde.flow.sflow.collector import PortInfo
 
 CAPTURE_KEY = "netsonde-capture"
 
