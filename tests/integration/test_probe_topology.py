@@ -50,7 +50,7 @@ async def test_netns_veth_bridge_addresses(nats_url, unique, cleanup):
         nsn = m.one(Name=ns, Type="netns")
         na, nb, nbr = m.one(Name=a, Type="veth"), m.one(Name=b, Type="veth"), m.one(Name=br, Type="bridge")
         assert host["Metadata"]["Name"] == f"h{unique}"
-        assert nsn["Metadata"]["Path"] == f"/run/netns/{ns}" or nsn["Metadata"]["Path"] == f"/var/run/netns/{ns}"
+        assert nsn["Metadata"]["Path"] == f"/var/run/netns/{ns}"  # as `ip netns` and Skydive name it
         assert nsn["Metadata"]["Inode"] > 0
         # ownership: host -> netns -> b ; host -> a, bridge
         assert m.edge(host["ID"], nsn["ID"], RelationType="ownership")

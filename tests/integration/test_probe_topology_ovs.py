@@ -126,3 +126,75 @@ async def test_ovsdb_restart_is_followed(nats_url, unique):
         if m is not None:
             await m.close()
         stop_ovs(ovs)
+
+
+async def test_patch_peers_tunnels_and_netns_path_through_gremlin(nats_url, clickhouse_url, unique):
+    """Through graph-builder and query-api, as a Skydive user queries them: patch ports linked to their peer,
+    gre/vxlan/geneve ports (the userspace datapath accepts them without kernel modules) owned by their bridge
+    with their remote IP, and an `ip netns` namespace's Path as /var/run/netns/<name>."""
+    import httpx
+
+    from netsonde.common.testing import free_port
+    from netsonde.graph_builder.config import GraphBuilderConfig
+    from netsonde.graph_builder.service import GraphBuilderService
+    from netsonde.probe_topology.config import ProbeTopologyConfig
+    from netsonde.probe_topology.service import ProbeTopologyService
+    from netsonde.query_api.config import QueryApiConfig
+    from netsonde.query_api.service import QueryApiService
+
+    br, br2, p1, p2, ns = f"gb{unique}", f"gc{unique}", f"g1{unique}", f"g2{unique}", f"gn{unique}"
+    tunnels = {f"gg{unique}": ("gre", "10.67.0.1"), f"gv{unique}": ("vxlan", "10.67.0.2"),
+               f"ge{unique}": ("geneve", "10.67.0.3")}
+    ovs = start_ovs()
+    common = dict(env={}, nats_url=nats_url, subject_prefix=f"g{unique}", host_id=f"host-{unique}",
+                  clickhouse_url=clickhouse_url, clickhouse_database=f"g_{unique}")
+    services = []
+    try:
+        ovs.vsctl("add-br", br, "--", "set", "bridge", br, "datapath_type=netdev")
+        ovs.vsctl("add-br", br2, "--", "set", "bridge", br2, "datapath_type=netdev")
+        ovs.vsctl("add-port", br, p1, "--", "set", "interface", p1, "type=patch", f"options:peer={p2}")
+        ovs.vsctl("add-port", br2, p2, "--", "set", "interface", p2, "type=patch", f"options:peer={p1}")
+        for name, (kind, remote) in tunnels.items():
+            ovs.vsctl("add-port", br, name, "--", "set", "interface", name, f"type={kind}",
+                      f"options:remote_ip={remote}", "options:key=42")
+        sh("ip", "netns", "add", ns)
+        for svc in (GraphBuilderService(GraphBuilderConfig.load(**common, history_flush_interval_s=0.2)),
+                    ProbeTopologyService(ProbeTopologyConfig.load(**common, ovsdb=ovs.db, process_netns=False))):
+            await svc.start()
+            services.append(svc)
+        port = free_port()
+        api = QueryApiService(QueryApiConfig.load(**common, http_port=port))
+        await api.start()
+        services.append(api)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
+            async def q(query: str):
+                r = await http.post("/api/topology", json={"GremlinQuery": query})
+                assert r.status_code == 200, r.text
+                return r.json()
+
+            async def ready() -> bool:
+                return await q(f"G.V().Has('Name', Regex('g[12gve]{unique}')).Count()") >= 10
+            assert await until(ready, 20)
+            # no error from vswitchd on the tunnel ports: the userspace datapath took them
+            for name in tunnels:
+                assert ovs.vsctl("get", "interface", name, "error").strip() in ("[]", ""), ovs.log()
+                assert int(ovs.vsctl("get", "interface", name, "ofport").strip()) > 0
+            assert await q(f"G.V().Has('Type','patch','Name','{p1}').Both('Type','patch','Name','{p2}')"
+                           ".Values('Name')") == [p2]
+            assert await q(f"G.V().Has('Type','patch','Name','{p2}').Both('Type','patch').Values('Name')") == [p1]
+            [edge] = await q(f"G.V().Has('Name','{p1}','Type','patch').BothE().Has('Type','patch')")
+            assert edge["Metadata"]["RelationType"] == "layer2"
+            for name, (kind, remote) in tunnels.items():
+                [node] = await q(f"G.V().Has('Name','{name}','Type','{kind}')")
+                assert node["Metadata"]["RemoteIP"] == remote, node
+                assert node["Metadata"]["Ovs"]["Options"] == {"remote_ip": remote, "key": "42"}
+                assert await q(f"G.V().Has('Name','{name}','Type','{kind}').In().Has('Type','ovsbridge')"
+                               ".Values('Name')") == [br]
+                assert await q(f"G.V().Has('Name','{name}','Type','{kind}').InE().Has('RelationType',"
+                               "'ownership').InV().Values('Name')") == [br]  # Skydive: InV = parent
+            assert await q(f"G.V().Has('Type','netns','Name','{ns}').Values('Path')") == [f"/var/run/netns/{ns}"]
+    finally:
+        for svc in reversed(services):
+            await svc.stop()
+        sh("ip", "netns", "del", ns, check=False)
+        stop_ovs(ovs)
