@@ -48,6 +48,12 @@ class GraphBuilder:
         self.hosts: dict[str, HostState] = {}
         self.overlays: dict[str, dict[str, Any]] = {}
         """node ID -> metadata keys set by other sources (Captures, sFlow counters) merged over the probe's."""
+        self.rule_layers: dict[str, dict[str, dict[str, Any]]] = {}
+        """node ID -> node rule UUID -> metadata an `update` node rule merges over everything else (rules.py)."""
+        self.static_nodes: dict[str, GraphElement] = {}
+        """Nodes no probe owns (API and node rules, static.py): ID -> element as created or patched."""
+        self.restored_foreign: set[tuple[str, str]] = set()
+        """(kind, ID) restored from history whose Origin is not a probe: static.py keeps or deletes them."""
         self.origin_service = origin_service
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.events: list[GraphEvent] = []
@@ -121,33 +127,49 @@ class GraphBuilder:
         self.events.append(GraphEvent(seq=self.seq, type=type_, obj=el))
         self.revisions.append(Revision(kind, el))
 
-    def _upsert_node(self, hostname: str, host: HostState, nid: str, metadata: dict[str, Any]) -> None:
-        host.nodes[nid] = metadata
-        effective = {**metadata, **self.overlays[nid]} if nid in self.overlays else metadata
+    def effective_metadata(self, nid: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        """A node's own metadata, then overlays (Captures, counters), then node rule layers (oldest rule first)."""
+        if nid not in self.overlays and nid not in self.rule_layers:
+            return metadata
+        out = {**metadata, **self.overlays.get(nid, {})}
+        for layer in self.rule_layers.get(nid, {}).values():
+            out.update(layer)
+        return out
+
+    def _upsert_node(self, hostname: str, host: HostState | None, nid: str, metadata: dict[str, Any],
+                     origin: str = "") -> None:
+        """Add or update a node; `host` None for a node no probe owns (`origin` then names its owner)."""
+        if host is not None:
+            host.nodes[nid] = metadata
+        effective = self.effective_metadata(nid, metadata)
+        origin = origin or self._origin(hostname)
         old = self.graph.nodes.get(nid)
         now = self.clock()
         if old is None:
-            el = GraphElement(ID=nid, Metadata=effective, Host=hostname, Origin=self._origin(hostname),
+            el = GraphElement(ID=nid, Metadata=effective, Host=hostname, Origin=origin,
                               CreatedAt=now, UpdatedAt=now, Revision=1)
             self.graph.upsert_node(el)
             self._emit("NodeAdded", "node", el)
-        elif old.Metadata != effective or old.Host != hostname:
-            el = GraphElement(ID=nid, Metadata=effective, Host=hostname, Origin=self._origin(hostname),
+        elif old.Metadata != effective or old.Host != hostname or old.Origin != origin:
+            el = GraphElement(ID=nid, Metadata=effective, Host=hostname, Origin=origin,
                               CreatedAt=old.CreatedAt, UpdatedAt=max(now, old.UpdatedAt), Revision=old.Revision + 1)
             self.graph.upsert_node(el)
             self._emit("NodeUpdated", "node", el)
 
-    def _upsert_edge(self, hostname: str, host: HostState, edge: topo.ProbeEdge) -> None:
-        host.edges[edge.ID] = edge
+    def _upsert_edge(self, hostname: str, host: HostState | None, edge: topo.ProbeEdge, origin: str = "") -> None:
+        """Add or update an edge; `host` None for an edge no probe owns (`origin` then names its owner)."""
+        if host is not None:
+            host.edges[edge.ID] = edge
+        origin = origin or self._origin(hostname)
         old = self.graph.edges.get(edge.ID)
         now = self.clock()
         if old is None:
-            el = GraphElement(ID=edge.ID, Metadata=edge.Metadata, Host=hostname, Origin=self._origin(hostname),
+            el = GraphElement(ID=edge.ID, Metadata=edge.Metadata, Host=hostname, Origin=origin,
                               CreatedAt=now, UpdatedAt=now, Revision=1, Parent=edge.Parent, Child=edge.Child)
             self.graph.upsert_edge(el)
             self._emit("EdgeAdded", "edge", el)
-        elif (old.Metadata, old.Parent, old.Child) != (edge.Metadata, edge.Parent, edge.Child):
-            el = GraphElement(ID=edge.ID, Metadata=edge.Metadata, Host=hostname, Origin=self._origin(hostname),
+        elif (old.Metadata, old.Parent, old.Child, old.Origin) != (edge.Metadata, edge.Parent, edge.Child, origin):
+            el = GraphElement(ID=edge.ID, Metadata=edge.Metadata, Host=hostname, Origin=origin,
                               CreatedAt=old.CreatedAt, UpdatedAt=max(now, old.UpdatedAt), Revision=old.Revision + 1,
                               Parent=edge.Parent, Child=edge.Child)
             self.graph.upsert_edge(el)
@@ -176,6 +198,7 @@ class GraphBuilder:
         old = self.graph.delete_node(nid)
         assert old is not None
         self.overlays.pop(nid, None)
+        self.rule_layers.pop(nid, None)
         now = max(self.clock(), old.UpdatedAt)
         el = GraphElement(ID=old.ID, Metadata=old.Metadata, Host=old.Host, Origin=old.Origin,
                           CreatedAt=old.CreatedAt, UpdatedAt=now, Revision=old.Revision + 1, DeletedAt=now)
@@ -193,16 +216,35 @@ class GraphBuilder:
             overlay.pop(key, None)
         else:
             overlay[key] = value
-        host = self.hosts.setdefault(node.Host, HostState())
-        base = host.nodes.get(nid, {k: v for k, v in node.Metadata.items() if k != key})
-        self._upsert_node(node.Host, host, nid, base)
+        self.refresh_node(nid, drop_key=key)
         return True
+
+    def refresh_node(self, nid: str, drop_key: str = "") -> None:
+        """Recompute a node's metadata after its overlays or rule layers changed (an event if it differs)."""
+        node = self.graph.nodes.get(nid)
+        if node is None:
+            return
+        static = self.static_nodes.get(nid)
+        if static is not None:
+            self._upsert_node(static.Host, None, nid, static.Metadata, origin=static.Origin)
+            return
+        host = self.hosts.setdefault(node.Host, HostState())
+        base = host.nodes.get(nid, {k: v for k, v in node.Metadata.items() if k != drop_key})
+        self._upsert_node(node.Host, host, nid, base)
 
     # --- restart -------------------------------------------------------------------------------------
     def restore(self, elements: list[tuple[str, GraphElement]]) -> None:
         """Seed the graph with the latest live revisions read back from the history after a restart, so
         CreatedAt and revision numbers continue; every host is then marked as needing a resync."""
         for kind, el in elements:
+            if not el.Origin.startswith(f"{self.origin_service}."):
+                # static objects and rule results: no probe's state; static.py keeps or deletes them
+                if kind == "node":
+                    self.graph.upsert_node(el)
+                else:
+                    self.graph.upsert_edge(el)
+                self.restored_foreign.add((kind, el.ID))
+                continue
             host = self.hosts.setdefault(el.Host, HostState())
             if kind == "node":
                 self.graph.upsert_node(el)

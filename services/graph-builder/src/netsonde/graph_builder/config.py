@@ -21,10 +21,16 @@ class GraphBuilderConfig(BaseConfig):
     """Most graph events per bus message."""
     snapshot_chunk_elements: int = 2_000
     """Most nodes + edges per snapshot chunk (keeps chunks under the NATS payload limit)."""
+    rule_timeout_s: float = 10.0
+    """Longest time one node/edge rule query may run (as query-api's query_timeout_s); a slower rule fails."""
+    rule_max_results: int = 100_000
+    """Most nodes a rule query, or edges an edge rule, may produce; a bigger rule fails."""
 
     def validate(self) -> None:
         super().validate()
         if self.history_flush_interval_s <= 0:
             raise ConfigError("setting 'history_flush_interval_s' must be > 0")
+        if self.rule_timeout_s <= 0 or self.rule_max_results < 1:
+            raise ConfigError("settings 'rule_timeout_s' and 'rule_max_results' must be > 0")
         if self.history_batch_rows < 1 or self.event_batch_max < 1 or self.snapshot_chunk_elements < 1:
             raise ConfigError("batch sizes must be >= 1")

@@ -19,11 +19,13 @@ from netsonde.common.bus.topology import ResyncRequest, TopologyMessage
 from netsonde.common.clickhouse import run_migrations
 from netsonde.common.logs import OnceLogger
 from netsonde.common.service import Service
+from netsonde.gremlin import QueryLimits
 
 from .builder import GraphBuilder
 from .config import GraphBuilderConfig
 from .history import RevisionWriter
 from .schema import MIGRATIONS, ttl_statement
+from .static import StaticController
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,6 +41,7 @@ class GraphBuilderService(Service):
         self.builder = GraphBuilder()
         self.nc: Any = None
         self.writer: RevisionWriter | None = None
+        self.static: StaticController | None = None
         self.bad = OnceLogger(log)
         self._resync_sent: dict[str, float] = {}
         self._captures: dict[str, dict[str, dict[str, Any]]] = {}
@@ -67,6 +70,9 @@ class GraphBuilderService(Service):
         await self.nc.subscribe(self.subjects.graph_snapshot, cb=self._on_snapshot)
         await self.nc.subscribe(self.subjects.capture_status, cb=self._on_capture_status)
         await self.nc.subscribe(self.subjects.interface_metrics_all, cb=self._on_interface_metrics)
+        self.static = StaticController(self, QueryLimits(timeout_s=self.cfg.rule_timeout_s,
+                                                         max_results=self.cfg.rule_max_results))
+        await self.static.start()  # static nodes/edges and rules from their bucket, then their requests
         await self.nc.flush()  # the server holds our subscriptions before we call ourselves ready
         await self._request_resync("")
         if self.writer is not None:
@@ -198,6 +204,8 @@ class GraphBuilderService(Service):
             await self.nc.publish(self.subjects.graph_events, encode(batch))
         for ev in events:
             self.m_events.labels(ev.type).inc()
+        if self.static is not None:
+            self.static.graph_changed(events)
         self.m_nodes.set(len(self.builder.graph.nodes))
         self.m_edges.set(len(self.builder.graph.edges))
         for host in sorted(self.builder.resync_wanted):

@@ -19,6 +19,7 @@ from netsonde.common.service import Service
 from .captures import CaptureStore
 from .config import QueryApiConfig
 from .routes import Routes
+from .static_api import StaticApi
 from .websocket import SubscriberHub
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class QueryApiService(Service):
 
     def add_routes(self, app: web.Application) -> None:
         Routes(self).register(app)
+        StaticApi(self).register(app)
 
     def client_factory(self) -> Any:
         return connect(self.cfg.clickhouse_url, self.cfg.clickhouse_database)

@@ -71,6 +71,16 @@ class Subjects:
         """CaptureStatus from probes: which capture runs on which node, and its counters."""
         return f"{self.prefix}.captures.status"
 
+    @property
+    def static_request(self) -> str:
+        """Request/reply query-api -> graph-builder: StaticRequest -> StaticReply (static nodes, edges, rules)."""
+        return f"{self.prefix}.static.request"
+
+    @property
+    def static_bucket(self) -> str:
+        """JetStream key-value bucket of static nodes/edges and node/edge rules (written by graph-builder)."""
+        return f"{self.prefix}_static"
+
     def packet_inject(self, host: str) -> str:
         """Request/reply to the probe-flow of `host`: msgpack PacketInjection fields -> {"sent"} or {"error"}."""
         return f"{self.prefix}.inject.{_token(host)}"

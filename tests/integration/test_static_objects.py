@@ -1,0 +1,265 @@
+"""Static nodes and edges (Skydive's /api/node and /api/edge) on real NATS, ClickHouse and services: validation,
+JSON Patch, ownership, graph events, history, and persistence across restarts of query-api and graph-builder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+
+import aiohttp
+import httpx
+import pytest
+
+from netsonde.common.service import wait_for
+from netsonde.common.testing import free_port
+from netsonde.graph_builder.config import GraphBuilderConfig
+from netsonde.graph_builder.service import GraphBuilderService
+from netsonde.probe_topology.config import ProbeTopologyConfig
+from netsonde.probe_topology.service import ProbeTopologyService
+from netsonde.query_api.config import QueryApiConfig
+from netsonde.query_api.service import QueryApiService
+
+
+class Stack:
+    """graph-builder and query-api in this process, restartable one at a time."""
+
+    def __init__(self, common: dict) -> None:
+        self.common = common
+        self.port = free_port()
+        self.gb: GraphBuilderService | None = None
+        self.api: QueryApiService | None = None
+        self.probe: ProbeTopologyService | None = None
+
+    async def start_gb(self) -> None:
+        self.gb = GraphBuilderService(GraphBuilderConfig.load(**self.common, history_flush_interval_s=0.2))
+        await self.gb.start()
+
+    async def start_api(self) -> None:
+        self.api = QueryApiService(QueryApiConfig.load(**self.common, http_port=self.port))
+        await self.api.start()
+
+    async def start_probe(self) -> None:
+        self.probe = ProbeTopologyService(ProbeTopologyConfig.load(**self.common, ovsdb="", process_netns=False))
+        await self.probe.start()
+
+    async def stop(self) -> None:
+        for svc in (self.api, self.probe, self.gb):
+            if svc is not None:
+                await svc.stop()
+
+
+@pytest.fixture
+async def stack(nats_url: str, clickhouse_url: str, unique: str):
+    common = dict(env={}, nats_url=nats_url, subject_prefix=f"s{unique}", host_id=f"host-{unique}",
+                  clickhouse_url=clickhouse_url, clickhouse_database=f"static_{unique}")
+    s = Stack(common)
+    await s.start_gb()
+    await s.start_api()
+    yield s
+    await s.stop()
+
+
+def client(s: Stack) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=20)
+
+
+async def gremlin(http: httpx.AsyncClient, q: str):
+    r = await http.post("/api/topology", json={"GremlinQuery": q})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_node_validation_create_get_patch_delete(stack: Stack) -> None:
+    async with client(stack) as http:
+        # Skydive's required fields, each named in the 400
+        r = await http.post("/api/node", json={"Metadata": {"Name": "n", "Type": "t"}})
+        assert r.status_code == 400 and r.text == "ID is required (a non-empty string)"
+        r = await http.post("/api/node", json={"ID": "x", "Metadata": {"Type": "t"}})
+        assert r.status_code == 400 and "Metadata.Name" in r.text
+        r = await http.post("/api/node", json={"ID": "x", "Metadata": {"Name": "n"}})
+        assert r.status_code == 400 and "Metadata.Type" in r.text
+        r = await http.post("/api/node", content=b"{not json")
+        assert r.status_code == 400
+
+        nid = f"static-{uuid.uuid4()}"
+        r = await http.post("/api/node", json={"ID": nid, "Host": "h1", "Metadata": {"Name": "tor1", "Type": "switch"}})
+        assert r.status_code == 201, r.text
+        created = r.json()
+        assert created["ID"] == nid and created["Host"] == "h1" and created["Revision"] == 1
+        assert created["Origin"] == f"api.{stack.common['host_id']}"
+        assert created["Metadata"] == {"Name": "tor1", "Type": "switch"}
+        # same ID again: conflict
+        r = await http.post("/api/node", json={"ID": nid, "Metadata": {"Name": "tor1", "Type": "switch"}})
+        assert r.status_code == 409
+
+        # part of the graph at once (read-your-writes through the replica)
+        assert await gremlin(http, "G.V().Has('Type','switch').Values('Name')") == ["tor1"]
+        r = await http.get(f"/api/node/{nid}")
+        assert r.status_code == 200 and r.json()["Metadata"]["Name"] == "tor1"
+        assert nid in (await http.get("/api/node")).json()
+
+        # JSON Patch on Metadata bumps Revision and UpdatedAt
+        await asyncio.sleep(0.01)
+        r = await http.patch(f"/api/node/{nid}", json=[{"op": "add", "path": "/Metadata/Rack", "value": "r12"}])
+        assert r.status_code == 200, r.text
+        patched = r.json()
+        assert patched["Metadata"] == {"Name": "tor1", "Type": "switch", "Rack": "r12"}
+        assert patched["Revision"] == 2 and patched["UpdatedAt"] > created["UpdatedAt"]
+        assert await gremlin(http, "G.V().Has('Rack','r12').Count()") == 1
+        # Name/Type cannot change (ignored: 304), cannot be removed (400), outside Metadata ignored (304)
+        r = await http.patch(f"/api/node/{nid}", json=[{"op": "replace", "path": "/Metadata/Name", "value": "x"}])
+        assert r.status_code == 304
+        r = await http.patch(f"/api/node/{nid}", json=[{"op": "replace", "path": "/Host", "value": "other"}])
+        assert r.status_code == 304
+        r = await http.patch(f"/api/node/{nid}", json=[{"op": "remove", "path": "/Metadata/Name"}])
+        assert r.status_code == 400 and "Metadata.Name is required" in r.text
+        # malformed patches
+        r = await http.patch(f"/api/node/{nid}", json={"op": "add"})
+        assert r.status_code == 400 and r.text.startswith("incorrect JSON patch")
+        r = await http.patch(f"/api/node/{nid}", json=[{"op": "jump", "path": "/Metadata/a"}])
+        assert r.status_code == 400 and "op must be one of" in r.text
+        r = await http.patch(f"/api/node/{nid}", json=[{"op": "remove", "path": "/Metadata/nothere"}])
+        assert r.status_code == 400 and r.text.startswith("incorrect JSON patch")
+        r = await http.patch("/api/node/nope", json=[{"op": "add", "path": "/Metadata/a", "value": 1}])
+        assert r.status_code == 404
+
+        r = await http.delete(f"/api/node/{nid}")
+        assert r.status_code == 200
+        assert await gremlin(http, "G.V().Has('Type','switch').Count()") == 0
+        r = await http.delete(f"/api/node/{nid}")
+        assert r.status_code == 404
+        r = await http.get(f"/api/node/{nid}")
+        assert r.status_code == 404
+
+
+async def test_edges_events_and_history(stack: Stack) -> None:
+    async with client(stack) as http, aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"ws://127.0.0.1:{stack.port}/ws/subscriber") as ws:
+            for name in ("a", "b"):
+                r = await http.post("/api/node", json={"ID": f"n-{name}", "Metadata": {"Name": name, "Type": "box"}})
+                assert r.status_code == 201
+            r = await http.post("/api/edge", json={"ID": "e1", "Metadata": {}})
+            assert r.status_code == 400 and "Metadata.RelationType" in r.text
+            r = await http.post("/api/edge", json={"ID": "e1", "Metadata": {"RelationType": "cable"}})
+            assert r.status_code == 400 and r.text.startswith("Parent")
+            r = await http.post("/api/edge", json={"ID": "e1", "Parent": "n-a", "Child": "missing",
+                                                   "Metadata": {"RelationType": "cable"}})
+            assert r.status_code == 400 and r.text == "Child: node 'missing' does not exist"
+            r = await http.post("/api/edge", json={"ID": "e1", "Parent": "n-a", "Child": "n-b",
+                                                   "Metadata": {"RelationType": "cable", "Speed": 10}})
+            assert r.status_code == 201, r.text
+            assert r.json()["Parent"] == "n-a" and r.json()["Child"] == "n-b"
+            assert await gremlin(http, "G.V().Has('Name','a').Out().Values('Name')") == ["b"]
+            assert await gremlin(http, "G.E().Has('RelationType','cable').Count()") == 1
+            r = await http.patch("/api/edge/e1", json=[{"op": "replace", "path": "/Metadata/Speed", "value": 100}])
+            assert r.status_code == 200 and r.json()["Metadata"]["Speed"] == 100 and r.json()["Revision"] == 2
+            r = await http.patch("/api/edge/e1", json=[{"op": "remove", "path": "/Metadata/RelationType"}])
+            assert r.status_code == 400 and "RelationType" in r.text
+            r = await http.delete("/api/edge/e1")
+            assert r.status_code == 200
+            r = await http.delete("/api/edge/e1")
+            assert r.status_code == 404
+            before_delete = int(time.time() * 1000)
+            await asyncio.sleep(0.05)
+            r = await http.delete("/api/node/n-a")
+            assert r.status_code == 200
+
+            seen: list[tuple[str, str]] = []
+            while ("NodeDeleted", "n-a") not in seen:
+                msg = json.loads((await ws.receive(timeout=5)).data)
+                seen.append((msg["Type"], msg["Obj"]["ID"]))
+            assert [e for e in seen if e[1] in ("n-a", "n-b", "e1")] == [
+                ("NodeAdded", "n-a"), ("NodeAdded", "n-b"), ("EdgeAdded", "e1"), ("EdgeUpdated", "e1"),
+                ("EdgeDeleted", "e1"), ("NodeDeleted", "n-a")]
+
+        # history: the deleted static node is in the past graph
+        async def in_past() -> bool:
+            r = await http.post("/api/topology",
+                                json={"GremlinQuery": f"G.At({before_delete}).V().Has('Type','box').Values('Name')"})
+            return r.status_code == 200 and sorted(r.json()) == ["a", "b"]
+        assert await wait_for(in_past, 15, interval=0.3)
+
+
+async def test_static_objects_survive_restarts(stack: Stack) -> None:
+    async with client(stack) as http:
+        for name in ("p", "q"):
+            r = await http.post("/api/node", json={"ID": f"r-{name}", "Metadata": {"Name": name, "Type": "rack"}})
+            assert r.status_code == 201
+        r = await http.post("/api/edge", json={"ID": "r-e", "Parent": "r-p", "Child": "r-q",
+                                               "Metadata": {"RelationType": "layer2"}})
+        assert r.status_code == 201
+        r = await http.patch("/api/node/r-p", json=[{"op": "add", "path": "/Metadata/Row", "value": 3}])
+        assert r.status_code == 200
+    gb = stack.gb
+    assert gb is not None
+    await wait_for(lambda: not gb.writer.pending, 10)  # type: ignore[union-attr]
+    # graph-builder restarts (history restored, bucket reloaded), then query-api restarts too
+    await gb.stop()
+    await stack.start_gb()
+    assert stack.api is not None
+    await stack.api.stop()
+    await stack.start_api()
+    async with client(stack) as http:
+        [node] = await gremlin(http, "G.V().Has('Type','rack','Name','p')")
+        assert node["ID"] == "r-p" and node["Metadata"]["Row"] == 3 and node["Revision"] == 2
+        assert await gremlin(http, "G.V('r-p').Out('Name','q').Count()") == 1
+        r = await http.delete("/api/edge/r-e")
+        assert r.status_code == 200
+        r = await http.delete("/api/node/r-q")
+        assert r.status_code == 200
+    # and a deletion is remembered across a restart too
+    await stack.gb.stop()  # type: ignore[union-attr]
+    await stack.start_gb()
+    async with client(stack) as http:
+        async def settled() -> bool:
+            r = await http.post("/api/topology", json={"GremlinQuery": "G.V().Has('Type','rack').Values('Name')"})
+            return r.status_code == 200 and r.json() == ["p"]
+        assert await wait_for(settled, 15, interval=0.2)
+        assert await gremlin(http, "G.E().Has('RelationType','layer2').Count()") == 0
+
+
+@pytest.mark.root
+async def test_static_edge_to_a_real_interface(stack: Stack, unique: str) -> None:
+    """A static edge to a veth node: a probe restart (full state) does not remove it; it leaves the graph with the
+    veth, and its definition is still deleted through the API."""
+    veth, peer = f"sv{unique}", f"sp{unique}"
+    await stack.start_probe()
+    subprocess.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", peer], check=True)
+    try:
+        async with client(stack) as http:
+            async def veth_id() -> str:
+                r = await http.post("/api/topology", json={"GremlinQuery": f"G.V().Has('Name','{veth}')"})
+                return r.json()[0]["ID"] if r.status_code == 200 and r.json() else ""
+            assert await wait_for(veth_id, 10)
+            vid = await veth_id()
+            r = await http.post("/api/node", json={"ID": f"sw-{unique}", "Metadata": {"Name": "sw", "Type": "switch"}})
+            assert r.status_code == 201
+            r = await http.post("/api/edge", json={"ID": f"cable-{unique}", "Parent": f"sw-{unique}", "Child": vid,
+                                                   "Metadata": {"RelationType": "cable"}})
+            assert r.status_code == 201, r.text
+            # a probe-owned node cannot be patched or deleted here
+            r = await http.delete(f"/api/node/{vid}")
+            assert r.status_code == 409 and "probe-topology" in r.text
+            r = await http.patch(f"/api/node/{vid}", json=[{"op": "add", "path": "/Metadata/x", "value": 1}])
+            assert r.status_code == 409
+            # the probe restarts and sends its full state: the static node and edge stay
+            assert stack.probe is not None
+            await stack.probe.stop()
+            await stack.start_probe()
+            await asyncio.sleep(1.0)
+            assert await gremlin(http, f"G.V('sw-{unique}').Out().Values('Name')") == [veth]
+            subprocess.run(["ip", "link", "del", veth], check=True)
+
+            async def count(q: str, n: int) -> bool:
+                r = await http.post("/api/topology", json={"GremlinQuery": q})
+                return r.status_code == 200 and r.json() == n
+            assert await wait_for(lambda: count(f"G.V('sw-{unique}').Out().Count()", 0), 10)
+            r = await http.delete(f"/api/edge/cable-{unique}")
+            assert r.status_code == 200
+            r = await http.delete(f"/api/edge/cable-{unique}")
+            assert r.status_code == 404
+    finally:
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
