@@ -7,6 +7,7 @@ PACKAGES := libs/common libs/flow libs/gremlin $(wildcard services/*)
 APT_PACKAGES := nats-server iproute2 iputils-ping ethtool openvswitch-switch tcpdump tshark libpcap-dev gcc python3-dev docker-compose
 BENCH_APT_PACKAGES := tcpreplay pmacct softflowd iperf3 netsniff-ng
 STAMP := $(VENV)/.installed
+RATCHET_RULES := E,W,F,I,UP,B
 
 .PHONY: help deps deps-bench install allinone test test-unit bench lint clean
 
@@ -36,7 +37,21 @@ install: deps $(STAMP) ## Create the venv in .venv and install every package (ed
 allinone: install ## Start NATS, the ClickHouse store and every service on this host
 	$(VENV)/bin/netsonde allinone
 
-test: install deps-bench ## Run the whole test suite (starts its own NATS and ClickHouse store)
+lint: $(STAMP) ## ruff on every tracked file; format check, stricter ruff and mypy --strict on lint-ratchet.txt
+	@tracked=$$(git ls-files '*.py' | while read -r f; do [ -e "$$f" ] && echo "$$f"; done); \
+	ratchet=$$(grep -v -e '^#' -e '^$$' lint-ratchet.txt); \
+	echo "ruff check: $$(echo $$tracked | wc -w) tracked files"; $(VENV)/bin/ruff check -q $$tracked && \
+	echo "ruff format --check, ruff check --select $(RATCHET_RULES), mypy --strict: $$(echo $$ratchet | wc -w) files" && \
+	$(VENV)/bin/ruff format --check -q $$ratchet && \
+	$(VENV)/bin/ruff check -q --select $(RATCHET_RULES) $$ratchet && \
+	$(VENV)/bin/mypy $$ratchet
+
+test-unit: $(STAMP) ## Run tests/unit (no root needed: as non-root the root-marked tests are deselected)
+	@markers="not ovs"; if [ "$$(id -u)" != 0 ]; then markers="not root and not ovs"; \
+	  echo "not root: deselecting the tests marked root"; fi; \
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit -m "$$markers" $(PYTEST_ARGS)
+
+test: install deps-bench lint ## Run make lint, then the whole test suite (starts its own NATS and ClickHouse store)
 	@$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 

@@ -29,7 +29,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from netsonde.common.clickhouse import connect
-from netsonde.common.testing import Proc, free_port, start_store
+from netsonde.common.testing import free_port, start_store
 
 # Every column type Netsonde's tables use.
 ALL_TYPES_DDL = """

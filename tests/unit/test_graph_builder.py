@@ -124,3 +124,26 @@ def test_split_full_is_applied_when_all_parts_arrived() -> None:
     assert "old" in b.graph.nodes and "a" not in b.graph.nodes
     b.apply(p1)
     assert set(b.graph.nodes) == {"a", "b"}
+
+
+def test_an_id_that_comes_back_continues_its_revisions() -> None:
+    """A namespace inode the kernel reuses gives its nodes the IDs of a deleted namespace's: their history must
+    go on from the deletion's revision, never restart at 1 (the past graph would take the deletion as latest)."""
+    b = GraphBuilder(clock=clock_from())
+    b.apply(full(0, {"h": {"Name": "h1"}, "e": {"Name": "eth0"}}, [("h", "e", "ownership")]))
+    b.apply(full(1, {"h": {"Name": "h1"}}))
+    b.apply(full(2, {"h": {"Name": "h1"}, "e": {"Name": "eth0", "MTU": 1400}}, [("h", "e", "ownership")]))
+    _, revs = b.take()
+    assert [(r.kind, r.element.ID, r.element.Revision, r.element.DeletedAt is not None) for r in revs] == [
+        ("node", "h", 1, False), ("node", "e", 1, False), ("edge", "h-e", 1, False),
+        ("edge", "h-e", 2, True), ("node", "e", 2, True),
+        ("node", "e", 3, False), ("edge", "h-e", 3, False)]
+    # after a restart, the deleted elements read back from the history keep their numbers too
+    b.apply(full(3, {"h": {"Name": "h1"}}))
+    _, revs = b.take()
+    restarted = GraphBuilder(clock=clock_from(10_000))
+    restarted.restore([(r.kind, r.element) for r in revs] + [("node", b.graph.nodes["h"])])
+    assert set(restarted.graph.nodes) == {"h"}
+    restarted.apply(full(0, {"h": {"Name": "h1"}, "e": {"Name": "eth0"}}, [("h", "e", "ownership")], boot="b2"))
+    _, revs = restarted.take()
+    assert [(r.kind, r.element.ID, r.element.Revision) for r in revs] == [("node", "e", 5), ("edge", "h-e", 5)]

@@ -7,8 +7,8 @@ Services never talk to chdb directly: in tests and `make allinone` the URL point
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 from urllib.parse import unquote, urlparse
 
 import clickhouse_connect
@@ -56,19 +56,29 @@ def run_migrations(url: str, database: str, component: str, migrations: Sequence
         admin.command(
             f"CREATE TABLE IF NOT EXISTS `{database}`.schema_migrations (component LowCardinality(String), "
             "version UInt32, name String, applied_at DateTime64(3) DEFAULT now64(3)) "
-            "ENGINE = ReplacingMergeTree ORDER BY (component, version)")
-        done = {row[0] for row in admin.query(
-            f"SELECT version FROM `{database}`.schema_migrations WHERE component = {{c:String}}",
-            parameters={"c": component}).result_rows}
+            "ENGINE = ReplacingMergeTree ORDER BY (component, version)"
+        )
+        done = {
+            row[0]
+            for row in admin.query(
+                f"SELECT version FROM `{database}`.schema_migrations WHERE component = {{c:String}}",
+                parameters={"c": component},
+            ).result_rows
+        }
         applied = 0
         for m in sorted(migrations, key=lambda m: m.version):
             if m.version in done:
                 continue
             for stmt in m.statements:
                 admin.command(stmt.format(db=f"`{database}`"))
-            admin.insert(f"`{database}`.schema_migrations", [[component, m.version, m.name]],
-                         column_names=["component", "version", "name"])
-            log.info("applied migration", extra={"component": component, "version": m.version, "migration": m.name})
+            admin.insert(
+                f"`{database}`.schema_migrations",
+                [[component, m.version, m.name]],
+                column_names=["component", "version", "name"],
+            )
+            log.info(
+                "applied migration", extra={"component": component, "version": m.version, "migration": m.name}
+            )
             applied += 1
         return applied
     finally:

@@ -10,12 +10,14 @@ service) < environment variable `NETSONDE_<FIELD>` (upper-cased field name).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import socket
 import tomllib
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 C = TypeVar("C", bound="BaseConfig")
 
@@ -93,8 +95,9 @@ class BaseConfig:
             raise ConfigError(f"setting 'subject_prefix': {self.subject_prefix!r} is not a subject token")
 
     @classmethod
-    def load(cls: type[C], env: Mapping[str, str] | None = None, file: str | Path | None = None,
-             **overrides: Any) -> C:
+    def load(
+        cls: type[C], env: Mapping[str, str] | None = None, file: str | Path | None = None, **overrides: Any
+    ) -> C:
         """Build the config from defaults, file, environment and explicit overrides, then validate it."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
@@ -149,8 +152,13 @@ def _attribute_docs(cls: type) -> dict[str, str]:
         except (OSError, TypeError):
             continue
         body = tree.body[0].body  # type: ignore[attr-defined]
-        for a, b in zip(body, body[1:]):
-            if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr) \
-                    and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
+        for a, b in itertools.pairwise(body):
+            if (
+                isinstance(a, ast.AnnAssign)
+                and isinstance(a.target, ast.Name)
+                and isinstance(b, ast.Expr)
+                and isinstance(b.value, ast.Constant)
+                and isinstance(b.value.value, str)
+            ):
                 docs[a.target.id] = b.value.value
     return docs

@@ -8,11 +8,22 @@ Elements are `GraphElement`s (Skydive's shape). Lookups by the common metadata k
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from .bus.graph import GraphElement, GraphEvent
 
-INDEXED_KEYS: tuple[str, ...] = ("Name", "Type", "MAC", "TID", "IfIndex", "Host", "IPV4", "IPV6", "PeerIntfMAC")
+INDEXED_KEYS: tuple[str, ...] = (
+    "Name",
+    "Type",
+    "MAC",
+    "TID",
+    "IfIndex",
+    "Host",
+    "IPV4",
+    "IPV6",
+    "PeerIntfMAC",
+)
 """Metadata keys with an index (values that are lists are indexed element by element)."""
 
 
@@ -137,8 +148,15 @@ class Graph:
 
 def element_to_json(el: GraphElement) -> dict[str, Any]:
     """Skydive's JSON shape of a node or edge (DeletedAt only when set, Parent/Child only on edges)."""
-    out: dict[str, Any] = {"ID": el.ID, "Metadata": el.Metadata, "Host": el.Host, "Origin": el.Origin,
-                           "CreatedAt": el.CreatedAt, "UpdatedAt": el.UpdatedAt, "Revision": el.Revision}
+    out: dict[str, Any] = {
+        "ID": el.ID,
+        "Metadata": el.Metadata,
+        "Host": el.Host,
+        "Origin": el.Origin,
+        "CreatedAt": el.CreatedAt,
+        "UpdatedAt": el.UpdatedAt,
+        "Revision": el.Revision,
+    }
     if el.DeletedAt is not None:
         out["DeletedAt"] = el.DeletedAt
     if el.Parent or el.Child:

@@ -12,7 +12,8 @@ import contextlib
 import logging
 import signal
 import time
-from typing import Any, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -82,11 +83,13 @@ class Service:
         self.add_routes(app)
         self._http_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._http_runner.setup()
-        site = web.TCPSite(self._http_runner, self.config.http_host, self.config.http_port, reuse_address=True)
+        site = web.TCPSite(
+            self._http_runner, self.config.http_host, self.config.http_port, reuse_address=True
+        )
         await site.start()
         server = site._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        self.http_port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        assert isinstance(server, asyncio.Server) and server.sockets
+        self.http_port = server.sockets[0].getsockname()[1]
         await self.on_start()
         self.ready = True
         log.info("%s started", self.name, extra={"http": f"http://{self.config.http_host}:{self.http_port}"})
@@ -117,8 +120,12 @@ class Service:
         await self.stop()
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        body = {"service": self.name, "host": self.config.host_id, "ok": self.ready,
-                "uptime_s": round(time.time() - self.started_at, 1)}
+        body = {
+            "service": self.name,
+            "host": self.config.host_id,
+            "ok": self.ready,
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
         body.update(self.health())
         return web.json_response(body, status=200 if body["ok"] else 503)
 
@@ -129,8 +136,11 @@ class Service:
 def main_for(service_cls: Callable[[Any], Service], config_cls: type[BaseConfig]) -> None:
     """Entry point body of every `python -m netsonde.<service>`."""
     config = config_cls.load()
-    setup_logging(service_cls.name if hasattr(service_cls, "name") else "netsonde",  # type: ignore[attr-defined]
-                  config.log_level, config.log_format)
+    setup_logging(
+        service_cls.name if hasattr(service_cls, "name") else "netsonde",
+        config.log_level,
+        config.log_format,
+    )
     service = service_cls(config)
     try:
         asyncio.run(service.run())
@@ -138,13 +148,15 @@ def main_for(service_cls: Callable[[Any], Service], config_cls: type[BaseConfig]
         pass
 
 
-async def wait_for(predicate: Callable[[], bool | Awaitable[bool]], timeout: float, interval: float = 0.02) -> bool:
-    """Poll a condition until it holds or the timeout passes (tests and start-up waits; never a bare sleep)."""
+async def wait_for(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float, interval: float = 0.02
+) -> bool:
+    """Poll a condition until it holds or the timeout passes (tests, start-up waits: never a bare sleep)."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
         if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
-            result = await result  # type: ignore[misc]
+            result = await result
         if result:
             return True
         if time.monotonic() > deadline:

@@ -79,7 +79,7 @@ the last; a revision followed by a deletion carries its time as DeletedAt."""
 
 class RevisionGraph(Graph):
     """A Graph holding, besides the latest revision of each ID (in `nodes`/`edges`), the older revisions
-    alive in a time window (`older_nodes`/`older_edges`: ID -> revisions)."""
+    alive in a time window (`older_nodes`/`older_edges`: ID -> revisions, oldest first, each revision once)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,8 +87,12 @@ class RevisionGraph(Graph):
         self.older_edges: dict[str, list[GraphElement]] = {}
 
     def add_revision(self, el: GraphElement, is_edge: bool) -> None:
+        """Add one revision; a revision already held (same ID and number) is ignored."""
         current = (self.edges if is_edge else self.nodes).get(el.ID)
         older = self.older_edges if is_edge else self.older_nodes
+        if current is not None and (el.Revision == current.Revision
+                                    or any(o.Revision == el.Revision for o in older.get(el.ID, ()))):
+            return
         if current is None:
             (self.upsert_edge if is_edge else self.upsert_node)(el)
         elif el.Revision > current.Revision:
@@ -248,6 +252,9 @@ def build_graph(elements: list[GraphElement], revisions: bool) -> Graph:
         for el in elements:
             if el.Parent:
                 rg.add_revision(el, True)
+        for older in (rg.older_nodes, rg.older_edges):
+            for revs in older.values():
+                revs.sort(key=lambda e: e.Revision)
         return rg
     # One revision per ID: fill the dicts directly (what upsert_node/upsert_edge do, without the checks
     # for an existing element); the metadata indexes are built per key on first use.

@@ -41,55 +41,65 @@ class GraphView:
         self.indexed = self.single_revision and hasattr(graph, "index")
 
     def nodes(self) -> Iterator[GraphElement]:
-        yield from self.graph.nodes.values()
-        for revs in self.older_nodes.values():
-            yield from revs
+        """Every node; in a window, each ID's revisions together, oldest first."""
+        if not self.older_nodes:
+            yield from self.graph.nodes.values()
+            return
+        older = self.older_nodes
+        for nid, node in self.graph.nodes.items():
+            yield from older.get(nid, ())
+            yield node
 
     def edges(self) -> Iterator[GraphElement]:
-        yield from self.graph.edges.values()
-        for revs in self.older_edges.values():
-            yield from revs
+        """Every edge; in a window, each ID's revisions together, oldest first."""
+        if not self.older_edges:
+            yield from self.graph.edges.values()
+            return
+        older = self.older_edges
+        for eid, edge in self.graph.edges.items():
+            yield from older.get(eid, ())
+            yield edge
 
     def node_count(self) -> int:
         return len(self.graph.nodes) + sum(len(r) for r in self.older_nodes.values())
 
     def node_revs(self, node_id: str) -> list[GraphElement]:
+        """The node's revisions, oldest first (one outside a window)."""
         n = self.graph.nodes.get(node_id)
-        out = [n] if n is not None else []
-        if self.older_nodes:
-            out.extend(self.older_nodes.get(node_id, ()))
-        return out
+        if n is None:
+            return []
+        return [*self.older_nodes.get(node_id, ()), n] if self.older_nodes else [n]
 
     def edge_revs(self, edge_id: str) -> list[GraphElement]:
+        """The edge's revisions, oldest first (one outside a window)."""
         e = self.graph.edges.get(edge_id)
-        out = [e] if e is not None else []
-        if self.older_edges:
-            out.extend(self.older_edges.get(edge_id, ()))
-        return out
+        if e is None:
+            return []
+        return [*self.older_edges.get(edge_id, ()), e] if self.older_edges else [e]
 
     def out_edges(self, node_id: str) -> Iterator[GraphElement]:
         """Edges whose Parent is the node (all revisions)."""
         edges = self.graph.edges
         for eid in self.graph.out_edges.get(node_id, ()):
-            e = edges.get(eid)
-            if e is not None and e.Parent == node_id:
-                yield e
             if self.older_edges:
                 for old in self.older_edges.get(eid, ()):
                     if old.Parent == node_id:
                         yield old
+            e = edges.get(eid)
+            if e is not None and e.Parent == node_id:
+                yield e
 
     def in_edges(self, node_id: str) -> Iterator[GraphElement]:
         """Edges whose Child is the node (all revisions)."""
         edges = self.graph.edges
         for eid in self.graph.in_edges.get(node_id, ()):
-            e = edges.get(eid)
-            if e is not None and e.Child == node_id:
-                yield e
             if self.older_edges:
                 for old in self.older_edges.get(eid, ()):
                     if old.Child == node_id:
                         yield old
+            e = edges.get(eid)
+            if e is not None and e.Child == node_id:
+                yield e
 
     def lookup(self, key: str, value: Any) -> list[GraphElement] | None:
         """Nodes with indexed `key` == `value` (list values: membership), or None when no index applies."""

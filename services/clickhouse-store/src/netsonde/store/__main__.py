@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Any
 
 from netsonde.common.config import ConfigError
 from netsonde.common.logs import setup_logging
@@ -13,7 +14,7 @@ from .config import StoreConfig
 from .service import StoreService
 
 
-def parse_args(argv: list[str] | None = None) -> dict[str, object]:
+def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(
         prog="netsonde store",
         description="Embedded ClickHouse store (chdb engine "

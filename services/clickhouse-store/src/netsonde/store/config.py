@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from netsonde.common.config import BaseConfig, ConfigError
 
@@ -48,9 +49,9 @@ class StoreConfig(BaseConfig):
     def load(
         cls,
         env: Mapping[str, str] | None = None,
-        file: str | Path | None = None,  # type: ignore[override]
+        file: str | Path | None = None,
         **overrides: Any,
-    ) -> "StoreConfig":
+    ) -> StoreConfig:
         """As BaseConfig.load, plus `NETSONDE_STORE_<FIELD>` (e.g. NETSONDE_STORE_DATA_DIR), which wins over
         `NETSONDE_<FIELD>`; explicit overrides (the CLI flags) win over both."""
         env = os.environ if env is None else env
@@ -60,7 +61,7 @@ class StoreConfig(BaseConfig):
             if key in env:
                 scoped[f.name] = env[key]
         scoped.update({k: v for k, v in overrides.items() if v is not None})
-        return super().load(env=env, file=file, **scoped)  # type: ignore[return-value]
+        return super().load(env=env, file=file, **scoped)
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any, str]]:

@@ -28,12 +28,13 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, TypeVar
 
-from chdb import _chdb  # type: ignore[attr-defined]
+from chdb import _chdb
 
 from . import errors, sql
 from .errors import StoreError
@@ -105,7 +106,7 @@ class Request:
     settings: dict[str, str] = field(default_factory=dict)
     database: str = "default"
     insert_file: str | None = None  # set for inserts whose data was spooled to a file
-    insert: "InsertSpec | None" = None
+    insert: InsertSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class Conn:
     """A chdb connection plus what the store has applied to it."""
 
     def __init__(self, path: str) -> None:
-        self.raw = _chdb.connect(path)
+        self.raw = _chdb.connect(path)  # type: ignore[attr-defined]  # the C module, no stub
         self.in_session = False
         self.applied: dict[str, str] = {}
         self.database = "default"
@@ -277,16 +278,16 @@ class Conn:
             # appears atomically; the staging detour is only needed when a batch spans partitions.
             return self._insert_statement(direct)
         signature = f"{mtime}/{create_hash}"
-        cached = spec.stages.get(key)
-        if cached is None or cached[1] != signature:
-            if cached is not None:
-                self._drop_stage(cached[0])
+        stage_cached = spec.stages.get(key)
+        if stage_cached is None or stage_cached[1] != signature:
+            if stage_cached is not None:
+                self._drop_stage(stage_cached[0])
                 spec.stages.pop(key, None)
             stage_table = "stage_" + uuid.uuid4().hex
             self._run(f"CREATE TABLE {quote_ident(STAGING_DB)}.{quote_ident(stage_table)} AS {target}")
             spec.stages[key] = (stage_table, signature)
         else:
-            stage_table = cached[0]
+            stage_table = stage_cached[0]
         stage = f"{quote_ident(STAGING_DB)}.{quote_ident(stage_table)}"
         ok = False
         try:
@@ -516,7 +517,7 @@ class Engine:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def close(self, timeout: float = 30.0) -> None:
@@ -654,7 +655,7 @@ class Engine:
         session_id: str | None = None,
         session_timeout: float = 60.0,
         session_check: bool = False,
-    ) -> "ResultStream":
+    ) -> ResultStream:
         """Start a query whose result is read chunk by chunk; the connection stays with the stream until
         `close()`. Errors the engine reports before the first chunk raise here."""
         session: Session | None = None

@@ -145,7 +145,7 @@ class StoreError(Exception):
         return f"Code: {self.code}. DB::Exception: {self.message}. ({self.name}){version}\n"
 
     @classmethod
-    def from_engine(cls, text: str) -> "StoreError":
+    def from_engine(cls, text: str) -> StoreError:
         """Normalise an engine error text (possibly nested `Code: N. DB::Exception: Code: N. ...`)."""
         text = text.strip()
         for prefix in ("Streaming query failed: ", "Streaming insert finish failed: "):

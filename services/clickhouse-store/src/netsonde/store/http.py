@@ -21,7 +21,8 @@ import os
 import socket
 import time
 import uuid
-from typing import IO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 from aiohttp import web
 from netsonde.common.metrics import Metrics
@@ -135,11 +136,11 @@ class ClickHouseHTTP:
     def _receiving_body(self) -> Iterator[None]:
         task = asyncio.current_task()
         assert task is not None
-        self._receiving.add(task)  # type: ignore[arg-type]
+        self._receiving.add(task)
         try:
             yield
         finally:
-            self._receiving.discard(task)  # type: ignore[arg-type]
+            self._receiving.discard(task)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes)
@@ -239,7 +240,7 @@ class ClickHouseHTTP:
                 f"{user}: Authentication failed: password is incorrect, or there is no user with such name",
             )
 
-    async def _read(self, request: web.Request) -> tuple[dict[str, str], "_Body"]:
+    async def _read(self, request: web.Request) -> tuple[dict[str, str], _Body]:
         """URL (or multipart form) parameters, and the request body as a decoded stream."""
         params: dict[str, str] = {k: v for k, v in request.query.items()}
         ctype = request.headers.get("Content-Type", "")
@@ -264,7 +265,7 @@ class ClickHouseHTTP:
         return params, _Body(request if has_body else None, encoding, self.config.max_body_bytes)
 
     async def _dispatch(
-        self, request: web.Request, params: dict[str, str], body: "_Body", query_id: str
+        self, request: web.Request, params: dict[str, str], body: _Body, query_id: str
     ) -> tuple[str, web.StreamResponse]:
         settings: dict[str, str] = {}
         qparams: dict[str, str] = {}

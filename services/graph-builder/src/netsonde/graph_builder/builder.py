@@ -59,6 +59,10 @@ class GraphBuilder:
         self.events: list[GraphEvent] = []
         self.revisions: list[Revision] = []
         self.resync_wanted: set[str] = set()
+        self.deleted_revisions: dict[tuple[str, str], int] = {}
+        """(kind, ID) -> last revision of a deleted element: an ID that comes back (a namespace inode the kernel
+        reused, a re-created static object) continues its revision numbers, so the history, keyed and ordered
+        by (ID, revision), never holds two lives under one revision."""
 
     # --- probe messages ------------------------------------------------------------------------------
     def apply(self, msg: topo.TopologyMessage) -> None:
@@ -146,8 +150,9 @@ class GraphBuilder:
         old = self.graph.nodes.get(nid)
         now = self.clock()
         if old is None:
+            rev = self.deleted_revisions.pop(("node", nid), 0) + 1
             el = GraphElement(ID=nid, Metadata=effective, Host=hostname, Origin=origin,
-                              CreatedAt=now, UpdatedAt=now, Revision=1)
+                              CreatedAt=now, UpdatedAt=now, Revision=rev)
             self.graph.upsert_node(el)
             self._emit("NodeAdded", "node", el)
         elif old.Metadata != effective or old.Host != hostname or old.Origin != origin:
@@ -164,8 +169,9 @@ class GraphBuilder:
         old = self.graph.edges.get(edge.ID)
         now = self.clock()
         if old is None:
+            rev = self.deleted_revisions.pop(("edge", edge.ID), 0) + 1
             el = GraphElement(ID=edge.ID, Metadata=edge.Metadata, Host=hostname, Origin=origin,
-                              CreatedAt=now, UpdatedAt=now, Revision=1, Parent=edge.Parent, Child=edge.Child)
+                              CreatedAt=now, UpdatedAt=now, Revision=rev, Parent=edge.Parent, Child=edge.Child)
             self.graph.upsert_edge(el)
             self._emit("EdgeAdded", "edge", el)
         elif (old.Metadata, old.Parent, old.Child, old.Origin) != (edge.Metadata, edge.Parent, edge.Child, origin):
@@ -185,6 +191,7 @@ class GraphBuilder:
         el = GraphElement(ID=old.ID, Metadata=old.Metadata, Host=old.Host, Origin=old.Origin,
                           CreatedAt=old.CreatedAt, UpdatedAt=now, Revision=old.Revision + 1, DeletedAt=now,
                           Parent=old.Parent, Child=old.Child)
+        self.deleted_revisions[("edge", eid)] = el.Revision
         self._emit("EdgeDeleted", "edge", el)
 
     def _delete_node(self, hostname: str, host: HostState | None, nid: str) -> None:
@@ -202,6 +209,7 @@ class GraphBuilder:
         now = max(self.clock(), old.UpdatedAt)
         el = GraphElement(ID=old.ID, Metadata=old.Metadata, Host=old.Host, Origin=old.Origin,
                           CreatedAt=old.CreatedAt, UpdatedAt=now, Revision=old.Revision + 1, DeletedAt=now)
+        self.deleted_revisions[("node", nid)] = el.Revision
         self._emit("NodeDeleted", "node", el)
 
     # --- other sources of metadata -------------------------------------------------------------------
@@ -235,8 +243,12 @@ class GraphBuilder:
     # --- restart -------------------------------------------------------------------------------------
     def restore(self, elements: list[tuple[str, GraphElement]]) -> None:
         """Seed the graph with the latest live revisions read back from the history after a restart, so
-        CreatedAt and revision numbers continue; every host is then marked as needing a resync."""
+        CreatedAt and revision numbers continue (deleted elements, DeletedAt set, only keep their last revision
+        number); every host is then marked as needing a resync."""
         for kind, el in elements:
+            if el.DeletedAt is not None:
+                self.deleted_revisions[(kind, el.ID)] = el.Revision
+                continue
             if not el.Origin.startswith(f"{self.origin_service}."):
                 # static objects and rule results: no probe's state; static.py keeps or deletes them
                 if kind == "node":

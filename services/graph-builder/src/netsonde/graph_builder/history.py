@@ -83,7 +83,8 @@ class RevisionWriter:
         return len(batch)
 
     def load_latest(self) -> list[tuple[str, GraphElement]]:
-        """The latest revision of every element not deleted: the graph as it was when we stopped."""
+        """The latest revision of every element: the graph as it was when we stopped, plus the deleted elements
+        (DeletedAt set) whose revision numbers must continue if their ID comes back."""
         client = connect(self.url, self.database)
         try:
             rows = client.query(
@@ -94,9 +95,7 @@ class RevisionWriter:
             client.close()
         out: list[tuple[str, GraphElement]] = []
         for kind, eid, rev, host, origin, created, updated, deleted, parent, child, metadata in rows:
-            if deleted:
-                continue
             out.append((kind, GraphElement(ID=eid, Metadata=msgspec.json.decode(metadata), Host=host, Origin=origin,
                                            CreatedAt=created, UpdatedAt=updated, Revision=rev,
-                                           Parent=parent, Child=child)))
+                                           DeletedAt=updated if deleted else None, Parent=parent, Child=child)))
         return out
