@@ -47,7 +47,8 @@ CAPTURE_TYPE_SPECS: dict[str, CaptureTypeSpec] = {s.name: s for s in (
     CaptureTypeSpec("ebpf", "probe-flow", frozenset()),
     # sFlow samples: OVS samples 1/SamplingRate packets, cut to HeaderSize, counters every PollingInterval s
     CaptureTypeSpec("ovssflow", "sflow-collector", frozenset({"HeaderSize", "SamplingRate", "PollingInterval"})),
-    CaptureTypeSpec("sflow", "sflow-collector", frozenset({"Port"})),
+    # an external sFlow agent: probe-flow listens on Port (0: a free one) in the node's namespace
+    CaptureTypeSpec("sflow", "probe-flow", frozenset({"Port", "LayerKeyMode"})),
 )}
 """Every capture type Netsonde knows, by Skydive's name (an unknown Type is a 400)."""
 

@@ -32,6 +32,7 @@ from netsonde.flow.table import FlowTable
 
 from .mirror import MIRROR_KEY, MirrorError, OvsMirrors, mirror_port_name
 from .pcapsocket import PcapSocketCapture
+from .sflowsocket import SFlowSocketCapture, listen_address
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,8 @@ class CaptureController:
             if ctype == "pcapsocket":
                 reader = PcapSocketCapture(str(md["Name"]), table, cap.BPFFilter, cap.HeaderSize,
                                            address=self.pcapsocket_address)
+            elif ctype == "sflow":  # a UDP listener for an external sFlow agent (sflowsocket.py)
+                reader = SFlowSocketCapture(str(md["Name"]), table, node_netns(node), listen_address(node), cap.Port)
             else:
                 kw: dict[str, Any] = {}
                 if ctype == "afpacket":
@@ -237,6 +240,8 @@ class CaptureController:
         except (CaptureError, MirrorError, RuntimeError, ValueError) as e:  # ValueError/RuntimeError: table
             self._fail(key, cap, node, str(e), ctype)
             return
+        if isinstance(reader, SFlowSocketCapture):  # its samples reach the table through the sFlow code
+            table = reader.flows  # type: ignore[assignment]
         self.running[key] = RunningCapture(cap, node, ctype, table, reader)
         log.info("capture %s started on %s", cap.UUID, md.get("Name"),
                  extra={"capture": cap.UUID, "node": node.get("ID"), "type": ctype})
@@ -326,7 +331,8 @@ class CaptureController:
         received, dropped = (r.packets_received, r.packets_dropped) if r is not None else (0, 0)
         sock = r.pcap_socket if isinstance(r, PcapSocketCapture) else ""
         out = [CaptureStatus(host=self.host, node_id=rc.node_id, capture_id=rc.capture.UUID, state="active",
-                             type=rc.kind, packets_received=received, packets_dropped=dropped, pcap_socket=sock)]
+                             type=rc.kind, packets_received=received, packets_dropped=dropped, pcap_socket=sock,
+                             sflow_socket=r.sflow_socket if isinstance(r, SFlowSocketCapture) else "")]
         if rc.mirror_node is not None:
             out.append(CaptureStatus(host=self.host, node_id=str(rc.mirror_node.get("ID", "")),
                                      capture_id=rc.capture.UUID, state="active", type=rc.kind,
