@@ -44,7 +44,8 @@ def test_field_map_covers_skydive_paths() -> None:
     names = set(fs.FLOW_COLUMN_NAMES)
     for exprs in m.values():
         for e in exprs:
-            assert e in names or e.startswith(("TCPMetric[", "IPMetric[")), e
+            assert e in names or e.startswith(("TCPMetric[", "IPMetric[")) or \
+                e in {x for x, _ in fs.EXTRA_FIELDS.values()}, e
 
 
 def test_column_types_for_parameters() -> None:

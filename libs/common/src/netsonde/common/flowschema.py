@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import msgspec
 
-from .bus.flows import Flow, FlowUpdateBatch
+from .bus.flows import Flow, FlowUpdateBatch, TCPMetric
 from .clickhouse import Migration
 
 COMPONENT = "flows"
@@ -136,15 +136,48 @@ def _field_map() -> dict[str, tuple[str, ...]]:
     out: dict[str, tuple[str, ...]] = {c.path: (c.name,) for c in FLOW_COLUMNS if c.path}
     for layer in ("Link", "Network", "Transport"):
         out[layer] = (f"{layer}A", f"{layer}B")
-    for key in ("ABSynStart", "BASynStart", "ABSynTTL", "BASynTTL", "ABFinStart", "BAFinStart",
-                "ABRstStart", "BARstStart"):
+    for key in TCPMetric.__struct_fields__:
         out[f"TCPMetric.{key}"] = (f"TCPMetric['{key}']",)
     for key in ("Fragments", "FragmentErrors"):
         out[f"IPMetric.{key}"] = (f"IPMetric['{key}']",)
     return out
 
 
-FIELD_TO_COLUMN: dict[str, tuple[str, ...]] = _field_map()
+def _extra_fields() -> dict[str, tuple[str, str]]:
+    """Skydive's extra-layer fields (capture option ExtraLayers), read from the `Extra` JSON column.
+
+    Gremlin names are Skydive's Go field names (`DNS.ResponseCode`, `VRRPv2.Priority`); the stored JSON keeps
+    Skydive's JSON names (`response_code`, `priority`). `DNS.Questions.*` is the first question (a DNS
+    message carries one)."""
+    layers = {
+        "DNS": {"ID": "ID", "QR": "QR?", "OpCode": "op_code$", "AA": "AA?", "TC": "TC?", "RD": "RD?", "RA": "RA?",
+                "Z": "z", "ResponseCode": "response_code$", "QDCount": "q_d_count", "ANCount": "a_n_count",
+                "NSCount": "n_s_count", "ARCount": "a_r_count", "Questions.Name": "questions,1,name$",
+                "Questions.Type": "questions,1,type$", "Questions.Class": "questions,1,class$"},
+        "DHCPv4": {"HardwareLen": "hardware_len", "HardwareOpts": "hardware_opts", "Xid": "xid", "Secs": "secs",
+                   "Flags": "flags", "ServerName": "server_name$", "File": "file$"},
+        "VRRPv2": {"Version": "version", "VirtualRtrID": "virtual_rtrID", "Priority": "priority",
+                   "CountIPAddr": "count_ipaddr", "AdverInt": "adver_int"},
+    }
+    out: dict[str, tuple[str, str]] = {}
+    for layer, fields in layers.items():
+        out[layer] = (f"JSONExtractRaw(Extra, '{layer}')", "String")
+        for name, spec in fields.items():
+            path = ", ".join([f"'{layer}'"] + [p if p.isdigit() else f"'{p}'" for p in spec.rstrip("$?").split(",")])
+            if spec.endswith("$"):
+                out[f"{layer}.{name}"] = (f"JSONExtractString(Extra, {path})", "String")
+            elif spec.endswith("?"):
+                out[f"{layer}.{name}"] = (f"toInt64(JSONExtractBool(Extra, {path}))", "Int64")
+            else:
+                out[f"{layer}.{name}"] = (f"JSONExtractInt(Extra, {path})", "Int64")
+    return out
+
+
+EXTRA_FIELDS: dict[str, tuple[str, str]] = _extra_fields()
+"""Extra-layer field path -> (SQL expression over `Extra`, ClickHouse type)."""
+_EXPR_TYPES: dict[str, str] = dict(EXTRA_FIELDS.values())
+
+FIELD_TO_COLUMN: dict[str, tuple[str, ...]] = {**_field_map(), **{k: (e,) for k, (e, _) in EXTRA_FIELDS.items()}}
 """Skydive flow field path -> SQL column expressions of `flows` (constants, safe to embed in SQL).
 
 One expression for a plain field (`'Network.A'` -> `('NetworkA',)`); two for a layer named alone, which
@@ -163,6 +196,8 @@ def column_type(expr: str) -> str:
     """ClickHouse type of a `FIELD_TO_COLUMN` expression (for typed `{name:Type}` query parameters)."""
     if expr.startswith(("TCPMetric[", "IPMetric[")):
         return "Int64"
+    if expr in _EXPR_TYPES:
+        return _EXPR_TYPES[expr]
     typ = FLOW_COLUMN_TYPES[expr]
     if typ.startswith("LowCardinality("):
         return typ[len("LowCardinality("):-1]
@@ -446,7 +481,7 @@ def row_to_metric(row: dict[str, Any]) -> dict[str, Any]:
 __all__ = [
     "COMPONENT", "FLOWS_TABLE", "METRICS_TABLE", "RAW_PACKETS_TABLE", "DEFAULT_TTL_DAYS", "STORED_AT", "Column",
     "FLOW_COLUMNS", "METRIC_COLUMNS", "RAW_PACKET_COLUMNS", "FLOW_COLUMN_NAMES", "METRIC_COLUMN_NAMES",
-    "RAW_PACKET_COLUMN_NAMES", "FLOW_COLUMN_TYPES", "METRIC_COLUMN_TYPES", "FIELD_TO_COLUMN",
+    "RAW_PACKET_COLUMN_NAMES", "FLOW_COLUMN_TYPES", "METRIC_COLUMN_TYPES", "FIELD_TO_COLUMN", "EXTRA_FIELDS",
     "METRIC_FIELD_TO_COLUMN", "LATEST_BY_UUID", "column_type", "migrations", "MIGRATIONS", "ttl_statements",
     "flows_to_columns", "metrics_to_columns", "raw_packets_to_columns", "InsertColumns", "batches_to_columns",
     "row_to_flow", "row_to_metric",

@@ -68,7 +68,7 @@ class Segment:
     __slots__ = ("layers", "mac_src", "mac_dst", "vlan", "net_proto", "ip_src", "ip_dst", "net_id",
                  "tr_proto", "sport", "dport", "tr_id", "tunnel", "icmp_type", "icmp_code", "icmp_id",
                  "icmp_raw_type", "tcp_flags", "ttl", "fragment", "frag_error", "length", "ip_proto",
-                 "app_port", "ndpi", "ip_id", "ip_off")
+                 "app_port", "ndpi", "ip_id", "ip_off", "ip_len", "pay_off", "tcp_seq")
 
     def __init__(self) -> None:
         self.layers: list[str] = []
@@ -95,6 +95,11 @@ class Segment:
         self.ndpi = ""
         self.ip_id = -1
         self.ip_off = -1
+        self.ip_len = 0
+        """IP length the header declares (header included); 0 when unknown."""
+        self.pay_off = -1
+        """Offset of the TCP/UDP/VRRP payload in the frame (-1: none), for the capture options."""
+        self.tcp_seq = 0
 
     @property
     def layers_path(self) -> str:
@@ -213,6 +218,8 @@ def _ipv4(b: bytes, off: int, seg: Segment, segs: list[Segment]) -> None:
     seg.ip_dst = b[off + 16:off + 20]
     seg.ip_proto = proto
     end = len(b)
+    if total >= ihl:
+        seg.ip_len = total
     if ihl <= total < end - off:
         end = off + total  # strip Ethernet padding
     elif total < ihl:
@@ -244,6 +251,8 @@ def _ipv6(b: bytes, off: int, seg: Segment, segs: list[Segment]) -> None:
     seg.ip_src = b[off + 8:off + 24]
     seg.ip_dst = b[off + 24:off + 40]
     end = len(b)
+    if plen:
+        seg.ip_len = 40 + plen
     if 0 < plen and off + 40 + plen < end:
         end = off + 40 + plen
     off += 40
@@ -276,8 +285,10 @@ def _ip_payload(b: bytes, off: int, end: int, proto: int, seg: Segment, segs: li
         seg.tr_proto = "TCP"
         seg.sport, seg.dport = _U16x2.unpack_from(b, off)
         seg.tcp_flags = b[off + 13]
+        seg.tcp_seq = _U32.unpack_from(b, off + 4)[0]
         app = TCP_APPS.get(seg.dport) or TCP_APPS.get(seg.sport)
         doff = (b[off + 12] >> 4) * 4
+        seg.pay_off = off + doff
         if app and end - off > doff:
             seg.layers.append(app)
     elif proto == 17:
@@ -287,6 +298,7 @@ def _ip_payload(b: bytes, off: int, end: int, proto: int, seg: Segment, segs: li
         seg.tr_proto = "UDP"
         sport, dport = seg.sport, seg.dport = _U16x2.unpack_from(b, off)
         off += 8
+        seg.pay_off = off
         if dport == PORT_VXLAN:
             _vxlan(b, off, end, seg, segs)
         elif dport == PORT_GENEVE:
@@ -337,6 +349,7 @@ def _ip_payload(b: bytes, off: int, end: int, proto: int, seg: Segment, segs: li
         seg.layers.append("IPv6")
     else:
         seg.layers.append(IP_PROTO_NAMES.get(proto, "Unknown"))
+        seg.pay_off = off
 
 
 def _vxlan(b: bytes, off: int, end: int, seg: Segment, segs: list[Segment]) -> None:

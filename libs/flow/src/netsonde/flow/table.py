@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import msgspec
 import xxhash
 
 from netsonde.common.bus.flows import Flow, FlowLayer, FlowMetric, ICMPLayer, IPMetric, RawPacket, TCPMetric
@@ -56,6 +57,9 @@ class TableStats:
     """New flows refused because the table was full (`max_entries`)."""
     decode_errors: dict[str, int] = field(default_factory=dict)
     """Frames that could not be decoded, by kind (truncated, malformed ...); each is counted, none raises."""
+    events: dict[str, int] = field(default_factory=dict)
+    """Capture option counters (`options.py`): defrag_reassembled, defrag_timeouts, defrag_evicted,
+    defrag_errors, tcp_buffer_overflows, layer_errors."""
 
     @property
     def bad_packets(self) -> int:
@@ -69,7 +73,7 @@ class FlowState:
                  "mac_a", "mac_b", "vlan", "net_proto", "ip_a", "ip_b", "net_id", "tr_proto", "port_a",
                  "port_b", "tr_id", "tunnel", "icmp_type", "icmp_code", "icmp_id", "ab_p", "ab_b", "ba_p",
                  "ba_b", "start", "last", "rtt", "rtt_t0", "sent", "tcp", "frags", "frag_err", "finish",
-                 "touched", "raw", "raw_count", "fastkeys", "sampling", "dpi")
+                 "touched", "raw", "raw_count", "fastkeys", "sampling", "dpi", "extra")
 
     def __init__(self) -> None:
         self.ab_p = self.ab_b = self.ba_p = self.ba_b = 0
@@ -86,6 +90,8 @@ class FlowState:
         self.sampling = 0
         self.dpi: tuple[str, str] | None = None
         """(application, category) once nDPI decided; None while undecided or without DPI."""
+        self.extra: dict | None = None
+        """Extra layers (DNS, DHCPv4, VRRPv2) decoded by the ExtraLayers option."""
 
     def is_ab(self, seg: Segment) -> bool:
         if self.net_proto and self.ip_a != self.ip_b:
@@ -101,7 +107,8 @@ class FlowTable:
     def __init__(self, node_tid: str, capture_id: str = "", layer_key_mode: str = "L2",
                  extra_tcp_metric: bool = False, *, expire_ms: int = 600_000, finished_hold_ms: int = 5_000,
                  max_entries: int = 500_000, raw_packet_limit: int = 0,
-                 app_timeouts_ms: dict[str, int] | None = None, ndpi: bool = False) -> None:
+                 app_timeouts_ms: dict[str, int] | None = None, ndpi: bool = False, ip_defrag: bool = False,
+                 reassemble_tcp: bool = False, extra_layers: int = 0) -> None:
         if layer_key_mode not in ("L2", "L3"):
             raise ValueError(f"layer_key_mode must be L2 or L3, not {layer_key_mode!r}")
         self.node_tid = node_tid
@@ -124,6 +131,13 @@ class FlowTable:
         self._agg: dict[bytes, list[tuple[FlowState, bool, int, int, int, int]]] = {}
         self._frag_owner: dict[tuple[bytes, bytes, int], FlowState] = {}
         self._last_update_ms = 0
+        self._opts = None
+        if ip_defrag or reassemble_tcp or extra_layers:  # per-frame path; without them the fast path stays
+            from .options import PacketOptions
+            self._opts = PacketOptions(self, ip_defrag, reassemble_tcp, extra_layers)
+        self._per_frame = self._acc is None or bool(raw_packet_limit) or self._dpi is not None \
+            or self._opts is not None
+        """Every packet through the full decoder (the C fold cannot serve these options)."""
 
     def __len__(self) -> int:
         return len(self.flows)
@@ -132,6 +146,21 @@ class FlowTable:
     def process_frame(self, frame: bytes, ts_ms: int, wire_len: int | None = None, sampling_rate: int = 1,
                       ts_ns: int | None = None) -> bool:
         """Account one Ethernet frame. Returns False (and counts it) when it cannot be decoded."""
+        frags = 0
+        if self._opts is not None and self._opts.defrag is not None:
+            t_ns = ts_ns if ts_ns is not None else ts_ms * 1_000_000
+            held = self._opts.defrag_frame(frame, t_ns, wire_len if wire_len is not None else len(frame))
+            self._opts.replay_given_up()
+            if held is None:
+                return True  # a fragment of a datagram still incomplete
+            frame, wire_len, frags = held
+        return self.account_frame(frame, ts_ns if ts_ns is not None else ts_ms * 1_000_000, wire_len,
+                                  sampling_rate, frags)
+
+    def account_frame(self, frame: bytes, ts_ns: int, wire_len: int | None = None, sampling_rate: int = 1,
+                      frags: int = 0) -> bool:
+        """Decode and count one frame (after defragmentation); `frags` = fragments it was made of."""
+        ts_ms = ts_ns // 1_000_000
         try:
             segs = decode_ethernet(frame, wire_len)
         except DecodeError as e:
@@ -140,8 +169,15 @@ class FlowTable:
         except (IndexError, struct.error):
             self._bad("malformed")
             return False
-        self._account(segs, frame, ts_ms, ts_ns, sampling_rate)
+        fs = self._account(segs, frame, ts_ms, ts_ns, sampling_rate)
+        if frags and fs is not None:
+            self._frag_flow(segs).frags += frags
         return True
+
+    def _frag_flow(self, segs: list[Segment]) -> FlowState:
+        """The flow of the outermost segment (the one reassembled) of the packet just accounted."""
+        l3, l2 = self.hash_keys(segs[0])
+        return self.flows[(l2, "")]
 
     def process_ip_packet(self, packet: bytes, ts_ms: int, wire_len: int | None = None,
                           sampling_rate: int = 1) -> bool:
@@ -156,7 +192,7 @@ class FlowTable:
 
     def process_frames(self, frames: list[tuple[bytes, int, int]]) -> None:
         """The batch hot path: account (frame, ts_ns, wire_len) tuples (pcap replay, libpcap captures)."""
-        if self._acc is None or self.raw_packet_limit or self._dpi is not None:  # per-frame path needed
+        if self._per_frame:  # raw packets, nDPI or packet options need every frame
             self.process_frames_reference(frames)
             return
         fresh, slow, _ = self._acc.fold_frames(frames)
@@ -238,7 +274,7 @@ class FlowTable:
         extension header) are counted in C against a per-header key ("fastkey"); Python only builds the
         flow the first time a fastkey appears and collects the counters at each `updates()`. Other packets
         go through the full decoder, in timestamp order with the new fastkeys."""
-        if self._acc is None or self.raw_packet_limit or self._dpi is not None:  # per-frame path needed
+        if self._per_frame:  # raw packets, nDPI or packet options need every frame
             slow = _walk_block(block)
             self._process_slow(slow)
             return len(slow)
@@ -364,6 +400,8 @@ class FlowTable:
                 self._keep_raw(fs, frame, ts_ms)
             if self._dpi is not None and fs.dpi is None and seg.ip_off >= 0 and i == len(segs) - 1:
                 self._inspect(fs, seg, frame, ts_ms)
+            if self._opts is not None and i == len(segs) - 1:
+                self._opts.packet(fs, seg, frame, ts_ns if ts_ns is not None else ts_ms * 1_000_000)
             parent = fs.uuid
         if segs:
             stats.packets += 1
@@ -512,6 +550,8 @@ class FlowTable:
         """Flows touched since the previous call (LastUpdateMetric = delta over the window), then the
         flows that expire at `now_ms` (FinishType TIMEOUT unless already finished)."""
         self.harvest()
+        if self._opts is not None:
+            self._opts.expire(now_ms * 1_000_000)
         start = self._last_update_ms
         out = []
         for fs in self.flows.values():
@@ -548,12 +588,17 @@ class FlowTable:
     def flush(self) -> list[Flow]:
         """Every flow with what it has not reported yet; the table is emptied (capture stop)."""
         self.harvest()
+        if self._opts is not None:
+            self._opts.flush()  # fragments of incomplete datagrams are counted as fragments
         now = max((fs.last for fs in self.flows.values()), default=0)
         start = self._last_update_ms
         out = [self._to_flow(fs, start, max(now, start)) for fs in self.flows.values()]
         if self._dpi is not None:
             for key in self.flows:
                 self._dpi.forget(key)
+        if self._opts is not None:
+            for key in self.flows:
+                self._opts.forget(key)
         self.flows.clear()
         self._fast.clear()
         self._agg.clear()
@@ -566,6 +611,8 @@ class FlowTable:
         fs = self.flows.pop(key)
         if self._dpi is not None:
             self._dpi.forget(key)
+        if self._opts is not None:
+            self._opts.forget(key)
         if fs.fastkeys:
             for fk in fs.fastkeys:
                 self._fast.pop(fk, None)
@@ -606,14 +653,19 @@ class FlowTable:
         elif self.extra_tcp_metric and fs.tr_proto == "TCP":
             tcpm = TCPMetric()
         ipm = IPMetric(Fragments=fs.frags, FragmentErrors=fs.frag_err) if fs.frags else None
+        extra: dict = {"NDPI": {"Protocol": fs.dpi[0], "Category": fs.dpi[1]}} if fs.dpi else {}
+        if self._opts is not None:
+            layers, reasm = self._opts.flow_fields(fs)
+            extra.update(layers)
+            if reasm:
+                tcpm = msgspec.structs.replace(tcpm or TCPMetric(), **reasm)
         raw = fs.raw or []
         flow = Flow(UUID=fs.uuid, LayersPath=fs.layers_path, Application=fs.application,
                     TrackingID=fs.tracking_id, L3TrackingID=fs.l3_tracking_id, NodeTID=self.node_tid,
                     Start=fs.start, Last=fs.last, Metric=metric, LastUpdateMetric=lum, Link=link, Network=net,
                     Transport=tr, ICMP=icmp, TCPMetric=tcpm, IPMetric=ipm, ParentUUID=fs.parent_uuid,
                     CaptureID=self.capture_id, FinishType=fs.finish, RawPacketsCaptured=fs.raw_count,
-                    LastRawPackets=raw, SamplingRate=fs.sampling,
-                    Extra={"NDPI": {"Protocol": fs.dpi[0], "Category": fs.dpi[1]}} if fs.dpi else {})
+                    LastRawPackets=raw, SamplingRate=fs.sampling, Extra=extra)
         if consume:
             fs.sent = (fs.ab_p, fs.ab_b, fs.ba_p, fs.ba_b)
             fs.touched = False

@@ -50,6 +50,21 @@ class TCPMetric(msgspec.Struct, omit_defaults=True):
     BAFinStart: int = 0
     ABRstStart: int = 0
     BARstStart: int = 0
+    # TCP reassembly (capture option ReassembleTCP), as Skydive's flow/tcpassembler.go fills them
+    ABSegmentOutOfOrder: int = 0
+    ABSegmentSkipped: int = 0
+    ABSegmentSkippedBytes: int = 0
+    ABPackets: int = 0
+    ABBytes: int = 0
+    ABSawStart: int = 0
+    ABSawEnd: int = 0
+    BASegmentOutOfOrder: int = 0
+    BASegmentSkipped: int = 0
+    BASegmentSkippedBytes: int = 0
+    BAPackets: int = 0
+    BABytes: int = 0
+    BASawStart: int = 0
+    BASawEnd: int = 0
 
 
 class IPMetric(msgspec.Struct, omit_defaults=True):
