@@ -10,45 +10,10 @@ import time
 import uuid
 
 import aiohttp
-import httpx
 import pytest
 
 from netsonde.common.service import wait_for
-from netsonde.common.testing import free_port
-from netsonde.graph_builder.config import GraphBuilderConfig
-from netsonde.graph_builder.service import GraphBuilderService
-from netsonde.probe_topology.config import ProbeTopologyConfig
-from netsonde.probe_topology.service import ProbeTopologyService
-from netsonde.query_api.config import QueryApiConfig
-from netsonde.query_api.service import QueryApiService
-
-
-class Stack:
-    """graph-builder and query-api in this process, restartable one at a time."""
-
-    def __init__(self, common: dict) -> None:
-        self.common = common
-        self.port = free_port()
-        self.gb: GraphBuilderService | None = None
-        self.api: QueryApiService | None = None
-        self.probe: ProbeTopologyService | None = None
-
-    async def start_gb(self) -> None:
-        self.gb = GraphBuilderService(GraphBuilderConfig.load(**self.common, history_flush_interval_s=0.2))
-        await self.gb.start()
-
-    async def start_api(self) -> None:
-        self.api = QueryApiService(QueryApiConfig.load(**self.common, http_port=self.port))
-        await self.api.start()
-
-    async def start_probe(self) -> None:
-        self.probe = ProbeTopologyService(ProbeTopologyConfig.load(**self.common, ovsdb="", process_netns=False))
-        await self.probe.start()
-
-    async def stop(self) -> None:
-        for svc in (self.api, self.probe, self.gb):
-            if svc is not None:
-                await svc.stop()
+from tests.integration.static_stack import Stack, client, gremlin
 
 
 @pytest.fixture
@@ -60,16 +25,6 @@ async def stack(nats_url: str, clickhouse_url: str, unique: str):
     await s.start_api()
     yield s
     await s.stop()
-
-
-def client(s: Stack) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=20)
-
-
-async def gremlin(http: httpx.AsyncClient, q: str):
-    r = await http.post("/api/topology", json={"GremlinQuery": q})
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 async def test_node_validation_create_get_patch_delete(stack: Stack) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from nats.aio.msg import Msg
 
@@ -182,11 +182,14 @@ class GraphBuilderService(Service):
         seq, epoch = self.builder.seq, self.builder.epoch
         nodes, edges = list(graph.nodes.values()), list(graph.edges.values())
         size = self.cfg.snapshot_chunk_elements
+        limit = self.nc.max_payload - 1024
         chunks: list[SnapshotChunk] = []
         for i in range(0, max(len(nodes), 1), size):
-            chunks.append(SnapshotChunk(epoch=epoch, seq=seq, index=0, last=False, nodes=nodes[i:i + size]))
+            chunks += _fit(nodes[i:i + size], lambda part: SnapshotChunk(epoch=epoch, seq=seq, index=0, last=False,
+                                                                         nodes=part), limit)
         for i in range(0, len(edges), size):
-            chunks.append(SnapshotChunk(epoch=epoch, seq=seq, index=0, last=False, edges=edges[i:i + size]))
+            chunks += _fit(edges[i:i + size], lambda part: SnapshotChunk(epoch=epoch, seq=seq, index=0, last=False,
+                                                                         edges=part), limit)
         for i, chunk in enumerate(chunks):
             chunk.index = i
             chunk.last = i == len(chunks) - 1
@@ -199,9 +202,11 @@ class GraphBuilderService(Service):
         if self.writer is not None and revisions:
             self.writer.add(revisions)
         step = self.cfg.event_batch_max
+        limit = self.nc.max_payload - 1024
         for i in range(0, len(events), step):
-            batch = GraphEventBatch(epoch=self.builder.epoch, events=events[i:i + step])
-            await self.nc.publish(self.subjects.graph_events, encode(batch))
+            for batch in _fit(events[i:i + step], lambda part: GraphEventBatch(epoch=self.builder.epoch, events=part),
+                              limit):
+                await self.nc.publish(self.subjects.graph_events, encode(batch))
         for ev in events:
             self.m_events.labels(ev.type).inc()
         if self.static is not None:
@@ -239,3 +244,13 @@ class GraphBuilderService(Service):
             except Exception as exc:
                 self.m_history_errors.inc()
                 self.bad.warning("history", f"history write failed, will retry: {exc!r}")
+
+
+def _fit(items: list[Any], make: Callable[[list[Any]], T], limit: int) -> list[T]:
+    """One message of `items`, or as many halves as needed for each to stay under the NATS payload limit (nodes
+    with large metadata, e.g. ethtool Features and routing tables, make 500 events exceed 1 MB)."""
+    msg = make(items)
+    if len(items) <= 1 or len(encode(msg)) <= limit:
+        return [msg]
+    half = len(items) // 2
+    return _fit(items[:half], make, limit) + _fit(items[half:], make, limit)

@@ -317,6 +317,8 @@ class StaticController:
 
     async def _done(self, status: int, **objects: Any) -> StaticReply:
         await self.publish()
+        if self.rules.noderules or self.rules.edgerules:
+            self._dirty.set()  # a static change can change what the rules select
         return StaticReply(status=status, **objects)
 
     # --- rules kept up to date -----------------------------------------------------------------------
