@@ -6,6 +6,7 @@ The capture is defined before the namespace and the interface exist (a standing 
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import time
@@ -178,3 +179,81 @@ def test_sflow_capture_on_a_busy_port_is_in_error_with_the_reason(link: Link, un
     finally:
         busy.close()
         ctl.stop_all()
+
+
+@pytest.mark.slow
+async def test_sflow_capture_end_to_end_through_the_api(link: Link, unique: str, nats_url: str,
+                                                         clickhouse_url: str) -> None:
+    """POST /api/capture Type sflow before the interface exists -> probe-topology sees it -> probe-flow listens on
+    its address (`Captures[].SFlowSocket`) -> datagrams -> flow-enricher -> ClickHouse -> Gremlin on the node."""
+    import httpx
+
+    from netsonde.common.service import wait_for
+    from netsonde.common.testing import free_port
+    from netsonde.flow_enricher.config import FlowEnricherConfig
+    from netsonde.flow_enricher.service import FlowEnricherService
+    from netsonde.graph_builder.config import GraphBuilderConfig
+    from netsonde.graph_builder.service import GraphBuilderService
+    from netsonde.probe_flow.config import ProbeFlowConfig
+    from netsonde.probe_flow.service import ProbeFlowService
+    from netsonde.probe_topology.config import ProbeTopologyConfig
+    from netsonde.probe_topology.service import ProbeTopologyService
+    from netsonde.query_api.config import QueryApiConfig
+    from netsonde.query_api.service import QueryApiService
+
+    host = f"host-{unique}"
+    common: dict[str, Any] = dict(env={}, nats_url=nats_url, subject_prefix=f"c{unique}", host_id=host,
+                                  clickhouse_url=clickhouse_url, clickhouse_database=f"sfc_{unique}",
+                                  log_format="text")
+    port = free_port()
+    services: list[Any] = []
+    try:
+        for svc in (
+            GraphBuilderService(GraphBuilderConfig.load(**common, history_flush_interval_s=0.2)),
+            ProbeTopologyService(ProbeTopologyConfig.load(**common, process_netns=False)),
+            FlowEnricherService(FlowEnricherConfig.load(**common, insert_interval_s=0.1, retry_max_s=0.5,
+                                                        stream_max_bytes=64 * 1024 * 1024)),
+            ProbeFlowService(ProbeFlowConfig.load(**common, update_interval_s=0.5, reconcile_interval_s=0.5,
+                                                  stream_max_bytes=64 * 1024 * 1024)),
+            QueryApiService(QueryApiConfig.load(**common, http_port=port)),
+        ):
+            await svc.start()
+            services.append(svc)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
+            async def gremlin(q: str) -> Any:
+                r = await http.post("/api/topology", json={"GremlinQuery": q})
+                assert r.status_code == 200, r.text
+                return r.json()
+
+            node_q = f"G.V().Has('Name', '{link.inner}', 'Type', 'veth')"
+            r = await http.post("/api/capture", json={"GremlinQuery": node_q, "Type": "sflow"})
+            assert r.status_code in (200, 201), r.text
+            link.create()  # the interface appears after the capture
+            sockets: list[str] = []
+
+            async def listening() -> bool:
+                nodes = await gremlin(node_q)
+                caps = nodes[0]["Metadata"].get("Captures") or [] if nodes else []
+                sockets[:] = [c.get("SFlowSocket", "") for c in caps if c.get("State") == "active"]
+                return bool(sockets and sockets[0])
+            assert await wait_for(listening, 20, interval=0.3), await gremlin(node_q)
+            addr, sport = sockets[0].rsplit(":", 1)
+            assert addr == link.ip
+
+            await asyncio.to_thread(send, DATAGRAMS, (link.ip, int(sport)))
+            want_packets, want_bytes = expected_totals(DATAGRAMS)
+            flows_q = f"{node_q}.Flows()"
+
+            async def stored() -> bool:
+                r1 = await http.post("/api/topology", json={"GremlinQuery": f"{flows_q}.Sum('Metric.ABPackets')"})
+                r2 = await http.post("/api/topology", json={"GremlinQuery": f"{flows_q}.Sum('Metric.BAPackets')"})
+                return r1.status_code == r2.status_code == 200 and r1.json() + r2.json() == want_packets
+            assert await wait_for(stored, 30, interval=0.5)
+            [node] = await gremlin(node_q)
+            flows = await gremlin(flows_q)
+            assert len(flows) == 27 and {f["NodeTID"] for f in flows} == {node["Metadata"]["TID"]}
+            assert sum(f["Metric"].get("ABBytes", 0) + f["Metric"].get("BABytes", 0) for f in flows) == want_bytes
+            assert await gremlin(f"{flows_q}.Limit(1).CaptureNode().Values('Name')") == [link.inner]
+    finally:
+        for svc in reversed(services):
+            await svc.stop()
