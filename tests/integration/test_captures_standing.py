@@ -259,3 +259,26 @@ def test_pcapsocket_stream_becomes_flows_of_the_node(stack: tuple[int, int], pai
         assert got["State"] == "active"
     finally:
         delete(api, cap["UUID"])
+
+
+def test_skydive_python_client_on_a_node_that_does_not_exist_yet(stack: tuple[int, int], pair: Pair) -> None:
+    """Skydive's own client (`skydive-client` from PyPI), unchanged, against Netsonde."""
+    from skydive.rest.client import RESTClient
+
+    api = stack[0]
+    client = RESTClient(f"127.0.0.1:{api}")
+    cap = client.capture_create(f"G.V().Has('Name', '{pair.vb}')", name="skydive-client", bpf_filter="icmp")
+    assert cap.uuid and cap.name == "skydive-client" and cap.bpf_filter == "icmp"
+    try:
+        assert [c.uuid for c in client.capture_list() if c.uuid == cap.uuid] == [cap.uuid]
+        pair.up()
+        wait_until(lambda: len(captures_of(api, pair.vb)) == 1, 30, "the capture on the new veth")
+        pair.ping(5)
+        flows = wait_until(lambda: icmp_flows(api, cap.uuid, pair.ipa), 60, "the ping through skydive-client")
+        assert len(flows) == 1 and flows[0]["Metric"]["ABBytes"] == 490
+        nodes = client.lookup_nodes(f"G.V().Has('Captures.ID', '{cap.uuid}')")
+        assert [n.metadata["Name"] for n in nodes] == [pair.vb]
+    finally:
+        client.capture_delete(cap.uuid)
+    assert cap.uuid not in [c.uuid for c in client.capture_list()]
+    wait_until(lambda: not captures_of(api, pair.vb), 30, "the capture stopped after capture_delete")
