@@ -1,4 +1,5 @@
-"""Past graphs rebuilt from the revision history in ClickHouse (`graph_revisions`, written by graph-builder).
+"""Past graphs rebuilt from the revision history in ClickHouse (`graph_revisions`, written by graph-builder,
+defined in `netsonde.common.graphschema`).
 
 Each row is one revision of a node or edge, valid from its `updated_at` until the next revision's (exclusive),
 or forever when it is the latest; a deletion is a last row with `deleted_at` set. So:
@@ -21,17 +22,13 @@ from typing import Any, Callable
 
 import msgspec
 
+from netsonde.common import graphschema
 from netsonde.common.bus.graph import GraphElement
 from netsonde.common.graph import Graph
 
 from .errors import GremlinError
 
-HISTORY_DDL = (
-    "CREATE TABLE IF NOT EXISTS {db}.graph_revisions (kind Enum8('node' = 1, 'edge' = 2), id String, "
-    "revision UInt64, host LowCardinality(String), origin LowCardinality(String), "
-    "created_at DateTime64(3, 'UTC'), updated_at DateTime64(3, 'UTC'), deleted_at Nullable(DateTime64(3, 'UTC')), "
-    "parent String, child String, metadata String) ENGINE = ReplacingMergeTree "
-    "PARTITION BY toYYYYMMDD(updated_at) ORDER BY (kind, id, revision)")
+HISTORY_DDL = graphschema.CREATE_TABLE
 """The table as graph-builder creates it (for tests that run without graph-builder's migrations)."""
 
 _JSON_ROW = """concat('{"ID":', toJSONString(id), ',"Metadata":', if(metadata = '', '{}', replaceAll(metadata, '\\n', ' ')),
@@ -149,7 +146,7 @@ class HistoryStore:
     (413).
     """
 
-    def __init__(self, client_factory: Callable[[], Any], table: str = "graph_revisions", bucket_ms: int = 1000,
+    def __init__(self, client_factory: Callable[[], Any], table: str = graphschema.TABLE, bucket_ms: int = 1000,
                  cache_size: int = 16, settle_ms: int = 10_000, recent_ttl_s: float = 1.0,
                  max_rows: int = 2_000_000) -> None:
         if not table.replace("_", "").replace(".", "").isalnum():

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 import msgspec
 
+from netsonde.common import graphschema
 from netsonde.common.bus.flows import Flow, FlowLayer, FlowMetric, ICMPLayer, RawPacket
 from netsonde.common.bus.graph import GraphElement
 from netsonde.common.graph import Graph
@@ -158,8 +159,7 @@ def live_graph(rows: Iterable[dict[str, Any]] | None = None) -> Graph:
     return g
 
 
-REVISION_COLUMNS = ("kind", "id", "revision", "host", "origin", "created_at", "updated_at", "deleted_at",
-                    "parent", "child", "metadata")
+REVISION_COLUMNS = tuple(name for name, _ in graphschema.COLUMNS)
 
 
 def _dt(ms: int | None) -> datetime | None:
