@@ -30,6 +30,7 @@ $(STAMP): $(foreach p,$(PACKAGES),$(p)/pyproject.toml) requirements-dev.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements-dev.txt $(foreach p,$(PACKAGES),-e $(p))
+	$(PY) -m netsonde.flow_enricher.ctables
 	@touch $(STAMP)
 
 install: deps $(STAMP) ## Create the venv in .venv and install every package (editable)

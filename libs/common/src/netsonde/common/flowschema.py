@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import msgspec
 
-from .bus.flows import Flow, FlowUpdateBatch, TCPMetric
+from .bus.flows import Flow, FlowMetric, FlowUpdateBatch, IPMetric, TCPMetric
 from .clickhouse import Migration
 
 COMPONENT = "flows"
@@ -59,7 +59,8 @@ class Column:
     path: str = ""
 
 
-_METRIC_FIELDS = ("ABPackets", "ABBytes", "BAPackets", "BABytes", "Start", "Last", "RTT")
+_METRIC_FIELDS: tuple[str, ...] = FlowMetric.__struct_fields__
+"""FlowMetric's fields (the bus schema), in order: the Metric*/LastUpdateMetric* columns and flow_metrics."""
 _METRIC_TYPES = {"ABPackets": "UInt64", "ABBytes": "UInt64", "BAPackets": "UInt64", "BABytes": "UInt64",
                  "Start": "Int64", "Last": "Int64", "RTT": "Int64"}
 
@@ -125,6 +126,15 @@ RAW_PACKET_COLUMNS: tuple[Column, ...] = (
 )
 """Columns of `flow_raw_packets`: one captured packet per row."""
 
+
+
+def native_type(typ: str) -> str:
+    """The type a column is sent as in an insert (Python columns and the enricher's C Native blocks alike):
+    LowCardinality columns go as plain String (ClickHouse converts on insert; building the dictionary
+    client-side costs more than the whole rest of the row)."""
+    return typ.replace("LowCardinality(String)", "String")
+
+
 FLOW_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in FLOW_COLUMNS)
 METRIC_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in METRIC_COLUMNS)
 RAW_PACKET_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in RAW_PACKET_COLUMNS)
@@ -138,7 +148,7 @@ def _field_map() -> dict[str, tuple[str, ...]]:
         out[layer] = (f"{layer}A", f"{layer}B")
     for key in TCPMetric.__struct_fields__:
         out[f"TCPMetric.{key}"] = (f"TCPMetric['{key}']",)
-    for key in ("Fragments", "FragmentErrors"):
+    for key in IPMetric.__struct_fields__:
         out[f"IPMetric.{key}"] = (f"IPMetric['{key}']",)
     return out
 

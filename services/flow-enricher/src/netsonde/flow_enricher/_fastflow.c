@@ -218,6 +218,8 @@ static int to_json(rd_t *r, buf_t *b, int depth) {
 enum { S, I64, U64, U32, U16, MAP };
 typedef struct { const char *name; const char *type; int kind; } col_t;
 
+/* the columns of netsonde.common.flowschema (FLOW_COLUMNS, METRIC_COLUMNS, RAW_PACKET_COLUMNS) as sent on the
+ * wire: `python -m netsonde.flow_enricher.ctables` (make install, unit tests) checks these tables against it */
 #define NFLOWCOLS 50
 static const col_t FLOWCOLS[NFLOWCOLS] = {
     {"UUID", "String", S}, {"NodeTID", "String", S}, {"Start", "Int64", I64}, {"Last", "Int64", I64},

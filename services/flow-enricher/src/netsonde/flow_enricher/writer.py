@@ -16,10 +16,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from netsonde.common import flowschema as fs
 from netsonde.common.clickhouse import connect, run_migrations
 
-def _wire_type(typ: str) -> str:
-    """The type a column is sent as: LowCardinality columns go as plain String (ClickHouse converts on
-    insert; building the dictionary client-side in Python costs more than the whole rest of the row)."""
-    return typ.replace("LowCardinality(String)", "String")
+_wire_type = fs.native_type
 
 
 _TYPES = {
