@@ -44,6 +44,8 @@ class RuleEngine:
         """edge rule UUID -> its edges by ID."""
         self.errors: dict[str, str] = {}
         """rule UUID -> why its last evaluation failed (the previous result is kept)."""
+        self._pair_ids: dict[str, dict[tuple[str, str], str]] = {}
+        """edge rule UUID -> (parent, child) -> edge ID already computed."""
 
     # --- queries -------------------------------------------------------------------------------------
     def select(self, query: str) -> list[str]:
@@ -163,6 +165,7 @@ class RuleEngine:
         if rule is None:
             return None
         self.errors.pop(uuid, None)
+        self._pair_ids.pop(uuid, None)
         for eid in self.edges.pop(uuid, {}):
             if not self._edge_wanted_elsewhere(eid, uuid):
                 self.b._delete_edge("", None, eid)
@@ -182,19 +185,28 @@ class RuleEngine:
             return False
         self.errors.pop(rule.UUID, None)
         relation = str(rule.Metadata["RelationType"])
+        previous = self.edges.get(rule.UUID, {})
+        known = self._pair_ids.setdefault(rule.UUID, {})
         wanted: dict[str, ProbeEdge] = {}
-        for parent, child in pairs:
-            eid = rule_edge_id(parent, child, relation)
+        for pair in pairs:
+            eid = known.get(pair)
+            if eid is None:  # UUIDv5 costs more than the rest of the loop: computed once per pair
+                eid = known[pair] = rule_edge_id(pair[0], pair[1], relation)
             existing = self.b.graph.edges.get(eid)
             if existing is not None and existing.Origin != self.origin:
                 continue  # the same link already made by someone else
-            wanted[eid] = ProbeEdge(ID=eid, Parent=parent, Child=child, Metadata=rule.Metadata)
-        for eid in set(self.edges.get(rule.UUID, {})) - set(wanted):
+            edge = previous.get(eid)
+            if edge is None:
+                edge = ProbeEdge(ID=eid, Parent=pair[0], Child=pair[1], Metadata=rule.Metadata)
+            wanted[eid] = edge
+            if existing is None or existing.Metadata != edge.Metadata:
+                self.b._upsert_edge("", None, edge, origin=self.origin)
+        for eid in set(previous) - set(wanted):
             if not self._edge_wanted_elsewhere(eid, rule.UUID):
                 self.b._delete_edge("", None, eid)
+        if len(known) > 2 * len(wanted) + 1024:  # forget pairs long gone
+            self._pair_ids[rule.UUID] = {(e.Parent, e.Child): eid for eid, e in wanted.items()}
         self.edges[rule.UUID] = wanted
-        for edge in wanted.values():
-            self.b._upsert_edge("", None, edge, origin=self.origin)
         return True
 
     # --- keeping results up to date ------------------------------------------------------------------
