@@ -18,6 +18,7 @@ Captures whose definition is gone or whose node is no longer selected are stoppe
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from netsonde.common.capture_types import (CAPTURE_TYPE_SPECS, CaptureTypeError,
                                            unsupported_options)
 from netsonde.flow.capture import PACKET_READERS, BaseCapture, BPFError, CaptureError
 from netsonde.flow.table import FlowTable
+from netsonde.flow.targets import table_for_capture
 
 from .mirror import MIRROR_KEY, MirrorError, OvsMirrors, mirror_port_name
 from .pcapsocket import PcapSocketCapture
@@ -202,8 +204,10 @@ class CaptureController:
         return host == self.host and bool(md.get("Name"))
 
     def _new_table(self, cap: Capture, tid: str) -> FlowTable:
-        return FlowTable(tid, cap.UUID, cap.LayerKeyMode or "L2", cap.ExtraTCPMetric, expire_ms=self.expire_ms,
-                         max_entries=self.max_entries, raw_packet_limit=cap.RawPacketLimit, ndpi=cap.NDPI)
+        """The capture's table: packet options (IPDefrag, ReassembleTCP, ExtraLayers) and target (netflowv5,
+        erspanv1) applied by `netsonde.flow.targets.table_for_capture`."""
+        return table_for_capture(cap, tid, expire_ms=self.expire_ms, max_entries=self.max_entries,
+                                 raw_packet_limit=cap.RawPacketLimit, ndpi=cap.NDPI)
 
     def _fail(self, key: tuple[str, str], cap: Capture, node: dict[str, Any], error: str, ctype: str = "") -> None:
         self.errors[key] = error
@@ -348,10 +352,6 @@ class CaptureController:
 
 def _link_up(ifname: str) -> None:
     """Bring the mirror's internal port up (OVS creates it down), in the probe's namespace."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            raise OSError(f"no interface {ifname!r}")
-        ipr.link("set", index=idx[0], state="up")
+    p = subprocess.run(["ip", "link", "set", "dev", ifname, "up"], capture_output=True, text=True, timeout=10)
+    if p.returncode != 0:
+        raise OSError(f"ip link set {ifname} up: {p.stderr.strip()}")

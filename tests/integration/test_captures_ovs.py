@@ -1,0 +1,105 @@
+"""OVS capture types end to end, on private Open vSwitch daemons and every service a real process, each capture
+created BEFORE its bridge exists: `ovsmirror` (a mirror of the port to a new internal port `mir-...` captured
+with afpacket, `Captures[].MirrorOf`, everything removed on delete) and `ovssflow` (the default type of an
+`ovsbridge`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from bench.services import ServiceProcs
+from tests.integration.ovs_fixture import OvsDaemons, attach_netns_pair, detach_netns_pair, ovs  # noqa: F401
+from tests.integration.test_captures_standing import api_call, captures_of, create, delete, gremlin, sh, wait_until
+
+pytestmark = [pytest.mark.root, pytest.mark.ovs, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def stack(nats_url: str, clickhouse_url: str, ovs: OvsDaemons) -> Iterator[int]:  # noqa: F811
+    """The services on the private OVS (probe-topology, probe-flow and the sFlow collector use its OVSDB)."""
+    tag = f"{int(time.time() * 1000) % 10**9:09d}"
+    procs = ServiceProcs(nats_url, clickhouse_url, prefix=f"co{tag}")
+    procs.env["NETSONDE_CLICKHOUSE_DATABASE"] = f"captures_ovs_{tag}"
+    try:
+        procs.start("graph_builder")
+        procs.start("probe_topology", ovsdb=ovs.db, process_netns="false")
+        api = procs.start("query_api")
+        procs.start("flow_enricher")
+        procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1", ovsdb=ovs.db)
+        procs.start("sflow_collector", listen_host="127.0.0.1", listen_port="0", ovs_db=ovs.db,
+                    update_interval_s="1", reconcile_interval_s="0.5")
+        wait_until(lambda: gremlin(api, "G.V().Has('Type','host').Count()") == 1, 30, "the host in the API")
+        yield api
+    finally:
+        procs.stop()
+
+
+def icmp_totals(flows: list[dict[str, Any]]) -> tuple[int, int]:
+    return (sum(f["Metric"]["ABPackets"] for f in flows), sum(f["Metric"]["BAPackets"] for f in flows))
+
+
+def test_ovsmirror_created_before_the_bridge(stack: int, ovs: OvsDaemons, unique: str) -> None:  # noqa: F811
+    api = stack
+    br = f"bm{unique[:8]}"
+    port = f"sa{unique[:8]}p"
+    cap = create(api, GremlinQuery=f"G.V().Has('Name', '{port}', 'Type', 'ovsport')", BPFFilter="icmp")
+    assert "selects no node" in cap["Warning"]
+    pair = None
+    try:
+        ovs.vsctl("add-br", br, "--", "set", "bridge", br, "datapath_type=netdev")
+        pair = attach_netns_pair(ovs, br, unique[:8], subnet="10.97.3")
+        assert pair.port_a == port
+        mirrored = wait_until(lambda: gremlin(api, f"G.V().Has('Name', '{port}', 'Type', 'ovsport')"), 30,
+                              "the ovsport")[0]
+        mirror = wait_until(lambda: [n for n in gremlin(api, "G.V().Has('Type', 'internal')")
+                                     if n["Metadata"]["Name"].startswith("mir-")
+                                     and any(c.get("MirrorOf") for c in n["Metadata"].get("Captures") or [])],
+                            30, "the mirror interface with its capture")[0]
+        assert [(c["ID"], c["State"], c["Type"], c["MirrorOf"]) for c in mirror["Metadata"]["Captures"]] == \
+            [(cap["UUID"], "active", "ovsmirror", mirrored["ID"])]
+        assert [(c["ID"], c["State"], c["Type"]) for c in captures_of(api, port) if c["Type"] == "ovsmirror"] == \
+            [(cap["UUID"], "active", "ovsmirror")]
+        name = mirror["Metadata"]["Name"]
+        assert name in ovs.vsctl("list-ports", br).split()
+        sh("ip", "netns", "exec", pair.ns_a, "ping", "-c", "5", "-i", "0.2", "-W", "1", pair.ip_b)
+        q = (f"G.Flows().Has('NodeTID', '{mirror['Metadata']['TID']}', 'LayersPath', 'Ethernet/IPv4/ICMPv4', "
+             f"'Network.A', '{pair.ip_a}')")
+        flows = wait_until(lambda: [f for f in gremlin(api, q) if icmp_totals([f]) == (5, 5)], 60,
+                           "the ping through the mirror")
+        assert len(gremlin(api, q)) == 1 and flows[0]["Metric"]["ABBytes"] == 5 * 98
+    finally:
+        delete(api, cap["UUID"])
+    wait_until(lambda: not [p for p in ovs.vsctl("list-ports", br).split() if p.startswith("mir-")], 30,
+               "the mirror port removed")
+    assert ovs.vsctl("--bare", "--columns=_uuid", "list", "Mirror").strip() == ""
+    if pair is not None:
+        detach_netns_pair(ovs, br, pair)
+    ovs.vsctl("--if-exists", "del-br", br)
+
+
+def test_ovssflow_by_default_on_a_bridge_created_later(stack: int, ovs: OvsDaemons, unique: str) -> None:  # noqa: F811
+    api = stack
+    br = f"bs{unique[:8]}"
+    cap = create(api, GremlinQuery=f"G.V().Has('Name', '{br}', 'Type', 'ovsbridge')")
+    pair = None
+    try:
+        ovs.vsctl("add-br", br, "--", "set", "bridge", br, "datapath_type=netdev")
+        pair = attach_netns_pair(ovs, br, unique[:8], subnet="10.97.4")
+        got = wait_until(lambda: captures_of(api, br), 30, "the sFlow capture on the new bridge")
+        assert [(c["ID"], c["State"], c["Type"]) for c in got] == [(cap["UUID"], "active", "ovssflow")]
+        assert cap["UUID"] in ovs.vsctl("--bare", "--columns=external_ids", "list", "sFlow")
+        sh("ip", "netns", "exec", pair.ns_a, "ping", "-c", "5", "-i", "0.2", "-W", "1", pair.ip_b)
+        q = f"G.V().Has('Name', '{br}').Flows().Has('LayersPath', 'Ethernet/IPv4/ICMPv4', 'Network.A', '{pair.ip_a}')"
+        # every packet sampled (SamplingRate 1): 5 echoes and 5 replies, however the flows are keyed
+        wait_until(lambda: sum(icmp_totals(gremlin(api, q))) == 10, 60, "the sampled ping")
+    finally:
+        delete(api, cap["UUID"])
+    wait_until(lambda: ovs.vsctl("--bare", "--columns=_uuid", "list", "sFlow").strip() == "", 30,
+               "the sFlow row removed")
+    if pair is not None:
+        detach_netns_pair(ovs, br, pair)
+    ovs.vsctl("--if-exists", "del-br", br)
+    assert api_call(api, f"/api/capture/{cap['UUID']}")[0] == 404
