@@ -36,8 +36,9 @@ class CaptureTypeSpec:
 
 
 _PACKET_TABLE_OPTIONS = frozenset({"BPFFilter", "HeaderSize", "RawPacketLimit", "ExtraTCPMetric", "LayerKeyMode",
-                                   "NDPI"})
-"""What a probe-flow packet reader feeding a `FlowTable` honours (kernel/libpcap BPF, snaplen, table options)."""
+                                   "NDPI", "IPDefrag", "ReassembleTCP", "ExtraLayers", "Target", "TargetType"})
+"""What a probe-flow packet reader feeding a `FlowTable` honours (kernel/libpcap BPF, snaplen, table options;
+packet options and targets through `netsonde.flow.targets.table_for_capture`)."""
 
 CAPTURE_TYPE_SPECS: dict[str, CaptureTypeSpec] = {s.name: s for s in (
     CaptureTypeSpec("afpacket", "probe-flow", _PACKET_TABLE_OPTIONS, multiple_per_node=True),

@@ -9,7 +9,7 @@
 - Capture state changes and, every 10 s, counters go out as `CaptureStatus` on `Subjects.capture_status`.
 - HTTP (next to /healthz and /metrics): `POST /pcap` (a pcap file in the body -> flows published),
   `POST /injectpacket` (Skydive's PacketInjection fields, plus `Ifname`/`NetNsPath` or a `Src` query).
-  The same injection is served by request/reply on `Subjects.packet_inject(host)` (msgpack map in and out),
+  The same injection is served by request/reply on `Subjects.packet_inject(host)` (bus.injection schemas),
   so query-api can forward `/api/injectpacket` to the probe of the host that owns the `Src` node.
 """
 
@@ -21,14 +21,14 @@ import logging
 import time
 from typing import Any
 
-import msgpack
+import msgspec
 from aiohttp import web
 
 from netsonde.common import natsconn
-from netsonde.common.bus import Subjects, decode, encode
+from netsonde.common.bus import Subjects, encode
 from netsonde.common.bus.captures import Capture, CaptureStatus
-from netsonde.common.bus.codec import BusDecodeError
 from netsonde.common.bus.flows import Flow, FlowUpdateBatch
+from netsonde.common.bus.injection import PacketInjectReply, PacketInjectRequest
 from netsonde.common.bus.streams import ensure_flow_stream, open_capture_bucket
 from netsonde.common.capture_types import nodes_in_result
 from netsonde.common.service import Service
@@ -67,6 +67,8 @@ class ProbeFlowService(Service):
         m = self.metrics
         self.m_packets = m.counter("packets_total", "Packets accounted by the flow tables")
         self.m_bad = m.counter("bad_packets_total", "Frames that could not be decoded", ["kind"])
+        self.m_option_events = m.counter("option_events_total", "Capture option and target events (defrag_timeouts, "
+                                         "defrag_evicted, layer_errors, netflow_records ...)", ["event"])
         self.m_kernel_drops = m.counter("kernel_drops_total", "Packets the kernel dropped (ring full)")
         self.m_flows = m.counter("flow_updates_published_total", "Flow updates published")
         self.m_publish_errors = m.counter("publish_errors_total", "Failed publishes", ["kind"])
@@ -132,11 +134,10 @@ class ProbeFlowService(Service):
             if entry.operation in ("DEL", "PURGE") or not entry.value:
                 self.controller.delete(entry.key)
             else:
-                try:
-                    self.controller.put(decode(entry.value, Capture))
-                except BusDecodeError as e:
-                    self.metrics.bad_messages.labels("capture", e.reason).inc()
+                cap = self.inbound(entry.value, Capture, "capture", f"capture bucket key {entry.key}")
+                if cap is None:
                     continue
+                self.controller.put(cap)
             self._reconcile_now.set()
 
     async def _reconciler(self) -> None:
@@ -167,6 +168,7 @@ class ProbeFlowService(Service):
     def _export_stats(self) -> None:
         packets = drops = nflows = stream_errors = 0
         bad: dict[str, int] = {}
+        events: dict[str, int] = {}
         for rc in list(self.controller.running.values()):
             if rc.table is None or rc.reader is None:
                 continue
@@ -177,6 +179,8 @@ class ProbeFlowService(Service):
             stream_errors += getattr(rc.reader, "stream_errors", 0)
             for k, v in st.decode_errors.items():
                 bad[k] = bad.get(k, 0) + v
+            for k, v in st.events.items():
+                events[k] = events.get(k, 0) + v
         self.m_table_flows.set(nflows)
         for key, value, inc in (("p", packets, self.m_packets.inc), ("d", drops, self.m_kernel_drops.inc),
                                 ("s", stream_errors, self.m_stream_errors.inc)):
@@ -189,6 +193,11 @@ class ProbeFlowService(Service):
             if v > prev:
                 self.m_bad.labels(k).inc(v - prev)
             self._exported["b" + k] = v
+        for k, v in events.items():
+            prev = self._exported.get("e" + k, 0)
+            if v > prev:
+                self.m_option_events.labels(k).inc(v - prev)
+            self._exported["e" + k] = v
 
     async def publish_flows(self, flows: list[Flow]) -> int:
         """Publish flow updates in FlowUpdateBatch messages (idempotent batch IDs); returns batches sent."""
@@ -244,46 +253,44 @@ class ProbeFlowService(Service):
 
     async def _http_inject(self, request: web.Request) -> web.Response:
         try:
-            req = await request.json()
+            body = await request.json()
         except ValueError:
             return web.json_response({"error": "body must be a JSON PacketInjection"}, status=400)
-        res = await self.inject(req if isinstance(req, dict) else {})
-        return web.json_response(res, status=400 if "error" in res else 200)
+        try:
+            req = PacketInjectRequest.from_json_body(body)
+        except ValueError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        res = await self.inject(req)
+        return web.json_response(msgspec.to_builtins(res), status=400 if res.error else 200)
 
     async def _nats_inject(self, msg: Any) -> None:
-        try:
-            req = msgpack.unpackb(msg.data)
-        except Exception:
-            req = None
-        res = await self.inject(req) if isinstance(req, dict) else {"error": "request must be a msgpack map"}
+        req = self.inbound(msg.data, PacketInjectRequest, "packet_inject", msg.subject)
+        res = await self.inject(req) if req is not None else PacketInjectReply(error="request must be a msgpack "
+                                                                                     "PacketInjectRequest")
         with contextlib.suppress(Exception):
-            await msg.respond(msgpack.packb(res))
+            await msg.respond(encode(res))
 
-    async def inject(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def inject(self, req: PacketInjectRequest) -> PacketInjectReply:
         """Run one PacketInjection (Skydive's fields, plus `Ifname`/`NetNsPath` or a `Src` query selecting a
-        node of this host); returns {"sent": n} or {"error": reason}."""
-        ifname, netns = req.get("Ifname", ""), req.get("NetNsPath")
-        if not ifname and req.get("Src"):
+        node of this host)."""
+        ifname, netns = req.Ifname, req.NetNsPath
+        if not ifname and req.Src:
             try:
-                nodes = [n for n in self.select_nodes(req["Src"])
+                nodes = [n for n in self.select_nodes(req.Src)
                          if (n.get("Host") or n["Metadata"].get("Host")) == self.cfg.host_id]
             except QueryError as e:
-                return {"error": str(e)}
+                return PacketInjectReply(error=str(e))
             if not nodes:
-                return {"error": f"Src {req['Src']!r} selects no node on this host"}
+                return PacketInjectReply(error=f"Src {req.Src!r} selects no node on this host")
             ifname, netns = nodes[0]["Metadata"].get("Name", ""), node_netns(nodes[0])
         if not ifname:
-            return {"error": "Ifname or Src is required"}
+            return PacketInjectReply(error="Ifname or Src is required")
         try:
             sent = await asyncio.to_thread(
-                inject_packets, ifname, netns, req.get("SrcIP", ""), req.get("DstIP", ""),
-                type=req.get("Type", "icmp4"), count=int(req.get("Count", 1)),
-                interval_ms=int(req.get("Interval", 0)), size=int(req.get("Size", 0) or 0),
-                icmp_id=int(req.get("ICMPID", 0) or 0), src_mac=req.get("SrcMAC", ""),
-                dst_mac=req.get("DstMAC", ""), src_port=int(req.get("SrcPort", 0) or 0),
-                dst_port=int(req.get("DstPort", 0) or 0), payload=req.get("Payload", ""),
-                ttl=int(req.get("TTL", 64) or 64), mode=req.get("Mode", "unique"),
-                increment_payload=int(req.get("IncrementPayload", 0) or 0))
+                inject_packets, ifname, netns, req.SrcIP, req.DstIP, type=req.Type, count=req.Count,
+                interval_ms=req.Interval, size=req.Size, icmp_id=req.ICMPID, src_mac=req.SrcMAC,
+                dst_mac=req.DstMAC, src_port=req.SrcPort, dst_port=req.DstPort, payload=req.Payload,
+                ttl=req.TTL or 64, mode=req.Mode, increment_payload=req.IncrementPayload)
         except (InjectionError, ValueError, TypeError) as e:
-            return {"error": str(e)}
-        return {"sent": sent}
+            return PacketInjectReply(error=str(e))
+        return PacketInjectReply(sent=sent)
