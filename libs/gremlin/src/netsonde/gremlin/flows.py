@@ -596,8 +596,7 @@ class Flows(Step):
         tids = ids = None
         if nodes is not None:
             capable = [n for n in nodes if n.Metadata.get("Type") in CAPTURABLE_NODE_TYPES]
-            tids = sorted({str(n.Metadata["TID"]) for n in capable if n.Metadata.get("TID")}
-                          | _bridge_port_tids(view, capable))
+            tids = sorted({str(n.Metadata["TID"]) for n in capable if n.Metadata.get("TID")})
             ids = sorted({n.ID for n in capable})
         out = FlowsT(ctx, ctx.flows, view, tids, ids)
         if self.flt:
@@ -612,21 +611,6 @@ class Flows(Step):
 
     def on_paths(self, ctx: Context, value: PathsT) -> Value:
         return self._start(ctx, value.view, [n for p in value.paths for n in p])
-
-
-def _bridge_port_tids(view: GraphView, nodes: list[GraphElement]) -> set[str]:
-    """An `ovssflow` capture attributes each sampled flow to the OVS port it entered by (NodeTID = the ovsport's
-    TID, see docs/sflow.md), so the flows of an `ovsbridge` include those of the ports it owns."""
-    out: set[str] = set()
-    for n in nodes:
-        if n.Metadata.get("Type") != "ovsbridge":
-            continue
-        for e in view.out_edges(n.ID):
-            if e.Metadata.get("RelationType") == "ownership":
-                for c in view.node_revs(e.Child):
-                    if c.Metadata.get("Type") == "ovsport" and c.Metadata.get("TID"):
-                        out.add(str(c.Metadata["TID"]))
-    return out
 
 
 @extension_step("Hops")
