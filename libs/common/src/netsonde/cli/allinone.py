@@ -22,9 +22,10 @@ from pathlib import Path
 
 from netsonde.common.testing import find_nats_server
 
-ORDER = ["graph-builder", "query-api", "flow-enricher", "probe-topology", "probe-flow", "sflow-collector"]
-PACKAGES = {"graph-builder": "graph_builder", "query-api": "query_api", "flow-enricher": "flow_enricher",
-            "probe-topology": "probe_topology", "probe-flow": "probe_flow", "sflow-collector": "sflow_collector"}
+from .registry import SERVICES
+
+ORDER = [s.command for s in SERVICES if s.supervised]
+PACKAGES = {s.command: s.package for s in SERVICES}
 
 
 def _die_with_parent() -> None:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from aiohttp import web
+
 from netsonde.common.metrics import Metrics
 
 from . import codec, sql

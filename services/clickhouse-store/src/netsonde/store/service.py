@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
+
 from netsonde.common.service import Service
 
 from .config import StoreConfig
