@@ -282,3 +282,22 @@ def test_skydive_python_client_on_a_node_that_does_not_exist_yet(stack: tuple[in
         client.capture_delete(cap.uuid)
     assert cap.uuid not in [c.uuid for c in client.capture_list()]
     wait_until(lambda: not captures_of(api, pair.vb), 30, "the capture stopped after capture_delete")
+
+
+def test_capture_follows_the_query_as_nodes_stop_and_start_matching(stack: tuple[int, int], pair: Pair) -> None:
+    """The capture stops on a node whose metadata no longer matches, and starts again when it does."""
+    api = stack[0]
+    cap = create(api, GremlinQuery=f"G.V().Has('Name', '{pair.pa}', 'MTU', 1500)", BPFFilter="icmp")
+    try:
+        pair.up()
+        wait_until(lambda: [c["State"] for c in captures_of(api, pair.pa)] == ["active"], 30, "the capture on pa")
+        sh("ip", "link", "set", pair.pa, "mtu", "1400")
+        wait_until(lambda: captures_of(api, pair.pa) == [], 30, "the capture gone from pa (MTU 1400)")
+        pair.ping(2)  # not captured: no flow of this capture
+        sh("ip", "link", "set", pair.pa, "mtu", "1500")
+        wait_until(lambda: [c["State"] for c in captures_of(api, pair.pa)] == ["active"], 30, "the capture back")
+        pair.ping(3)
+        flows = wait_until(lambda: icmp_flows(api, cap["UUID"], pair.ipa, total=3), 60, "the second ping only")
+        assert len(flows) == 1
+    finally:
+        delete(api, cap["UUID"])
