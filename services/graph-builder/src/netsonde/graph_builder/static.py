@@ -62,21 +62,20 @@ class StaticTopology:
                            f"/api/{kind} can be changed here", 409)
 
     # --- nodes ---------------------------------------------------------------------------------------
-    def create_node(self, el: GraphElement) -> GraphElement:
+    def new_node(self, el: GraphElement) -> GraphElement:
+        """Check a node to create; returns what to store and `add_node` (nothing applied yet)."""
         if el.ID in self.b.graph.nodes or el.ID in self.b.static_nodes:
             raise StaticError(f"Node '{el.ID}' already exists", 409)
-        base = GraphElement(ID=el.ID, Metadata=dict(el.Metadata), Host=el.Host or self.default_host,
+        return GraphElement(ID=el.ID, Metadata=dict(el.Metadata), Host=el.Host or self.default_host,
                             Origin=el.Origin or self.api_origin, CreatedAt=0, UpdatedAt=0, Revision=0)
-        self.add_node(base)
-        return self.b.graph.nodes[el.ID]
 
     def add_node(self, base: GraphElement) -> None:
         self.node_ids.add(base.ID)
         self.b.static_nodes[base.ID] = base
         self.b._upsert_node(base.Host, None, base.ID, base.Metadata, origin=base.Origin)
 
-    def patch_node(self, ident: str, ops: list[dict[str, Any]]) -> GraphElement | None:
-        """The patched node, or None when the patch changes nothing (HTTP 304)."""
+    def patched_node(self, ident: str, ops: list[dict[str, Any]]) -> GraphElement | None:
+        """The node after the patch (to store and `add_node`), or None when it changes nothing (HTTP 304)."""
         base = self.b.static_nodes.get(ident)
         if base is None or ident not in self.node_ids:
             raise self.owner_error("node", ident)
@@ -89,15 +88,14 @@ class StaticTopology:
                 meta[key] = base.Metadata[key]
         if meta == base.Metadata:
             return None
-        self.add_node(msgspec.structs.replace(base, Metadata=meta))
-        return self.b.graph.nodes[ident]
+        return msgspec.structs.replace(base, Metadata=meta)
 
     def delete_node(self, ident: str) -> list[str]:
         """Delete a static node and the static edges touching it; returns the IDs of those edges."""
         base = self.b.static_nodes.get(ident)
         if base is None or ident not in self.node_ids:
             raise self.owner_error("node", ident)
-        gone = [eid for eid, e in self.edges.items() if ident in (e.Parent, e.Child)]
+        gone = self.edges_of(ident)
         for eid in gone:
             del self.edges[eid]
         del self.b.static_nodes[ident]
@@ -105,18 +103,21 @@ class StaticTopology:
         self.b._delete_node(base.Host, None, ident)
         return gone
 
+    def edges_of(self, ident: str) -> list[str]:
+        """IDs of the static edges touching a node."""
+        return [eid for eid, e in self.edges.items() if ident in (e.Parent, e.Child)]
+
     # --- edges ---------------------------------------------------------------------------------------
-    def create_edge(self, el: GraphElement) -> GraphElement:
+    def new_edge(self, el: GraphElement) -> GraphElement:
+        """Check an edge to create; returns what to store and `add_edge` (nothing applied yet)."""
         if el.ID in self.b.graph.edges or el.ID in self.edges:
             raise StaticError(f"Edge '{el.ID}' already exists", 409)
         for field, nid in (("Parent", el.Parent), ("Child", el.Child)):
             if nid not in self.b.graph.nodes:
                 raise StaticError(f"{field}: node '{nid}' does not exist")
-        base = GraphElement(ID=el.ID, Metadata=dict(el.Metadata), Host=el.Host or self.default_host,
+        return GraphElement(ID=el.ID, Metadata=dict(el.Metadata), Host=el.Host or self.default_host,
                             Origin=el.Origin or self.api_origin, CreatedAt=0, UpdatedAt=0, Revision=0,
                             Parent=el.Parent, Child=el.Child)
-        self.add_edge(base)
-        return self.b.graph.edges[el.ID]
 
     def add_edge(self, base: GraphElement) -> None:
         self.edges[base.ID] = base
@@ -133,7 +134,8 @@ class StaticTopology:
             if base.ID not in self.b.graph.edges:
                 self._materialize(base)
 
-    def patch_edge(self, ident: str, ops: list[dict[str, Any]]) -> GraphElement | None:
+    def patched_edge(self, ident: str, ops: list[dict[str, Any]]) -> GraphElement | None:
+        """The edge after the patch (to store and `add_edge`), or None when it changes nothing (HTTP 304)."""
         base = self.edges.get(ident)
         if base is None:
             raise self.owner_error("edge", ident)
@@ -142,9 +144,12 @@ class StaticTopology:
             raise StaticError("validating patched resource: Metadata.RelationType is required")
         if meta == base.Metadata:
             return None
-        self.add_edge(msgspec.structs.replace(base, Metadata=meta))
-        edge = self.b.graph.edges.get(ident)
-        return edge if edge is not None else self.edges[ident]
+        return msgspec.structs.replace(base, Metadata=meta)
+
+    def applied(self, kind: str, base: GraphElement) -> GraphElement:
+        """The graph element after `add_node`/`add_edge` (the stored one for an edge waiting for an endpoint)."""
+        el = self.b.graph.nodes.get(base.ID) if kind == "node" else self.b.graph.edges.get(base.ID)
+        return el if el is not None else base
 
     def delete_edge(self, ident: str) -> None:
         base = self.edges.pop(ident, None)
@@ -262,35 +267,36 @@ class StaticController:
     async def handle(self, req: StaticRequest) -> StaticReply:
         t, r = self.topology, self.rules
         key = static_key(req.kind, req.id) if req.id else ""
-        if req.kind == "node" and req.op == "create" and req.element is not None:
-            el = req.element
-            node = t.create_node(el)  # checks first, in memory; the events go out after the bucket has it
-            await self._put(static_key("node", el.ID), StaticObject(element=self.svc.builder.static_nodes[el.ID]))
-            return await self._done(201, element=node)
-        if req.kind == "edge" and req.op == "create" and req.element is not None:
-            el = req.element
-            edge = t.create_edge(el)  # checks first, in memory, before anything is persisted
-            await self._put(static_key("edge", el.ID), StaticObject(element=t.edges[el.ID]))
-            return await self._done(201, element=edge)
-        if req.kind in ("node", "edge") and req.op == "patch":
-            if req.kind == "node":
-                changed = t.patch_node(req.id, req.patch)
-                stored = self.svc.builder.static_nodes[req.id]
+        # every change: checked, then stored in the bucket, then applied and published
+        if req.kind in ("node", "edge") and req.op in ("create", "patch"):
+            if req.op == "create":
+                if req.element is None:
+                    raise StaticError(f"create {req.kind}: the request carries no element")
+                base = t.new_node(req.element) if req.kind == "node" else t.new_edge(req.element)
             else:
-                changed = t.patch_edge(req.id, req.patch)
-                stored = t.edges[req.id]
-            if changed is None:
-                return StaticReply(status=304)
-            await self._put(key, StaticObject(element=stored))
-            return await self._done(200, element=changed)
+                changed = t.patched_node(req.id, req.patch) if req.kind == "node" else t.patched_edge(req.id, req.patch)
+                if changed is None:
+                    return StaticReply(status=304)
+                base = changed
+            await self._put(static_key(req.kind, base.ID), StaticObject(element=base))
+            if req.kind == "node":
+                t.add_node(base)
+            else:
+                t.add_edge(base)
+            return await self._done(201 if req.op == "create" else 200, element=t.applied(req.kind, base))
         if req.kind == "node" and req.op == "delete":
-            for eid in t.delete_node(req.id):
+            if req.id not in t.node_ids:
+                raise t.owner_error("node", req.id)
+            for eid in t.edges_of(req.id):
                 await self.kv.delete(static_key("edge", eid))
             await self.kv.delete(key)
+            t.delete_node(req.id)
             return await self._done(200)
         if req.kind == "edge" and req.op == "delete":
-            t.delete_edge(req.id)
+            if req.id not in t.edges:
+                raise t.owner_error("edge", req.id)
             await self.kv.delete(key)
+            t.delete_edge(req.id)
             return await self._done(200)
         if req.kind == "noderule" and req.op == "create" and req.noderule is not None:
             rule = req.noderule
@@ -305,10 +311,13 @@ class StaticController:
             r.add_edgerule(erule)
             return await self._done(201, edgerule=erule)
         if req.kind in ("noderule", "edgerule") and req.op == "delete":
-            gone = r.remove_noderule(req.id) if req.kind == "noderule" else r.remove_edgerule(req.id)
-            if gone is None:
+            if req.id not in (r.noderules if req.kind == "noderule" else r.edgerules):
                 raise StaticError(f"{'NodeRule' if req.kind == 'noderule' else 'EdgeRule'} '{req.id}' not found", 404)
             await self.kv.delete(key)
+            if req.kind == "noderule":
+                r.remove_noderule(req.id)
+            else:
+                r.remove_edgerule(req.id)
             return await self._done(200)
         raise StaticError(f"unsupported request: op {req.op!r} on kind {req.kind!r} (or its object is missing)")
 
