@@ -79,7 +79,7 @@ class SFlowCollectorService(Service):
         self.m_publish_errors = m.counter("publish_errors_total", "Publishes that failed", ["kind"])
         self.m_metrics = m.counter("interface_metrics_published_total", "Interface counter reports published")
         self.m_socket_drops = m.gauge("socket_drops", "Datagrams the kernel dropped at the socket (queue full)")
-        self.m_tables = m.gauge("flow_tables", "Flow tables (one per port and capture)")
+        self.m_tables = m.gauge("flow_tables", "Flow tables (one per bridge and capture)")
         self.m_ovs_errors = m.counter("ovs_errors_total", "Failed OVS reconciliations")
 
     # --- resolution -----------------------------------------------------------------------------------
