@@ -131,6 +131,19 @@ def test_two_bridges_give_two_flows_with_one_tracking_id() -> None:
                for f in flows)
 
 
+def test_vlan_tag_on_one_bridge_keeps_the_l3_tracking_id() -> None:
+    """The same ping tagged (VLAN 10) on br0 and untagged on br1: L3TrackingID is one, TrackingID differs."""
+    ports = bridge_ports()
+    c = SFlowCollector(lambda agent, ifx: ports.get(ifx))
+    tagged = ETH_ICMP[:12] + bytes.fromhex("8100000a") + ETH_ICMP[12:]
+    flows = run(c, [datagram("192.0.2.9", [flow_sample([raw_record(tagged, 106)], rate=1, inp=5, outp=6),
+                                           flow_sample([raw_record(ETH_ICMP, 102)], rate=1, inp=7, outp=8)])])
+    by_tid = {f.NodeTID: f for f in flows}
+    one, two = by_tid[bridge_tid("h1", BR0)], by_tid[bridge_tid("h1", BR1)]
+    assert one.L3TrackingID == two.L3TrackingID and one.TrackingID != two.TrackingID
+    assert one.Link is not None and one.Link.ID == 10 and (one.Metric.ABBytes, two.Metric.ABBytes) == (102, 98)
+
+
 def test_frames_from_the_bridge_port_go_by_output_port() -> None:
     """An input the collector cannot resolve (e.g. a patch port) with a known single output port."""
     ports = bridge_ports()
