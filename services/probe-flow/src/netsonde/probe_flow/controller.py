@@ -1,7 +1,9 @@
 """Capture controller: standing capture definitions + the nodes their Gremlin query selects -> running captures.
 
-A capture applies to every node of this host its query selects, now or later; `reconcile()` (run on every
-capture change, graph change and periodically) is idempotent. For each (capture, node):
+A capture applies to every node of this host its query selects, now or later. `evaluate()` runs the queries
+on the graph (on the thread that owns the graph), `apply(selection)` starts and stops captures (blocking, in a
+worker thread); `reconcile()` does both. They run on every capture change, graph change and periodically, and
+are idempotent. For each (capture, node):
 - the capture type is the node type's default or the capture's explicit Type (`netsonde.common.capture_types`);
   node types that cannot be captured (host, netns ...) are skipped, types another service runs (ovssflow,
   sflow) are left to it;
@@ -51,7 +53,17 @@ class QueryError(ValueError):
     """A capture's GremlinQuery (or an injection's Src) cannot be evaluated."""
 
 
-__all__ = ["CaptureController", "QueryError", "BPFError", "RunningCapture", "node_netns"]
+__all__ = ["CaptureController", "QueryError", "BPFError", "RunningCapture", "Selection", "node_netns"]
+
+
+@dataclass
+class Selection:
+    """What the graph says now: the nodes each capture's query selects (absent: the query failed) and the
+    interface nodes of pending ovsmirror mirrors, by name."""
+
+    captures: list[Capture]
+    nodes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    mirrors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,6 +118,7 @@ class CaptureController:
         self.errors: dict[tuple[str, str], str] = {}
         """(capture, node) -> why that capture cannot run on that node (shown as State error)."""
         self.query_errors: dict[str, str] = {}
+        self._mirror_nodes: dict[str, dict[str, Any]] = {}
         self.pending_flows: list[Flow] = []
         """Flows flushed from stopped captures, waiting for the next publish."""
         self._lock = threading.RLock()
@@ -139,21 +152,44 @@ class CaptureController:
             raise CaptureTypeError("a mirror port of an ovsmirror capture cannot be mirrored itself")
         return ctype
 
-    def reconcile(self) -> None:
-        """Start what the definitions and the graph ask for; stop the rest."""
+    def evaluate(self) -> Selection:
+        """Run every capture's query (and look up pending mirror interfaces) on the graph. Call it on the
+        thread that changes the graph (the service's event loop); `apply` does the rest elsewhere."""
         with self._lock:
+            captures = list(self.definitions.values())
+            pending = [rc.mirror for rc in self.running.values() if rc.mirror and rc.reader is None]
+        sel = Selection(captures)
+        for cap in captures:
+            try:
+                sel.nodes[cap.UUID] = self.select_nodes(cap.GremlinQuery)
+            except Exception as e:
+                msg = f"capture {cap.UUID}: query {cap.GremlinQuery!r} failed: {e}"
+                if self.query_errors.get(cap.UUID) != msg:
+                    log.warning(msg)
+                self.query_errors[cap.UUID] = msg
+                continue
+            self.query_errors.pop(cap.UUID, None)
+        for name in pending:
+            try:
+                found = [n for n in self.select_nodes(f"G.V().Has('Name', '{name}', 'Type', 'internal')")
+                         if self._mine(n)]
+            except Exception:
+                continue
+            if found:
+                sel.mirrors[name] = found[0]
+        return sel
+
+    def reconcile(self) -> None:
+        """Start what the definitions and the graph ask for; stop the rest (evaluate + apply in one go)."""
+        self.apply(self.evaluate())
+
+    def apply(self, sel: Selection) -> None:
+        """Start, restart and stop captures after `sel` (blocking: threads start, ovs-vsctl runs)."""
+        with self._lock:
+            self._mirror_nodes = sel.mirrors
             want: dict[tuple[str, str], tuple[Capture, dict[str, Any], str, str]] = {}
-            for cap in list(self.definitions.values()):
-                try:
-                    nodes = self.select_nodes(cap.GremlinQuery)
-                except Exception as e:
-                    msg = f"capture {cap.UUID}: query {cap.GremlinQuery!r} failed: {e}"
-                    if self.query_errors.get(cap.UUID) != msg:
-                        log.warning(msg)
-                    self.query_errors[cap.UUID] = msg
-                    continue
-                self.query_errors.pop(cap.UUID, None)
-                for node in nodes:
+            for cap in sel.captures:
+                for node in sel.nodes.get(cap.UUID, ()):
                     if not self._mine(node):
                         continue
                     try:
@@ -253,14 +289,9 @@ class CaptureController:
 
     def _attach_mirror(self, key: tuple[str, str], rc: RunningCapture) -> None:
         """Start afpacket on the mirror interface once the topology shows it (it carries the flows' TID)."""
-        try:
-            found = [n for n in self.select_nodes(f"G.V().Has('Name', '{rc.mirror}', 'Type', 'internal')")
-                     if self._mine(n)]
-        except Exception:
+        mnode = self._mirror_nodes.get(rc.mirror)
+        if mnode is None:
             return
-        if not found:
-            return
-        mnode = found[0]
         mmd = mnode.get("Metadata", {})
         try:
             _link_up(rc.mirror)

@@ -145,8 +145,10 @@ class ProbeFlowService(Service):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._reconcile_now.wait(), self.cfg.reconcile_interval_s)
             self._reconcile_now.clear()
-            # in the loop thread: the Gremlin engine reads the replica, which this loop mutates
-            self.controller.reconcile()
+            # queries in the loop thread (the Gremlin engine reads the replica, which this loop mutates); starting
+            # and stopping captures (thread starts, ovs-vsctl for mirrors) in a worker thread
+            selection = self.controller.evaluate()
+            await asyncio.to_thread(self.controller.apply, selection)
             self.m_captures.set(len(self.controller.running))
             await self._publish_statuses()
 
