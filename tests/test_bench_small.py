@@ -17,6 +17,8 @@ def test_there_are_scenarios() -> None:
     assert SCENARIOS, "bench/ has no scenario modules"
 
 
+@pytest.mark.root
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_scenario_small_mode(name: str) -> None:
     result = importlib.import_module(f"bench.{name}").run(small=True)

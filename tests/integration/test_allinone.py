@@ -10,7 +10,12 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
 from netsonde.common.testing import free_port
+
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 def children_of(pid: int) -> set[int]:

@@ -25,6 +25,9 @@ from netsonde.flow_enricher.service import FlowEnricherService
 T0 = (int(time.time()) - 3600) * 1000  # recent: rows older than the TTL are dropped at insert
 
 
+pytestmark = [pytest.mark.slow]
+
+
 def node(nid: str, host: str, **md: object) -> GraphElement:
     return GraphElement(ID=nid, Metadata=dict(md), Host=host, Origin=f"probe.{host}", CreatedAt=1, UpdatedAt=1,
                         Revision=1)

@@ -16,6 +16,9 @@ import pytest
 from bench.services import ServiceProcs
 
 
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
 def sh(*cmd: str) -> str:
     return subprocess.run(list(cmd), check=True, capture_output=True, text=True, timeout=60).stdout
 

@@ -23,6 +23,9 @@ from netsonde.flow.table import FlowTable
 from tests.integration.probe_flow_tools import tshark_conversations
 
 
+pytestmark = [pytest.mark.root]
+
+
 def sh(cmd: str) -> str:
     return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True).stdout
 
@@ -130,6 +133,7 @@ def test_invalid_filter_and_missing_interface_are_refused(pair):
         AfPacketCapture("nosuch0", FlowTable("n"), netns_path=topo.path(b)).start()
 
 
+@pytest.mark.slow
 def test_tcpreplay_counts_equal_tshark(pair, tmp_path: Path):
     topo, a, ia, b, ib = pair
     import random

@@ -19,6 +19,9 @@ from netsonde.probe_flow.config import ProbeFlowConfig
 from netsonde.probe_flow.service import ProbeFlowService
 from tests.integration.test_probe_flow_capture import Topo, sh
 
+pytestmark = [pytest.mark.root]
+
+
 PCAP = Path(__file__).resolve().parents[1] / "data" / "eth-ip4-arp-dns-req-http-google.pcap"
 
 

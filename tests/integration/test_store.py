@@ -604,6 +604,7 @@ def test_data_survives_a_restart_and_sigterm_is_clean(tmp_path: Any) -> None:
         proc.stop()
 
 
+@pytest.mark.slow
 def test_killed_mid_insert_leaves_all_or_nothing(tmp_path: Any) -> None:
     (tmp_path / "k").mkdir()
     proc = start_store(workdir=tmp_path / "k", port=free_port())

@@ -14,6 +14,8 @@ import signal
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from netsonde.common.clickhouse import connect
 from netsonde.common.testing import Proc, start_store
 
@@ -89,6 +91,7 @@ def test_interrupted_multi_partition_insert_is_rolled_forward_once(unique: str) 
         proc.stop()
 
 
+@pytest.mark.slow
 def test_store_restart_keeps_data_and_drops_leftover_staging(unique: str) -> None:
     """A staging table without a journal (crash before the first move) is dropped; the target is untouched."""
     workdir = Path(tempfile.mkdtemp(prefix="netsonde-store-recovery-"))

@@ -23,6 +23,9 @@ from netsonde.query_api.config import QueryApiConfig
 from netsonde.query_api.service import QueryApiService
 
 
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
 def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from netsonde.probe_topology import netns
 
 
@@ -40,6 +42,7 @@ def test_inotify_reports_creations_and_deletions(tmp_path):
         ino.close()
 
 
+@pytest.mark.root
 def test_run_in_netns_enters_the_namespace():
     # entering our own namespace by path: the callable runs in the thread that did setns
     assert netns.run_in_netns("/proc/self/ns/net", lambda: os.stat("/proc/thread-self/ns/net").st_ino) == \
