@@ -119,3 +119,19 @@ def test_request_validation_and_keys() -> None:
     assert noderule_from_json({"Action": "create", "Metadata": {"Name": "a", "Type": "b"}}).Query == ""
     assert static_key("node", "abc-1_2") == "node.abc-1_2"
     assert static_key("node", "a/b c") == "node.=YS9iIGM"
+
+
+def test_rule_over_the_time_limit_is_refused_then_keeps_its_last_result() -> None:
+    b = GraphBuilder()
+    b.apply(full("h1", 0, {f"v{i}": {"Name": f"v{i}", "Type": "veth"} for i in range(50)}))
+    slow = RuleEngine(b, "graph-builder.gb", QueryLimits(timeout_s=1e-9))
+    rule = NodeRule(UUID="u1", Action="update", Query="G.V().Has('Type','veth')", Metadata={"Zone": "x"})
+    with pytest.raises(StaticError) as exc:
+        slow.check_noderule(rule)
+    assert exc.value.status == 408 and "time limit" in str(exc.value)
+    # a rule applied before keeps its result when a later evaluation fails, and says why
+    r = RuleEngine(b, "graph-builder.gb", QueryLimits())
+    r.add_noderule(rule)
+    r.engine.limits = QueryLimits(timeout_s=1e-9)
+    assert r.reevaluate() == 1 and "time limit" in r.errors["u1"]
+    assert sum(1 for n in b.graph.nodes.values() if n.Metadata.get("Zone") == "x") == 50

@@ -21,8 +21,9 @@ class GraphBuilderConfig(BaseConfig):
     """Most graph events per bus message."""
     snapshot_chunk_elements: int = 2_000
     """Most nodes + edges per snapshot chunk (keeps chunks under the NATS payload limit)."""
-    rule_timeout_s: float = 10.0
-    """Longest time one node/edge rule query may run (as query-api's query_timeout_s); a slower rule fails."""
+    rule_timeout_s: float = 2.0
+    """Longest time one node/edge rule query may run; a slower rule fails (graph-builder, the single writer,
+    waits for it, so this is shorter than query-api's query_timeout_s)."""
     rule_max_results: int = 100_000
     """Most nodes a rule query, or edges an edge rule, may produce; a bigger rule fails."""
 

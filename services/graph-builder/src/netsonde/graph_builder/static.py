@@ -350,12 +350,15 @@ class StaticController:
             self._dirty.set()
 
     async def _rules_loop(self) -> None:
+        """Apply the rules after other writers changed the graph: `settle_s` after the first change (a burst of
+        probe messages lands first), and never more than a third of the time (busy graphs, big rules)."""
+        pause = self.settle_s
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(self.settle_s)  # let a burst of probe messages land first
+            await asyncio.sleep(pause)
             self._dirty.clear()
             try:
-                self.apply_rules()
+                pause = max(self.settle_s, 2 * self.apply_rules())
                 await self.publish()
             except Exception:  # a bug in one evaluation must not stop the rules (nor the service)
                 self.m_rule_errors.inc()
