@@ -13,11 +13,14 @@ from netsonde.sflow_collector.ovs import bridge_node_id, bridge_tid, port_tid
 def test_collector_ids_are_the_graph_ids() -> None:
     st = OvsState(version="3.1.0")
     st.bridges["3f1c0d52-0000-4000-8000-00000000000b"] = OvsBridge(
-        "3f1c0d52-0000-4000-8000-00000000000b", "br-sf", ("3f1c0d52-0000-4000-8000-00000000000f",))
+        "3f1c0d52-0000-4000-8000-00000000000b", "br-sf", ("3f1c0d52-0000-4000-8000-00000000000f",)
+    )
     st.ports["3f1c0d52-0000-4000-8000-00000000000f"] = OvsPort(
-        "3f1c0d52-0000-4000-8000-00000000000f", "veth-a", ("3f1c0d52-0000-4000-8000-00000000001f",))
+        "3f1c0d52-0000-4000-8000-00000000000f", "veth-a", ("3f1c0d52-0000-4000-8000-00000000001f",)
+    )
     st.interfaces["3f1c0d52-0000-4000-8000-00000000001f"] = OvsInterface(
-        "3f1c0d52-0000-4000-8000-00000000001f", "veth-a", "", 1)
+        "3f1c0d52-0000-4000-8000-00000000001f", "veth-a", "", 1
+    )
     state = build("h7", "h7", [], st)
     nodes = {(n.Metadata["Type"], n.Metadata["Name"]): n for n in state.nodes.values()}
     bridge, port = nodes[("ovsbridge", "br-sf")], nodes[("ovsport", "veth-a")]
@@ -25,5 +28,6 @@ def test_collector_ids_are_the_graph_ids() -> None:
     assert bridge_tid("h7", "3f1c0d52-0000-4000-8000-00000000000b") == bridge.Metadata["TID"]
     assert port_tid("h7", "3f1c0d52-0000-4000-8000-00000000000f") == port.Metadata["TID"]
     host_tid = str(uuid.uuid5(uuid.NAMESPACE_OID, "h7"))  # Skydive topology/tid.go, written out
-    assert bridge.Metadata["TID"] == str(uuid.uuid5(uuid.NAMESPACE_OID,
-                                                    host_tid + "3f1c0d52-0000-4000-8000-00000000000b" + "ovsbridge"))
+    assert bridge.Metadata["TID"] == str(
+        uuid.uuid5(uuid.NAMESPACE_OID, host_tid + "3f1c0d52-0000-4000-8000-00000000000b" + "ovsbridge")
+    )

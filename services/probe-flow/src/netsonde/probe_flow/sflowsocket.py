@@ -66,18 +66,30 @@ class SampledFlows:
 
 
 class SFlowSocketCapture(BaseCapture):
-    """A UDP socket taking sFlow datagrams into one FlowTable (the node's); `sflow_socket` is where it listens."""
+    """A UDP socket taking sFlow datagrams into the node's FlowTable; `sflow_socket` is where it listens."""
 
     kind = "sflow"
 
-    def __init__(self, name: str, table: FlowTable, netns_path: str | None = None, address: str = "0.0.0.0",
-                 port: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        table: FlowTable,
+        netns_path: str | None = None,
+        address: str = "0.0.0.0",
+        port: int = 0,
+    ) -> None:
         super().__init__(name, table, netns_path)
         self.bind = (address, port)
         info = PortInfo(table.node_tid, table.capture_id, name)
-        self.collector = SFlowCollector(lambda agent, if_index: info, layer_key_mode="L2" if table.l2_mode else "L3",
-                                        expire_ms=table.expire_ms, max_entries=table.max_entries, max_tables=1)
-        self.collector.tables[(table.node_tid, table.capture_id)] = table  # every sample goes to the node's table
+        self.collector = SFlowCollector(
+            lambda agent, if_index: info,
+            layer_key_mode="L2" if table.l2_mode else "L3",
+            expire_ms=table.expire_ms,
+            max_entries=table.max_entries,
+            max_tables=1,
+        )
+        # every sample goes to the node's table
+        self.collector.tables[(table.node_tid, table.capture_id)] = table
         self.flows = SampledFlows(self.collector, table)
         self.sock: socket.socket | None = None
         self.sflow_socket = ""
