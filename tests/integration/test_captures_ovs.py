@@ -103,3 +103,24 @@ def test_ovssflow_by_default_on_a_bridge_created_later(stack: int, ovs: OvsDaemo
         detach_netns_pair(ovs, br, pair)
     ovs.vsctl("--if-exists", "del-br", br)
     assert api_call(api, f"/api/capture/{cap['UUID']}")[0] == 404
+
+
+def test_mirrors_left_by_a_previous_run_are_removed(ovs: OvsDaemons, unique: str) -> None:  # noqa: F811
+    """A probe that was killed leaves its mirror in OVS; the next run removes it on its first reconcile."""
+    from netsonde.probe_flow.controller import CaptureController
+    from netsonde.probe_flow.mirror import OvsMirrors
+
+    br, port = f"bl{unique[:8]}", f"pl{unique[:8]}"
+    ovs.vsctl("add-br", br, "--", "set", "bridge", br, "datapath_type=netdev")
+    try:
+        ovs.vsctl("add-port", br, port, "--", "set", "Interface", port, "type=internal")
+        mirrors = OvsMirrors(ovs.db)
+        assert mirrors.create(port, "mir-0badc0de", "gone-capture") == br
+        assert mirrors.owned() == ["mir-0badc0de"]
+        assert len(ovs.vsctl("--bare", "--columns=_uuid", "list", "Mirror").split()) == 1
+        CaptureController("h1", lambda q: [], ovsdb=ovs.db).reconcile()
+        assert mirrors.owned() == []
+        assert ovs.vsctl("list-ports", br).split() == [port]
+        assert ovs.vsctl("--bare", "--columns=_uuid", "list", "Mirror").strip() == ""
+    finally:
+        ovs.vsctl("--if-exists", "del-br", br)

@@ -77,3 +77,21 @@ def test_type_by_node_type_and_errors_on_nodes():
     ctl.delete("c2")
     ctl.reconcile()
     assert ("c2", "n1") not in ctl.errors and statuses[-1].state == "stopped"
+
+
+def test_one_pcapsocket_per_node_as_skydive():
+    """Only afpacket and pcap allow several captures on one node; a second pcapsocket is an error there."""
+    g = _graph()
+    svc = ProbeFlowService(ProbeFlowConfig.load(env={}, host_id="h1", use_graph=False))
+    svc.engine = GremlinEngine(g)
+    ctl = CaptureController("h1", svc.select_nodes)
+    ctl.put(Capture(UUID="a1", GremlinQuery="G.V().Has('Name', 'eth0')", Type="pcapsocket"))
+    ctl.put(Capture(UUID="a2", GremlinQuery="G.V().Has('Name', 'eth0')", Type="pcapsocket"))
+    try:
+        ctl.reconcile()
+        assert list(ctl.running) == [("a1", "n1")]
+        assert ctl.errors == {("a2", "n1"): "only one pcapsocket capture per node: capture a1 runs on this node"}
+        assert ctl.running[("a1", "n1")].reader.pcap_socket.startswith("127.0.0.1:")
+    finally:
+        ctl.stop_all()
+    assert ctl.running == {}

@@ -119,6 +119,7 @@ class CaptureController:
         """(capture, node) -> why that capture cannot run on that node (shown as State error)."""
         self.query_errors: dict[str, str] = {}
         self._mirror_nodes: dict[str, dict[str, Any]] = {}
+        self._stale_mirrors_checked = False
         self.pending_flows: list[Flow] = []
         """Flows flushed from stopped captures, waiting for the next publish."""
         self._lock = threading.RLock()
@@ -220,10 +221,32 @@ class CaptureController:
                     continue
                 self.fingerprints[key] = fp
                 self.errors.pop(key, None)
+                if not problem and not CAPTURE_TYPE_SPECS[ctype].multiple_per_node:
+                    other = next((rc.capture.UUID for rc in self.running.values()
+                                  if rc.node_id == key[1] and rc.kind == ctype), None)
+                    if other is not None:
+                        problem = f"only one {ctype} capture per node: capture {other} runs on this node"
                 if problem:
                     self._fail(key, cap, node, problem, ctype)
                 else:
                     self._start(key, cap, node, ctype)
+            if not self._stale_mirrors_checked:
+                self._stale_mirrors_checked = True
+                self._remove_stale_mirrors()
+
+    def _remove_stale_mirrors(self) -> None:
+        """Remove mirrors a previous run of probe-flow left in OVS (crash, kill): once, at the first apply.
+        A capture that still wants one gets it again (creation is idempotent)."""
+        keep = {rc.mirror for rc in self.running.values() if rc.mirror}
+        try:
+            stale = [m for m in self.mirrors.owned() if m not in keep]
+            for name in stale:
+                self.mirrors.remove(name)
+        except MirrorError as e:  # no OVS on this host: nothing to clean
+            log.debug("no OVS mirror cleanup: %s", e)
+            return
+        if stale:
+            log.info("removed OVS mirrors left by a previous run: %s", ", ".join(stale))
 
     def _check_running(self, key: tuple[str, str], rc: RunningCapture) -> None:
         if rc.kind == "ovsmirror" and rc.reader is None:

@@ -9,6 +9,7 @@ and so a capture never mirrors a mirror port.
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 
 MIRROR_KEY = "netsonde-mirror"
@@ -72,3 +73,13 @@ class OvsMirrors:
                 self._vsctl("remove", "Bridge", br, "mirrors", uuid)
         if bridge:
             self._vsctl("--if-exists", "del-port", bridge, mirror)
+
+    def owned(self) -> list[str]:
+        """Names of the mirror ports Netsonde created (any capture, any bridge)."""
+        out = json.loads(self._vsctl("--format=json", "--columns=name,external_ids", "list", "Port"))
+        names = []
+        for name, ext in out.get("data", []):
+            pairs = ext[1] if isinstance(ext, list) and ext and ext[0] == "map" else []
+            if any(k == MIRROR_KEY for k, _ in pairs):
+                names.append(name)
+        return names
