@@ -120,3 +120,78 @@ def test_extra_layers_dns_on_real_traffic(veth) -> None:
     assert d["questions"] == [{"name": "www.netsonde.test", "type": "A", "class": "IN"}]
     assert d["answers"] == [{"name": "www.netsonde.test", "type": "A", "class": "IN", "TTL": 60, "data_length": 4,
                              "IP": "192.0.2.77"}]
+
+
+# --- end to end: the options and a NetFlow target set on a capture through the API ---------------------------
+from tests.integration.test_flow_targets import nfacctd, nfacctd_totals  # noqa: E402,F401  (fixture)
+
+
+def post(port: int, path: str, body: dict) -> tuple[int, object]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.mark.slow
+def test_capture_options_and_target_through_the_services(nats_url: str, clickhouse_url: str, unique: str, veth,
+                                                         nfacctd) -> None:
+    from bench.services import ServiceProcs
+    from tests.integration.test_flows_e2e import gremlin, wait_until
+
+    nf_port, nf_out = nfacctd
+    procs = ServiceProcs(nats_url, clickhouse_url, prefix=f"o{unique}")
+    procs.env["NETSONDE_CLICKHOUSE_DATABASE"] = f"flow_options_{unique}"
+    try:
+        procs.start("graph_builder")
+        procs.start("probe_topology", ovsdb="", process_netns="false")
+        api = procs.start("query_api")
+        procs.start("flow_enricher")
+        procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1")
+        # an option the type cannot honour is refused, naming both
+        code, text = post(api, "/api/capture", {"GremlinQuery": f"G.V().Has('Name','{veth['host']}')",
+                                                "Type": "ovssflow", "IPDefrag": True})
+        assert code == 400 and "IPDefrag" in str(text) and "ovssflow" in str(text)
+        sel = f"G.V().Has('Name','{veth['host']}')"
+        code, cap = post(api, "/api/capture", {"GremlinQuery": sel, "ExtraLayers": 2, "IPDefrag": True,
+                                               "BPFFilter": "udp port 53 or icmp or (ip[6:2] & 0x3fff != 0)"})
+        assert code == 200, cap
+        code, nf_cap = post(api, "/api/capture", {"GremlinQuery": sel, "BPFFilter": "icmp",
+                                                  "TargetType": "netflowv5", "Target": f"127.0.0.1:{nf_port}"})
+        assert code == 200, nf_cap
+        def states() -> list:
+            nodes = gremlin(api, sel) or [{}]
+            return sorted(c.get("State", "") for c in nodes[0].get("Metadata", {}).get("Captures", []))
+
+        wait_until(lambda: states() == ["active", "active"], 30, "both captures active on the veth")
+
+        dns_exchange(veth, "www.netsonde.test", "192.0.2.77")
+        big_ping(veth)
+
+        q = f"G.Flows().Has('CaptureID','{cap['UUID']}', 'DNS.Questions.Name', 'www.netsonde.test')"
+        dns = wait_until(lambda: gremlin(api, q), 60, "the DNS flow with its DNS field")
+        assert len(dns) == 1
+        d = dns[0]["DNS"]
+        assert (d["ID"], d["response_code"], d["answers"][0]["IP"]) == (0x5151, "No Error", "192.0.2.77")
+        assert gremlin(api, f"G.Flows().Has('DNS.ResponseCode','No Error','DNS.ID',{0x5151}).Count()") == 1
+        assert gremlin(api, f"G.Flows().Has('CaptureID','{cap['UUID']}').Has('DNS').Count()") == 1
+
+        q = f"G.Flows().Has('CaptureID','{cap['UUID']}','Application','ICMPv4')"
+        icmp = wait_until(lambda: [f for f in gremlin(api, q) or [] if f["Metric"]["BAPackets"] == 3], 60,
+                          "the reassembled ping flow")
+        f = icmp[0]
+        assert (f["Metric"]["ABPackets"], f["Metric"]["ABBytes"]) == (3, 3 * 3042)
+        assert f["IPMetric"]["Fragments"] == 18
+
+        totals = nfacctd_totals(nf_out, 2, timeout=20)
+        # no IPDefrag on that capture: 9 fragments each way, IP bytes 1500 + 1500 + 68 per echo
+        assert totals == {(veth["ip"], veth["peer_ip"], "icmp"): (9, 3 * 3068),
+                          (veth["peer_ip"], veth["ip"], "icmp"): (9, 3 * 3068)}
+    finally:
+        procs.stop()

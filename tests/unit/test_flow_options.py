@@ -52,6 +52,15 @@ def test_ipv4_fragments_reassembled_into_one_packet() -> None:
     assert t.stats.events == {"defrag_reassembled": 1}
 
 
+def test_fragments_cut_by_the_snap_length_still_reassemble() -> None:
+    t = FlowTable("n", ip_defrag=True)
+    t.process_frames([(bytes(p)[:128], T0 + i, len(bytes(p))) for i, p in enumerate(ping_fragments())])
+    f = only(t.flush())
+    assert f.LayersPath == "Ethernet/IPv4/ICMPv4" and f.ICMP.ID == 7
+    assert (f.Metric.ABPackets, f.Metric.ABBytes) == (1, 3042)
+    assert f.IPMetric.Fragments == 3
+
+
 def test_without_defrag_each_fragment_counts() -> None:
     t = FlowTable("n")
     feed(t, ping_fragments())

@@ -4,6 +4,8 @@
 A frame that is not a fragment comes back unchanged. A fragment is held until its datagram is complete,
 then the whole datagram comes back as one frame (link header + IP header without fragmentation + the
 reassembled payload) with the number of fragments it was made of; until then `feed` returns None.
+Completeness follows the lengths the IP headers declare, so fragments cut by the capture's snap length
+(HeaderSize) still reassemble: the datagram's wire length is whole, its content as far as it was captured.
 
 Memory is bounded: at most `max_datagrams` datagrams and about `max_bytes` bytes are held; beyond that
 the oldest datagram is given up (`evicted`). A datagram still incomplete `timeout_ns` after its first
@@ -35,8 +37,10 @@ class _Datagram:
         self.first_ns = first_ns
         self.head = b""
         """Link header + IP header (up to, without, the IPv6 fragment header) of the offset-0 fragment."""
-        self.pieces: dict[int, bytes] = {}
+        self.pieces: dict[int, tuple[int, bytes]] = {}
+        """Fragment offset -> (payload length the IP header declares, payload bytes as captured)."""
         self.size = 0
+        """Declared payload bytes received (duplicates once)."""
         self.total = -1
         """Payload length, known once the last fragment (MF clear) arrived."""
         self.frames: list[tuple[bytes, int, int]] = []
@@ -94,7 +98,8 @@ class IPDefragmenter:
         total = (b[off + 2] << 8) | b[off + 3]
         end = min(len(b), off + total) if total >= ihl else len(b)
         key = (4, b[off + 12:off + 20], b[off + 4:off + 6], b[off + 9])
-        return key, b[:off + ihl], (fl & 0x1FFF) * 8, bool(fl & 0x2000), b[off + ihl:end], off, 0
+        declared = total - ihl if total >= ihl else end - off - ihl
+        return key, b[:off + ihl], (fl & 0x1FFF) * 8, bool(fl & 0x2000), b[off + ihl:end], declared, off
 
     @staticmethod
     def _ipv6(b: bytes, off: int) -> tuple | None:
@@ -118,11 +123,12 @@ class IPDefragmenter:
         # head: everything before the fragment header, with the previous next-header set to the inner one
         head = bytearray(b[:p])
         head[nh_at] = b[p]
-        return key, bytes(head), fo & 0xFFF8, bool(fo & 1), b[p + 8:end], off, nh_at
+        declared = (off + 40 + plen if plen else end) - p - 8
+        return key, bytes(head), fo & 0xFFF8, bool(fo & 1), b[p + 8:end], declared, off
 
     # --- reassembly -------------------------------------------------------------------------------------
     def _add(self, frame: bytes, ts_ns: int, wire_len: int, key: tuple, head: bytes, foff: int, more: bool,
-             payload: bytes, ip_off: int, _nh_at: int) -> tuple[bytes, int, int] | None:
+             payload: bytes, declared: int, ip_off: int) -> tuple[bytes, int, int] | None:
         dg = self.pending.get(key)
         if dg is None:
             while self.pending and (len(self.pending) >= self.max_datagrams
@@ -133,28 +139,33 @@ class IPDefragmenter:
         dg.mem += 2 * len(frame)
         self.held_bytes += 2 * len(frame)
         old = dg.pieces.get(foff)
-        if old is not None and old != payload:
+        if old is not None and (old[0] != declared or old[1][:len(payload)] != payload[:len(old[1])]):
             self._give_up(key, "errors")
             return None
         if old is None:
-            dg.pieces[foff] = payload
-            dg.size += len(payload)
+            dg.pieces[foff] = (declared, payload)
+            dg.size += declared
         if foff == 0:
             dg.head = head
         if not more:
-            dg.total = foff + len(payload)
-        if dg.total > 65535 or (dg.total >= 0 and foff + len(payload) > dg.total):
+            dg.total = foff + declared
+        if dg.total > 65535 or (dg.total >= 0 and foff + declared > dg.total):
             self._give_up(key, "errors")
             return None
         if dg.total < 0 or not dg.head or dg.size < dg.total:
             return None
+        covered = 0
         data = bytearray()
+        whole = True  # every byte so far captured: keep appending content
         for o in sorted(dg.pieces):
-            p = dg.pieces[o]
-            if o > len(data):
+            n, p = dg.pieces[o]
+            if o > covered:
                 return None  # a hole (overlaps made size reach total): wait for the missing piece
-            data += p[len(data) - o:]
-        if len(data) != dg.total:
+            if whole:
+                data += p[covered - o:]
+                whole = len(p) == n
+            covered = max(covered, o + n)
+        if covered != dg.total:
             self._give_up(key, "errors")
             return None
         del self.pending[key]
@@ -163,8 +174,7 @@ class IPDefragmenter:
         head = bytearray(dg.head)
         if key[0] == 4:
             ihl = len(head) - ip_off
-            struct.pack_into("!HHH", head, ip_off + 2, ihl + len(data), (head[ip_off + 4] << 8) | head[ip_off + 5],
-                             0)
+            struct.pack_into("!HHH", head, ip_off + 2, ihl + dg.total, (head[ip_off + 4] << 8) | head[ip_off + 5], 0)
             head[ip_off + 6] = head[ip_off + 7] = 0
             head[ip_off + 10] = head[ip_off + 11] = 0
             s = sum(struct.unpack_from(f"!{ihl // 2}H", head, ip_off))
@@ -172,9 +182,9 @@ class IPDefragmenter:
             s = (s & 0xFFFF) + (s >> 16)
             struct.pack_into("!H", head, ip_off + 10, ~s & 0xFFFF)
         else:
-            struct.pack_into("!H", head, ip_off + 4, len(head) - ip_off - 40 + len(data))
+            struct.pack_into("!H", head, ip_off + 4, len(head) - ip_off - 40 + dg.total)
         out = bytes(head) + bytes(data)
-        return out, len(out), len(dg.frames)
+        return out, len(head) + len(data) + (dg.total - len(data)), len(dg.frames)
 
     def expire(self, now_ns: int) -> int:
         """Give up datagrams older than the timeout (their frames go to `given_up`); returns how many."""
