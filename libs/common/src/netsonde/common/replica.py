@@ -14,17 +14,21 @@ from typing import Any, Awaitable, Callable
 
 from nats.aio.msg import Msg
 
-from .bus import BusDecodeError, Subjects, decode, encode
+from .bus import Subjects, decode, encode
 from .bus.graph import GraphEvent, GraphEventBatch, SnapshotChunk, SnapshotRequest
+from .bus.inbound import InboundDecoder
 from .graph import Graph
 
 log = logging.getLogger(__name__)
 
 EventListener = Callable[[list[GraphEvent]], Awaitable[None] | None]
+SnapshotListener = Callable[[Graph], Awaitable[None] | None]
 
 
 class GraphReplica:
-    def __init__(self, nc: Any, subjects: Subjects, snapshot_timeout: float = 10.0) -> None:
+    def __init__(self, nc: Any, subjects: Subjects, snapshot_timeout: float = 10.0,
+                 bad_messages: Any | None = None) -> None:
+        """`bad_messages`: the owner's Prometheus counter of undecodable bus messages (subject_kind, reason)."""
         self.nc = nc
         self.subjects = subjects
         self.graph = Graph()
@@ -34,12 +38,23 @@ class GraphReplica:
         self.snapshot_timeout = snapshot_timeout
         self.listeners: list[EventListener] = []
         """Called with each batch of applied events (after the graph changed)."""
+        self.snapshot_listeners: list[SnapshotListener] = []
+        """Called with the graph each time a snapshot replaced it (before the events buffered meanwhile)."""
         self.resnapshots = 0
-        self.bad_messages = 0
+        self.inbound = InboundDecoder(bad_messages, log)
         self._buffer: list[GraphEventBatch] | None = None
         self._sub: Any = None
         self._resync_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+
+    @property
+    def bad_messages(self) -> int:
+        """Graph event batches dropped as undecodable."""
+        return self.inbound.dropped
+
+    def on_snapshot(self, listener: SnapshotListener) -> None:
+        """Call `listener(graph)` after every snapshot load (first sync, gap, new graph-builder epoch)."""
+        self.snapshot_listeners.append(listener)
 
     async def start(self, wait: bool = True) -> None:
         self._sub = await self.nc.subscribe(self.subjects.graph_events, cb=self._on_events)
@@ -103,17 +118,21 @@ class GraphReplica:
             self.synced.set()
             self.resnapshots += 1
             gc.freeze()  # the loaded graph is long-lived: keep the collector from rescanning it (p99 latency)
+            for snapshot_listener in self.snapshot_listeners:
+                try:
+                    result = snapshot_listener(self.graph)
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:
+                    log.exception("graph snapshot listener failed")
             for batch in buffered:
                 await self._apply(batch)
         log.info("graph snapshot loaded", extra={"nodes": len(graph.nodes), "edges": len(graph.edges),
                                                  "seq": self.seq})
 
     async def _on_events(self, msg: Msg) -> None:
-        try:
-            batch = decode(msg.data, GraphEventBatch)
-        except BusDecodeError as exc:
-            self.bad_messages += 1
-            log.warning("dropped a bad graph event batch: %s", exc)
+        batch = self.inbound(msg.data, GraphEventBatch, "graph_events", msg.subject)
+        if batch is None:
             return
         if self._buffer is not None:
             self._buffer.append(batch)

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from netsonde.common import natsconn
 from netsonde.common.bus import Subjects
 from netsonde.common.bus.graph import GraphEvent
+from netsonde.common.graph import Graph
 from netsonde.common.logs import OnceLogger
 from netsonde.common.service import Service
 
@@ -73,7 +74,6 @@ class FlowEnricherService(Service):
         self.last_error = ""
         self._consume_task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
-        self._replica_loads = 0
         self._give_up_at = float("inf")
         self._rows_per_byte = 1 / 400
         """Flow updates per message byte, learned from past flushes (sizes the inserts without decoding)."""
@@ -127,29 +127,20 @@ class FlowEnricherService(Service):
         node events in between."""
         from netsonde.common.replica import GraphReplica
 
-        self.replica = GraphReplica(self.nc, self.subjects)
+        self.replica = GraphReplica(self.nc, self.subjects, bad_messages=self.metrics.bad_messages)
+        self.replica.on_snapshot(self._reload_lookup)
         self.replica.listeners.append(self._on_graph_events)
         await self.replica.start(wait=False)
-        self.spawn(self._watch_snapshots(), "graph-snapshots")
 
     def _on_graph_events(self, events: list[GraphEvent]) -> None:
-        if self.replica.resnapshots != self._replica_loads:
-            self._reload_lookup()
-            return
         for ev in events:
             self.lookup.on_event(ev.type, ev.obj)
         self.m_lookup.set(len(self.lookup))
 
-    def _reload_lookup(self) -> None:
-        self._replica_loads = self.replica.resnapshots
-        self.lookup.load(self.replica.graph)
+    def _reload_lookup(self, graph: Graph) -> None:
+        """After each snapshot (first sync, gap, new graph-builder epoch): the lookup from the whole graph."""
+        self.lookup.load(graph)
         self.m_lookup.set(len(self.lookup))
-
-    async def _watch_snapshots(self) -> None:
-        while not self.stopping:
-            if self.replica.synced.is_set() and self.replica.resnapshots != self._replica_loads:
-                self._reload_lookup()
-            await asyncio.sleep(0.2)
 
     # --- the pull loop -----------------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -223,9 +214,8 @@ class FlowEnricherService(Service):
         for i, msg in enumerate(pending):
             with contextlib.suppress(Exception):
                 if i in rejected:
-                    self.metrics.bad_messages.labels("flows", rejected[i]).inc()
-                    self.bad.warning(f"decode-{rejected[i]}", f"dropped an undecodable flow batch ({rejected[i]})",
-                                     subject=msg.subject)
+                    self.inbound.reject("flows", rejected[i],
+                                        f"dropped an undecodable flow batch ({rejected[i]}) on {msg.subject}")
                     await msg.term()
                 else:
                     await msg.ack()

@@ -11,7 +11,7 @@ from typing import Any, Callable, TypeVar
 from nats.aio.msg import Msg
 
 from netsonde.common import natsconn
-from netsonde.common.bus import BusDecodeError, Subjects, decode, encode
+from netsonde.common.bus import Subjects, encode
 from netsonde.common.bus.captures import CaptureStatus
 from netsonde.common.bus.graph import GraphEventBatch, SnapshotChunk
 from netsonde.common.bus.metrics import InterfaceMetrics, InterfaceMetricsBatch
@@ -103,12 +103,7 @@ class GraphBuilderService(Service):
     # --- inputs --------------------------------------------------------------------------------------
     def _decode(self, msg: Msg, cls: type[T], kind: str) -> T | None:
         """Decode a bus message; a bad one is counted by kind and reason, logged once per kind, and dropped."""
-        try:
-            return decode(msg.data, cls)
-        except BusDecodeError as exc:
-            self.metrics.bad_messages.labels(kind, exc.reason).inc()
-            self.bad.warning(f"{kind}-{exc.reason}", f"dropped a bad {kind} message on {msg.subject}: {exc}")
-            return None
+        return self.inbound(msg.data, cls, kind, msg.subject)
 
     async def _on_topology(self, msg: Msg) -> None:
         tm = self._decode(msg, TopologyMessage, "topology")

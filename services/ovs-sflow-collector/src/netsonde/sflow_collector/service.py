@@ -19,9 +19,8 @@ import time
 from typing import Any
 
 from netsonde.common import natsconn
-from netsonde.common.bus import Subjects, decode, encode
+from netsonde.common.bus import Subjects, encode
 from netsonde.common.bus.captures import Capture, CaptureStatus
-from netsonde.common.bus.codec import BusDecodeError
 from netsonde.common.bus.flows import Flow, FlowUpdateBatch
 from netsonde.common.bus.metrics import InterfaceMetricsBatch
 from netsonde.common.bus.streams import ensure_flow_stream, open_capture_bucket
@@ -105,7 +104,7 @@ class SFlowCollectorService(Service):
         self.spawn(self._ticker(), "sflow-ticker")
         if self.cfg.manage_ovs:
             target = self.cfg.ovs_target or f"127.0.0.1:{self.port}"
-            self.replica = GraphReplica(self.nc, self.subjects)
+            self.replica = GraphReplica(self.nc, self.subjects, bad_messages=self.metrics.bad_messages)
             self.replica.listeners.append(self._on_graph_events)
             await self.replica.start(wait=False)
             self.engine = GremlinEngine(self.replica.graph)
@@ -309,10 +308,8 @@ class SFlowCollectorService(Service):
                     await self._publish_flows(self.collector.drop_capture(entry.key))
                 self._reconcile_now.set()
                 continue
-            try:
-                cap = decode(entry.value, Capture)
-            except BusDecodeError as e:
-                self.metrics.bad_messages.labels("capture", e.reason).inc()
+            cap = self.inbound(entry.value, Capture, "capture", f"capture bucket key {entry.key}")
+            if cap is None:
                 continue
             was = entry.key in self.controller.captures
             self.controller.set_capture(cap)

@@ -18,7 +18,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from netsonde.common.bus.codec import BusDecodeError, decode, encode
+from netsonde.common.bus.codec import encode
 from netsonde.common.bus.subjects import Subjects
 from netsonde.common.bus.topology import ResyncRequest, TopologyMessage, state_digest
 from netsonde.common.logs import OnceLogger
@@ -346,11 +346,8 @@ class ProbeTopologyService(Service):
         self.m_edges.set(len(self.published.edges))
 
     async def _on_resync(self, msg: Any) -> None:
-        try:
-            req = decode(msg.data, ResyncRequest)
-        except BusDecodeError as exc:
-            self.metrics.bad_messages.labels("resync", exc.reason).inc()
-            self._once.warning(f"resync-{exc.reason}", f"undecodable resync request: {exc}")
+        req = self.inbound(msg.data, ResyncRequest, "resync", msg.subject)
+        if req is None:
             return
         if req.host not in ("", self.host):
             return

@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 from aiohttp import web
 
 import netsonde.gremlin as gremlin
+from netsonde.common.bus import encode
+from netsonde.common.bus.injection import PacketInjectReply, PacketInjectRequest
 from netsonde.common.graph import element_to_json
 
 from .captures import CaptureError, capture_from_json, capture_to_json, selection_warning
@@ -58,38 +59,44 @@ class Routes:
         probe-flow of the Src node's host sends the packets (`Count`, `Interval` ms, `Size`, `ICMPID` ...).
         SrcIP/DstIP/DstMAC default to the addresses of the selected nodes."""
         try:
-            req = await request.json()
+            body = await request.json()
         except ValueError:
             return _error(400, "body must be a JSON PacketInjection")
-        if not isinstance(req, dict) or not req.get("Src"):
-            return _error(400, "Src (a Gremlin query selecting the interface to send from) is required")
         try:
-            src = await self.svc.run_query(req["Src"])
-            dst = await self.svc.run_query(req["Dst"]) if req.get("Dst") else []
+            req = PacketInjectRequest.from_json_body(body)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        if not req.Src:
+            return _error(400, "Src (a Gremlin query selecting the interface to send from) is required")
+        dst_query = body.get("Dst")
+        try:
+            src = await self.svc.run_query(req.Src)
+            dst = await self.svc.run_query(dst_query) if isinstance(dst_query, str) and dst_query else []
         except gremlin.GremlinError as exc:
             return _error(400, f"Src/Dst: {exc}")
         if not isinstance(src, list) or not src or "Metadata" not in src[0]:
-            return _error(400, f"Src {req['Src']!r} selects no node")
+            return _error(400, f"Src {req.Src!r} selects no node")
         node = src[0]
-        if not req.get("SrcIP") and node["Metadata"].get("IPV4"):
-            req["SrcIP"] = node["Metadata"]["IPV4"][0].split("/")[0]
+        if not req.SrcIP and node["Metadata"].get("IPV4"):
+            req.SrcIP = node["Metadata"]["IPV4"][0].split("/")[0]
         if dst and isinstance(dst, list) and "Metadata" in dst[0]:
             meta = dst[0]["Metadata"]
-            if not req.get("DstIP") and meta.get("IPV4"):
-                req["DstIP"] = meta["IPV4"][0].split("/")[0]
-            if not req.get("DstMAC") and meta.get("MAC"):
-                req["DstMAC"] = meta["MAC"]
-        req["Src"] = f"G.V('{node['ID']}')"
-        req.pop("Dst", None)
+            if not req.DstIP and meta.get("IPV4"):
+                req.DstIP = meta["IPV4"][0].split("/")[0]
+            if not req.DstMAC and meta.get("MAC"):
+                req.DstMAC = meta["MAC"]
+        req.Src = f"G.V('{node['ID']}')"
         try:
-            reply = await self.svc.nc.request(self.svc.subjects.packet_inject(node["Host"]), msgpack.packb(req),
-                                              timeout=max(10.0, req.get("Count", 1) * req.get("Interval", 0) / 1000 + 10))
+            msg = await self.svc.nc.request(self.svc.subjects.packet_inject(node["Host"]), encode(req),
+                                            timeout=max(10.0, req.Count * req.Interval / 1000 + 10))
         except Exception as exc:  # no probe-flow on that host, or it did not answer
             return _error(503, f"no probe-flow answered for host {node['Host']!r}: {exc!r}")
-        result = msgpack.unpackb(reply.data)
-        if "error" in result:
-            return _error(400, result["error"])
-        return _json({"Sent": result.get("sent", 0), "Host": node["Host"], "Node": node["ID"]})
+        reply = self.svc.inbound(msg.data, PacketInjectReply, "packet_inject_reply", msg.subject)
+        if reply is None:
+            return _error(502, f"unreadable answer from the probe-flow of host {node['Host']!r}")
+        if reply.error:
+            return _error(400, reply.error)
+        return _json({"Sent": reply.sent, "Host": node["Host"], "Node": node["ID"]})
 
     async def pcap_import(self, request: web.Request) -> web.Response:
         """Upload a pcap (or pcapng) file: its packets go through the flow table of probe-flow and the resulting

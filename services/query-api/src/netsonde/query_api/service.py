@@ -51,7 +51,8 @@ class QueryApiService(Service):
 
     async def on_start(self) -> None:
         self.nc = await natsconn.connect(self.cfg.nats_url, f"query-api@{self.cfg.host_id}")
-        self.replica = GraphReplica(self.nc, self.subjects, snapshot_timeout=self.cfg.snapshot_timeout_s)
+        self.replica = GraphReplica(self.nc, self.subjects, snapshot_timeout=self.cfg.snapshot_timeout_s,
+                                    bad_messages=self.metrics.bad_messages)
         self.replica.listeners.append(self.hub.on_graph_events)
         await self.replica.start(wait=False)
         try:
@@ -81,13 +82,11 @@ class QueryApiService(Service):
     async def _on_enriched_flows(self, msg: Any) -> None:
         if not self.hub.flow_clients:
             return
-        from netsonde.common.bus import BusDecodeError, decode
-        from netsonde.common.bus.flows import FlowUpdateBatch
         import msgspec
-        try:
-            batch = decode(msg.data, FlowUpdateBatch)
-        except BusDecodeError as exc:
-            self.metrics.bad_messages.labels("flows_enriched", exc.reason).inc()
+
+        from netsonde.common.bus.flows import FlowUpdateBatch
+        batch = self.inbound(msg.data, FlowUpdateBatch, "flows_enriched", msg.subject)
+        if batch is None:
             return
         self.hub.on_flows(msgspec.to_builtins(batch.flows))
 

@@ -7,6 +7,8 @@ documents each schema for third-party consumers, who need nothing but a msgpack 
 - `codec`: encode/decode with version checks and typed errors.
 - `topology`: probe -> graph-builder messages.
 - `graph`: graph-builder -> replicas (events, snapshots) in Skydive's element shape.
+- `injection`: query-api -> probe-flow packet injection (request/reply).
+- `inbound`: the decode helper every receiver uses (bad messages counted, logged once, dropped).
 """
 
 from .codec import BusDecodeError, decode, encode

@@ -82,7 +82,7 @@ class Subjects:
         return f"{self.prefix}_static"
 
     def packet_inject(self, host: str) -> str:
-        """Request/reply to the probe-flow of `host`: msgpack PacketInjection fields -> {"sent"} or {"error"}."""
+        """Request/reply to the probe-flow of `host`: PacketInjectRequest -> PacketInjectReply (bus.injection)."""
         return f"{self.prefix}.inject.{_token(host)}"
 
 
