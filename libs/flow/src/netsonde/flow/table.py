@@ -25,13 +25,15 @@ from typing import Iterable
 import msgspec
 import xxhash
 
+from netsonde.common.native import slow_path_allowed
 from netsonde.common.bus.flows import Flow, FlowLayer, FlowMetric, ICMPLayer, IPMetric, RawPacket, TCPMetric
 
 from .decode import ACK, FIN, ICMP_REQUESTS, RST, SYN, DecodeError, Segment, decode_ethernet, decode_ip
 
 try:
     from . import _fastpath
-except ImportError:  # the C extension was not built: the pure Python path is used
+except ImportError as _exc:  # not built: an error, unless NETSONDE_ALLOW_SLOW_PATH=1 allows the Python path
+    slow_path_allowed("netsonde.flow._fastpath", _exc)
     _fastpath = None
 
 _Q = struct.Struct("!Q")

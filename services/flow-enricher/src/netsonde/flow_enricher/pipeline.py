@@ -17,12 +17,14 @@ from typing import Any, Sequence
 from netsonde.common import flowschema as fs
 from netsonde.common.bus import BusDecodeError, decode, encode
 from netsonde.common.bus.flows import FlowUpdateBatch
+from netsonde.common.native import slow_path_allowed
 
 from .lookup import EndpointLookup, _pick
 
 try:
     from . import _fastflow
-except ImportError:  # not built (pip install -e services/flow-enricher builds it)
+except ImportError as _exc:  # not built: an error, unless NETSONDE_ALLOW_SLOW_PATH=1 allows the Python path
+    slow_path_allowed("netsonde.flow_enricher._fastflow", _exc)
     _fastflow = None  # type: ignore[assignment]
 
 FAST_PATH_AVAILABLE = _fastflow is not None

@@ -24,6 +24,7 @@ from typing import Callable
 from netsonde.common.bus.flows import Flow
 from netsonde.common.bus.metrics import ETHERNET_COUNTERS, SFLOW_COUNTERS, InterfaceMetrics
 from netsonde.common.logs import OnceLogger
+from netsonde.common.native import slow_path_allowed
 from netsonde.flow.table import FlowTable
 
 from .decode import (
@@ -34,7 +35,8 @@ from .decode import (
 try:
     from ._fastsflow import recv_scan as _recv_scan
     from ._fastsflow import scan as _scan
-except ImportError:  # pragma: no cover - the extension is built by `pip install -e`; see docs/sflow.md
+except ImportError as _exc:  # not built: an error, unless NETSONDE_ALLOW_SLOW_PATH=1 allows the Python path
+    slow_path_allowed("netsonde.flow.sflow._fastsflow", _exc)
     _scan = _recv_scan = None
 
 log = logging.getLogger(__name__)
