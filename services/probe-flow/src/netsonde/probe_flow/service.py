@@ -85,7 +85,7 @@ class ProbeFlowService(Service):
         if self.cfg.use_graph:
             from netsonde.common.replica import GraphReplica
             from netsonde.gremlin.engine import GremlinEngine
-            self.replica = GraphReplica(self.nc, self.subjects)
+            self.replica = GraphReplica(self.nc, self.subjects, bad_messages=self.metrics.bad_messages)
             self.replica.listeners.append(lambda events: self._reconcile_now.set())
             await self.replica.start(wait=False)
             self.engine = GremlinEngine(self.replica.graph)

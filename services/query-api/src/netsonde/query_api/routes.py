@@ -106,9 +106,10 @@ class Routes:
             return _error(400, "empty body: POST the pcap file")
         try:
             count = await self.svc.import_pcap(data, request.query.get("NodeTID", ""),
-                                               request.query.get("KeepTime", "true") not in ("0", "false"))
-        except ValueError as exc:
-            return _error(400, f"not a pcap file: {exc}")
+                                               request.query.get("KeepTime", "true") not in ("0", "false"),
+                                               request.query)
+        except ValueError as exc:  # not a pcap, or a bad option
+            return _error(400, str(exc))
         return _json({"Flows": count})
 
     async def ui(self, request: web.Request) -> web.FileResponse:

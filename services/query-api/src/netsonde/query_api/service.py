@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from aiohttp import web
 
@@ -90,20 +90,35 @@ class QueryApiService(Service):
             return
         self.hub.on_flows(msgspec.to_builtins(batch.flows))
 
-    async def import_pcap(self, data: bytes, node_tid: str, keep_time: bool = True) -> int:
+    async def import_pcap(self, data: bytes, node_tid: str, keep_time: bool = True,
+                          options: Mapping[str, str] | None = None) -> int:
         """Flows of a pcap file, published on the flow stream in batches; returns how many flows.
         With `keep_time` (the default) flows carry the packets' own timestamps (a 2016 capture is found with
-        `Context(<2016 instant>)`); without it the file is replayed now at capture speed (see `feed_pcap`)."""
+        `Context(<2016 instant>)`); without it the file is replayed now at capture speed (see `feed_pcap`).
+        `options`: the capture packet options `ExtraLayers`, `IPDefrag`, `ReassembleTCP` (query parameters).
+        Raises ValueError (a 400) for a file that is not a pcap or a bad option."""
         import uuid
 
         from netsonde.common.bus import encode
         from netsonde.common.bus.flows import FlowUpdateBatch
         from netsonde.common.bus.streams import ensure_flow_stream
-        from netsonde.flow.pcap import flows_from_pcap
+        from netsonde.flow.pcap import PcapError, flows_from_pcap
+        from netsonde.flow.table import FlowTable
 
+        opts = options or {}
+        flags = {k: opts.get(k, "").lower() in ("1", "true") for k in ("IPDefrag", "ReassembleTCP")}
+        try:
+            layers = int(opts.get("ExtraLayers", "0") or 0)
+        except ValueError:
+            raise ValueError(f"ExtraLayers must be a bitmask (VRRP=1, DNS=2, DHCPv4=4, all=255), "
+                             f"not {opts.get('ExtraLayers')!r}") from None
+        table = FlowTable(node_tid, f"pcap-{uuid.uuid4()}", ip_defrag=flags["IPDefrag"],
+                          reassemble_tcp=flags["ReassembleTCP"], extra_layers=layers)
         replay = None if keep_time else time.time_ns()
-        flows = await asyncio.to_thread(flows_from_pcap, data, node_tid, f"pcap-{uuid.uuid4()}",
-                                        replay_at_ns=replay)
+        try:
+            flows = await asyncio.to_thread(flows_from_pcap, data, table=table, replay_at_ns=replay)
+        except PcapError as exc:
+            raise ValueError(f"not a pcap file: {exc}") from None
         js = self.nc.jetstream()
         await ensure_flow_stream(js, self.subjects)
         for i in range(0, len(flows), 1000):
