@@ -37,16 +37,16 @@ def wait_until(fn: Callable[[], Any], timeout: float, what: str) -> Any:
 class Subscriber:
     """Skydive's WSClient on its own thread and event loop; every message lands in `messages`."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, gremlin_filter: str = "") -> None:
         self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = threading.Event()
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(port,), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(port, gremlin_filter), daemon=True)
         self.thread.start()
         assert self.ready.wait(15), f"WSClient did not connect: {self.error!r}"
 
-    def _run(self, port: int) -> None:
+    def _run(self, port: int, gremlin_filter: str) -> None:
         sink = self.messages
         opened = self.ready
 
@@ -58,7 +58,8 @@ class Subscriber:
                 sink.put(json.loads(payload.decode()))
 
         try:
-            client = WSClient("test-host", f"ws://127.0.0.1:{port}/ws/subscriber", protocol=Collect)
+            client = WSClient("test-host", f"ws://127.0.0.1:{port}/ws/subscriber", protocol=Collect,
+                              filter=gremlin_filter)
             self.loop = client.loop
             client.connect()
             client.start()
@@ -104,6 +105,7 @@ def test_skydive_python_client(netsonde: int, unique: str) -> None:
     rest = RESTClient(f"127.0.0.1:{port}")
     veth, peer = f"kv{unique}", f"kp{unique}"
     ws = Subscriber(port)
+    switches = Subscriber(port, "G.V().Has('Type','switch')")  # X-Gremlin-Filter: only the switch's events
     try:
         # a real veth: the subscriber sees it added, lookup_nodes finds it
         subprocess.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", peer], check=True)
@@ -174,10 +176,17 @@ def test_skydive_python_client(netsonde: int, unique: str) -> None:
         # deletions: the static node, then the real veth
         rest.node_delete(nid)
         ws.expect("NodeDeleted", lambda o: o["ID"] == nid)
+        # the filtered subscriber saw the switch come, change and go, and nothing of the veth
+        got = []
+        while not switches.messages.empty():
+            m = switches.messages.get()
+            got.append((m["Type"], m["Obj"]["ID"]))
+        assert got == [("NodeAdded", nid), ("NodeUpdated", nid), ("NodeDeleted", nid)]
         assert nid not in {n.id for n in rest.node_list()}
         subprocess.run(["ip", "link", "del", veth], check=True)
         ws.expect("NodeDeleted", lambda o: o["ID"] == node.id)
     finally:
         ws.stop()
+        switches.stop()
         subprocess.run(["ip", "link", "del", veth], capture_output=True)
 

@@ -218,3 +218,37 @@ async def test_static_edge_to_a_real_interface(stack: Stack, unique: str) -> Non
             assert r.status_code == 404
     finally:
         subprocess.run(["ip", "link", "del", veth], capture_output=True)
+
+
+async def test_subscriber_filter(stack: Stack) -> None:
+    """Skydive's X-Gremlin-Filter: a bad filter refuses the connection; a filtered subscriber gets Added/Deleted as
+    elements enter and leave its sub-graph, and only its elements' updates."""
+    url = f"ws://127.0.0.1:{stack.port}/ws/subscriber"
+    async with aiohttp.ClientSession() as session, client(stack) as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+            await session.ws_connect(url, headers={"X-Gremlin-Filter": "G.V().Nope()"})
+        assert exc.value.status == 400
+        async with session.ws_connect(url, headers={"X-Gremlin-Filter": "G.V().Has('Zone','red')"}) as ws:
+            for name in ("x", "y"):
+                r = await http.post("/api/node", json={"ID": f"f-{name}", "Metadata": {"Name": name, "Type": "box"}})
+                assert r.status_code == 201
+            for op in ("add", "replace"):
+                r = await http.patch("/api/node/f-x", json=[{"op": op, "path": "/Metadata/Zone", "value": "red"}])
+            r = await http.patch("/api/node/f-y", json=[{"op": "add", "path": "/Metadata/Rack", "value": 1}])
+            r = await http.patch("/api/node/f-x", json=[{"op": "add", "path": "/Metadata/Rack", "value": 2}])
+            assert r.status_code == 200
+            r = await http.patch("/api/node/f-x", json=[{"op": "remove", "path": "/Metadata/Zone"}])
+            assert r.status_code == 200
+            got = []
+            while len(got) < 3:
+                msg = json.loads((await ws.receive(timeout=5)).data)
+                got.append((msg["Type"], msg["Obj"]["ID"], msg["Obj"]["Metadata"].get("Rack")))
+            assert got == [("NodeAdded", "f-x", None), ("NodeUpdated", "f-x", 2), ("NodeDeleted", "f-x", 2)]
+            # a SyncRequest with another filter replaces the subscription's
+            await ws.send_json({"Namespace": "Graph", "Type": "SyncRequest", "UUID": "u1",
+                                "Obj": {"GremlinFilter": "G.V().Has('Name','y')"}})
+            reply = json.loads((await ws.receive(timeout=5)).data)
+            assert reply["Type"] == "SyncReply" and [n["ID"] for n in reply["Obj"]["Nodes"]] == ["f-y"]
+            r = await http.delete("/api/node/f-y")
+            msg = json.loads((await ws.receive(timeout=5)).data)
+            assert (msg["Type"], msg["Obj"]["ID"]) == ("NodeDeleted", "f-y")

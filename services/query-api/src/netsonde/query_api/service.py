@@ -64,6 +64,7 @@ class QueryApiService(Service):
         self.engine = gremlin.GremlinEngine(
             graph=self.replica.graph, history=history, flows=flows,
             limits=gremlin.QueryLimits(timeout_s=self.cfg.query_timeout_s, max_results=self.cfg.max_results))
+        self.hub.run_query = self.engine.execute  # subscribers' Gremlin filters, on the live replica
         self.captures = CaptureStore(self.nc, self.subjects)
         await self.captures.start()
         await self.nc.subscribe(self.subjects.flows_enriched, cb=self._on_enriched_flows)

@@ -17,6 +17,8 @@ from aiohttp import WSMsgType, web
 from netsonde.common.bus.graph import GraphEvent
 from netsonde.common.graph import element_to_json
 
+from .ws_filter import FilteredView, FilterError, SubGraph, subgraph
+
 log = logging.getLogger(__name__)
 
 
@@ -31,6 +33,8 @@ class Subscriber:
         self.ws = ws
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(max_queue)
         self.overflowed = False
+        self.view: FilteredView | None = None
+        """Set when the client subscribed with a Gremlin filter (ws_filter.py)."""
 
     def send(self, text: str) -> None:
         try:
@@ -56,15 +60,39 @@ class SubscriberHub:
         self.graph_clients: set[Subscriber] = set()
         self.flow_clients: set[Subscriber] = set()
         self.sent = 0
+        self.run_query: Any = None
+        """Runs a Gremlin query on the live graph (set by the service once its engine exists): for filters."""
 
     def on_graph_events(self, events: list[GraphEvent]) -> None:
         if not self.graph_clients:
             return
+        plain = [c for c in self.graph_clients if c.view is None]
         for ev in events:
             text = envelope("Graph", ev.type, element_to_json(ev.obj))
-            for client in list(self.graph_clients):
+            for client in plain:
                 client.send(text)
                 self.sent += 1
+        filtered: dict[str, SubGraph | None] = {}
+        for client in [c for c in self.graph_clients if c.view is not None]:
+            view = client.view
+            assert view is not None
+            if view.query not in filtered:
+                try:
+                    filtered[view.query] = subgraph(self.run_query, view.query)
+                except Exception as exc:  # the graph changed under a filter that now fails: say so, keep going
+                    log.warning("subscriber filter %r failed: %s", view.query, exc)
+                    filtered[view.query] = None
+            now = filtered[view.query]
+            if now is None:
+                continue
+            for type_, obj in view.changes(events, now):
+                client.send(envelope("Graph", type_, obj))
+                self.sent += 1
+
+    def make_view(self, query: str) -> FilteredView:
+        if self.run_query is None:
+            raise FilterError("the graph is not ready yet")
+        return FilteredView(query, self.run_query)
 
     def on_flows(self, flows: list[dict[str, Any]]) -> None:
         if not self.flow_clients or not flows:
@@ -74,9 +102,17 @@ class SubscriberHub:
             client.send(text)
 
     async def serve(self, request: web.Request, kind: str, sync: Any) -> web.WebSocketResponse:
+        query = request.headers.get("X-Gremlin-Filter") or request.query.get("x-gremlin-filter", "")
+        view = None
+        if query and kind == "graph":
+            try:
+                view = self.make_view(query)
+            except FilterError as exc:  # refused before the upgrade, as Skydive refuses the connection
+                return web.Response(status=400, text=str(exc))  # type: ignore[return-value]
         ws = web.WebSocketResponse(heartbeat=30)
         await ws.prepare(request)
         client = Subscriber(ws)
+        client.view = view
         clients = self.graph_clients if kind == "graph" else self.flow_clients
         clients.add(client)
         writer = asyncio.create_task(client.writer(), name="ws-writer")
@@ -94,6 +130,11 @@ class SubscriberHub:
                 if req.get("Type") == "SyncRequest":
                     obj = req.get("Obj") or {}
                     try:
+                        if kind == "graph" and isinstance(obj.get("GremlinFilter"), str):
+                            # a filter in the SyncRequest replaces the subscription's, "" removes it (Skydive)
+                            client.view = self.make_view(obj["GremlinFilter"]) if obj["GremlinFilter"] else None
+                        elif client.view is not None and "GremlinFilter" not in obj:
+                            obj = {"GremlinFilter": client.view.query}
                         reply = await sync(obj.get("GremlinFilter") or "")
                         client.send(envelope("Graph", "SyncReply", reply, uuid=req.get("UUID", "")))
                     except Exception as exc:
