@@ -63,6 +63,8 @@ class NsWatcher:
         self.rt = RouteState()
         self._last_refresh_ms = 0
         self.synced = False
+        self.neighbours_only = False
+        """Set before `on_change`: the batch changed only neighbour entries (ARP/NDP state churn)."""
         """True once the first full dump completed."""
         self.overruns = 0
         self.bad_messages = 0
@@ -223,6 +225,7 @@ class NsWatcher:
     def _readable(self) -> None:
         overrun = False
         changed = False
+        neigh_changed = False
         sock = self._sock
         for _ in range(256):  # bounded per wake-up so one busy namespace cannot starve the loop
             if sock is None:
@@ -242,7 +245,11 @@ class NsWatcher:
                 break
             for mtype, flags, seq, off, end in iter_messages(data):
                 try:
-                    changed |= self._handle(data, mtype, flags, seq, off, end)
+                    if self._handle(data, mtype, flags, seq, off, end):
+                        if mtype in (RTM_NEWNEIGH, RTM_DELNEIGH):
+                            neigh_changed = True
+                        else:
+                            changed = True
                 except (struct.error, IndexError, ValueError) as exc:  # a malformed message: skip it
                     self.bad_messages += 1
                     if self.bad_messages == 1:
@@ -257,7 +264,8 @@ class NsWatcher:
         if self._want_dump and not self._dump_kind:
             self._want_dump = False
             self._start_dump("link")
-        if changed or overrun:
+        if changed or overrun or neigh_changed:
+            self.neighbours_only = not (changed or overrun)
             self.on_change(self, overrun)
 
     def _handle(self, buf: bytes, mtype: int, flags: int, seq: int, off: int, end: int) -> bool:

@@ -61,6 +61,7 @@ class ProbeTopologyService(Service):
         self._named: dict[int, NetNs] = {}
         self._processes: dict[int, NetNs] = {}
         self._rescan_handle: asyncio.TimerHandle | None = None
+        self._neigh_handle: asyncio.TimerHandle | None = None
         self._pending_retries = 0
         self._once = OnceLogger(log)
         self._flush_lock = asyncio.Lock()
@@ -107,6 +108,8 @@ class ProbeTopologyService(Service):
             self.spawn(self._proc_scan_loop(), "netns-proc-scan")
 
     async def on_stop(self) -> None:
+        if self._neigh_handle is not None:
+            self._neigh_handle.cancel()
         if self.ovs is not None:
             await asyncio.to_thread(self.ovs.stop)
         if self._inotify is not None:
@@ -233,6 +236,17 @@ class ProbeTopologyService(Service):
             self.m_overruns.inc()
             self._need_full = True
             self._full_reason = "netlink overrun"
+        if watcher.neighbours_only:
+            # neighbour states churn (REACHABLE -> STALE -> DELAY ...) on busy hosts: one rebuild per
+            # neighbor_flush_interval_s for them, instead of one per flush_interval_s
+            if self._neigh_handle is None:
+                self._neigh_handle = asyncio.get_running_loop().call_later(
+                    self.config.neighbor_flush_interval_s, self._neighbours_due)
+            return
+        self._mark_dirty()
+
+    def _neighbours_due(self) -> None:
+        self._neigh_handle = None
         self._mark_dirty()
 
     def _on_ovs(self, state: OvsState) -> None:
