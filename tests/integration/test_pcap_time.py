@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from bench.services import ServiceProcs
 from tests.integration.test_flows_e2e import gremlin, wait_until
@@ -81,5 +84,26 @@ def test_pcap_import_keeps_packet_time(nats_url: str, clickhouse_url: str, uniqu
         for g, w in zip(got, want):  # same gaps, to the millisecond (the shift is applied in nanoseconds)
             assert g[:3] == w[:3] and abs(g[3] - w[3]) <= 1 and abs(g[4] - w[4]) <= 1, (got, want)
         assert gremlin(api, f"G.Context({IN_2016}).Flows().Has('NodeTID','{tid_now}').Count()") == 0
+
+        # with the ExtraLayers option: Skydive's DNS fields, stored and queryable
+        tid_dns = f"pcap-dns-{unique}"
+        req = urllib.request.Request(f"http://127.0.0.1:{api}/api/pcap?NodeTID={tid_dns}&ExtraLayers=2",
+                                     data=PCAP.read_bytes(), method="POST")
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert json.loads(r.read()) == {"Flows": 6}
+        q = f"G.Context({IN_2016}).Flows().Has('NodeTID','{tid_dns}')"
+        wait_until(lambda: gremlin(api, f"{q}.Count()") == 6, 60, "the flows with DNS fields")
+        a = gremlin(api, f"{q}.Has('DNS.Questions.Name','www.google.com')")
+        assert len(a) == 1 and a[0]["DNS"]["a_n_count"] == 5 and a[0]["DNS"]["response_code"] == "No Error"
+        assert sorted(x["IP"] for x in a[0]["DNS"]["answers"]) == [f"173.194.40.{i}" for i in range(144, 149)]
+        aaaa = gremlin(api, f"{q}.Has('DNS.Questions.Type','AAAA')")
+        assert [f["DNS"]["questions"][0]["name"] for f in aaaa] == ["www.google.fr"]
+        assert gremlin(api, f"{q}.Has('DNS').Count()") == 2
+
+        bad = urllib.request.Request(f"http://127.0.0.1:{api}/api/pcap?ExtraLayers=DNSX", data=PCAP.read_bytes(),
+                                     method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(bad, timeout=60)
+        assert err.value.code == 400 and "ExtraLayers" in err.value.read().decode()
     finally:
         procs.stop()
