@@ -75,9 +75,8 @@ def test_interrupted_multi_partition_insert_is_rolled_forward_once(unique: str) 
 
         proc = start_store(workdir)
         c = connect(proc.url, "default")
-        per_day = dict(
-            c.query(f"SELECT toString(day), count() FROM {db}.t GROUP BY day ORDER BY day").result_rows
-        )
+        rows = c.query(f"SELECT toString(day), count() FROM {db}.t GROUP BY day ORDER BY day").result_rows
+        per_day = {day: n for day, n in rows}
         assert per_day == {"2026-01-01": 110, "2026-01-02": 100, "2026-01-03": 100}
         assert c.query(f"SELECT uniqExact(n) FROM {db}.t").result_rows[0][0] == 310
         assert (
