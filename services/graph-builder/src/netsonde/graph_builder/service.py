@@ -26,6 +26,7 @@ from .config import GraphBuilderConfig
 from .history import RevisionWriter
 from .schema import MIGRATIONS, ttl_statement
 from .static import StaticController
+from .tunnels import TunnelLinks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,6 +40,8 @@ class GraphBuilderService(Service):
         self.cfg = config
         self.subjects = Subjects(config.subject_prefix)
         self.builder = GraphBuilder()
+        self.tunnels = TunnelLinks(self.builder)
+        """Cross-host tunnel edges, derived after each probe message (tunnels.py)."""
         self.nc: Any = None
         self.writer: RevisionWriter | None = None
         self.static: StaticController | None = None
@@ -110,6 +113,7 @@ class GraphBuilderService(Service):
         if tm is None:
             return
         self.builder.apply(tm)
+        self.tunnels.sync()
         self.m_messages.labels(tm.kind).inc()
         await self._publish_changes()
 
