@@ -45,6 +45,12 @@ async def test_rule_validation_and_limits(stack: Stack) -> None:
         assert r.status_code == 400 and r.text == "Action must be 'create' or 'update'"
         r = await http.post("/api/noderule", json={"Action": "create", "Metadata": {"Name": "a"}})
         assert r.status_code == 400 and "Metadata.Type" in r.text
+        r = await http.post("/api/noderule", json={"Action": "create", "Query": "G.V()",
+                                                   "Metadata": {"Name": "a", "Type": "b"}})
+        assert r.status_code == 400 and r.text.startswith("Query is only used by Action 'update'")
+        r = await http.post("/api/noderule", json={"Action": "create", "Metadata": {"Name": "a", "Type": "b"}},
+                            headers={"X-Resource-TTL": "10s"})
+        assert r.status_code == 400 and "X-Resource-TTL" in r.text
         r = await http.post("/api/noderule", json={"Action": "update", "Metadata": {"Zone": "x"}})
         assert r.status_code == 400 and "Query" in r.text
         r = await http.post("/api/noderule", json={"Action": "update", "Query": "G.V()", "Metadata": {"Name": "x"}})

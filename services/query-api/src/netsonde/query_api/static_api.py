@@ -58,6 +58,8 @@ class StaticApi:
     # --- writes, through graph-builder ---------------------------------------------------------------
     def _create(self, kind: str) -> Any:
         async def handler(request: web.Request) -> web.Response:
+            if "X-Resource-TTL" in request.headers:
+                return _error(400, "X-Resource-TTL is not supported: static objects and rules stay until deleted")
             try:
                 body = await request.json()
             except ValueError:

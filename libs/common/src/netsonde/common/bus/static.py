@@ -206,6 +206,8 @@ def noderule_from_json(obj: Any) -> NodeRule:
     if action == "create":
         _require_str(obj, "Metadata.Name", meta.get("Name"))
         _require_str(obj, "Metadata.Type", meta.get("Type"))
+        if query:
+            raise StaticError("Query is only used by Action 'update' (a 'create' rule makes one node)")
     else:
         _require_str(obj, "Query", query)
         for key in ("Name", "Type"):
