@@ -19,6 +19,8 @@ from netsonde.common.bus import Subjects, decode, encode
 from netsonde.common.bus.captures import Capture
 from netsonde.common.bus.streams import open_capture_bucket
 from netsonde.common.capture_types import CAPTURE_TYPE_SPECS, set_options, unsupported_options
+from netsonde.flow.applayers import parse_extra_layers
+from netsonde.flow.targets import check_capture_options
 
 API_CAPTURE_TYPES = ("", *CAPTURE_TYPE_SPECS)
 """Values of a capture's `Type` the API accepts ("" = each node's default type)."""
@@ -37,6 +39,11 @@ def capture_from_json(body: Any) -> Capture:
     fields = set(Capture.__struct_fields__)
     data = {k: v for k, v in body.items() if k in fields and v is not None}
     data.setdefault("UUID", str(uuid.uuid4()))
+    if isinstance(data.get("ExtraLayers"), (list, str)):  # Skydive's JSON form: ["DNS", "VRRP"]
+        try:
+            data["ExtraLayers"] = parse_extra_layers(data["ExtraLayers"])
+        except ValueError as exc:
+            raise CaptureError(f"ExtraLayers: {exc}") from None
     try:
         cap = msgspec.convert(data, Capture)
     except msgspec.ValidationError as exc:
@@ -50,6 +57,10 @@ def capture_from_json(body: Any) -> Capture:
     if cap.SamplingRate < 1:
         raise CaptureError("SamplingRate must be >= 1")
     check_options(cap)
+    try:
+        check_capture_options(cap)  # ExtraLayers bits, TargetType and Target
+    except ValueError as exc:
+        raise CaptureError(str(exc)) from None
     try:
         compile_query(cap.GremlinQuery)
     except gremlin.GremlinError as exc:

@@ -43,6 +43,15 @@ def check_target(cap: Capture) -> None:
     parse_target(cap.Target, need_port=cap.TargetType == "netflowv5")
 
 
+def check_capture_options(cap: Capture) -> None:
+    """Raise ValueError (with the reason) when the capture's ExtraLayers or Target / TargetType is invalid;
+    query-api answers it with a 400 before the capture is stored."""
+    from ..applayers import parse_extra_layers
+
+    parse_extra_layers(cap.ExtraLayers)
+    check_target(cap)
+
+
 def table_for_capture(cap: Capture, node_tid: str, **table_kw: Any) -> FlowTable:
     """The flow table of one capture on one node: packet options applied, target attached."""
     kw = {**table_options(cap), **table_kw}
@@ -57,4 +66,5 @@ def table_for_capture(cap: Capture, node_tid: str, **table_kw: Any) -> FlowTable
     return FlowTable(*args, **kw)
 
 
-__all__ = ["TARGET_TYPES", "TargetError", "table_options", "check_target", "table_for_capture"]
+__all__ = ["TARGET_TYPES", "TargetError", "table_options", "check_target", "check_capture_options",
+           "table_for_capture"]
