@@ -37,6 +37,14 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--layer-key-mode", default="L2", choices=["L2", "L3"])
     c.add_argument("--extra-tcp-metric", action="store_true")
     c.add_argument("--ndpi", action="store_true", help="deep packet inspection (nDPI application names)")
+    c.add_argument("--ip-defrag", action="store_true", help="reassemble IPv4/IPv6 fragments before keying flows")
+    c.add_argument("--reassemble-tcp", "--reassamble-tcp", action="store_true",
+                   help="reassemble TCP streams (TCPMetric reassembly counters, DNS over TCP)")
+    c.add_argument("--extra-layer", action="append", default=[], choices=["DNS", "DHCPv4", "VRRP"],
+                   help="decode this application layer into the flow (repeatable)")
+    c.add_argument("--target", default="", help="collector address for --target-type (host:port)")
+    c.add_argument("--target-type", default="", choices=["", "netflowv5", "erspanv1"],
+                   help="also export the flows as NetFlow v5 / mirror the packets as ERSPAN to --target")
     cap.add_parser("list", help="list captures")
     g = cap.add_parser("get", help="show one capture")
     g.add_argument("id")
@@ -95,7 +103,9 @@ def _run(args: argparse.Namespace, http: httpx.Client) -> int:
             body = {"GremlinQuery": args.gremlin, "Type": args.type, "BPFFilter": args.bpf, "Name": args.name,
                     "Description": args.description, "HeaderSize": args.header_size,
                     "SamplingRate": args.sampling_rate, "PollingInterval": args.polling_interval,
-                    "LayerKeyMode": args.layer_key_mode, "ExtraTCPMetric": args.extra_tcp_metric, "NDPI": args.ndpi}
+                    "LayerKeyMode": args.layer_key_mode, "ExtraTCPMetric": args.extra_tcp_metric, "NDPI": args.ndpi,
+                    "IPDefrag": args.ip_defrag, "ReassembleTCP": args.reassemble_tcp,
+                    "ExtraLayers": args.extra_layer, "Target": args.target, "TargetType": args.target_type}
             return _show(http.post(_url(args, "/api/capture"), json=body))
         if args.verb == "list":
             return _show(http.get(_url(args, "/api/capture")))
