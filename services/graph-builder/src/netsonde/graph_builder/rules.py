@@ -4,11 +4,11 @@ graph-builder's graph so every replica sees their results as ordinary graph even
 - NodeRule `create`: a node with the rule's Metadata, ID = UUIDv5("Type/Name"), `TID` = its ID.
 - NodeRule `update`: the rule's Metadata merged into every node its Query selects, now and later; the keys go
   away again when a node leaves the selection or the rule is deleted.
-- EdgeRule: an edge with the rule's Metadata from every Src node to every Dst node (ID = UUIDv5(parent + child +
-  RelationType)); edges of pairs that leave the selections are deleted.
+- EdgeRule: an edge with the rule's Metadata from every Src node to every Dst node (ID = UUIDv5(parent + child
+  + RelationType)); edges of pairs that leave the selections are deleted.
 
-Queries run with the Gremlin engine of libs/gremlin under the same limits as API queries, so an expensive
-rule fails with the engine's 408/413 instead of holding the writer.
+Queries run with the Gremlin engine of libs/gremlin under the same limits as API queries, so an expensive rule
+fails with the engine's 408/413 instead of holding the writer.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class RuleEngine:
 
     # --- queries -------------------------------------------------------------------------------------
     def select(self, query: str) -> list[str]:
-        """IDs of the nodes a query selects (in order, once each); GremlinError when it fails or selects no nodes."""
+        """IDs of the nodes a query selects (in order, once each); GremlinError when it fails or selects no
+        nodes."""
         value = self.engine.run(query)
         if isinstance(value, NodesT):
             nodes: list[GraphElement] = value.items()
@@ -61,7 +62,8 @@ class RuleEngine:
 
     # --- node rules ----------------------------------------------------------------------------------
     def check_noderule(self, rule: NodeRule) -> None:
-        """Refuse (StaticError) a rule that cannot apply: a bad query, or a create over a node someone else owns."""
+        """Refuse (StaticError) a rule that cannot apply: a bad query, or a create over a node someone else
+        owns."""
         if rule.Action == "update":
             try:
                 self.select(rule.Query)
@@ -70,7 +72,9 @@ class RuleEngine:
         else:
             nid = rule_node_id(rule.Metadata)
             if nid in self.b.graph.nodes and nid not in self.created.values():
-                raise StaticError(f"node {nid} ({rule.Metadata['Type']}/{rule.Metadata['Name']}) already exists", 409)
+                raise StaticError(
+                    f"node {nid} ({rule.Metadata['Type']}/{rule.Metadata['Name']}) already exists", 409
+                )
 
     def add_noderule(self, rule: NodeRule) -> None:
         self.noderules[rule.UUID] = rule
@@ -78,8 +82,15 @@ class RuleEngine:
             nid = rule_node_id(rule.Metadata)
             self.created[rule.UUID] = nid
             if nid not in self.b.static_nodes:
-                el = GraphElement(ID=nid, Metadata={**rule.Metadata, "TID": nid}, Host="", Origin=self.origin,
-                                  CreatedAt=0, UpdatedAt=0, Revision=0)
+                el = GraphElement(
+                    ID=nid,
+                    Metadata={**rule.Metadata, "TID": nid},
+                    Host="",
+                    Origin=self.origin,
+                    CreatedAt=0,
+                    UpdatedAt=0,
+                    Revision=0,
+                )
                 self.b.static_nodes[nid] = el
                 self.b._upsert_node("", None, nid, el.Metadata, origin=self.origin)
         else:
@@ -101,7 +112,8 @@ class RuleEngine:
         return rule
 
     def _apply_update_rule(self, rule: NodeRule) -> bool:
-        """Merge the rule's metadata into the nodes it selects now; True when the selection could be computed."""
+        """Merge the rule's metadata into the nodes it selects now; True when the selection could be
+        computed."""
         try:
             selected = self.select(rule.Query)
         except GremlinError as exc:
@@ -152,8 +164,10 @@ class RuleEngine:
             raise GremlinError(f"Dst: {exc}", getattr(exc, "status", 400)) from None
         pairs = [(s, d) for s in src for d in dst if s != d]
         if len(pairs) > self.limits.max_results:
-            raise GremlinError(f"the rule would make {len(pairs)} edges, more than the limit of "
-                               f"{self.limits.max_results}", 413)
+            raise GremlinError(
+                f"the rule would make {len(pairs)} edges, more than the limit of {self.limits.max_results}",
+                413,
+            )
         return pairs
 
     def add_edgerule(self, rule: EdgeRule) -> None:

@@ -2,12 +2,13 @@
 
 graph-builder is their single writer. query-api sends a `StaticRequest` (bus/static.py); this module checks it
 against the graph, persists the object in the `<prefix>_static` key-value bucket, applies it, publishes the
-graph events and answers a `StaticReply`. At start it reads the bucket back, so every static object and rule is
-in the graph again after any restart; elements restored from history that nothing declares any more are deleted.
+graph events and answers a `StaticReply`. At start it reads the bucket back, so every static object and rule
+is in the graph again after any restart; elements restored from history that nothing declares any more are
+deleted.
 
-Static nodes and edges are owned by their Origin (`api.<graph-builder host>` unless the client gave one): a probe
-never deletes them, and the API only patches or deletes what it created. A static edge whose endpoint disappears
-(an interface removed) leaves the graph and comes back when both endpoints exist again.
+Static nodes and edges are owned by their Origin (`api.<graph-builder host>` unless the client gave one): a
+probe never deletes them, and the API only patches or deletes what it created. A static edge whose endpoint
+disappears (an interface removed) leaves the graph and comes back when both endpoints exist again.
 """
 
 from __future__ import annotations
@@ -23,8 +24,16 @@ from nats.aio.msg import Msg
 
 from netsonde.common.bus import BusDecodeError, decode, encode
 from netsonde.common.bus.graph import GraphElement, GraphEvent
-from netsonde.common.bus.static import (EdgeRule, NodeRule, StaticError, StaticObject, StaticReply, StaticRequest,
-                                        open_static_bucket, static_key)
+from netsonde.common.bus.static import (
+    EdgeRule,
+    NodeRule,
+    StaticError,
+    StaticObject,
+    StaticReply,
+    StaticRequest,
+    open_static_bucket,
+    static_key,
+)
 from netsonde.common.bus.topology import ProbeEdge
 from netsonde.common.graph import element_to_json
 from netsonde.gremlin import QueryLimits
@@ -58,16 +67,26 @@ class StaticTopology:
         el = self.b.graph.nodes.get(ident) if kind == "node" else self.b.graph.edges.get(ident)
         if el is None:
             return StaticError(f"{kind.capitalize()} '{ident}' not found", 404)
-        return StaticError(f"{kind.capitalize()} '{ident}' is owned by {el.Origin!r}; only {kind}s created through "
-                           f"/api/{kind} can be changed here", 409)
+        return StaticError(
+            f"{kind.capitalize()} '{ident}' is owned by {el.Origin!r}; only {kind}s created through "
+            f"/api/{kind} can be changed here",
+            409,
+        )
 
     # --- nodes ---------------------------------------------------------------------------------------
     def new_node(self, el: GraphElement) -> GraphElement:
         """Check a node to create; returns what to store and `add_node` (nothing applied yet)."""
         if el.ID in self.b.graph.nodes or el.ID in self.b.static_nodes:
             raise StaticError(f"Node '{el.ID}' already exists", 409)
-        return GraphElement(ID=el.ID, Metadata=dict(el.Metadata), Host=el.Host or self.default_host,
-                            Origin=el.Origin or self.api_origin, CreatedAt=0, UpdatedAt=0, Revision=0)
+        return GraphElement(
+            ID=el.ID,
+            Metadata=dict(el.Metadata),
+            Host=el.Host or self.default_host,
+            Origin=el.Origin or self.api_origin,
+            CreatedAt=0,
+            UpdatedAt=0,
+            Revision=0,
+        )
 
     def add_node(self, base: GraphElement) -> None:
         self.node_ids.add(base.ID)
@@ -115,9 +134,17 @@ class StaticTopology:
         for field, nid in (("Parent", el.Parent), ("Child", el.Child)):
             if nid not in self.b.graph.nodes:
                 raise StaticError(f"{field}: node '{nid}' does not exist")
-        return GraphElement(ID=el.ID, Metadata=dict(el.Metadata), Host=el.Host or self.default_host,
-                            Origin=el.Origin or self.api_origin, CreatedAt=0, UpdatedAt=0, Revision=0,
-                            Parent=el.Parent, Child=el.Child)
+        return GraphElement(
+            ID=el.ID,
+            Metadata=dict(el.Metadata),
+            Host=el.Host or self.default_host,
+            Origin=el.Origin or self.api_origin,
+            CreatedAt=0,
+            UpdatedAt=0,
+            Revision=0,
+            Parent=el.Parent,
+            Child=el.Child,
+        )
 
     def add_edge(self, base: GraphElement) -> None:
         self.edges[base.ID] = base
@@ -125,8 +152,12 @@ class StaticTopology:
 
     def _materialize(self, base: GraphElement) -> None:
         if base.Parent in self.b.graph.nodes and base.Child in self.b.graph.nodes:
-            self.b._upsert_edge(base.Host, None, ProbeEdge(ID=base.ID, Parent=base.Parent, Child=base.Child,
-                                                           Metadata=base.Metadata), origin=base.Origin)
+            self.b._upsert_edge(
+                base.Host,
+                None,
+                ProbeEdge(ID=base.ID, Parent=base.Parent, Child=base.Child, Metadata=base.Metadata),
+                origin=base.Origin,
+            )
 
     def materialize_all(self) -> None:
         """Put back static edges whose endpoints exist again (after an interface came back)."""
@@ -147,7 +178,8 @@ class StaticTopology:
         return msgspec.structs.replace(base, Metadata=meta)
 
     def applied(self, kind: str, base: GraphElement) -> GraphElement:
-        """The graph element after `add_node`/`add_edge` (the stored one for an edge waiting for an endpoint)."""
+        """The graph element after `add_node`/`add_edge` (the stored one for an edge waiting for an
+        endpoint)."""
         el = self.b.graph.nodes.get(base.ID) if kind == "node" else self.b.graph.edges.get(base.ID)
         return el if el is not None else base
 
@@ -174,7 +206,7 @@ def _patched_metadata(base: GraphElement, ops: list[dict[str, Any]]) -> dict[str
 class StaticController:
     """The bus side: requests from query-api, the key-value bucket, and rules kept up to date."""
 
-    def __init__(self, svc: "GraphBuilderService", limits: QueryLimits, settle_s: float = 0.1) -> None:
+    def __init__(self, svc: GraphBuilderService, limits: QueryLimits, settle_s: float = 0.1) -> None:
         self.svc = svc
         host = svc.cfg.host_id
         self.topology = StaticTopology(svc.builder, f"api.{host}", host)
@@ -184,9 +216,13 @@ class StaticController:
         self._dirty = asyncio.Event()
         self._applying = False
         m = svc.metrics
-        self.m_requests = m.counter("static_requests_total", "Static object / rule requests", ["kind", "op", "status"])
+        self.m_requests = m.counter(
+            "static_requests_total", "Static object / rule requests", ["kind", "op", "status"]
+        )
         self.m_rule_runs = m.counter("rule_evaluations_total", "Times every rule was applied again")
-        self.m_rule_errors = m.counter("rule_errors_total", "Rule evaluations that failed (query error or limit)")
+        self.m_rule_errors = m.counter(
+            "rule_errors_total", "Rule evaluations that failed (query error or limit)"
+        )
         self.m_rule_seconds = m.histogram("rule_evaluation_seconds", "Time to apply every rule again")
 
     async def start(self) -> None:
@@ -202,7 +238,10 @@ class StaticController:
             keys = await self.kv.keys()
         except Exception:  # nats-py raises NoKeysError on an empty bucket
             keys = []
-        nodes, edges, noderules, edgerules = [], [], [], []
+        nodes: list[GraphElement] = []
+        edges: list[GraphElement] = []
+        noderules: list[NodeRule] = []
+        edgerules: list[EdgeRule] = []
         for key in keys:
             entry = await self.kv.get(key)
             if entry is None or not entry.value:
@@ -231,16 +270,25 @@ class StaticController:
         mine = (self.topology.api_origin, self.rules.origin)
         for kind, ident in sorted(b.restored_foreign):
             edge = b.graph.edges.get(ident) if kind == "edge" else None
-            if edge is not None and edge.Origin in mine and ident not in self.topology.edges \
-                    and not self.rules.owns_edge(ident):
+            if (
+                edge is not None
+                and edge.Origin in mine
+                and ident not in self.topology.edges
+                and not self.rules.owns_edge(ident)
+            ):
                 b._delete_edge("", None, ident)
         for kind, ident in sorted(b.restored_foreign):
             node = b.graph.nodes.get(ident) if kind == "node" else None
             if node is not None and node.Origin in mine and ident not in b.static_nodes:
                 b._delete_node("", None, ident)
         b.restored_foreign.clear()
-        log.info("static topology loaded: %d nodes, %d edges, %d node rules, %d edge rules",
-                 len(nodes), len(edges), len(noderules), len(edgerules))
+        log.info(
+            "static topology loaded: %d nodes, %d edges, %d node rules, %d edge rules",
+            len(nodes),
+            len(edges),
+            len(noderules),
+            len(edgerules),
+        )
         await self.publish()
 
     # --- requests ------------------------------------------------------------------------------------
@@ -274,7 +322,11 @@ class StaticController:
                     raise StaticError(f"create {req.kind}: the request carries no element")
                 base = t.new_node(req.element) if req.kind == "node" else t.new_edge(req.element)
             else:
-                changed = t.patched_node(req.id, req.patch) if req.kind == "node" else t.patched_edge(req.id, req.patch)
+                changed = (
+                    t.patched_node(req.id, req.patch)
+                    if req.kind == "node"
+                    else t.patched_edge(req.id, req.patch)
+                )
                 if changed is None:
                     return StaticReply(status=304)
                 base = changed
@@ -312,14 +364,18 @@ class StaticController:
             return await self._done(201, edgerule=erule)
         if req.kind in ("noderule", "edgerule") and req.op == "delete":
             if req.id not in (r.noderules if req.kind == "noderule" else r.edgerules):
-                raise StaticError(f"{'NodeRule' if req.kind == 'noderule' else 'EdgeRule'} '{req.id}' not found", 404)
+                raise StaticError(
+                    f"{'NodeRule' if req.kind == 'noderule' else 'EdgeRule'} '{req.id}' not found", 404
+                )
             await self.kv.delete(key)
             if req.kind == "noderule":
                 r.remove_noderule(req.id)
             else:
                 r.remove_edgerule(req.id)
             return await self._done(200)
-        raise StaticError(f"unsupported request: op {req.op!r} on kind {req.kind!r} (or its object is missing)")
+        raise StaticError(
+            f"unsupported request: op {req.op!r} on kind {req.kind!r} (or its object is missing)"
+        )
 
     async def _put(self, key: str, value: Any) -> None:
         await self.kv.put(key, encode(value))
@@ -350,8 +406,8 @@ class StaticController:
             self._dirty.set()
 
     async def _rules_loop(self) -> None:
-        """Apply the rules after other writers changed the graph: `settle_s` after the first change (a burst of
-        probe messages lands first), and never more than a third of the time (busy graphs, big rules)."""
+        """Apply the rules after other writers changed the graph: `settle_s` after the first change (a burst
+        of probe messages lands first), and never more than a third of the time (busy graphs, big rules)."""
         pause = self.settle_s
         while True:
             await self._dirty.wait()

@@ -1,10 +1,10 @@
 """Skydive's static topology API: `/api/node`, `/api/edge` (POST, PATCH, DELETE; GET is in routes.py),
 `/api/noderule` and `/api/edgerule` (GET, POST, DELETE).
 
-query-api checks the request's shape (400 naming the field), then asks graph-builder, the single writer, to apply
-it (`StaticRequest` on `<prefix>.static.request`). Before answering, it waits until its own graph replica holds
-the change, so a client that creates a node and queries it right away finds it. Rules are read back from the
-`<prefix>_static` key-value bucket, which any replica can read.
+query-api checks the request's shape (400 naming the field), then asks graph-builder, the single writer, to
+apply it (`StaticRequest` on `<prefix>.static.request`). Before answering, it waits until its own graph
+replica holds the change, so a client that creates a node and queries it right away finds it. Rules are read
+back from the `<prefix>_static` key-value bucket, which any replica can read.
 """
 
 from __future__ import annotations
@@ -18,9 +18,20 @@ from aiohttp import web
 from nats.js.errors import KeyNotFoundError
 
 from netsonde.common.bus import BusDecodeError, decode, encode
-from netsonde.common.bus.static import (EdgeRule, NodeRule, StaticError, StaticReply, StaticRequest,
-                                        edge_from_json, edgerule_from_json, node_from_json, noderule_from_json,
-                                        open_static_bucket, rule_to_json, static_key)
+from netsonde.common.bus.static import (
+    EdgeRule,
+    NodeRule,
+    StaticError,
+    StaticReply,
+    StaticRequest,
+    edge_from_json,
+    edgerule_from_json,
+    node_from_json,
+    noderule_from_json,
+    open_static_bucket,
+    rule_to_json,
+    static_key,
+)
 from netsonde.common.graph import element_to_json
 
 if TYPE_CHECKING:
@@ -39,7 +50,7 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class StaticApi:
-    def __init__(self, svc: "QueryApiService") -> None:
+    def __init__(self, svc: QueryApiService) -> None:
         self.svc = svc
         self.kv: Any = None
 
@@ -59,7 +70,9 @@ class StaticApi:
     def _create(self, kind: str) -> Any:
         async def handler(request: web.Request) -> web.Response:
             if "X-Resource-TTL" in request.headers:
-                return _error(400, "X-Resource-TTL is not supported: static objects and rules stay until deleted")
+                return _error(
+                    400, "X-Resource-TTL is not supported: static objects and rules stay until deleted"
+                )
             try:
                 body = await request.json()
             except ValueError:
@@ -76,6 +89,7 @@ class StaticApi:
             except StaticError as exc:
                 return _error(exc.status, str(exc))
             return await self._send(req)
+
         return handler
 
     def _patch(self, kind: str) -> Any:
@@ -87,17 +101,23 @@ class StaticApi:
             problem = _check_patch(ops)
             if problem:
                 return _error(400, f"incorrect JSON patch: {problem}")
-            return await self._send(StaticRequest(op="patch", kind=kind, id=request.match_info["id"], patch=ops))
+            return await self._send(
+                StaticRequest(op="patch", kind=kind, id=request.match_info["id"], patch=ops)
+            )
+
         return handler
 
     def _delete(self, kind: str) -> Any:
         async def handler(request: web.Request) -> web.Response:
             return await self._send(StaticRequest(op="delete", kind=kind, id=request.match_info["id"]))
+
         return handler
 
     async def _send(self, req: StaticRequest) -> web.Response:
         try:
-            msg = await self.svc.nc.request(self.svc.subjects.static_request, encode(req), timeout=REQUEST_TIMEOUT_S)
+            msg = await self.svc.nc.request(
+                self.svc.subjects.static_request, encode(req), timeout=REQUEST_TIMEOUT_S
+            )
         except Exception as exc:  # no graph-builder answering
             return _error(503, f"graph-builder did not answer ({exc!r}); nothing was changed")
         try:
@@ -141,7 +161,9 @@ class StaticApi:
             return None
         if entry is None or not entry.value:
             return None
-        return decode(entry.value, NodeRule if kind == "noderule" else EdgeRule)
+        if kind == "noderule":
+            return decode(entry.value, NodeRule)
+        return decode(entry.value, EdgeRule)
 
     def _rule_list(self, kind: str) -> Any:
         async def handler(request: web.Request) -> web.Response:
@@ -157,6 +179,7 @@ class StaticApi:
                     if rule is not None:
                         out[rule.UUID] = rule_to_json(rule)
             return _json(out)
+
         return handler
 
     def _rule_get(self, kind: str) -> Any:
@@ -166,6 +189,7 @@ class StaticApi:
             if rule is None:
                 return _error(404, f"{'NodeRule' if kind == 'noderule' else 'EdgeRule'} '{ident}' not found")
             return _json(rule_to_json(rule))
+
         return handler
 
 

@@ -1,12 +1,13 @@
-"""A `/ws/subscriber` client's Gremlin filter (`X-Gremlin-Filter` header, `x-gremlin-filter` query parameter, or
-the `GremlinFilter` of a SyncRequest), as Skydive's subscriber endpoint applies it: the client sees the sub-graph
-the filter selects; after each change, elements that entered it come as NodeAdded/EdgeAdded, elements that left it
-as NodeDeleted/EdgeDeleted, and updates only for elements inside it.
+"""A `/ws/subscriber` client's Gremlin filter (`X-Gremlin-Filter` header, `x-gremlin-filter` query parameter,
+or the `GremlinFilter` of a SyncRequest), as Skydive's subscriber endpoint applies it: the client sees the
+sub-graph the filter selects; after each change, elements that entered it come as NodeAdded/EdgeAdded,
+elements that left it as NodeDeleted/EdgeDeleted, and updates only for elements inside it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from netsonde.common.bus.graph import GraphEvent
 from netsonde.common.graph import element_to_json
@@ -20,8 +21,8 @@ class FilterError(ValueError):
 
 
 def subgraph(run: Callable[[str], Any], query: str) -> SubGraph:
-    """The sub-graph a filter selects: a query giving a graph (`G`, `...SubGraph()`) as is, one giving nodes or
-    edges with `.SubGraph()` appended."""
+    """The sub-graph a filter selects: a query giving a graph (`G`, `...SubGraph()`) as is, one giving nodes
+    or edges with `.SubGraph()` appended."""
     result = run(query)
     if not _is_graph(result):
         result = run(query + ".SubGraph()")
@@ -32,7 +33,9 @@ def subgraph(run: Callable[[str], Any], query: str) -> SubGraph:
 
 
 def _is_graph(result: Any) -> bool:
-    return isinstance(result, list) and len(result) == 1 and isinstance(result[0], dict) and "Nodes" in result[0]
+    return (
+        isinstance(result, list) and len(result) == 1 and isinstance(result[0], dict) and "Nodes" in result[0]
+    )
 
 
 class FilteredView:

@@ -1,9 +1,9 @@
 """Static topology: nodes and edges created through the API, node rules and edge rules.
 
 query-api validates a request and sends a `StaticRequest` to graph-builder (request/reply on
-`<prefix>.static.request`); graph-builder, the single writer of the graph, persists the object in the JetStream
-key-value bucket `<prefix>_static`, applies it to the graph and answers a `StaticReply`. At start graph-builder
-reads the whole bucket back, so static objects and rules survive any restart.
+`<prefix>.static.request`); graph-builder, the single writer of the graph, persists the object in the
+JetStream key-value bucket `<prefix>_static`, applies it to the graph and answers a `StaticReply`. At start
+graph-builder reads the whole bucket back, so static objects and rules survive any restart.
 
 Bucket keys: `node.<id>`, `edge.<id>`, `noderule.<uuid>`, `edgerule.<uuid>` (an ID with characters a KV key
 cannot hold is written `=` + its unpadded base64url form). Values: a `StaticNode`/`StaticEdge` (a
@@ -42,9 +42,9 @@ class NodeRule(msgspec.Struct, omit_defaults=True):
 
 
 class EdgeRule(msgspec.Struct, omit_defaults=True):
-    """Skydive's EdgeRule: an edge with `Metadata` (RelationType required) from every node `Src` selects to every
-    node `Dst` selects, kept up to date as the queries' results change. Edge ID = UUIDv5(parent ID + child ID +
-    RelationType), as Skydive."""
+    """Skydive's EdgeRule: an edge with `Metadata` (RelationType required) from every node `Src` selects to
+    every node `Dst` selects, kept up to date as the queries' results change. Edge ID = UUIDv5(parent ID +
+    child ID + RelationType), as Skydive."""
 
     VERSION: ClassVar[int] = 1
     UUID: str
@@ -82,8 +82,8 @@ class StaticRequest(msgspec.Struct, omit_defaults=True):
 
 class StaticReply(msgspec.Struct, omit_defaults=True):
     """graph-builder -> query-api. `status` is the HTTP status to answer (201, 200, 304, 400, 404, 409 ...);
-    `error` the message when status >= 400. `seq` is the graph event sequence once the change was published, so
-    query-api can wait until its replica has it (`epoch` tells which graph-builder run)."""
+    `error` the message when status >= 400. `seq` is the graph event sequence once the change was published,
+    so query-api can wait until its replica has it (`epoch` tells which graph-builder run)."""
 
     VERSION: ClassVar[int] = 1
     status: int
@@ -130,13 +130,14 @@ async def open_static_bucket(js: Any, subjects: Subjects) -> Any:
         return await js.key_value(subjects.static_bucket)
     except (BucketNotFoundError, NotFoundError):
         try:
-            return await js.create_key_value(KeyValueConfig(bucket=subjects.static_bucket,
-                                                            storage=StorageType.FILE, history=1))
+            return await js.create_key_value(
+                KeyValueConfig(bucket=subjects.static_bucket, storage=StorageType.FILE, history=1)
+            )
         except Exception:
             return await js.key_value(subjects.static_bucket)  # another process created it first
 
 
-# --- validation of what users send (HTTP JSON) ---------------------------------------------------------------
+# --- validation of what users send (HTTP JSON) --------------------------------------------------------------
 def _require_str(obj: dict[str, Any], path: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise StaticError(f"{path} is required (a non-empty string)")
@@ -160,16 +161,23 @@ def _int_field(obj: dict[str, Any], name: str) -> int:
 
 
 def node_from_json(obj: Any) -> GraphElement:
-    """A node as Skydive's POST /api/node takes it: ID, Metadata.Name and Metadata.Type required; Host, Origin,
-    CreatedAt, UpdatedAt optional (graph-builder fills what is missing)."""
+    """A node as Skydive's POST /api/node takes it: ID, Metadata.Name and Metadata.Type required; Host,
+    Origin, CreatedAt, UpdatedAt optional (graph-builder fills what is missing)."""
     if not isinstance(obj, dict):
         raise StaticError("a node must be a JSON object")
     ident = _require_str(obj, "ID", obj.get("ID"))
     meta = _metadata(obj)
     _require_str(obj, "Metadata.Name", meta.get("Name"))
     _require_str(obj, "Metadata.Type", meta.get("Type"))
-    return GraphElement(ID=ident, Metadata=meta, Host=_opt_str(obj, "Host"), Origin=_opt_str(obj, "Origin"),
-                        CreatedAt=_int_field(obj, "CreatedAt"), UpdatedAt=_int_field(obj, "UpdatedAt"), Revision=0)
+    return GraphElement(
+        ID=ident,
+        Metadata=meta,
+        Host=_opt_str(obj, "Host"),
+        Origin=_opt_str(obj, "Origin"),
+        CreatedAt=_int_field(obj, "CreatedAt"),
+        UpdatedAt=_int_field(obj, "UpdatedAt"),
+        Revision=0,
+    )
 
 
 def edge_from_json(obj: Any) -> GraphElement:
@@ -181,9 +189,17 @@ def edge_from_json(obj: Any) -> GraphElement:
     _require_str(obj, "Metadata.RelationType", meta.get("RelationType"))
     parent = _require_str(obj, "Parent", obj.get("Parent"))
     child = _require_str(obj, "Child", obj.get("Child"))
-    return GraphElement(ID=ident, Metadata=meta, Host=_opt_str(obj, "Host"), Origin=_opt_str(obj, "Origin"),
-                        CreatedAt=_int_field(obj, "CreatedAt"), UpdatedAt=_int_field(obj, "UpdatedAt"), Revision=0,
-                        Parent=parent, Child=child)
+    return GraphElement(
+        ID=ident,
+        Metadata=meta,
+        Host=_opt_str(obj, "Host"),
+        Origin=_opt_str(obj, "Origin"),
+        CreatedAt=_int_field(obj, "CreatedAt"),
+        UpdatedAt=_int_field(obj, "UpdatedAt"),
+        Revision=0,
+        Parent=parent,
+        Child=child,
+    )
 
 
 def _opt_str(obj: dict[str, Any], name: str) -> str:
@@ -194,8 +210,8 @@ def _opt_str(obj: dict[str, Any], name: str) -> str:
 
 
 def noderule_from_json(obj: Any) -> NodeRule:
-    """Skydive's NodeRule checks: Action create (Metadata.Name/Type required) or update (Query required, Name and
-    Type cannot be changed)."""
+    """Skydive's NodeRule checks: Action create (Metadata.Name/Type required) or update (Query required, Name
+    and Type cannot be changed)."""
     if not isinstance(obj, dict):
         raise StaticError("a node rule must be a JSON object")
     action = obj.get("Action")
@@ -212,11 +228,19 @@ def noderule_from_json(obj: Any) -> NodeRule:
         _require_str(obj, "Query", query)
         for key in ("Name", "Type"):
             if key in meta:
-                raise StaticError(f"Metadata.{key}: Name and Type fields can not be changed by an update rule")
+                raise StaticError(
+                    f"Metadata.{key}: Name and Type fields can not be changed by an update rule"
+                )
         if not meta:
             raise StaticError("Metadata is required: the keys to merge into the selected nodes")
-    return NodeRule(UUID=_opt_str(obj, "UUID") or str(uuid.uuid4()), Action=action, Metadata=meta, Query=query,
-                    Name=_opt_str(obj, "Name"), Description=_opt_str(obj, "Description"))
+    return NodeRule(
+        UUID=_opt_str(obj, "UUID") or str(uuid.uuid4()),
+        Action=action,
+        Metadata=meta,
+        Query=query,
+        Name=_opt_str(obj, "Name"),
+        Description=_opt_str(obj, "Description"),
+    )
 
 
 def edgerule_from_json(obj: Any) -> EdgeRule:
@@ -226,13 +250,19 @@ def edgerule_from_json(obj: Any) -> EdgeRule:
     dst = _require_str(obj, "Dst", obj.get("Dst"))
     meta = _metadata(obj)
     _require_str(obj, "Metadata.RelationType", meta.get("RelationType"))
-    return EdgeRule(UUID=_opt_str(obj, "UUID") or str(uuid.uuid4()), Src=src, Dst=dst, Metadata=meta,
-                    Name=_opt_str(obj, "Name"), Description=_opt_str(obj, "Description"))
+    return EdgeRule(
+        UUID=_opt_str(obj, "UUID") or str(uuid.uuid4()),
+        Src=src,
+        Dst=dst,
+        Metadata=meta,
+        Name=_opt_str(obj, "Name"),
+        Description=_opt_str(obj, "Description"),
+    )
 
 
 def rule_to_json(rule: NodeRule | EdgeRule) -> dict[str, Any]:
     """Skydive's JSON of a rule (every field present, as the Go server marshals it)."""
-    out = msgspec.to_builtins(rule)
+    out: dict[str, Any] = msgspec.to_builtins(rule)
     out.pop("v", None)
     out.setdefault("Metadata", {})
     out.setdefault("Name", "")
