@@ -125,6 +125,9 @@ async def test_create_rule_and_persistence(stack: Stack) -> None:
         assert await gremlin(http, "G.V().Has('Rack','R7').Count()") == 3
         assert set((await http.get("/api/noderule")).json()) == {rule["UUID"], urule["UUID"]}
         assert set((await http.get("/api/edgerule")).json()) == {erule["UUID"]}
+        assert stack.gb is not None
+        assert stack.gb.health()["static"] == {"nodes": 3, "edges": 0, "noderules": 2, "edgerules": 1,
+                                               "rule_errors": {}}
         # later changes still follow the rules: a new server gets the rack and a link
         r = await http.post("/api/node", json={"ID": "srv-9", "Metadata": {"Name": "srv9", "Type": "server"}})
         assert r.status_code == 201

@@ -101,7 +101,8 @@ class GraphBuilderService(Service):
     def health(self) -> dict[str, Any]:
         return {"nodes": len(self.builder.graph.nodes), "edges": len(self.builder.graph.edges),
                 "seq": self.builder.seq, "hosts": sorted(self.builder.hosts),
-                "history_pending": len(self.writer.pending) if self.writer else 0}
+                "history_pending": len(self.writer.pending) if self.writer else 0,
+                "static": self.static.status() if self.static is not None else {}}
 
     # --- inputs --------------------------------------------------------------------------------------
     def _decode(self, msg: Msg, cls: type[T], kind: str) -> T | None:

@@ -430,5 +430,12 @@ class StaticController:
         self.m_rule_seconds.observe(elapsed)
         return elapsed
 
-    def rule_errors(self) -> dict[str, str]:
-        return dict(self.rules.errors)
+    def status(self) -> dict[str, Any]:
+        """For graph-builder's /healthz: how much static topology there is, and the rules failing now (why)."""
+        return {
+            "nodes": len(self.topology.node_ids),
+            "edges": len(self.topology.edges),
+            "noderules": len(self.rules.noderules),
+            "edgerules": len(self.rules.edgerules),
+            "rule_errors": dict(self.rules.errors),
+        }
