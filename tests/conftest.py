@@ -34,6 +34,15 @@ def clickhouse_url() -> Iterator[str]:
     proc.stop()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tiers are a contract (`-m "not ovs"` must leave out every test that needs OVS daemons): a test
+    that uses the `ovs` fixture (tests/integration/ovs_fixture.py) must be marked `ovs` and `root`."""
+    for item in items:
+        marks = {m.name for m in item.iter_markers()}
+        if "ovs" in getattr(item, "fixturenames", ()) and not {"ovs", "root"} <= marks:
+            raise pytest.UsageError(f"{item.nodeid} uses the ovs fixture: mark it @pytest.mark.ovs and root")
+
+
 @pytest.fixture
 def unique() -> str:
     """A short unique token for subject prefixes, database names and interface names."""
