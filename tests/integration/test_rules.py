@@ -145,9 +145,11 @@ async def test_create_rule_and_persistence(stack: Stack) -> None:
 
 @pytest.mark.root
 async def test_rules_follow_real_interfaces(stack: Stack, unique: str) -> None:
-    """An update rule and an edge rule over veths: a veth added later is selected, a deleted one drops out."""
+    """An update rule and an edge rule over veths: a veth added later is selected, a deleted one drops out; a rule
+    selects an interface inside a network namespace."""
     u = unique[:6]
     pairs = [(f"ra{u}{i}", f"rb{u}{i}") for i in range(3)]
+    ns = f"rns{u}"
     await stack.start_probe()
     try:
         for a, b in pairs[:2]:
@@ -182,6 +184,17 @@ async def test_rules_follow_real_interfaces(stack: Stack, unique: str) -> None:
             # deleting the update rule removes the key from every node it had touched
             assert (await http.delete(f"/api/noderule/{urule['UUID']}")).status_code == 200
             assert await gremlin(http, "G.V().Has('Zone').Count()") == 0
+
+            # an interface inside a network namespace, selected through its namespace
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            subprocess.run(["ip", "link", "set", pairs[0][1], "netns", ns], check=True)
+            inside = f"G.V().Has('Type','netns','Name','{ns}').Out().Has('Name','{pairs[0][1]}')"
+            await eventually(http, f"{inside}.Count()", 1)
+            r = await http.post("/api/noderule", json={"Action": "update", "Query": inside,
+                                                       "Metadata": {"Tenant": "t1"}})
+            assert r.status_code == 201
+            assert await gremlin(http, "G.V().Has('Tenant','t1').Values('Name')") == [pairs[0][1]]
     finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         for a, _ in pairs:
             subprocess.run(["ip", "link", "del", a], capture_output=True)
