@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -127,7 +128,6 @@ from tests.integration.test_flow_targets import nfacctd, nfacctd_totals  # noqa:
 
 
 def post(port: int, path: str, body: dict) -> tuple[int, object]:
-    import json
     import urllib.error
     import urllib.request
 
@@ -159,9 +159,15 @@ def test_capture_options_and_target_through_the_services(nats_url: str, clickhou
                                                 "Type": "ovssflow", "IPDefrag": True})
         assert code == 400 and "IPDefrag" in str(text) and "ovssflow" in str(text)
         sel = f"G.V().Has('Name','{veth['host']}')"
-        code, cap = post(api, "/api/capture", {"GremlinQuery": sel, "ExtraLayers": 2, "IPDefrag": True,
-                                               "BPFFilter": "udp port 53 or icmp or (ip[6:2] & 0x3fff != 0)"})
-        assert code == 200, cap
+        out = subprocess.run([sys.executable, "-m", "netsonde.cli", "client", "--analyzer", f"127.0.0.1:{api}",
+                              "capture", "create", "--gremlin", sel, "--ip-defrag", "--extra-layer", "DNS",
+                              "--bpf", "udp port 53 or icmp or (ip[6:2] & 0x3fff != 0)"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        cap = json.loads(out.stdout)
+        assert (cap["ExtraLayers"], cap["IPDefrag"]) == (2, True)  # Skydive's ["DNS"] form, as its bitmask
+        code, text = post(api, "/api/capture", {"GremlinQuery": sel, "TargetType": "netflow9", "Target": "h:1"})
+        assert code == 400 and "netflow9" in str(text)
         code, nf_cap = post(api, "/api/capture", {"GremlinQuery": sel, "BPFFilter": "icmp",
                                                   "TargetType": "netflowv5", "Target": f"127.0.0.1:{nf_port}"})
         assert code == 200, nf_cap
