@@ -124,7 +124,8 @@ def test_extra_layers_dns_on_real_traffic(veth) -> None:
 
 
 # --- end to end: the options and a NetFlow target set on a capture through the API ---------------------------
-from tests.integration.test_flow_targets import nfacctd, nfacctd_totals  # noqa: E402,F401  (fixture)
+from tests.integration.test_flow_targets import (gre_receiver, nfacctd, nfacctd_totals,  # noqa: E402,F401
+                                                 receive_erspan)
 
 
 def post(port: int, path: str, body: dict) -> tuple[int, object]:
@@ -141,7 +142,7 @@ def post(port: int, path: str, body: dict) -> tuple[int, object]:
 
 @pytest.mark.slow
 def test_capture_options_and_target_through_the_services(nats_url: str, clickhouse_url: str, unique: str, veth,
-                                                         nfacctd) -> None:
+                                                         nfacctd, gre_receiver) -> None:
     from bench.services import ServiceProcs
     from tests.integration.test_flows_e2e import gremlin, wait_until
 
@@ -175,7 +176,10 @@ def test_capture_options_and_target_through_the_services(nats_url: str, clickhou
             nodes = gremlin(api, sel) or [{}]
             return sorted(c.get("State", "") for c in nodes[0].get("Metadata", {}).get("Captures", []))
 
-        wait_until(lambda: states() == ["active", "active"], 30, "both captures active on the veth")
+        code, er_cap = post(api, "/api/capture", {"GremlinQuery": sel, "BPFFilter": "icmp",
+                                                  "TargetType": "erspanv1", "Target": "127.0.0.1"})
+        assert code == 200, er_cap
+        wait_until(lambda: states() == ["active"] * 3, 30, "the three captures active on the veth")
 
         dns_exchange(veth, "www.netsonde.test", "192.0.2.77")
         big_ping(veth)
@@ -196,6 +200,12 @@ def test_capture_options_and_target_through_the_services(nats_url: str, clickhou
         assert f["IPMetric"]["Fragments"] == 18
 
         totals = nfacctd_totals(nf_out, 2, timeout=20)
+        # the ERSPAN mirror: every fragment of the 3 echoes and 3 replies, in GRE sequence
+        mirrored = receive_erspan(gre_receiver, 3.0)
+        assert len(mirrored) == 18 and [m["seq"] for m in mirrored] == list(range(18))
+        assert sorted(len(m["frame"]) for m in mirrored) == [82] * 6 + [256] * 12  # cut to HeaderSize 256
+        assert sum(m["t"] for m in mirrored) == 12
+
         # no IPDefrag on that capture: 9 fragments each way, IP bytes 1500 + 1500 + 68 per echo
         assert totals == {(veth["ip"], veth["peer_ip"], "icmp"): (9, 3 * 3068),
                           (veth["peer_ip"], veth["ip"], "icmp"): (9, 3 * 3068)}
