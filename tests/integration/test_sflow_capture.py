@@ -32,7 +32,7 @@ def sh(*cmd: str) -> None:
 
 
 class Link:
-    """A namespace `ns` with `inner` (10.94.x.1/24) and its veth peer `outer` (10.94.x.2/24) in the root namespace:
+    """A namespace `ns` with `inner` (<subnet>.1/24) and its veth peer `outer` (<subnet>.2/24) in the root namespace:
     the sFlow agent sends from the root namespace to the node's address."""
 
     def __init__(self, unique: str, subnet: str) -> None:
@@ -61,7 +61,7 @@ class Link:
 
 @pytest.fixture
 def link(unique: str) -> Iterator[Link]:
-    lk = Link(unique, "10.94.0")
+    lk = Link(unique, f"10.251.{int(unique, 16) % 250}")  # a /24 of its own in the root namespace
     yield lk
     lk.delete()
 
