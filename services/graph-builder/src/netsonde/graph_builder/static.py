@@ -431,7 +431,7 @@ class StaticController:
         return elapsed
 
     def status(self) -> dict[str, Any]:
-        """For graph-builder's /healthz: how much static topology there is, and the rules failing now (why)."""
+        """For graph-builder's /healthz: how much static topology there is, and the rules failing now, why."""
         return {
             "nodes": len(self.topology.node_ids),
             "edges": len(self.topology.edges),
