@@ -19,6 +19,7 @@ import logging
 import struct
 import uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
 
 from netsonde.common.bus.flows import Flow
@@ -67,6 +68,7 @@ class PortInfo:
 Resolver = Callable[[str, int], "PortInfo | None"]
 
 
+@lru_cache(maxsize=4096)
 def fallback_tid(agent: str) -> str:
     """NodeTID of the samples of an agent none of whose ports is known (one table per agent, as Skydive keeps
     one table per agent socket): stable, but matches no graph node."""
