@@ -171,20 +171,19 @@ class IPDefragmenter:
         del self.pending[key]
         self.held_bytes -= dg.mem
         self.reassembled += 1
-        head = bytearray(dg.head)
-        if key[0] == 4:
-            ihl = len(head) - ip_off
-            struct.pack_into("!HHH", head, ip_off + 2, ihl + dg.total, (head[ip_off + 4] << 8) | head[ip_off + 5], 0)
-            head[ip_off + 6] = head[ip_off + 7] = 0
-            head[ip_off + 10] = head[ip_off + 11] = 0
-            s = sum(struct.unpack_from(f"!{ihl // 2}H", head, ip_off))
+        hdr = bytearray(dg.head)
+        if key[0] == 4:  # total length, fragment fields cleared, checksum recomputed
+            ihl = len(hdr) - ip_off
+            struct.pack_into("!H", hdr, ip_off + 2, ihl + dg.total)
+            hdr[ip_off + 6] = hdr[ip_off + 7] = 0
+            hdr[ip_off + 10] = hdr[ip_off + 11] = 0
+            s = sum(struct.unpack_from(f"!{ihl // 2}H", hdr, ip_off))
             s = (s & 0xFFFF) + (s >> 16)
             s = (s & 0xFFFF) + (s >> 16)
-            struct.pack_into("!H", head, ip_off + 10, ~s & 0xFFFF)
-        else:
-            struct.pack_into("!H", head, ip_off + 4, len(head) - ip_off - 40 + dg.total)
-        out = bytes(head) + bytes(data)
-        return out, len(head) + len(data) + (dg.total - len(data)), len(dg.frames)
+            struct.pack_into("!H", hdr, ip_off + 10, ~s & 0xFFFF)
+        else:  # payload length without the fragment header
+            struct.pack_into("!H", hdr, ip_off + 4, len(hdr) - ip_off - 40 + dg.total)
+        return bytes(hdr) + bytes(data), len(hdr) + dg.total, len(dg.frames)
 
     def expire(self, now_ns: int) -> int:
         """Give up datagrams older than the timeout (their frames go to `given_up`); returns how many."""
