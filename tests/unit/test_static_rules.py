@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import msgspec
 import pytest
 
 from netsonde.common.bus import topology as topo
@@ -62,6 +63,8 @@ def test_patch_semantics() -> None:
     with pytest.raises(StaticError) as exc:
         t.patched_node("nope", [])
     assert exc.value.status == 404
+    with pytest.raises(StaticError, match="reserved"):
+        t.new_node(msgspec.structs.replace(el("s2", Name="a", Type="b"), Origin="probe-topology.h1"))
 
 
 def test_update_rule_layer_survives_probe_updates_and_goes_with_the_rule() -> None:

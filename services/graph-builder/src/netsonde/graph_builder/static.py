@@ -73,11 +73,18 @@ class StaticTopology:
             409,
         )
 
+    def _check_origin(self, origin: str) -> None:
+        """Probes and graph-builder's own derivations own their origins: a static object cannot take one."""
+        for reserved in (f"{self.b.origin_service}.", "graph-builder."):
+            if origin.startswith(reserved):
+                raise StaticError(f"Origin {origin!r}: origins '{reserved}*' are reserved (probes, rules)")
+
     # --- nodes ---------------------------------------------------------------------------------------
     def new_node(self, el: GraphElement) -> GraphElement:
         """Check a node to create; returns what to store and `add_node` (nothing applied yet)."""
         if el.ID in self.b.graph.nodes or el.ID in self.b.static_nodes:
             raise StaticError(f"Node '{el.ID}' already exists", 409)
+        self._check_origin(el.Origin)
         return GraphElement(
             ID=el.ID,
             Metadata=dict(el.Metadata),
@@ -131,6 +138,7 @@ class StaticTopology:
         """Check an edge to create; returns what to store and `add_edge` (nothing applied yet)."""
         if el.ID in self.b.graph.edges or el.ID in self.edges:
             raise StaticError(f"Edge '{el.ID}' already exists", 409)
+        self._check_origin(el.Origin)
         for field, nid in (("Parent", el.Parent), ("Child", el.Child)):
             if nid not in self.b.graph.nodes:
                 raise StaticError(f"{field}: node '{nid}' does not exist")
