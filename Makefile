@@ -9,7 +9,7 @@ BENCH_APT_PACKAGES := tcpreplay pmacct softflowd iperf3 netsniff-ng
 STAMP := $(VENV)/.installed
 RATCHET_RULES := E,W,F,I,UP,B
 
-.PHONY: help deps deps-bench install allinone test test-unit bench lint clean
+.PHONY: help deps deps-bench install allinone demo demo-down test test-unit bench lint clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ install: deps $(STAMP) ## Create the venv in .venv and install every package (ed
 
 allinone: install ## Start NATS, the ClickHouse store and every service on this host
 	$(VENV)/bin/netsonde allinone
+
+demo: install ## Two simulated hosts, a VXLAN tunnel, captures and a ping, next to a running `make allinone`
+	$(PY) -m netsonde.cli.demo up
+
+demo-down: ## Remove everything `make demo` created
+	$(PY) -m netsonde.cli.demo down
 
 lint: $(STAMP) ## ruff on every tracked file; format check, stricter ruff and mypy --strict on lint-ratchet.txt
 	@tracked=$$(git ls-files '*.py' | while read -r f; do [ -e "$$f" ] && echo "$$f"; done); \

@@ -75,6 +75,8 @@ class SimHost:
     name: str
     state_dir: Path
     pid: int
+    launcher: int = 0
+    """The process that entered the namespaces and waits for PID 1 (named after the host)."""
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> str:
         """Run a command inside the host (its network, mount, UTS and PID namespaces); its stdout."""
@@ -111,8 +113,16 @@ class SimHost:
             return ""
 
     def stop(self, timeout: float = 30) -> None:
-        """Stop the host: probes, OVS, then every namespace goes with its PID 1."""
+        """Stop the host: probes, OVS, then every namespace goes with its PID 1 (and its launcher exits)."""
         stop_pid(self.pid, timeout)
+        if self.launcher > 0:
+            try:  # the launcher is our child when this process started the host: reap it
+                os.waitpid(self.launcher, 0)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 10
+        while self.launcher and _pid_alive(self.launcher) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -162,7 +172,7 @@ def start_host(
     while time.monotonic() < deadline:
         if (state_dir / "ready").exists():
             pid = int((state_dir / "pid").read_text())
-            return SimHost(name, state_dir, pid)
+            return SimHost(name, state_dir, pid, proc.pid)
         if proc.poll() is not None:
             raise SimHostError(
                 f"host {name} exited ({proc.returncode}):\n{(state_dir / 'host.log').read_text()}"
@@ -179,15 +189,17 @@ def find_host(name: str, state_dir: Path) -> SimHost | None:
     """The running host whose state dir is `state_dir` (for `demo-down`), or None."""
     try:
         pid = int((Path(state_dir) / "pid").read_text())
+        launcher = int((Path(state_dir) / "launcher").read_text())
     except (OSError, ValueError):
         return None
-    return SimHost(name, Path(state_dir).resolve(), pid) if _pid_alive(pid) else None
+    return SimHost(name, Path(state_dir).resolve(), pid, launcher) if _pid_alive(pid) else None
 
 
 # --- the host side: PID 1 ---------------------------------------------------------------------------------
 def _launch(name: str, state_dir: Path, nats_port: int) -> int:
     """Enter new namespaces and fork PID 1; this process stays as its parent (named after the host, so the
     machine's own probe names the host's namespace `<name>-<pid>`) and forwards SIGTERM to it."""
+    (state_dir / "launcher").write_text(str(os.getpid()))
     root_netns = os.open("/proc/self/ns/net", os.O_RDONLY)  # for the NATS relay's outgoing sockets
     _check(_libc.unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWPID), "unshare")
     _mount("none", "/", "", MS_REC | MS_PRIVATE)  # nothing we mount propagates back to the machine
