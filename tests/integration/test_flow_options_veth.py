@@ -154,7 +154,7 @@ def test_capture_options_and_target_through_the_services(nats_url: str, clickhou
         procs.start("probe_topology", ovsdb="", process_netns="false")
         api = procs.start("query_api")
         procs.start("flow_enricher")
-        procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1")
+        probe = procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1")
         # an option the type cannot honour is refused, naming both
         code, text = post(api, "/api/capture", {"GremlinQuery": f"G.V().Has('Name','{veth['host']}')",
                                                 "Type": "ovssflow", "IPDefrag": True})
@@ -200,6 +200,19 @@ def test_capture_options_and_target_through_the_services(nats_url: str, clickhou
         assert f["IPMetric"]["Fragments"] == 18
 
         totals = nfacctd_totals(nf_out, 2, timeout=20)
+        # the option counters in probe-flow's Prometheus metrics (3 echoes + 3 replies reassembled)
+        import urllib.request
+
+        def metric(event: str) -> float:
+            with urllib.request.urlopen(f"http://127.0.0.1:{probe}/metrics", timeout=10) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith(f'netsonde_probe_flow_option_events_total{{event="{event}"}}'):
+                        return float(line.split()[-1])
+            return -1.0
+
+        wait_until(lambda: metric("defrag_reassembled") == 6.0 and metric("erspan_packets") == 18.0, 20,
+                   "the option counters")
+
         # the ERSPAN mirror: every fragment of the 3 echoes and 3 replies, in GRE sequence
         mirrored = receive_erspan(gre_receiver, 3.0)
         assert len(mirrored) == 18 and [m["seq"] for m in mirrored] == list(range(18))
