@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from prometheus_client import Counter
 
 from .bus import Subjects, decode, encode
 from .bus.graph import GraphEvent, GraphEventBatch, SnapshotChunk, SnapshotRequest
@@ -26,9 +29,14 @@ SnapshotListener = Callable[[Graph], Awaitable[None] | None]
 
 
 class GraphReplica:
-    def __init__(self, nc: Any, subjects: Subjects, snapshot_timeout: float = 10.0,
-                 bad_messages: Any | None = None) -> None:
-        """`bad_messages`: the owner's Prometheus counter of undecodable bus messages (subject_kind, reason)."""
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        snapshot_timeout: float = 10.0,
+        bad_messages: Counter | None = None,
+    ) -> None:
+        """`bad_messages`: the owner's counter of undecodable bus messages (subject_kind, reason)."""
         self.nc = nc
         self.subjects = subjects
         self.graph = Graph()
@@ -43,7 +51,7 @@ class GraphReplica:
         self.resnapshots = 0
         self.inbound = InboundDecoder(bad_messages, log)
         self._buffer: list[GraphEventBatch] | None = None
-        self._sub: Any = None
+        self._sub: Subscription | None = None
         self._resync_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -127,8 +135,10 @@ class GraphReplica:
                     log.exception("graph snapshot listener failed")
             for batch in buffered:
                 await self._apply(batch)
-        log.info("graph snapshot loaded", extra={"nodes": len(graph.nodes), "edges": len(graph.edges),
-                                                 "seq": self.seq})
+        log.info(
+            "graph snapshot loaded",
+            extra={"nodes": len(graph.nodes), "edges": len(graph.edges), "seq": self.seq},
+        )
 
     async def _on_events(self, msg: Msg) -> None:
         batch = self.inbound(msg.data, GraphEventBatch, "graph_events", msg.subject)
