@@ -254,6 +254,22 @@ async def test_sflow_capture_end_to_end_through_the_api(link: Link, unique: str,
             assert len(flows) == 27 and {f["NodeTID"] for f in flows} == {node["Metadata"]["TID"]}
             assert sum(f["Metric"].get("ABBytes", 0) + f["Metric"].get("BABytes", 0) for f in flows) == want_bytes
             assert await gremlin(f"{flows_q}.Limit(1).CaptureNode().Values('Name')") == [link.inner]
+
+            # the agent's counter samples, summed over its interfaces, on the node (Skydive's SFlow metadata)
+            ref = SFlowCollector()
+            for d in DATAGRAMS:
+                ref.feed(d, link.peer_ip)
+            latest = {(i.Agent, i.IfIndex): i.Metric for i in ref.counters()}
+            want: dict[str, int] = {}
+            for values in latest.values():
+                for k, v in values.items():
+                    want[k] = want.get(k, 0) + v
+            assert len(latest) == 3 and want["IfInUcastPkts"] > 0  # three interfaces report in the slice
+
+            async def summed() -> bool:
+                [n] = await gremlin(node_q)
+                return (n["Metadata"].get("SFlow") or {}).get("Metric") == want
+            assert await wait_for(summed, 15, interval=0.5), (await gremlin(node_q))[0]["Metadata"].get("SFlow")
     finally:
         for svc in reversed(services):
             await svc.stop()

@@ -38,6 +38,7 @@ from netsonde.flow.table import FlowTable
 
 from .config import ProbeFlowConfig
 from .controller import CaptureController, QueryError, node_netns
+from .sflowsocket import publish_agent_counters
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,9 @@ class ProbeFlowService(Service):
         flows = await asyncio.to_thread(self.controller.collect, int(time.time() * 1000))
         self._export_stats()
         await self.publish_flows(flows)
+        # sflow captures: the external agent's counters on the node (SFlow metadata)
+        await publish_agent_counters(self.nc, self.subjects, self.cfg.host_id, self.controller,
+                                     self.m_publish_errors)
 
     def _export_stats(self) -> None:
         packets = drops = nflows = stream_errors = 0

@@ -9,24 +9,30 @@ then `SFlowCollector` into the capture's FlowTable), so every flow has `NodeTID`
 directions of a conversation in one flow, counts scaled by the agent's sampling rate and `SamplingRate` set.
 `PacketsReceived` counts the flow samples taken, `PacketsDropped` the datagrams the agent sent that never
 arrived (gaps in its sequence numbers: network or socket-queue losses). Malformed datagrams are dropped and
-counted (`datagrams_dropped`, logged once per reason); counter samples of the external agent are counted
-(`counter_samples`) but not published.
+counted (`datagrams_dropped`, logged once per reason). The agent's counter samples, summed over its
+interfaces, become the node's `SFlow.Metric` / `SFlow.LastUpdateMetric`, as Skydive puts them on the capture
+node (`publish_agent_counters`, on the interface-metrics subject).
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import select
 import socket
 import time
 from typing import Any
 
+from netsonde.common.bus import Subjects, encode
 from netsonde.common.bus.flows import Flow
+from netsonde.common.bus.metrics import InterfaceMetrics, InterfaceMetricsBatch
 from netsonde.flow.capture import BaseCapture
 from netsonde.flow.sflow.collector import PortInfo, SFlowCollector, recv_available
 from netsonde.flow.table import FlowTable
 
-__all__ = ["SFlowSocketCapture", "SampledFlows", "listen_address"]
+log = logging.getLogger(__name__)
+
+__all__ = ["SFlowSocketCapture", "SampledFlows", "listen_address", "publish_agent_counters"]
 
 PROCESS_INTERVAL_S = 0.2
 """How often pending samples go through the flow table (they are folded per header until then)."""
@@ -91,6 +97,11 @@ class SFlowSocketCapture(BaseCapture):
         # every sample goes to the node's table
         self.collector.tables[(table.node_tid, table.capture_id)] = table
         self.flows = SampledFlows(self.collector, table)
+        self._if_counters: dict[tuple[str, int], dict[str, int]] = {}
+        """(agent, ifIndex) -> the latest absolute counters of that interface."""
+        self._reported: tuple[dict[str, int], int] | None = None
+        """The sums last reported, and when (ms)."""
+        self._counters_new = False
         self.sock: socket.socket | None = None
         self.sflow_socket = ""
         """host:port the agent sends to ("" until listening)."""
@@ -107,6 +118,34 @@ class SFlowSocketCapture(BaseCapture):
     @property
     def counter_samples(self) -> int:
         return sum(s.counter_samples for s in self.collector.stats.values())
+
+    def interface_metrics(self, now_ms: int) -> InterfaceMetrics | None:
+        """The agent's interface counters summed over its interfaces (Skydive's `SFlow` of the capture node),
+        with the change since the previous report (a counter that went back, e.g. an agent restart, counts
+        from zero); None when no counter sample came since. Call with `lock` held."""
+        if not self._counters_new:
+            return None
+        self._counters_new = False
+        total: dict[str, int] = {}
+        for values in self._if_counters.values():
+            for k, v in values.items():
+                total[k] = total.get(k, 0) + v
+        delta: dict[str, int] = {}
+        if self._reported is not None:
+            prev, prev_ms = self._reported
+            delta = {k: v - prev[k] if v >= prev[k] else v for k, v in total.items() if k in prev}
+            delta["Start"], delta["Last"] = prev_ms, now_ms
+        self._reported = (total, now_ms)
+        agents = sorted({a for a, _ in self._if_counters})
+        return InterfaceMetrics(
+            Key="SFlow",
+            Metric=total,
+            LastUpdateMetric=delta,
+            Last=now_ms,
+            NodeTID=self.table.node_tid,
+            Name=self.ifname,
+            Agent=",".join(agents),
+        )
 
     # --- the thread ---------------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -136,7 +175,9 @@ class SFlowSocketCapture(BaseCapture):
                 next_process = time.monotonic() + PROCESS_INTERVAL_S
                 with self.lock:
                     self.collector.process(int(time.time() * 1000))
-                    self.collector.counters()  # external agent's interface counters: counted, not kept
+                    for item in self.collector.counters():
+                        self._if_counters[(item.Agent, item.IfIndex)] = item.Metric
+                        self._counters_new = True
                     stats = self.collector.stats.values()
                     self.packets_received = sum(s.flow_samples for s in stats)
                     self.packets_dropped = sum(s.lost for s in stats)
@@ -160,3 +201,29 @@ class SFlowSocketCapture(BaseCapture):
     def _close(self) -> None:
         if self.sock is not None:
             self.sock.close()
+
+
+async def publish_agent_counters(nc: Any, subjects: Subjects, host: str, controller: Any, errors: Any) -> int:
+    """Publish the summed counters of every running `sflow` capture of `controller` that got counter samples
+    since the previous call, as one InterfaceMetricsBatch (graph-builder merges each item into its node's
+    `SFlow`). A failed publish is logged and counted in `errors` (a Prometheus counter labelled by kind).
+    Returns the number of items sent."""
+    now = int(time.time() * 1000)
+    items = []
+    for rc in list(controller.running.values()):
+        reader = rc.reader
+        if isinstance(reader, SFlowSocketCapture):
+            with reader.lock:
+                item = reader.interface_metrics(now)
+            if item is not None:
+                items.append(item)
+    if not items:
+        return 0
+    batch = InterfaceMetricsBatch(host=host, source="sflow", ts=now, items=items)
+    try:
+        await nc.publish(subjects.interface_metrics(host), encode(batch))
+    except Exception as e:  # NATS down: the next counter sample brings the sums again
+        errors.labels("metrics").inc()
+        log.warning("could not publish sflow capture counters: %r", e)
+        return 0
+    return len(items)
