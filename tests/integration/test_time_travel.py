@@ -12,6 +12,8 @@ import asyncio
 import os
 import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from email.utils import format_datetime
 from typing import Any
@@ -28,6 +30,8 @@ from netsonde.probe_topology.service import ProbeTopologyService
 from netsonde.query_api.config import QueryApiConfig
 from netsonde.query_api.service import QueryApiService
 
+from ovs_fixture import start_ovs, stop_ovs  # tests/integration/ovs_fixture.py
+
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
@@ -35,24 +39,32 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
-@pytest.fixture
-async def stack(nats_url: str, clickhouse_url: str, unique: str):
+@asynccontextmanager
+async def services(nats_url: str, clickhouse_url: str, unique: str, ovsdb: str = "") -> AsyncIterator[httpx.AsyncClient]:
+    """graph-builder, probe-topology and query-api on the real NATS and ClickHouse, an HTTP client to the API."""
     common = dict(env={}, nats_url=nats_url, subject_prefix=f"tt{unique}", host_id=f"host-{unique}",
                   clickhouse_url=clickhouse_url, clickhouse_database=f"tt_{unique}")
     gb = GraphBuilderService(GraphBuilderConfig.load(**common, history_flush_interval_s=0.2))
     await gb.start()
     # counters refresh off: only the test's changes make revisions, so the values read back are exact
-    probe = ProbeTopologyService(ProbeTopologyConfig.load(**common, ovsdb="", process_netns=False,
+    probe = ProbeTopologyService(ProbeTopologyConfig.load(**common, ovsdb=ovsdb, process_netns=False,
                                                           metrics_interval_s=3600))
-    await probe.start()
-    port = free_port()
-    api = QueryApiService(QueryApiConfig.load(**common, http_port=port))
-    await api.start()
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+    api = QueryApiService(QueryApiConfig.load(**common, http_port=free_port()))
+    try:
+        await probe.start()
+        await api.start()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api.cfg.http_port}", timeout=10) as http:
+            yield http
+    finally:
+        await api.stop()
+        await probe.stop()
+        await gb.stop()
+
+
+@pytest.fixture
+async def stack(nats_url: str, clickhouse_url: str, unique: str):
+    async with services(nats_url, clickhouse_url, unique) as http:
         yield http
-    await api.stop()
-    await probe.stop()
-    await gb.stop()
 
 
 @pytest.fixture
@@ -123,8 +135,16 @@ async def test_namespaced_interface_at_three_instants(stack, names) -> None:
     ip("-n", ns, "link", "set", pb, "mtu", "1300", "up")
     assert await wait_for(lambda: live(f"G.V('{pb_id}').Values('State')", ["UP"]), 10)
     assert await wait_for(lambda: live(f"G.V('{pb_id}').Values('MTU')", [1300]), 10)
-    await asyncio.sleep(1)
-    last = await node_now()  # after the carrier too (the link coming up may take two revisions)
+    # the link coming up takes more than one revision (carrier, IPv6 link-local address after DAD): the last
+    # state is the one that holds for 2 s
+    last = await node_now()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        await asyncio.sleep(2)
+        again = await node_now()
+        if again["Revision"] == last["Revision"]:
+            break
+        last = again
     await asyncio.sleep(max(0.0, (last["UpdatedAt"] + 3200) / 1000 - time.time()))
 
     # the three instants: 1.1 s after each revision (and 2 s before the next one)
@@ -173,7 +193,7 @@ async def test_namespaced_interface_at_three_instants(stack, names) -> None:
     # a window over the second life: each revision once, in order, with its own values
     window_s = (t[2] - created["UpdatedAt"]) / 1000
     revs = await gremlin(http, f"G.Context({t[2]}, {window_s}).V().Has('Name','{pb}')")
-    # the link coming up may take two revisions (up, then carrier): every revision number once, in order
+    # every revision number once, in order
     assert [r["Revision"] for r in revs] == list(range(created["Revision"], last["Revision"] + 1))
     by_rev = {r["Revision"]: (r["Metadata"]["MTU"], r["Metadata"]["State"]) for r in revs}
     assert [by_rev[created["Revision"]], by_rev[changed["Revision"]], by_rev[last["Revision"]]] == expected
@@ -181,3 +201,55 @@ async def test_namespaced_interface_at_three_instants(stack, names) -> None:
     mtus = await gremlin(http, f"G.Context({t[2]}, {window_s}).V().Has('Name','{pb}').Values('MTU')")
     assert mtus == [m for m, _ in (by_rev[r["Revision"]] for r in revs)]
     assert [m for i, m in enumerate(mtus) if i == 0 or mtus[i - 1] != m] == [1500, 1400, 1300]
+
+
+@pytest.mark.ovs
+async def test_ovs_and_static_objects_at_past_instants(nats_url: str, clickhouse_url: str, unique: str) -> None:
+    """OVS bridges, ports and interfaces (private OVS daemons) and static objects (/api/node) are in the past
+    graph of an instant when they existed, and not in one after they were deleted."""
+    link = f"/tmp/ttovs{unique}.sock"
+    br, internal, static_id, tor = f"tb{unique}", f"ti{unique}", f"static-{unique}", f"tor-{unique}"
+    ovs = start_ovs()
+    try:
+        os.symlink(ovs.dir / "db.sock", link)
+        async with services(nats_url, clickhouse_url, unique, ovsdb=f"unix:{link}") as http:
+            async def live(q: str, expected: Any) -> bool:
+                r = await http.post("/api/topology", json={"GremlinQuery": q})
+                return r.status_code == 200 and r.json() == expected
+
+            ovs.vsctl("add-br", br, "--", "set", "bridge", br, "datapath_type=netdev")
+            ovs.vsctl("add-port", br, internal, "--", "set", "interface", internal, "type=internal")
+            r = await http.post("/api/node", json={"ID": static_id, "Metadata": {"Name": tor, "Type": "switch"}})
+            assert r.status_code in (200, 201), r.text
+            owned = f"G.V().Has('Name','{br}','Type','ovsbridge').Out('Type','ovsport').Dedup().Sort(ASC,'Name').Values('Name')"
+            assert await wait_for(lambda: live(owned, sorted([br, internal])), 30)  # its own port too
+            assert await wait_for(lambda: live(f"G.V().Has('Name','{tor}').Values('Type')", ["switch"]), 10)
+            newest = max(n["UpdatedAt"] for n in await gremlin(http, f"G.V().Has('Name', Regex('.*{unique}.*'))"))
+            await asyncio.sleep(max(0.0, (newest + 1500) / 1000 - time.time()))
+            existed = newest + 1000
+
+            ovs.vsctl("del-br", br)
+            assert (await http.delete(f"/api/node/{static_id}")).status_code == 200
+            assert await wait_for(lambda: live(f"G.V().Has('Name','{br}').Count()", 0), 30)
+            assert await wait_for(lambda: live(f"G.V().Has('Name','{tor}').Count()", 0), 10)
+            await asyncio.sleep(1.2)
+            gone = int(time.time() * 1000) - 100
+
+            async def history_has_deletions() -> bool:
+                r = await http.post("/api/topology", json={"GremlinQuery": f"G.At({gone}).V().Has('Name','{tor}').Count()"})
+                return r.status_code == 200 and r.json() == 0
+
+            assert await wait_for(history_has_deletions, 15)
+            for at, bridges, ports, statics in ((existed, [br], sorted([br, internal]), [static_id]), (gone, [], [], [])):
+                assert await gremlin(http, f"G.At({at}).V().Has('Type','ovsbridge').Has('Name','{br}')"
+                                           f".Values('Name')") == bridges
+                assert await gremlin(http, f"G.At({at}).V().Has('Name','{br}','Type','ovsbridge')"
+                                           f".Out('Type','ovsport').Dedup().Sort(ASC,'Name').Values('Name')") == ports
+                assert await gremlin(http, f"G.At({at}).V().Has('Name','{tor}').Values('ID')") == statics
+            # the internal interface: owned by its port at the instant it existed
+            assert await gremlin(http, f"G.At({existed}).V().Has('Name','{internal}','Type','ovsport')"
+                                       f".Out().Has('Name','{internal}').Values('Type')") == ["internal"]
+    finally:
+        if os.path.lexists(link):
+            os.unlink(link)
+        stop_ovs(ovs)
