@@ -35,12 +35,14 @@ def decode(data: bytes, cls: type[T]) -> T:
     if decoder is None:
         decoder = _decoders[cls] = msgspec.msgpack.Decoder(cls)
     try:
-        msg = decoder.decode(data)
+        msg: T = decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise BusDecodeError("schema", str(exc)) from None
     except msgspec.DecodeError as exc:
         raise BusDecodeError("msgpack", str(exc)) from None
     expected = getattr(cls, "VERSION", None)
     if expected is not None and getattr(msg, "v", expected) != expected:
-        raise BusDecodeError("version", f"{cls.__name__} v{getattr(msg, 'v')} (this build reads v{expected})")
+        raise BusDecodeError(
+            "version", f"{cls.__name__} v{getattr(msg, 'v', '?')} (this build reads v{expected})"
+        )
     return msg

@@ -13,17 +13,35 @@ from typing import ClassVar
 import msgspec
 
 SFLOW_COUNTERS = (
-    "IfInOctets", "IfInUcastPkts", "IfInMulticastPkts", "IfInBroadcastPkts", "IfInDiscards", "IfInErrors",
-    "IfInUnknownProtos", "IfOutOctets", "IfOutUcastPkts", "IfOutMulticastPkts", "IfOutBroadcastPkts",
-    "IfOutDiscards", "IfOutErrors",
+    "IfInOctets",
+    "IfInUcastPkts",
+    "IfInMulticastPkts",
+    "IfInBroadcastPkts",
+    "IfInDiscards",
+    "IfInErrors",
+    "IfInUnknownProtos",
+    "IfOutOctets",
+    "IfOutUcastPkts",
+    "IfOutMulticastPkts",
+    "IfOutBroadcastPkts",
+    "IfOutDiscards",
+    "IfOutErrors",
 )
 """Counter names of the sFlow generic interface record, as in Skydive's SFMetric."""
 
 ETHERNET_COUNTERS = (
-    "Dot3StatsAlignmentErrors", "Dot3StatsFCSErrors", "Dot3StatsSingleCollisionFrames",
-    "Dot3StatsMultipleCollisionFrames", "Dot3StatsSQETestErrors", "Dot3StatsDeferredTransmissions",
-    "Dot3StatsLateCollisions", "Dot3StatsExcessiveCollisions", "Dot3StatsInternalMacTransmitErrors",
-    "Dot3StatsCarrierSenseErrors", "Dot3StatsFrameTooLongs", "Dot3StatsInternalMacReceiveErrors",
+    "Dot3StatsAlignmentErrors",
+    "Dot3StatsFCSErrors",
+    "Dot3StatsSingleCollisionFrames",
+    "Dot3StatsMultipleCollisionFrames",
+    "Dot3StatsSQETestErrors",
+    "Dot3StatsDeferredTransmissions",
+    "Dot3StatsLateCollisions",
+    "Dot3StatsExcessiveCollisions",
+    "Dot3StatsInternalMacTransmitErrors",
+    "Dot3StatsCarrierSenseErrors",
+    "Dot3StatsFrameTooLongs",
+    "Dot3StatsInternalMacReceiveErrors",
     "Dot3StatsSymbolErrors",
 )
 """Counter names of the sFlow Ethernet interface record."""

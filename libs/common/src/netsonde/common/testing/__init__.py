@@ -21,7 +21,8 @@ from pathlib import Path
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def find_nats_server() -> str:
@@ -67,7 +68,9 @@ def start_nats(workdir: Path | None = None, port: int | None = None) -> Proc:
     log_path = workdir / "nats.log"
     popen = subprocess.Popen(
         [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(workdir / "js")],
-        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     proc = Proc(popen, f"nats://127.0.0.1:{port}", workdir, log_path)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -87,7 +90,9 @@ def start_store(workdir: Path | None = None, port: int | None = None) -> Proc:
     log_path = workdir / "store.log"
     popen = subprocess.Popen(
         [sys.executable, "-m", "netsonde.store", "--data-dir", str(workdir / "data"), "--port", str(port)],
-        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     proc = Proc(popen, url, workdir, log_path)
     deadline = time.monotonic() + 60
