@@ -87,6 +87,22 @@ def test_ip_defrag_on_real_fragments(veth) -> None:
     assert not [x for x in flows if x.LayersPath.endswith("Fragment")]
 
 
+def test_ipv6_defrag_on_real_fragments(veth, unique: str) -> None:
+    n = int(unique[:4], 16)
+    a, b = f"fd00:{n:x}::1", f"fd00:{n:x}::2"
+    sh("ip", "-6", "addr", "add", f"{a}/64", "dev", veth["host"], "nodad")
+    sh("ip", "-n", veth["ns"], "-6", "addr", "add", f"{b}/64", "dev", veth["peer"], "nodad")
+    flows = captured(veth, FlowTable("n", ip_defrag=True), "icmp6 or (ip6 and ip6[6] == 44)",
+                     lambda: sh("ping", "-6", "-c", "3", "-i", "0.2", "-W", "1", "-s", "3000", b))
+    echo = [f for f in flows if f.ICMP is not None and f.ICMP.Type == "ECHO"]
+    assert len(echo) == 1, flows
+    f = echo[0]
+    assert (f.Network.A, f.Network.B, f.LayersPath) == (a, b, "Ethernet/IPv6/ICMPv6/ICMPv6Echo")
+    assert (f.Metric.ABPackets, f.Metric.BAPackets) == (3, 3)
+    assert (f.Metric.ABBytes, f.Metric.BABytes) == (3 * 3062, 3 * 3062)  # 14 + 40 + 8 + 3000 per echo
+    assert f.IPMetric.Fragments == 18
+
+
 def test_without_ip_defrag_each_fragment_counts(veth) -> None:
     flows = captured(veth, FlowTable("n"), "icmp or (ip[6:2] & 0x3fff != 0)", lambda: big_ping(veth))
     icmp = [f for f in flows if f.Application == "ICMPv4"]
