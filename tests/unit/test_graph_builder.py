@@ -147,3 +147,17 @@ def test_an_id_that_comes_back_continues_its_revisions() -> None:
     restarted.apply(full(0, {"h": {"Name": "h1"}, "e": {"Name": "eth0"}}, [("h", "e", "ownership")], boot="b2"))
     _, revs = restarted.take()
     assert [(r.kind, r.element.ID, r.element.Revision) for r in revs] == [("node", "e", 5), ("edge", "h-e", 5)]
+
+
+def test_deleted_revisions_are_forgotten_with_the_history_ttl() -> None:
+    now = [1_000]
+    b = GraphBuilder(clock=lambda: now[0], history_ttl_ms=100_000)
+    b.apply(full(0, {"a": {"Name": "a"}, "b": {"Name": "b"}}))
+    b.apply(full(1, {"b": {"Name": "b"}}))
+    assert b.deleted_revisions == {("node", "a"): (2, 1_000)}
+    now[0] = 1_000 + 100_000 + 60_001  # a's deletion left the history; the next deletion prunes it
+    b.apply(full(2, {}))
+    assert b.deleted_revisions == {("node", "b"): (2, 161_001)}
+    b.apply(full(3, {"a": {"Name": "a"}, "b": {"Name": "b"}}))
+    _, revs = b.take()
+    assert [(r.element.ID, r.element.Revision) for r in revs[-2:]] == [("a", 1), ("b", 3)]

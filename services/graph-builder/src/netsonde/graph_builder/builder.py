@@ -39,7 +39,8 @@ class Revision:
 
 
 class GraphBuilder:
-    def __init__(self, origin_service: str = "probe-topology", clock: Callable[[], int] | None = None) -> None:
+    def __init__(self, origin_service: str = "probe-topology", clock: Callable[[], int] | None = None,
+                 history_ttl_ms: int = 30 * 86_400_000) -> None:
         import time
 
         self.graph = Graph()
@@ -59,10 +60,13 @@ class GraphBuilder:
         self.events: list[GraphEvent] = []
         self.revisions: list[Revision] = []
         self.resync_wanted: set[str] = set()
-        self.deleted_revisions: dict[tuple[str, str], int] = {}
-        """(kind, ID) -> last revision of a deleted element: an ID that comes back (a namespace inode the kernel
-        reused, a re-created static object) continues its revision numbers, so the history, keyed and ordered
-        by (ID, revision), never holds two lives under one revision."""
+        self.deleted_revisions: dict[tuple[str, str], tuple[int, int]] = {}
+        """(kind, ID) -> (last revision, deletion time) of a deleted element: an ID that comes back (a namespace
+        inode the kernel reused, a re-created static object) continues its revision numbers, so the history, keyed
+        and ordered by (ID, revision), never holds two lives under one revision. Forgotten once the history no
+        longer holds the deletion (`history_ttl_ms`, the table's TTL)."""
+        self.history_ttl_ms = history_ttl_ms
+        self._next_prune = 0
 
     # --- probe messages ------------------------------------------------------------------------------
     def apply(self, msg: topo.TopologyMessage) -> None:
@@ -150,7 +154,7 @@ class GraphBuilder:
         old = self.graph.nodes.get(nid)
         now = self.clock()
         if old is None:
-            rev = self.deleted_revisions.pop(("node", nid), 0) + 1
+            rev = self.deleted_revisions.pop(("node", nid), (0, 0))[0] + 1
             el = GraphElement(ID=nid, Metadata=effective, Host=hostname, Origin=origin,
                               CreatedAt=now, UpdatedAt=now, Revision=rev)
             self.graph.upsert_node(el)
@@ -169,7 +173,7 @@ class GraphBuilder:
         old = self.graph.edges.get(edge.ID)
         now = self.clock()
         if old is None:
-            rev = self.deleted_revisions.pop(("edge", edge.ID), 0) + 1
+            rev = self.deleted_revisions.pop(("edge", edge.ID), (0, 0))[0] + 1
             el = GraphElement(ID=edge.ID, Metadata=edge.Metadata, Host=hostname, Origin=origin,
                               CreatedAt=now, UpdatedAt=now, Revision=rev, Parent=edge.Parent, Child=edge.Child)
             self.graph.upsert_edge(el)
@@ -191,7 +195,7 @@ class GraphBuilder:
         el = GraphElement(ID=old.ID, Metadata=old.Metadata, Host=old.Host, Origin=old.Origin,
                           CreatedAt=old.CreatedAt, UpdatedAt=now, Revision=old.Revision + 1, DeletedAt=now,
                           Parent=old.Parent, Child=old.Child)
-        self.deleted_revisions[("edge", eid)] = el.Revision
+        self._forget_deleted("edge", el)
         self._emit("EdgeDeleted", "edge", el)
 
     def _delete_node(self, hostname: str, host: HostState | None, nid: str) -> None:
@@ -209,8 +213,19 @@ class GraphBuilder:
         now = max(self.clock(), old.UpdatedAt)
         el = GraphElement(ID=old.ID, Metadata=old.Metadata, Host=old.Host, Origin=old.Origin,
                           CreatedAt=old.CreatedAt, UpdatedAt=now, Revision=old.Revision + 1, DeletedAt=now)
-        self.deleted_revisions[("node", nid)] = el.Revision
+        self._forget_deleted("node", el)
         self._emit("NodeDeleted", "node", el)
+
+    def _forget_deleted(self, kind: str, el: GraphElement) -> None:
+        """Remember a deleted element's last revision; drop those the history's TTL has removed (at most once
+        a minute of element time)."""
+        deleted_at = el.DeletedAt or el.UpdatedAt
+        self.deleted_revisions[(kind, el.ID)] = (el.Revision, deleted_at)
+        if deleted_at >= self._next_prune:
+            self._next_prune = deleted_at + 60_000
+            horizon = deleted_at - self.history_ttl_ms
+            for key in [k for k, (_, at) in self.deleted_revisions.items() if at < horizon]:
+                del self.deleted_revisions[key]
 
     # --- other sources of metadata -------------------------------------------------------------------
     def set_overlay(self, nid: str, key: str, value: Any) -> bool:
@@ -247,7 +262,7 @@ class GraphBuilder:
         number); every host is then marked as needing a resync."""
         for kind, el in elements:
             if el.DeletedAt is not None:
-                self.deleted_revisions[(kind, el.ID)] = el.Revision
+                self._forget_deleted(kind, el)
                 continue
             if not el.Origin.startswith(f"{self.origin_service}."):
                 # static objects and rule results: no probe's state; static.py keeps or deletes them

@@ -39,7 +39,7 @@ class GraphBuilderService(Service):
         super().__init__(config)
         self.cfg = config
         self.subjects = Subjects(config.subject_prefix)
-        self.builder = GraphBuilder()
+        self.builder = GraphBuilder(history_ttl_ms=config.history_ttl_days * 86_400_000)
         self.tunnels = TunnelLinks(self.builder)
         """Cross-host tunnel edges, derived after each probe message (tunnels.py)."""
         self.nc: Any = None
