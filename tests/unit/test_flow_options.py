@@ -257,3 +257,16 @@ def test_options_off_keep_the_fast_path() -> None:
     t = FlowTable("n")
     assert t._opts is None and t._per_frame is (t._acc is None)
     assert FlowTable("n", extra_layers=2)._per_frame
+
+
+def test_tcp_reassembly_of_skydive_test_pcap_matches_tshark_follow() -> None:
+    """Payload bytes per direction equal `tshark -z follow,tcp,raw,N` on the file: (112, 488), (147, 19884)."""
+    from pathlib import Path
+
+    from netsonde.flow.pcap import flows_from_pcap
+
+    pcap = Path(__file__).resolve().parents[1] / "data" / "eth-ip4-arp-dns-req-http-google.pcap"
+    flows = flows_from_pcap(pcap, table=FlowTable("n", reassemble_tcp=True))
+    tcp = sorted((f.TCPMetric.ABBytes, f.TCPMetric.BABytes, f.TCPMetric.ABSawStart, f.TCPMetric.BASawEnd)
+                 for f in flows if f.Application == "TCP")
+    assert tcp == [(112, 488, 1, 1), (147, 19884, 1, 1)]
