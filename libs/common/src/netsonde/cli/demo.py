@@ -56,7 +56,7 @@ QUERIES: tuple[tuple[str, str], ...] = (
     ),
     (
         "where it was seen, in path order (nearer the requester, longer round trip)",
-        "G.Flows().Has('TrackingID','<id>').Sort(DESC,'Metric.RTT').Hops()",
+        "G.Flows().Has('TrackingID','<id>').Hops()",
     ),
     ("the tunnel's outer flow, parent of the ping on each underlay", "G.Flows().Has('Application','VXLAN')"),
 )

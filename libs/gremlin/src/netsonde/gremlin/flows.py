@@ -408,6 +408,11 @@ class FlowsT(Value):
         return self._to_nodes(step, "nodes")
 
     def step_hops(self, step: Step, ctx: Context) -> Value:
+        if not self.stages:
+            # no Sort/Dedup/Limit asked: path order. A capture point nearer the requester sees a longer round
+            # trip (a local delta, free of clock skew between hosts); flows without RTT by first packet time
+            self.stages.append("SELECT * FROM ({inner}) ORDER BY MetricRTT DESC, MetricStart ASC, UUID ASC")
+            self._rows = None
         return self._to_nodes(step, "hops")
 
     step_capturenode = step_hops
