@@ -36,6 +36,7 @@ def _shape(flows: list[dict]) -> set[tuple]:
             for f in flows}
 
 
+@pytest.mark.slow
 def test_pcap_import_keeps_packet_time(nats_url: str, clickhouse_url: str, unique: str) -> None:
     procs = ServiceProcs(nats_url, clickhouse_url, prefix=f"p{unique}")
     procs.env["NETSONDE_CLICKHOUSE_DATABASE"] = f"pcap_time_{unique}"
