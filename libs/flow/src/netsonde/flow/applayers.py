@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import Any
 
 VRRP = 1
 DNS = 2
@@ -25,6 +26,10 @@ EXTRA_LAYER_NAMES = {"VRRP": VRRP, "DNS": DNS, "DHCPv4": DHCPV4}
 DNS_PORTS = frozenset({53, 5353})
 DHCP_PORTS = frozenset({67, 68})
 IPPROTO_VRRP = 112
+
+
+Layer = dict[str, Any]
+"""One decoded layer (or record) in Skydive's JSON shape."""
 
 
 class LayerError(ValueError):
@@ -51,16 +56,44 @@ def parse_extra_layers(value: int | str | list[str]) -> int:
 
 
 # --- DNS -------------------------------------------------------------------------------------------------
-_QTYPES = {1: "A", 2: "NS", 3: "MD", 4: "MF", 5: "CNAME", 6: "SOA", 7: "MB", 8: "MG", 9: "MR", 10: "NULL",
-           11: "WKS", 12: "PTR", 13: "HINFO", 14: "MINFO", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV",
-           41: "OPT", 255: "Unknown"}
+_QTYPES = {
+    1: "A",
+    2: "NS",
+    3: "MD",
+    4: "MF",
+    5: "CNAME",
+    6: "SOA",
+    7: "MB",
+    8: "MG",
+    9: "MR",
+    10: "NULL",
+    11: "WKS",
+    12: "PTR",
+    13: "HINFO",
+    14: "MINFO",
+    15: "MX",
+    16: "TXT",
+    28: "AAAA",
+    33: "SRV",
+    41: "OPT",
+    255: "Unknown",
+}
 """gopacket's DNSType names."""
 _QCLASSES = {1: "IN", 2: "CS", 3: "CH", 4: "HS", 255: "Any"}
 _OPCODES = {0: "Query", 1: "IQuery", 2: "Status", 4: "Notify", 5: "Update"}
-_RCODES = {0: "No Error", 1: "Format Error", 2: "Server Failure", 3: "Non-Existent Domain",
-           4: "Not Implemented", 5: "Query Refused", 6: "Name Exists when it should not",
-           7: "RR Set Exists when it should not", 8: "RR Set that should exist does not",
-           9: "Server Not Authoritative for zone", 10: "Name not contained in zone"}
+_RCODES = {
+    0: "No Error",
+    1: "Format Error",
+    2: "Server Failure",
+    3: "Non-Existent Domain",
+    4: "Not Implemented",
+    5: "Query Refused",
+    6: "Name Exists when it should not",
+    7: "RR Set Exists when it should not",
+    8: "RR Set that should exist does not",
+    9: "Server Not Authoritative for zone",
+    10: "Name not contained in zone",
+}
 """gopacket's DNSResponseCode.String() values (what Skydive stores)."""
 
 
@@ -88,12 +121,12 @@ def _name(b: bytes, off: int, depth: int = 0) -> tuple[str, int]:
             continue
         if n & 0xC0:
             raise LayerError("DNS label type not supported")
-        labels.append(b[off + 1:off + 1 + n].decode("ascii", "replace"))
+        labels.append(b[off + 1 : off + 1 + n].decode("ascii", "replace"))
         off += 1 + n
     return ".".join(labels), end if end >= 0 else off
 
 
-def _record(b: bytes, off: int) -> tuple[dict, int]:
+def _record(b: bytes, off: int) -> tuple[Layer, int]:
     name, off = _name(b, off)
     if off + 10 > len(b):
         raise LayerError("DNS record truncated")
@@ -102,12 +135,17 @@ def _record(b: bytes, off: int) -> tuple[dict, int]:
     rd = off
     if rd + rdlen > len(b):
         raise LayerError("DNS record data truncated")
-    rr: dict = {"name": name, "type": _QTYPES.get(typ, str(typ)), "class": _QCLASSES.get(cls, str(cls)),
-                "TTL": ttl, "data_length": rdlen}
+    rr: Layer = {
+        "name": name,
+        "type": _QTYPES.get(typ, str(typ)),
+        "class": _QCLASSES.get(cls, str(cls)),
+        "TTL": ttl,
+        "data_length": rdlen,
+    }
     if typ == 1 and rdlen == 4:
-        rr["IP"] = socket.inet_ntop(socket.AF_INET, b[rd:rd + 4])
+        rr["IP"] = socket.inet_ntop(socket.AF_INET, b[rd : rd + 4])
     elif typ == 28 and rdlen == 16:
-        rr["IP"] = socket.inet_ntop(socket.AF_INET6, b[rd:rd + 16])
+        rr["IP"] = socket.inet_ntop(socket.AF_INET6, b[rd : rd + 16])
     elif typ == 2:
         rr["NS"] = _name(b, rd)[0]
     elif typ == 5:
@@ -120,7 +158,7 @@ def _record(b: bytes, off: int) -> tuple[dict, int]:
         txts, p = [], rd
         while p < rd + rdlen:
             n = b[p]
-            txts.append(b[p + 1:p + 1 + n].decode("utf-8", "replace"))
+            txts.append(b[p + 1 : p + 1 + n].decode("utf-8", "replace"))
             p += 1 + n
         rr["TXTs"] = txts
     elif typ == 6:
@@ -129,8 +167,15 @@ def _record(b: bytes, off: int) -> tuple[dict, int]:
         if p + 20 > len(b):
             raise LayerError("DNS SOA truncated")
         serial, refresh, retry, expire, minimum = struct.unpack_from("!IIIII", b, p)
-        rr["SOA"] = {"m_name": mname, "r_name": rname, "serial": serial, "refresh": refresh, "retry": retry,
-                     "expire": expire, "minimum": minimum}
+        rr["SOA"] = {
+            "m_name": mname,
+            "r_name": rname,
+            "serial": serial,
+            "refresh": refresh,
+            "retry": retry,
+            "expire": expire,
+            "minimum": minimum,
+        }
     elif typ == 33 and rdlen >= 7:
         prio, weight, port = struct.unpack_from("!HHH", b, rd)
         rr["SRV"] = {"priority": prio, "weight": weight, "port": port, "name": _name(b, rd + 6)[0]}
@@ -139,16 +184,26 @@ def _record(b: bytes, off: int) -> tuple[dict, int]:
     return rr, rd + rdlen
 
 
-def parse_dns(b: bytes, ts_ns: int) -> dict:
+def parse_dns(b: bytes, ts_ns: int) -> Layer:
     """Skydive's DNS object from one DNS message (UDP payload, or one TCP message without its length)."""
     if len(b) < 12:
         raise LayerError("DNS header truncated")
     ident, flags, qd, an, ns, ar = struct.unpack_from("!HHHHHH", b, 0)
-    d: dict = {"ID": ident, "QR": bool(flags & 0x8000), "op_code": _OPCODES.get((flags >> 11) & 0xF, "Unknown"),
-               "AA": bool(flags & 0x0400), "TC": bool(flags & 0x0200), "RD": bool(flags & 0x0100),
-               "RA": bool(flags & 0x0080), "z": (flags >> 4) & 0x7,
-               "response_code": _RCODES.get(flags & 0xF, "Unknown"),
-               "q_d_count": qd, "a_n_count": an, "n_s_count": ns, "a_r_count": ar}
+    d: Layer = {
+        "ID": ident,
+        "QR": bool(flags & 0x8000),
+        "op_code": _OPCODES.get((flags >> 11) & 0xF, "Unknown"),
+        "AA": bool(flags & 0x0400),
+        "TC": bool(flags & 0x0200),
+        "RD": bool(flags & 0x0100),
+        "RA": bool(flags & 0x0080),
+        "z": (flags >> 4) & 0x7,
+        "response_code": _RCODES.get(flags & 0xF, "Unknown"),
+        "q_d_count": qd,
+        "a_n_count": an,
+        "n_s_count": ns,
+        "a_r_count": ar,
+    }
     off = 12
     questions = []
     for _ in range(qd):
@@ -157,7 +212,9 @@ def parse_dns(b: bytes, ts_ns: int) -> dict:
             raise LayerError("DNS question truncated")
         typ, cls = struct.unpack_from("!HH", b, off)
         off += 4
-        questions.append({"name": name, "type": _QTYPES.get(typ, str(typ)), "class": _QCLASSES.get(cls, str(cls))})
+        questions.append(
+            {"name": name, "type": _QTYPES.get(typ, str(typ)), "class": _QCLASSES.get(cls, str(cls))}
+        )
     if questions:
         d["questions"] = questions
     for key, count in (("answers", an), ("authorities", ns), ("additionals", ar)):
@@ -173,20 +230,26 @@ def parse_dns(b: bytes, ts_ns: int) -> dict:
 
 
 # --- DHCPv4 and VRRPv2 -------------------------------------------------------------------------------------
-def parse_dhcpv4(b: bytes) -> dict:
-    """The DHCPv4 fields Skydive fills (File, Flags, HardwareLen, HardwareOpts, ServerName, Secs), plus Xid."""
+def parse_dhcpv4(b: bytes) -> Layer:
+    """The DHCPv4 fields Skydive fills (File, Flags, HardwareLen, HardwareOpts, ServerName, Secs) and Xid."""
     if len(b) < 236:
         raise LayerError("DHCPv4 message truncated")
     op, htype, hlen, hops, xid, secs, flags = struct.unpack_from("!BBBBIHH", b, 0)
     if op not in (1, 2):
         raise LayerError(f"DHCPv4 op {op} is neither request nor reply")
-    d = {"hardware_len": hlen, "hardware_opts": hops, "xid": xid, "secs": secs, "flags": flags,
-         "server_name": b[44:108].rstrip(b"\x00").decode("ascii", "replace"),
-         "file": b[108:236].rstrip(b"\x00").decode("ascii", "replace")}
+    d = {
+        "hardware_len": hlen,
+        "hardware_opts": hops,
+        "xid": xid,
+        "secs": secs,
+        "flags": flags,
+        "server_name": b[44:108].rstrip(b"\x00").decode("ascii", "replace"),
+        "file": b[108:236].rstrip(b"\x00").decode("ascii", "replace"),
+    }
     return {k: v for k, v in d.items() if v}
 
 
-def parse_vrrpv2(b: bytes) -> dict:
+def parse_vrrpv2(b: bytes) -> Layer:
     """The VRRPv2 fields Skydive fills (Version, VirtualRtrID, Priority, AdverInt), plus CountIPAddr."""
     if len(b) < 8:
         raise LayerError("VRRP header truncated")

@@ -23,6 +23,11 @@ from collections import OrderedDict
 _ETH_VLAN = (0x8100, 0x88A8, 0x9100)
 _V6_EXT = {0, 43, 60}
 
+Key = tuple[int, bytes, bytes, int]
+"""A datagram: (IP version, source + destination, identification, protocol / next header)."""
+Fragment = tuple[Key, bytes, int, bool, bytes, int, int]
+"""(key, link + IP header, fragment offset, more fragments, captured payload, declared length, IP offset)."""
+
 DEFAULT_TIMEOUT_NS = 30_000_000_000
 DEFAULT_MAX_DATAGRAMS = 4096
 DEFAULT_MAX_BYTES = 16 << 20
@@ -52,12 +57,16 @@ class _Datagram:
 class IPDefragmenter:
     """Reassembles IPv4 and IPv6 fragments of Ethernet frames; see the module docstring."""
 
-    def __init__(self, timeout_ns: int = DEFAULT_TIMEOUT_NS, max_datagrams: int = DEFAULT_MAX_DATAGRAMS,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        timeout_ns: int = DEFAULT_TIMEOUT_NS,
+        max_datagrams: int = DEFAULT_MAX_DATAGRAMS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self.timeout_ns = timeout_ns
         self.max_datagrams = max_datagrams
         self.max_bytes = max_bytes
-        self.pending: OrderedDict[tuple, _Datagram] = OrderedDict()
+        self.pending: OrderedDict[Key, _Datagram] = OrderedDict()
         self.held_bytes = 0
         self.reassembled = 0
         self.timeouts = 0
@@ -90,19 +99,19 @@ class IPDefragmenter:
 
     # --- header parsing: (key, head, fragment offset, more fragments, payload) or None ---------------------
     @staticmethod
-    def _ipv4(b: bytes, off: int) -> tuple | None:
+    def _ipv4(b: bytes, off: int) -> Fragment | None:
         ihl = (b[off] & 0x0F) * 4
         fl = (b[off + 6] << 8) | b[off + 7]
         if not fl & 0x3FFF or ihl < 20 or len(b) < off + ihl:
             return None
         total = (b[off + 2] << 8) | b[off + 3]
         end = min(len(b), off + total) if total >= ihl else len(b)
-        key = (4, b[off + 12:off + 20], b[off + 4:off + 6], b[off + 9])
+        key = (4, b[off + 12 : off + 20], b[off + 4 : off + 6], b[off + 9])
         declared = total - ihl if total >= ihl else end - off - ihl
-        return key, b[:off + ihl], (fl & 0x1FFF) * 8, bool(fl & 0x2000), b[off + ihl:end], declared, off
+        return key, b[: off + ihl], (fl & 0x1FFF) * 8, bool(fl & 0x2000), b[off + ihl : end], declared, off
 
     @staticmethod
-    def _ipv6(b: bytes, off: int) -> tuple | None:
+    def _ipv6(b: bytes, off: int) -> Fragment | None:
         if len(b) < off + 40:
             return None
         plen = (b[off + 4] << 8) | b[off + 5]
@@ -119,27 +128,39 @@ class IPDefragmenter:
         if nh != 44 or end < p + 8:
             return None
         fo = (b[p + 2] << 8) | b[p + 3]
-        key = (6, b[off + 8:off + 40], b[p + 4:p + 8], b[p])
+        key = (6, b[off + 8 : off + 40], b[p + 4 : p + 8], b[p])
         # head: everything before the fragment header, with the previous next-header set to the inner one
         head = bytearray(b[:p])
         head[nh_at] = b[p]
         declared = (off + 40 + plen if plen else end) - p - 8
-        return key, bytes(head), fo & 0xFFF8, bool(fo & 1), b[p + 8:end], declared, off
+        return key, bytes(head), fo & 0xFFF8, bool(fo & 1), b[p + 8 : end], declared, off
 
     # --- reassembly -------------------------------------------------------------------------------------
-    def _add(self, frame: bytes, ts_ns: int, wire_len: int, key: tuple, head: bytes, foff: int, more: bool,
-             payload: bytes, declared: int, ip_off: int) -> tuple[bytes, int, int] | None:
+    def _add(
+        self,
+        frame: bytes,
+        ts_ns: int,
+        wire_len: int,
+        key: Key,
+        head: bytes,
+        foff: int,
+        more: bool,
+        payload: bytes,
+        declared: int,
+        ip_off: int,
+    ) -> tuple[bytes, int, int] | None:
         dg = self.pending.get(key)
         if dg is None:
-            while self.pending and (len(self.pending) >= self.max_datagrams
-                                    or self.held_bytes + 2 * len(frame) > self.max_bytes):
+            while self.pending and (
+                len(self.pending) >= self.max_datagrams or self.held_bytes + 2 * len(frame) > self.max_bytes
+            ):
                 self._give_up(next(iter(self.pending)), "evicted")
             dg = self.pending[key] = _Datagram(ts_ns)
         dg.frames.append((frame, ts_ns, wire_len))
         dg.mem += 2 * len(frame)
         self.held_bytes += 2 * len(frame)
         old = dg.pieces.get(foff)
-        if old is not None and (old[0] != declared or old[1][:len(payload)] != payload[:len(old[1])]):
+        if old is not None and (old[0] != declared or old[1][: len(payload)] != payload[: len(old[1])]):
             self._give_up(key, "errors")
             return None
         if old is None:
@@ -162,7 +183,7 @@ class IPDefragmenter:
             if o > covered:
                 return None  # a hole (overlaps made size reach total): wait for the missing piece
             if whole:
-                data += p[covered - o:]
+                data += p[covered - o :]
                 whole = len(p) == n
             covered = max(covered, o + n)
         if covered != dg.total:
@@ -202,7 +223,7 @@ class IPDefragmenter:
         while self.pending:
             self._give_up(next(iter(self.pending)), "timeouts")
 
-    def _give_up(self, key: tuple, why: str) -> None:
+    def _give_up(self, key: Key, why: str) -> None:
         dg = self.pending.pop(key)
         self.held_bytes -= dg.mem
         setattr(self, why, getattr(self, why) + 1)

@@ -33,15 +33,21 @@ _DNS_TCP_MAX = 64 << 10
 class PacketOptions:
     """Per-table state of the packet options; see the module docstring."""
 
-    def __init__(self, table: "FlowTable", ip_defrag: bool, reassemble_tcp: bool, extra_layers: int,
-                 defrag_timeout_ns: int = 30_000_000_000) -> None:
+    def __init__(
+        self,
+        table: FlowTable,
+        ip_defrag: bool,
+        reassemble_tcp: bool,
+        extra_layers: int,
+        defrag_timeout_ns: int = 30_000_000_000,
+    ) -> None:
         self.table = table
         self.events = table.stats.events
         self.defrag = IPDefragmenter(timeout_ns=defrag_timeout_ns) if ip_defrag else None
         self.extra = applayers.parse_extra_layers(extra_layers)
         self.streams = TCPStreams(self._tcp_data) if reassemble_tcp else None
         self._dns_tcp: dict[tuple[Any, bool], bytearray] = {}
-        self._cur: "FlowState | None" = None
+        self._cur: FlowState | None = None
         self._dns_port = False
 
     # --- before decoding ----------------------------------------------------------------------------------
@@ -84,13 +90,17 @@ class PacketOptions:
     def _defrag_events(self, before: tuple[int, int, int, int]) -> None:
         d = self.defrag
         assert d is not None
-        for name, was, now in zip(("defrag_reassembled", "defrag_timeouts", "defrag_evicted", "defrag_errors"),
-                                  before, (d.reassembled, d.timeouts, d.evicted, d.errors)):
+        for name, was, now in zip(
+            ("defrag_reassembled", "defrag_timeouts", "defrag_evicted", "defrag_errors"),
+            before,
+            (d.reassembled, d.timeouts, d.evicted, d.errors),
+            strict=True,
+        ):
             if now != was:
                 self.events[name] = self.events.get(name, 0) + now - was
 
     # --- after counting -----------------------------------------------------------------------------------
-    def packet(self, fs: "FlowState", seg: "Segment", frame: bytes, ts_ns: int) -> None:
+    def packet(self, fs: FlowState, seg: Segment, frame: bytes, ts_ns: int) -> None:
         """The innermost segment of a packet, counted in flow `fs`: reassembly and application layers."""
         if seg.pay_off < 0:
             return
@@ -98,11 +108,14 @@ class PacketOptions:
         if seg.tr_proto == "TCP":
             if self.streams is not None:
                 self._cur = fs
-                self._dns_port = bool(self.extra & applayers.DNS) and (seg.sport in DNS_PORTS
-                                                                       or seg.dport in DNS_PORTS)
-                payload = frame[seg.pay_off:min(end, len(frame))]
+                self._dns_port = bool(self.extra & applayers.DNS) and (
+                    seg.sport in DNS_PORTS or seg.dport in DNS_PORTS
+                )
+                payload = frame[seg.pay_off : min(end, len(frame))]
                 missing = max(0, end - len(frame))
-                self.streams.segment(fs.key, fs.is_ab(seg), seg.tcp_seq, seg.tcp_flags, payload, missing, ts_ns)
+                self.streams.segment(
+                    fs.key, fs.is_ab(seg), seg.tcp_seq, seg.tcp_flags, payload, missing, ts_ns
+                )
                 self._cur = None
             return
         extra = self.extra
@@ -112,18 +125,22 @@ class PacketOptions:
             if seg.tr_proto == "UDP":
                 ports = (seg.sport, seg.dport)
                 if extra & applayers.DNS and (ports[0] in DNS_PORTS or ports[1] in DNS_PORTS):
-                    self._set(fs, "DNS", applayers.parse_dns(frame[seg.pay_off:min(end, len(frame))], ts_ns))
+                    self._set(
+                        fs, "DNS", applayers.parse_dns(frame[seg.pay_off : min(end, len(frame))], ts_ns)
+                    )
                 elif extra & applayers.DHCPV4 and ports[0] in DHCP_PORTS and ports[1] in DHCP_PORTS:
                     if fs.extra is None or "DHCPv4" not in fs.extra:
-                        self._set(fs, "DHCPv4", applayers.parse_dhcpv4(frame[seg.pay_off:min(end, len(frame))]))
+                        self._set(
+                            fs, "DHCPv4", applayers.parse_dhcpv4(frame[seg.pay_off : min(end, len(frame))])
+                        )
             elif seg.ip_proto == IPPROTO_VRRP and extra & applayers.VRRP:
                 if fs.extra is None or "VRRPv2" not in fs.extra:
-                    self._set(fs, "VRRPv2", applayers.parse_vrrpv2(frame[seg.pay_off:min(end, len(frame))]))
+                    self._set(fs, "VRRPv2", applayers.parse_vrrpv2(frame[seg.pay_off : min(end, len(frame))]))
         except (LayerError, IndexError, UnicodeError) as e:
             self.events["layer_errors"] = self.events.get("layer_errors", 0) + 1
             del e
 
-    def _set(self, fs: "FlowState", name: str, value: dict) -> None:
+    def _set(self, fs: FlowState, name: str, value: dict) -> None:
         if fs.extra is None:
             fs.extra = {}
         fs.extra[name] = value
@@ -139,8 +156,8 @@ class PacketOptions:
             n = (buf[0] << 8) | buf[1]
             if len(buf) < 2 + n:
                 break
-            msg = bytes(buf[2:2 + n])
-            del buf[:2 + n]
+            msg = bytes(buf[2 : 2 + n])
+            del buf[: 2 + n]
             try:
                 self._set(self._cur, "DNS", applayers.parse_dns(msg, ts_ns))
             except (LayerError, IndexError, UnicodeError):
@@ -150,7 +167,7 @@ class PacketOptions:
             self.events["layer_errors"] = self.events.get("layer_errors", 0) + 1
 
     # --- out ----------------------------------------------------------------------------------------------
-    def flow_fields(self, fs: "FlowState") -> tuple[dict[str, Any], dict[str, int]]:
+    def flow_fields(self, fs: FlowState) -> tuple[dict[str, Any], dict[str, int]]:
         """(extra layers, reassembly TCPMetric fields) of a flow for its next update."""
         tcp = self.streams.metric(fs.key) if self.streams is not None and fs.tr_proto == "TCP" else {}
         if self.streams is not None and self.streams.overflows:

@@ -14,7 +14,7 @@ captured and the missing tail counts as skipped bytes.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 _MOD = 1 << 32
 _HALF = 1 << 31
@@ -26,8 +26,18 @@ DEFAULT_MAX_TOTAL = 64 << 20
 class HalfStream:
     """One direction of a TCP connection."""
 
-    __slots__ = ("next", "pending", "buffered", "packets", "bytes", "out_of_order", "skipped",
-                 "skipped_bytes", "saw_start", "saw_end")
+    __slots__ = (
+        "next",
+        "pending",
+        "buffered",
+        "packets",
+        "bytes",
+        "out_of_order",
+        "skipped",
+        "skipped_bytes",
+        "saw_start",
+        "saw_end",
+    )
 
     def __init__(self) -> None:
         self.next = -1
@@ -39,10 +49,15 @@ class HalfStream:
         self.saw_start = self.saw_end = False
 
     def metric(self, prefix: str) -> dict[str, int]:
-        return {f"{prefix}Packets": self.packets, f"{prefix}Bytes": self.bytes,
-                f"{prefix}SegmentOutOfOrder": self.out_of_order, f"{prefix}SegmentSkipped": self.skipped,
-                f"{prefix}SegmentSkippedBytes": self.skipped_bytes, f"{prefix}SawStart": int(self.saw_start),
-                f"{prefix}SawEnd": int(self.saw_end)}
+        return {
+            f"{prefix}Packets": self.packets,
+            f"{prefix}Bytes": self.bytes,
+            f"{prefix}SegmentOutOfOrder": self.out_of_order,
+            f"{prefix}SegmentSkipped": self.skipped,
+            f"{prefix}SegmentSkippedBytes": self.skipped_bytes,
+            f"{prefix}SawStart": int(self.saw_start),
+            f"{prefix}SawEnd": int(self.saw_end),
+        }
 
 
 OnData = Callable[[object, bool, bytes, int], None]
@@ -52,8 +67,12 @@ OnData = Callable[[object, bool, bytes, int], None]
 class TCPStreams:
     """The reassembly state of every TCP flow of a table, keyed by the flow's table key."""
 
-    def __init__(self, on_data: OnData | None = None, max_buffer: int = DEFAULT_MAX_BUFFER,
-                 max_total: int = DEFAULT_MAX_TOTAL) -> None:
+    def __init__(
+        self,
+        on_data: OnData | None = None,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+        max_total: int = DEFAULT_MAX_TOTAL,
+    ) -> None:
         self.on_data = on_data
         self.max_buffer = max_buffer
         self.max_total = max_total
@@ -62,8 +81,9 @@ class TCPStreams:
         self.overflows = 0
         """Gaps skipped because a buffer limit was reached (the rest count in each stream's `skipped`)."""
 
-    def segment(self, key: object, from_a: bool, seq: int, flags: int, payload: bytes, missing: int,
-                ts_ns: int) -> HalfStream:
+    def segment(
+        self, key: object, from_a: bool, seq: int, flags: int, payload: bytes, missing: int, ts_ns: int
+    ) -> HalfStream:
         """Account one TCP segment: `payload` as captured, `missing` bytes of it cut by the snap length."""
         pair = self.streams.get(key)
         if pair is None:
@@ -108,7 +128,9 @@ class TCPStreams:
                 self._drain(key, hs, from_a, ts_ns)
         return hs
 
-    def _deliver(self, key: object, hs: HalfStream, from_a: bool, data: bytes, missing: int, ts_ns: int) -> None:
+    def _deliver(
+        self, key: object, hs: HalfStream, from_a: bool, data: bytes, missing: int, ts_ns: int
+    ) -> None:
         hs.packets += 1
         hs.bytes += len(data)
         hs.next = (hs.next + len(data) + missing) % _MOD

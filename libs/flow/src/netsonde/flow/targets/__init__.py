@@ -5,7 +5,7 @@ the packet options (`IPDefrag`, `ReassembleTCP`, `ExtraLayers`) go to the `FlowT
 picks a table that also feeds the target:
 
 - `netflowv5`: every flow update of the table is exported as NetFlow v5 records to `Target` (host:port, UDP);
-- `erspanv1`: every captured packet is mirrored as ERSPAN (type II, GRE) to `Target` (host; a port is ignored).
+- `erspanv1`: every captured packet is mirrored as ERSPAN (type II, GRE) to `Target` (host; no port used).
 
 The flows still go to Netsonde's own pipeline, so the capture stays visible in Gremlin.
 """
@@ -35,11 +35,15 @@ def check_target(cap: Capture) -> None:
     if not cap.TargetType and not cap.Target:
         return
     if cap.TargetType not in TARGET_TYPES:
-        raise TargetError(f"TargetType {cap.TargetType!r} is not supported (supported: {', '.join(TARGET_TYPES)})"
-                          if cap.TargetType else "Target is set but TargetType is empty")
+        raise TargetError(
+            f"TargetType {cap.TargetType!r} is not supported (supported: {', '.join(TARGET_TYPES)})"
+            if cap.TargetType
+            else "Target is set but TargetType is empty"
+        )
     if not cap.Target:
         raise TargetError(f"TargetType {cap.TargetType} needs a Target (host:port)")
     from .address import parse_target
+
     parse_target(cap.Target, need_port=cap.TargetType == "netflowv5")
 
 
@@ -59,12 +63,20 @@ def table_for_capture(cap: Capture, node_tid: str, **table_kw: Any) -> FlowTable
     check_target(cap)
     if cap.TargetType == "netflowv5":
         from .netflow import NetFlowV5Table
+
         return NetFlowV5Table(cap.Target, *args, **kw)
     if cap.TargetType == "erspanv1":
         from .erspan import ErspanTable
+
         return ErspanTable(cap.Target, *args, **kw)
     return FlowTable(*args, **kw)
 
 
-__all__ = ["TARGET_TYPES", "TargetError", "table_options", "check_target", "check_capture_options",
-           "table_for_capture"]
+__all__ = [
+    "TARGET_TYPES",
+    "TargetError",
+    "table_options",
+    "check_target",
+    "check_capture_options",
+    "table_for_capture",
+]

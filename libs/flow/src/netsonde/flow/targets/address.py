@@ -16,7 +16,9 @@ def parse_target(target: str, need_port: bool) -> tuple[str, int]:
             raise TargetError(f"Target {target!r}: bad port {p!r}")
         port = int(p)
     elif target.startswith("["):
-        raise TargetError(f"Target {target!r}: IPv6 collectors are not supported (NetFlow v5 and ERSPAN over IPv4)")
+        raise TargetError(
+            f"Target {target!r}: IPv6 collectors are not supported (NetFlow v5 and ERSPAN over IPv4)"
+        )
     if need_port and not port:
         raise TargetError(f"Target {target!r} needs a port (host:port)")
     try:

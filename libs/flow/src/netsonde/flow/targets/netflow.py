@@ -46,13 +46,36 @@ def flow_records(f: Flow, boot_ms: int) -> list[bytes]:
     first = max(0, m.Start - boot_ms) & 0xFFFFFFFF
     last = max(0, m.Last - boot_ms) & 0xFFFFFFFF
     out = []
-    for src, dst, sport, dport, pkts, nbytes in ((a, b, pa, pb, m.ABPackets, m.ABBytes),
-                                                 (b, a, pb, pa, m.BAPackets, m.BABytes)):
+    for src, dst, sport, dport, pkts, nbytes in (
+        (a, b, pa, pb, m.ABPackets, m.ABBytes),
+        (b, a, pb, pa, m.BAPackets, m.BABytes),
+    ):
         if pkts <= 0:
             continue
-        out.append(_RECORD.pack(src, dst, b"\0\0\0\0", 0, 0, min(pkts, 0xFFFFFFFF),
-                                min(max(0, nbytes - pkts * l2), 0xFFFFFFFF), first, last, sport & 0xFFFF,
-                                dport & 0xFFFF, 0, flags, proto, 0, 0, 0, 32, 32, 0))
+        out.append(
+            _RECORD.pack(
+                src,
+                dst,
+                b"\0\0\0\0",
+                0,
+                0,
+                min(pkts, 0xFFFFFFFF),
+                min(max(0, nbytes - pkts * l2), 0xFFFFFFFF),
+                first,
+                last,
+                sport & 0xFFFF,
+                dport & 0xFFFF,
+                0,
+                flags,
+                proto,
+                0,
+                0,
+                0,
+                32,
+                32,
+                0,
+            )
+        )
     return out
 
 
@@ -75,10 +98,19 @@ class NetFlowV5Exporter:
                 self.not_ipv4 += 1
             recs.extend(r)
         for i in range(0, len(recs), MAX_RECORDS):
-            chunk = recs[i:i + MAX_RECORDS]
+            chunk = recs[i : i + MAX_RECORDS]
             now = time.time_ns()
-            hdr = _HEADER.pack(5, len(chunk), (now // 1_000_000 - self.boot_ms) & 0xFFFFFFFF, now // 1_000_000_000,
-                               now % 1_000_000_000, self.sequence & 0xFFFFFFFF, 0, 0, 0)
+            hdr = _HEADER.pack(
+                5,
+                len(chunk),
+                (now // 1_000_000 - self.boot_ms) & 0xFFFFFFFF,
+                now // 1_000_000_000,
+                now % 1_000_000_000,
+                self.sequence & 0xFFFFFFFF,
+                0,
+                0,
+                0,
+            )
             try:
                 self.sock.sendto(hdr + b"".join(chunk), self.addr)
             except OSError:  # collector unreachable, buffer full: counted, the capture goes on
