@@ -17,6 +17,7 @@ import pytest
 
 from bench.services import ServiceProcs
 from netsonde.cli import demo as D
+from netsonde.common.simhost import start_host
 
 pytestmark = [pytest.mark.root, pytest.mark.ovs, pytest.mark.slow]
 
@@ -297,3 +298,33 @@ def test_two_hosts_tunnel_flow_hops_restart(
         ["ps", "-eo", "stat=,comm="], capture_output=True, text=True
     ).stdout.splitlines()
     assert not [p for p in procs_left if p.split()[-1] in ("host-a", "host-b", "simhost-init")], procs_left
+
+
+def test_simulated_host_is_isolated_and_leaves_nothing(nats_url: str, unique: str, tmp_path: Path) -> None:
+    """A simulated host sees only its own namespaces, processes, mounts and OVS; its named namespaces and
+    bridges do not exist on the machine, and stopping it ends every process and namespace it had."""
+    nats_port = int(nats_url.rsplit(":", 1)[1])
+    host = start_host("iso-a", tmp_path / "iso-a", nats_port, env={"NETSONDE_SUBJECT_PREFIX": f"iso{unique}"})
+    try:
+        assert host.run("hostname").strip() == "iso-a"
+        host.run("ip", "netns", "add", f"v{unique}")
+        host.run(
+            "ovs-vsctl", "add-br", f"b{unique}", "--", "set", "bridge", f"b{unique}", "datapath_type=netdev"
+        )
+        assert host.run("ls", "/run/netns").split() == [f"v{unique}"]
+        assert f"v{unique}" not in (set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set())
+        assert host.run("ip", "-br", "link", "show", f"b{unique}").split()[0] == f"b{unique}"
+        assert subprocess.run(["ip", "link", "show", f"b{unique}"], capture_output=True).returncode != 0
+        inside = sorted(line.split(None, 1)[1] for line in host.run("ps", "-eo", "pid=,comm=").splitlines())
+        # its PID 1, OVS, both probes and the ps itself: nothing of the machine
+        assert inside == sorted(["simhost-init", "ovsdb-server", "ovs-vswitchd", "python", "python", "ps"]), (
+            inside
+        )
+        links = host.run("ip", "-br", "link").split("\n")
+        assert sorted(line.split()[0] for line in links if line) == sorted(["lo", "ovs-netdev", f"b{unique}"])
+    finally:
+        host.stop()
+    assert not host.alive()
+    assert f"v{unique}" not in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])
+    procs_left = subprocess.run(["ps", "-eo", "pid="], capture_output=True, text=True).stdout.split()
+    assert str(host.pid) not in procs_left and str(host.launcher) not in procs_left

@@ -82,11 +82,10 @@ def build_topology(demo: Demo) -> None:
     )
     for i, (h, end) in enumerate(zip(demo.hosts, (a_end, b_end), strict=True)):
         me, peer = f"{UNDERLAY}.{i + 1}", f"{UNDERLAY}.{2 - i}"
-        ipv6_off = (
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
+        ipv6_off = (  # procfs, not sysctl(8): procps is not on every minimal system
+            "sh",
+            "-c",
+            "for c in all default; do echo 1 > /proc/sys/net/ipv6/conf/$c/disable_ipv6; done",
         )
         h.run(*ipv6_off)  # no router solicitations: the flows are the demo's traffic only
         subprocess.run(["ip", "link", "set", end, "netns", str(h.pid)], check=True, capture_output=True)
