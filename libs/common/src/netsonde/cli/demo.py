@@ -196,7 +196,19 @@ def up(args: argparse.Namespace) -> int:
         return 1
     demo = start(state, args.nats_port)
     print(f"hosts up: {', '.join(f'{h.name} (pid {h.pid})' for h in demo.hosts)}")
-    a = args.analyzer
+    try:
+        return _show(demo, args.analyzer)
+    except BaseException:
+        print(
+            "demo: failed, removing both hosts (`make demo-down` removes a capture left behind)",
+            file=sys.stderr,
+        )
+        stop(demo)
+        raise
+
+
+def _show(demo: Demo, a: str) -> int:
+    """Wait for the graph, create the capture, ping, print the queries."""
     _wait(
         lambda: (
             gremlin(a, "G.E().Has('Type','tunnel').Count()") == 1
