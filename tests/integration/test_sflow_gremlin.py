@@ -76,12 +76,12 @@ async def test_ovssflow_flows_through_gremlin(ovs: OvsDaemons, nats_url: str, cl
                 "GremlinQuery": f"G.V().Has('Name', '{br}', 'Type', 'ovsbridge')", "Type": "ovssflow",
                 "SamplingRate": 1, "PollingInterval": 1, "Name": "sflow-e2e"})
             assert r.status_code in (200, 201), r.text
-            assert await wait_for(lambda: collector.health()["ovs_bridges"] == [br], 15)
+            assert await wait_for(lambda: collector.health()["ovs_bridges"] == [br], 40)
             assert await wait_for(lambda: len(collector.ports) >= 2 and all(
-                p.capture_id for p in collector.ports.values() if p.bridge == br), 15)
+                p.capture_id for p in collector.ports.values() if p.bridge == br), 40)
 
             bridge_q = f"G.V().Has('Name', '{br}', 'Type', 'ovsbridge')"
-            assert await wait_for(lambda: count(f"{bridge_q}.Has('Captures.Type', 'ovssflow').Count()", 1), 15)
+            assert await wait_for(lambda: count(f"{bridge_q}.Has('Captures.Type', 'ovssflow').Count()", 1), 40)
 
             p = await asyncio.to_thread(subprocess.run, ["ip", "netns", "exec", pair.ns_a, "ping", "-c", "5", "-i",
                                                          "0.2", "-W", "2", pair.ip_b], capture_output=True, text=True)

@@ -91,7 +91,7 @@ async def test_ovssflow_flows_per_bridge_and_counters(ovs: OvsDaemons, nats_url:
         cap = Capture(UUID=str(uuid.uuid4()), GremlinQuery=f"G.V().Has('Type', 'ovsbridge').Has('Name', Within("
                       f"'{br}', '{br2}'))", Type="ovssflow", SamplingRate=1, PollingInterval=1)
         await kv.put(cap.UUID, encode(cap))
-        assert await wait_for(lambda: len(sflow_rows(ovs)) == 2, 15), ovs.log()
+        assert await wait_for(lambda: len(sflow_rows(ovs)) == 2, 40), ovs.log()
         for row in sflow_rows(ovs):
             assert row["targets"] == f"127.0.0.1:{svc.port}" and row["sampling"] == 1
         assert svc.controller is not None  # reconciling again changes nothing (no row churn)
