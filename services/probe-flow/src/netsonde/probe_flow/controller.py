@@ -78,6 +78,8 @@ class RunningCapture:
     mirror: str = ""
     """ovsmirror: name of the mirror port/interface."""
     mirror_node: dict[str, Any] | None = None
+    attach_error: str = ""
+    """ovsmirror: why the mirror interface could not be captured yet (retried at each reconcile)."""
     started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     @property
@@ -313,8 +315,8 @@ class CaptureController:
     def _attach_mirror(self, key: tuple[str, str], rc: RunningCapture) -> None:
         """Start afpacket on the mirror interface once the topology shows it (it carries the flows' TID)."""
         mnode = self._mirror_nodes.get(rc.mirror)
-        if mnode is None:
-            return
+        if mnode is None or not mnode.get("Metadata", {}).get("IfIndex"):
+            return  # not in the graph yet, or only from OVSDB (the kernel interface is not there yet)
         mmd = mnode.get("Metadata", {})
         try:
             _link_up(rc.mirror)
@@ -324,8 +326,11 @@ class CaptureController:
                                                 block_nr=self.ring_blocks)
             reader.start()
         except (CaptureError, OSError, RuntimeError, ValueError) as e:
-            self._stop(key, "error", f"mirror interface {rc.mirror}: {e}")
-            self.errors[key] = f"mirror interface {rc.mirror}: {e}"
+            # the mirror stays; the next reconcile tries again (the interface may still be settling)
+            if rc.attach_error != str(e):
+                log.warning("capture %s: mirror interface %s not captured yet: %s", rc.capture.UUID, rc.mirror, e)
+                rc.attach_error = str(e)
+                self._status_of(rc)
             return
         rc.table, rc.reader, rc.mirror_node = table, reader, mnode
         log.info("capture %s: capturing mirror %s of %s", rc.capture.UUID, rc.mirror,
@@ -334,6 +339,8 @@ class CaptureController:
 
     def _stop(self, key: tuple[str, str], state: str, error: str = "") -> None:
         rc = self.running.pop(key)
+        log.info("capture %s stopped on %s (%s)", rc.capture.UUID, rc.node.get("Metadata", {}).get("Name"),
+                 error or state)
         self.fingerprints.pop(key, None)
         if rc.reader is not None:
             rc.reader.stop()
@@ -388,6 +395,9 @@ class CaptureController:
         r = rc.reader
         received, dropped = (r.packets_received, r.packets_dropped) if r is not None else (0, 0)
         sock = r.pcap_socket if isinstance(r, PcapSocketCapture) else ""
+        if r is None and rc.attach_error:  # ovsmirror whose mirror interface cannot be captured (yet)
+            return [CaptureStatus(host=self.host, node_id=rc.node_id, capture_id=rc.capture.UUID, state="error",
+                                  type=rc.kind, error=f"mirror interface {rc.mirror}: {rc.attach_error}")]
         out = [CaptureStatus(host=self.host, node_id=rc.node_id, capture_id=rc.capture.UUID, state="active",
                              type=rc.kind, packets_received=received, packets_dropped=dropped, pcap_socket=sock,
                              sflow_socket=r.sflow_socket if isinstance(r, SFlowSocketCapture) else "")]

@@ -13,7 +13,7 @@ import json
 import subprocess
 
 MIRROR_KEY = "netsonde-mirror"
-"""external_ids key on the Mirror, Port and Interface rows an ovsmirror capture creates (value: capture UUID)."""
+"""external_ids key on the Mirror, Port and Interface rows of an ovsmirror capture (value: capture UUID)."""
 
 __all__ = ["MIRROR_KEY", "MirrorError", "OvsMirrors", "mirror_port_name"]
 
@@ -36,8 +36,12 @@ class OvsMirrors:
 
     def _vsctl(self, *args: str) -> str:
         try:
-            p = subprocess.run(["ovs-vsctl", f"--db={self.db}", f"--timeout={self.timeout_s}", *args],
-                               capture_output=True, text=True, timeout=self.timeout_s + 5)
+            p = subprocess.run(
+                ["ovs-vsctl", f"--db={self.db}", f"--timeout={self.timeout_s}", *args],
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_s + 5,
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise MirrorError(f"ovs-vsctl: {e}") from None
         if p.returncode != 0:
@@ -45,20 +49,25 @@ class OvsMirrors:
         return p.stdout
 
     def create(self, port: str, mirror: str, capture_id: str) -> str:
-        """Mirror `port` (ingress and egress) to a new internal port `mirror` on the port's bridge; returns the
-        bridge. Idempotent: an existing mirror of that name is left as it is."""
+        """Mirror `port` (ingress and egress) to a new internal port `mirror` on the port's bridge; returns
+        the bridge. Idempotent: an existing mirror of that name is left as it is."""
         bridge = self._vsctl("port-to-br", port).strip()
         if self._vsctl("--bare", "--columns=name", "find", "Mirror", f"name={mirror}").strip():
             return bridge
         ext = f"external_ids:{MIRROR_KEY}={capture_id}"
-        self._vsctl("--may-exist", "add-port", bridge, mirror,
-                    "--", "set", "Interface", mirror, "type=internal", ext,
-                    "--", "set", "Port", mirror, ext,
-                    "--", "--id=@src", "get", "Port", port,
-                    "--", "--id=@out", "get", "Port", mirror,
-                    "--", "--id=@m", "create", "Mirror", f"name={mirror}", "select-src-port=@src",
-                    "select-dst-port=@src", "output-port=@out", ext,
-                    "--", "add", "Bridge", bridge, "mirrors", "@m")
+        transaction = [
+            ["--may-exist", "add-port", bridge, mirror],
+            ["set", "Interface", mirror, "type=internal", ext],
+            ["set", "Port", mirror, ext],
+            ["--id=@src", "get", "Port", port],
+            ["--id=@out", "get", "Port", mirror],
+            ["--id=@m", "create", "Mirror", f"name={mirror}", "select-src-port=@src", "select-dst-port=@src"]
+            + ["output-port=@out", ext],
+            ["add", "Bridge", bridge, "mirrors", "@m"],
+        ]
+        self._vsctl(
+            *[arg for i, command in enumerate(transaction) for arg in (["--"] if i else []) + command]
+        )
         return bridge
 
     def remove(self, mirror: str) -> None:
@@ -69,7 +78,9 @@ class OvsMirrors:
         except MirrorError:
             pass
         for uuid in self._vsctl("--bare", "--columns=_uuid", "find", "Mirror", f"name={mirror}").split():
-            for br in self._vsctl("--bare", "--columns=name", "find", "Bridge", f"mirrors{{>=}}{uuid}").split():
+            for br in self._vsctl(
+                "--bare", "--columns=name", "find", "Bridge", f"mirrors{{>=}}{uuid}"
+            ).split():
                 self._vsctl("remove", "Bridge", br, "mirrors", uuid)
         if bridge:
             self._vsctl("--if-exists", "del-port", bridge, mirror)

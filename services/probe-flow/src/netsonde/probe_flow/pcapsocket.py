@@ -15,7 +15,14 @@ import socket
 from typing import Any, BinaryIO
 
 from netsonde.flow.capture import BaseCapture, BPFError, _BpfProgram, _PcapPkthdr, libpcap
-from netsonde.flow.pcap import LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_RAW, PcapError, read_pcap
+from netsonde.flow.pcap import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_RAW,
+    PcapError,
+    read_pcap,
+)
 from netsonde.flow.table import FlowTable
 
 log = logging.getLogger(__name__)
@@ -56,8 +63,11 @@ class _OfflineFilter:
         self.expr = expr
         self.snaplen = snaplen
         self.lib = libpcap()
-        self.lib.pcap_offline_filter.argtypes = [ctypes.POINTER(_BpfProgram), ctypes.POINTER(_PcapPkthdr),
-                                                 ctypes.c_char_p]
+        self.lib.pcap_offline_filter.argtypes = [
+            ctypes.POINTER(_BpfProgram),
+            ctypes.POINTER(_PcapPkthdr),
+            ctypes.c_char_p,
+        ]
         self.programs: dict[int, _BpfProgram] = {}
 
     def _program(self, linktype: int) -> _BpfProgram:
@@ -67,8 +77,10 @@ class _OfflineFilter:
             prog = _BpfProgram()
             try:
                 if self.lib.pcap_compile(p, ctypes.byref(prog), self.expr.encode(), 1, 0xFFFFFFFF) < 0:
-                    raise BPFError(f"invalid BPF filter {self.expr!r} for linktype {linktype}: "
-                                   f"{self.lib.pcap_geterr(p).decode(errors='replace')}")
+                    raise BPFError(
+                        f"invalid BPF filter {self.expr!r} for linktype {linktype}: "
+                        f"{self.lib.pcap_geterr(p).decode(errors='replace')}"
+                    )
             finally:
                 self.lib.pcap_close(p)
             self.programs[linktype] = prog
@@ -76,7 +88,8 @@ class _OfflineFilter:
 
     def accepts(self, linktype: int, data: bytes, wire_len: int) -> bool:
         hdr = _PcapPkthdr(0, 0, len(data), wire_len)
-        return self.lib.pcap_offline_filter(ctypes.byref(self._program(linktype)), ctypes.byref(hdr), data) != 0
+        prog = ctypes.byref(self._program(linktype))
+        return bool(self.lib.pcap_offline_filter(prog, ctypes.byref(hdr), data) != 0)
 
     def close(self) -> None:
         for prog in self.programs.values():
@@ -89,8 +102,15 @@ class PcapSocketCapture(BaseCapture):
 
     kind = "pcapsocket"
 
-    def __init__(self, name: str, table: FlowTable, bpf: str = "", snaplen: int = 0,
-                 address: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        table: FlowTable,
+        bpf: str = "",
+        snaplen: int = 0,
+        address: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         super().__init__(name, table, None, bpf, snaplen or 4096)
         self.cut = snaplen  # HeaderSize: 0 keeps packets whole
         self.bind = (address, port)
@@ -124,7 +144,7 @@ class PcapSocketCapture(BaseCapture):
         while not self._stop.is_set():
             try:
                 conn, peer = self.listener.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:  # socket.timeout is TimeoutError
                 continue
             except OSError:
                 if self._stop.is_set():
@@ -157,7 +177,7 @@ class PcapSocketCapture(BaseCapture):
         if self._filter is not None and not self._filter.accepts(linktype, data, wire_len):
             return
         if self.cut:
-            data = data[:self.cut]
+            data = data[: self.cut]
         ts_ms = ts_ns // 1_000_000
         with self.lock:
             if linktype == LINKTYPE_ETHERNET:
