@@ -83,7 +83,7 @@ def test_ovsmirror_created_before_the_bridge(stack: int, ovs: OvsDaemons, unique
 def test_ovssflow_by_default_on_a_bridge_created_later(stack: int, ovs: OvsDaemons, unique: str) -> None:  # noqa: F811
     api = stack
     br = f"bs{unique[:8]}"
-    cap = create(api, GremlinQuery=f"G.V().Has('Name', '{br}', 'Type', 'ovsbridge')")
+    cap = create(api, GremlinQuery=f"G.V().Has('Name', '{br}', 'Type', 'ovsbridge')", PollingInterval=1)
     pair = None
     try:
         ovs.vsctl("add-br", br, "--", "set", "bridge", br, "datapath_type=netdev")
@@ -91,10 +91,21 @@ def test_ovssflow_by_default_on_a_bridge_created_later(stack: int, ovs: OvsDaemo
         got = wait_until(lambda: captures_of(api, br), 30, "the sFlow capture on the new bridge")
         assert [(c["ID"], c["State"], c["Type"]) for c in got] == [(cap["UUID"], "active", "ovssflow")]
         assert cap["UUID"] in ovs.vsctl("--bare", "--columns=external_ids", "list", "sFlow")
+        # the collector knows both ports once their sFlow counters (every PollingInterval = 1 s) reach them
+        ports = f"G.V().Has('Name', Within('{pair.port_a}', '{pair.port_b}'), 'Type', 'ovsport').Has('SFlow')"
+        wait_until(lambda: gremlin(api, f"{ports}.Count()") == 2, 30, "sFlow counters of both ports")
         sh("ip", "netns", "exec", pair.ns_a, "ping", "-c", "5", "-i", "0.2", "-W", "1", pair.ip_b)
-        q = f"G.V().Has('Name', '{br}').Flows().Has('LayersPath', 'Ethernet/IPv4/ICMPv4', 'Network.A', '{pair.ip_a}')"
-        # every packet sampled (SamplingRate 1): 5 echoes and 5 replies, however the flows are keyed
-        wait_until(lambda: sum(icmp_totals(gremlin(api, q))) == 10, 60, "the sampled ping")
+        q = (f"G.V().Has('Name', '{br}', 'Type', 'ovsbridge').Flows()"
+             f".Has('LayersPath', 'Ethernet/IPv4/ICMPv4', 'Network.A', '{pair.ip_a}')")
+        # every packet sampled (SamplingRate 1): one flow on the bridge, 5 echoes and 5 replies (as Skydive)
+        try:
+            wait_until(lambda: [icmp_totals([f]) for f in gremlin(api, q)] == [(5, 5)], 60, "the sampled ping")
+        except AssertionError as e:
+            every = gremlin(api, "G.Flows().Has('LayersPath', 'Ethernet/IPv4/ICMPv4')")
+            bridge = gremlin(api, f"G.V().Has('Name', '{br}')")
+            raise AssertionError(f"{e}; bridge {bridge}; ICMP flows: {every}") from None
+        tid = gremlin(api, f"G.V().Has('Name', '{br}', 'Type', 'ovsbridge').Values('TID')")
+        assert [f["NodeTID"] for f in gremlin(api, q)] == tid
     finally:
         delete(api, cap["UUID"])
     wait_until(lambda: ovs.vsctl("--bare", "--columns=_uuid", "list", "sFlow").strip() == "", 30,
