@@ -21,6 +21,9 @@ DUPLEX = {0: "half", 1: "full"}
 
 _feature_names: list[str] | None = None
 """The kernel's feature names (the same for every device): read once."""
+_features_by_mask: dict[tuple[int, ...], dict[str, bool]] = {}
+"""Active-feature bitmask -> its `Features` map, shared by every interface with that mask (most interfaces of
+one driver have the same): built once, cheap to compare. Callers must not modify it."""
 
 
 def _ioctl(sock: socket.socket, ifname: str, buf: Any) -> bool:
@@ -87,7 +90,8 @@ def feature_names(sock: socket.socket, ifname: str) -> list[str]:
 
 
 def features(sock: socket.socket, ifname: str) -> dict[str, bool]:
-    """Skydive `Features`: every named feature -> whether it is active (ETHTOOL_GFEATURES); {} if unsupported."""
+    """Skydive `Features`: every named feature -> whether it is active (ETHTOOL_GFEATURES); {} if unsupported.
+    The map is shared (see `_features_by_mask`): do not modify it."""
     names = feature_names(sock, ifname)
     if not names:
         return {}
@@ -96,5 +100,11 @@ def features(sock: socket.socket, ifname: str) -> dict[str, bool]:
     struct.pack_into("II", buf, 0, ETHTOOL_GFEATURES, blocks)
     if not _ioctl(sock, ifname, buf):
         return {}
-    active = [struct.unpack_from("I", buf, 8 + b * 16 + 8)[0] for b in range(blocks)]
-    return {name: bool(active[i >> 5] >> (i & 31) & 1) for i, name in enumerate(names) if name}
+    active = tuple(struct.unpack_from("I", buf, 8 + b * 16 + 8)[0] for b in range(blocks))
+    known = _features_by_mask.get(active)
+    if known is None:
+        if len(_features_by_mask) >= 1024:
+            _features_by_mask.clear()
+        known = {name: bool(active[i >> 5] >> (i & 31) & 1) for i, name in enumerate(names) if name}
+        _features_by_mask[active] = known
+    return known

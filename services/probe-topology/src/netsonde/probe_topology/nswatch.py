@@ -388,7 +388,10 @@ class NsWatcher:
             if stats is not None:
                 self.metrics[index] = stats
                 self.metric_ts[index] = now
-        self._ethtool(index, md["Name"])
+        # ifi_change: ~0 for a new link, 0 for state/feature/carrier notifications (ethtool -K, NETDEV_CHANGE),
+        # else the IFF_* flags that changed (admin up/down, promisc...): ethtool data cannot have changed then
+        change = struct.unpack_from("=I", buf, off + 12)[0]
+        self._ethtool(index, md["Name"], refresh=change in (0, 0xFFFFFFFF))
         return True
 
     def _routes_changed_silently(self) -> None:
@@ -398,21 +401,21 @@ class NsWatcher:
         else:
             self._start_dump("route")
 
-    def _ethtool(self, index: int, name: str) -> None:
-        """Driver and bus (once per name), speed, duplex and features (again at each link event and dump:
-        `ethtool -K` and carrier changes come with a link event)."""
+    def _ethtool(self, index: int, name: str, refresh: bool = True) -> None:
+        """Driver and bus (once per name), speed, duplex and features (again at each dump and each link
+        event that may carry their change: `ethtool -K` and carrier changes send one)."""
         if self._ioctl is None:
             return
         cached = self.drv.get(index)
+        if not refresh and cached is not None and cached[0] == name:
+            return
         if cached is not None and cached[0] == name:
             info = {k: cached[1][k] for k in ("Driver", "BusInfo") if k in cached[1]}
         else:
             info = ethtool.driver_info(self._ioctl, name)
         info.update(ethtool.link_settings(self._ioctl, name))
-        feats = ethtool.features(self._ioctl, name)
+        feats = ethtool.features(self._ioctl, name)  # one shared map per distinct feature set
         if feats:
-            if cached is not None and cached[1].get("Features") == feats:
-                feats = cached[1]["Features"]  # keep the same object: cheaper equality in the diff
             info["Features"] = feats
         self.drv[index] = (name, info)
 
