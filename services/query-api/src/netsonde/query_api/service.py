@@ -18,7 +18,8 @@ from netsonde.common.service import Service
 
 from .captures import CaptureStore
 from .config import QueryApiConfig
-from .routes import Routes
+from . import openapi
+from .routes import VERSION, Routes
 from .static_api import StaticApi
 from .websocket import SubscriberHub
 
@@ -45,6 +46,7 @@ class QueryApiService(Service):
     def add_routes(self, app: web.Application) -> None:
         Routes(self).register(app)
         StaticApi(self).register(app)
+        openapi.register(app, VERSION)
 
     def client_factory(self) -> Any:
         return connect(self.cfg.clickhouse_url, self.cfg.clickhouse_database)
