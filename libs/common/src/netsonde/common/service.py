@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from .bus.inbound import InboundDecoder
+from .bus.streams import set_default_replicas
 from .config import BaseConfig
 from .logs import setup_logging
 from .metrics import Metrics
@@ -32,6 +33,7 @@ class Service:
 
     def __init__(self, config: BaseConfig) -> None:
         self.config = config
+        set_default_replicas(config.stream_replicas)
         self.metrics = Metrics(self.name)
         self.inbound = InboundDecoder(self.metrics.bad_messages, logging.getLogger(type(self).__module__))
         """Decodes bus input: bad messages counted in `bad_messages_total`, logged once, dropped."""

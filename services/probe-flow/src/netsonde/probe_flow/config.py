@@ -23,6 +23,9 @@ class ProbeFlowConfig(BaseConfig):
     """Number of ring blocks (ring memory = size x blocks per capture)."""
     publish_batch_flows: int = 500
     """Most flows per FlowUpdateBatch message."""
+    publish_retry_s: float = 60.0
+    """How long one flow batch is retried while NATS is unreachable before it is dropped (and counted in
+    flow_updates_dropped_total). Meanwhile the publisher waits: flows accumulate in the bounded flow tables."""
     use_graph: bool = True
     """Select capture nodes with the graph replica + Gremlin engine (off: no capture starts by query)."""
     stream_max_bytes: int = 1 << 30
@@ -35,6 +38,8 @@ class ProbeFlowConfig(BaseConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.publish_retry_s < 0:
+            raise ConfigError("publish_retry_s must be >= 0")
         if self.update_interval_s <= 0 or self.expire_s <= 0 or self.reconcile_interval_s <= 0:
             raise ConfigError("intervals must be > 0")
         if self.ring_block_size < 4096 or self.ring_block_size & (self.ring_block_size - 1):

@@ -73,6 +73,9 @@ class ProbeFlowService(Service):
         self.m_kernel_drops = m.counter("kernel_drops_total", "Packets the kernel dropped (ring full)")
         self.m_flows = m.counter("flow_updates_published_total", "Flow updates published")
         self.m_publish_errors = m.counter("publish_errors_total", "Failed publishes", ["kind"])
+        self.m_publish_retries = m.counter("publish_retries_total", "Flow batch publishes retried (NATS down or slow)")
+        self.m_flows_dropped = m.counter("flow_updates_dropped_total",
+                                         "Flow updates given up after publish_retry_s of failed publishes")
         self.m_captures = m.gauge("captures_running", "Captures running on this host")
         self.m_table_flows = m.gauge("table_flows", "Flows held in the flow tables")
         self.m_stream_errors = m.counter("pcapsocket_stream_errors_total",
@@ -216,19 +219,32 @@ class ProbeFlowService(Service):
             batch_id = f"{self.cfg.host_id}-{self._boot}-{self._seq}"
             data = encode(FlowUpdateBatch(host=self.cfg.host_id, batch_id=batch_id, ts=int(time.time() * 1000),
                                           flows=chunk))
-            for attempt in range(3):
-                try:
-                    await self.js.publish(subject, data, headers={"Nats-Msg-Id": batch_id})
-                    self.m_flows.inc(len(chunk))
-                    n += 1
-                    break
-                except Exception as e:
-                    if attempt == 2:
-                        self.m_publish_errors.labels("flows").inc()
-                        log.warning("could not publish %d flow updates: %r", len(chunk), e)
-                    else:
-                        await asyncio.sleep(0.5)
+            if await self._publish_batch(subject, data, batch_id):
+                self.m_flows.inc(len(chunk))
+                n += 1
+            else:
+                self.m_publish_errors.labels("flows").inc()
+                self.m_flows_dropped.inc(len(chunk))
         return n
+
+    async def _publish_batch(self, subject: str, data: bytes, batch_id: str) -> bool:
+        """Publish one batch until JetStream acks it or `publish_retry_s` is spent. The same `Nats-Msg-Id` on
+        every attempt: an attempt whose ack was lost is stored once. While this waits, the publisher loop
+        waits too (back-pressure): flows stay in the bounded flow tables, no unbounded queue builds up."""
+        deadline = time.monotonic() + self.cfg.publish_retry_s
+        delay = 0.2
+        while True:
+            try:
+                await self.js.publish(subject, data, headers={"Nats-Msg-Id": batch_id}, timeout=2.0)
+                return True
+            except Exception as e:
+                if time.monotonic() + delay > deadline:
+                    log.warning("gave up publishing flow batch %s after %.0f s: %r", batch_id,
+                                self.cfg.publish_retry_s, e)
+                    return False
+                self.m_publish_retries.inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _publish_statuses(self) -> None:
         statuses, self._statuses[:] = list(self._statuses), []

@@ -126,12 +126,16 @@ async def open_static_bucket(js: Any, subjects: Subjects) -> Any:
     from nats.js.api import KeyValueConfig, StorageType
     from nats.js.errors import BucketNotFoundError, NotFoundError
 
+    from .streams import default_replicas
+
     try:
         return await js.key_value(subjects.static_bucket)
     except (BucketNotFoundError, NotFoundError):
         try:
             return await js.create_key_value(
-                KeyValueConfig(bucket=subjects.static_bucket, storage=StorageType.FILE, history=1)
+                KeyValueConfig(
+                    bucket=subjects.static_bucket, storage=StorageType.FILE, history=1, replicas=default_replicas()
+                )
             )
         except Exception:
             return await js.key_value(subjects.static_bucket)  # another process created it first
