@@ -154,8 +154,8 @@ async def test_captures_in_kv_bucket(stack) -> None:
     assert bad.status_code == 400 and bad.text == "capture type ovssflow does not support option(s) BPFFilter"
     bad = await http.post("/api/capture", json={"GremlinQuery": "G.V()", "Type": "ebpf", "RawPacketLimit": 5})
     assert bad.status_code == 400 and bad.text == "capture type ebpf does not support option(s) RawPacketLimit"
-    bad = await http.post("/api/capture", json={"GremlinQuery": "G.V()", "TargetType": "netflowv5"})
-    assert bad.status_code == 400 and bad.text == "option TargetType is not supported by any capture type"
+    bad = await http.post("/api/capture", json={"GremlinQuery": "G.V()", "Type": "ovssflow", "ExtraTCPMetric": True})
+    assert bad.status_code == 400 and bad.text == "capture type ovssflow does not support option(s) ExtraTCPMetric"
     bad = await http.post("/api/capture", json={"GremlinQuery": "G.V().Has('Name','va')", "BPFFilter": "icmp and ("})
     assert bad.status_code == 400 and "BPFFilter" in bad.text
     bad = await http.post("/api/capture", json={"BPFFilter": "icmp"})
