@@ -66,7 +66,7 @@ def _one_frame_each(ns: str, names: list[tuple[str, str]]) -> None:
 
 
 async def _refresh(svc: ProbeTopologyService) -> tuple[float, float]:
-    """(CPU s, wall s) of one refresh of every namespace, the rebuild and the publication of its delta."""
+    """(CPU s, wall s) of one refresh of every namespace, then the flush loop's rebuild and publication."""
     cpu0, t0 = _cpu(), time.perf_counter()
     watchers = list(svc.watchers.values())
     for w in watchers:
@@ -74,7 +74,12 @@ async def _refresh(svc: ProbeTopologyService) -> tuple[float, float]:
     for w in watchers:
         if not await w.wait_synced(60):
             raise RuntimeError(f"namespace {w.ns.name or 'root'} did not finish its dumps in 60 s")
-    await svc.publish_changes()  # what the flush loop does after the refresh's change notification
+    synced = time.monotonic()
+    deadline = synced + 5
+    while svc._last_flush < synced and time.monotonic() < deadline:  # the flush loop picks the change up
+        await asyncio.sleep(0.002)
+    async with svc._flush_lock:  # ... and has rebuilt and published
+        pass
     return _cpu() - cpu0, time.perf_counter() - t0
 
 
