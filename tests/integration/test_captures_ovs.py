@@ -1,7 +1,7 @@
 """OVS capture types end to end, on private Open vSwitch daemons and every service a real process, each capture
 created BEFORE its bridge exists: `ovsmirror` (a mirror of the port to a new internal port `mir-...` captured
 with afpacket, `Captures[].MirrorOf`, everything removed on delete) and `ovssflow` (the default type of an
-`ovsbridge`)."""
+`ovsbridge`), and `pcapsocket` on a bridge."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 
 from bench.services import ServiceProcs
 from tests.integration.ovs_fixture import OvsDaemons, attach_netns_pair, detach_netns_pair, ovs  # noqa: F401
-from tests.integration.test_captures_standing import api_call, captures_of, create, delete, gremlin, sh, wait_until
+from tests.integration.test_captures_standing import (PCAP, api_call, captures_of, create, delete, gremlin,
+                                                      send_stream, sh, wait_until)
 
 pytestmark = [pytest.mark.root, pytest.mark.ovs, pytest.mark.slow]
 
@@ -134,4 +135,25 @@ def test_mirrors_left_by_a_previous_run_are_removed(ovs: OvsDaemons, unique: str
         assert ovs.vsctl("list-ports", br).split() == [port]
         assert ovs.vsctl("--bare", "--columns=_uuid", "list", "Mirror").strip() == ""
     finally:
+        ovs.vsctl("--if-exists", "del-br", br)
+
+
+def test_pcapsocket_on_a_bridge_created_later(stack: int, ovs: OvsDaemons, unique: str) -> None:  # noqa: F811
+    """Skydive's TestPCAPSocket: Skydive's test pcap written to the PCAPSocket of an ovsbridge gives 6 flows
+    with the bridge's TID, 2 of them DNS (the packets keep their 2016 timestamps)."""
+    api = stack
+    br = f"bp{unique[:8]}"
+    cap = create(api, GremlinQuery=f"G.V().Has('Name', '{br}', 'Type', 'ovsbridge')", Type="pcapsocket")
+    try:
+        ovs.vsctl("add-br", br, "--", "set", "bridge", br, "datapath_type=netdev")
+        got = wait_until(lambda: [c for c in captures_of(api, br) if c.get("PCAPSocket")], 30, "the PCAPSocket")
+        assert [(c["ID"], c["State"], c["Type"]) for c in got] == [(cap["UUID"], "active", "pcapsocket")]
+        send_stream(got[0]["PCAPSocket"], PCAP.read_bytes())
+        tid = gremlin(api, f"G.V().Has('Name', '{br}', 'Type', 'ovsbridge').Values('TID')")[0]
+        q = f"G.Context(NOW, FOREVER).Flows().Has('NodeTID', '{tid}')"
+        wait_until(lambda: gremlin(api, f"{q}.Count()") == 6, 30, "the 6 flows of the pcap")
+        assert gremlin(api, f"{q}.Has('Application', 'DNS').Count()") == 2
+        assert sum(f["Metric"]["ABPackets"] + f["Metric"]["BAPackets"] for f in gremlin(api, q)) == 58
+    finally:
+        delete(api, cap["UUID"])
         ovs.vsctl("--if-exists", "del-br", br)

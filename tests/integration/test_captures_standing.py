@@ -213,7 +213,7 @@ def test_ebpf_is_a_visible_error_and_an_unknown_type_a_400(stack: tuple[int, int
     wait_until(lambda: not captures_of(api, pair.va) and not captures_of(api, pair.br), 30, "errors cleared")
 
 
-def _send(address: str, data: bytes) -> None:
+def send_stream(address: str, data: bytes) -> None:
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as s:
         s.sendall(data)
@@ -242,9 +242,9 @@ def test_pcapsocket_stream_becomes_flows_of_the_node(stack: tuple[int, int], pai
         path = tmp_path / "s.pcap"
         wrpcap(str(path), pkts)
         stream = path.read_bytes()
-        _send(address, b"this is not a pcap stream at all")  # refused, counted, the listener stays up
-        _send(address, stream[:-20])  # cut inside the last record: its 7 UDP packets count, then an error
-        _send(address, stream)
+        send_stream(address, b"this is not a pcap stream at all")  # refused, counted, the listener stays up
+        send_stream(address, stream[:-20])  # cut inside the last record: its 7 UDP packets count, then an error
+        send_stream(address, stream)
         tid = gremlin(api, f"G.V().Has('Name', '{pair.br}').Values('TID')")[0]
         q = f"G.Flows().Has('CaptureID', '{cap['UUID']}')"
         flows = wait_until(lambda: [f for f in gremlin(api, q) if f["Metric"]["ABPackets"] == 14], 30,
