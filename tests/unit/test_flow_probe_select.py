@@ -95,3 +95,18 @@ def test_one_pcapsocket_per_node_as_skydive():
     finally:
         ctl.stop_all()
     assert ctl.running == {}
+
+
+def test_nodes_of_paths_and_subgraphs_are_selected():
+    """A capture query may return paths (ShortestPathTo) or a SubGraph(): their nodes are captured."""
+    from netsonde.common.bus.graph import GraphElement as E
+
+    g = _graph()
+    g.upsert_edge(E(ID="e1", Metadata={"RelationType": "layer2"}, Host="h1", Origin="t", CreatedAt=1, UpdatedAt=1,
+                    Revision=1, Parent="n1", Child="n2"))
+    svc = ProbeFlowService(ProbeFlowConfig.load(env={}, host_id="h1", use_graph=False))
+    svc.engine = GremlinEngine(g)
+    path = "G.V().Has('Name', 'eth0').ShortestPathTo(Metadata('Name', 'veth1', 'Host', 'h1'))"
+    assert [n["ID"] for n in svc.select_nodes(path)] == ["n1", "n2"]
+    assert sorted(n["ID"] for n in svc.select_nodes("G.V().Has('Host', 'h1').SubGraph()")) == ["n1", "n2", "n4"]
+    assert svc.select_nodes("G.V().Count()") == []

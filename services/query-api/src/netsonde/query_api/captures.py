@@ -18,7 +18,8 @@ from netsonde.gremlin.engine import compile_query
 from netsonde.common.bus import Subjects, decode, encode
 from netsonde.common.bus.captures import Capture
 from netsonde.common.bus.streams import open_capture_bucket
-from netsonde.common.capture_types import CAPTURE_TYPE_SPECS, set_options, unsupported_options
+from netsonde.common.capture_types import (CAPTURABLE_NODE_TYPES, CAPTURE_TYPE_SPECS, nodes_in_result, set_options,
+                                           unsupported_options)
 from netsonde.flow.applayers import parse_extra_layers
 from netsonde.flow.targets import check_capture_options
 
@@ -83,8 +84,6 @@ def check_options(cap: Capture) -> None:
 
 def selection_warning(cap: Capture, result: Any) -> str:
     """The `Warning` of a POST answer when the query selects no node now (the capture still stands)."""
-    from netsonde.common.capture_types import CAPTURABLE_NODE_TYPES, nodes_in_result
-
     if isinstance(result, Exception):
         return (f"GremlinQuery {cap.GremlinQuery!r} cannot be evaluated now ({result}); the capture starts on "
                 "the nodes it selects once it can")
