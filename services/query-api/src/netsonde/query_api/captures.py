@@ -7,11 +7,12 @@ node today; probes and collectors start it on every node the query selects, now 
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
 import msgspec
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import InvalidKeyError, KeyNotFoundError
 
 import netsonde.gremlin as gremlin
 from netsonde.gremlin.engine import compile_query
@@ -27,6 +28,10 @@ API_CAPTURE_TYPES = ("", *CAPTURE_TYPE_SPECS)
 """Values of a capture's `Type` the API accepts ("" = each node's default type)."""
 
 
+KEY_RE = re.compile(r"[-/_=.a-zA-Z0-9]*[-/_=a-zA-Z0-9]")
+"""What a JetStream KV key may be (and a capture UUID, which is the key)."""
+
+
 class CaptureError(ValueError):
     """A capture definition that cannot be accepted (HTTP 400)."""
 
@@ -40,6 +45,8 @@ def capture_from_json(body: Any) -> Capture:
     fields = set(Capture.__struct_fields__)
     data = {k: v for k, v in body.items() if k in fields and v is not None}
     data.setdefault("UUID", str(uuid.uuid4()))
+    if not isinstance(data["UUID"], str) or not KEY_RE.fullmatch(data["UUID"]) or data["UUID"].startswith("."):
+        raise CaptureError("UUID must be letters, digits and - _ / = . (it is the key of the capture bucket)")
     if isinstance(data.get("ExtraLayers"), (list, str)):  # Skydive's JSON form: ["DNS", "VRRP"]
         try:
             data["ExtraLayers"] = parse_extra_layers(data["ExtraLayers"])
@@ -115,7 +122,7 @@ class CaptureStore:
     async def get(self, capture_id: str) -> Capture | None:
         try:
             entry = await self.kv.get(capture_id)
-        except KeyNotFoundError:
+        except (KeyNotFoundError, InvalidKeyError):  # a name that cannot be a key names no capture
             return None
         if entry is None or not entry.value:
             return None

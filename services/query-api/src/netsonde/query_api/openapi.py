@@ -43,6 +43,8 @@ ID_PARAM = [{"name": "id", "in": "path", "required": True, "schema": {"type": "s
 BAD = {"400": _text("the request names what is wrong")}
 NOT_FOUND = {"404": _text("no such object")}
 NO_WRITER = {"503": _text("graph-builder did not answer: nothing was changed")}
+AT_PARAM = [{"name": "at", "in": "query", "schema": {"type": "string"},
+             "description": "a past instant (as Context(): epoch ms, ISO 8601, -1h ...)"}]
 
 
 def _element_schema() -> dict[str, Any]:
@@ -246,8 +248,26 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/ws/subscriber/flow"): {"summary": "WebSocket: enriched flow updates",
                                      "responses": {"101": {"description": "upgraded"},
                                                    "400": _text("not a WebSocket request")}},
+    ("GET", "/api/topology/summary"): {
+        "summary": "per host and per namespace counts, for the web UI's collapsed groups",
+        "parameters": AT_PARAM,
+        "responses": {"200": _json({"type": "object"}, "groups and their counts"), **BAD}},
+    ("GET", "/api/topology/group/{id}"): {
+        "summary": "one group's (host or netns node) members and the edges touching them",
+        "parameters": ID_PARAM + AT_PARAM,
+        "responses": {"200": _json({"type": "object", "properties": {
+            "Group": {"type": "string"}, "Nodes": {"type": "array", "items": _ref("Element")},
+            "Edges": {"type": "array", "items": _ref("Element")}, "Total": {"type": "integer"},
+            "Truncated": {"type": "boolean"}, "Groups": {"type": "object"}}}, "the group"), **BAD, **NOT_FOUND}},
     ("GET", "/"): {"summary": "the web UI",
-                   "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}}},
+                   "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}},
+                                 "304": {"description": "not modified (ETag)"},
+                                 "503": {"description": "the UI bundle is not built (make ui)",
+                                         "content": {"text/html": {}}}}},
+    ("GET", "/ui/{name}"): {"summary": "the web UI's hashed assets",
+                            "parameters": [{"name": "name", "in": "path", "required": True,
+                                            "schema": {"type": "string"}}],
+                            "responses": {"200": {"description": "the asset"}, **NOT_FOUND}},
     ("GET", OPENAPI_PATH): {"summary": "this description", "responses": {"200": _json(ANY_JSON, "OpenAPI 3.1")}},
     ("POST", "/login"): {
         "summary": "Skydive's login: username and password for a token (when authentication is on)",
