@@ -18,6 +18,7 @@ from netsonde.common.service import Service
 
 from .captures import CaptureStore
 from .config import QueryApiConfig
+from .consistency import CowGraph, SnapshotCache
 from . import openapi
 from .routes import VERSION, Routes
 from .static_api import StaticApi
@@ -55,6 +56,9 @@ class QueryApiService(Service):
         self.nc = await natsconn.connect(self.cfg.nats_url, f"query-api@{self.cfg.host_id}")
         self.replica = GraphReplica(self.nc, self.subjects, snapshot_timeout=self.cfg.snapshot_timeout_s,
                                     bad_messages=self.metrics.bad_messages)
+        replica = self.replica
+        replica.graph = CowGraph()  # queries read O(1) copy-on-write snapshots of it (consistency.py)
+        self.snapshots = SnapshotCache(replica.graph, lambda: (replica.epoch, replica.seq, replica.resnapshots))
         self.replica.listeners.append(self.hub.on_graph_events)
         await self.replica.start(wait=False)
         try:
@@ -132,17 +136,15 @@ class QueryApiService(Service):
         return len(flows)
 
     async def run_query(self, query: str, accept: str = "") -> Any:
-        """Run a Gremlin query off the event loop; a live-graph race (the replica changed while iterating)
-        is retried once on the loop itself, where no event can interleave."""
+        """Run a Gremlin query in a worker thread on a snapshot of the replica (one consistent graph: the
+        loop keeps applying events to the live graph meanwhile, see consistency.py)."""
         started = time.perf_counter()
         status = "ok"
         try:
-            try:
-                return await asyncio.to_thread(self.engine.execute, query, accept)
-            except RuntimeError as exc:
-                if "changed size during iteration" not in str(exc):
-                    raise
-                return self.engine.execute(query, accept)
+            snapshot, _ = self.snapshots.get()
+            engine = gremlin.GremlinEngine(graph=snapshot, history=self.engine.history, flows=self.engine.flows,
+                                           limits=self.engine.limits)
+            return await asyncio.to_thread(engine.execute, query, accept)
         except gremlin.GremlinError:
             status = "error"
             raise
