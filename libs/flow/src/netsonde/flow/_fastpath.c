@@ -261,7 +261,7 @@ static PyObject *fold_block(PyObject *self, PyObject *arg)
     uint32_t num = *(const uint32_t *)(b + 12);
     uint32_t off = *(const uint32_t *)(b + 16);
     for (uint32_t k = 0; k < num; k++) {
-        if (off + 48 > (uint64_t)blen)
+        if ((uint64_t)off + 48 > (uint64_t)blen)
             break;
         const uint8_t *h = b + off;
         uint32_t next = *(const uint32_t *)(h + 0);
@@ -282,8 +282,8 @@ static PyObject *fold_block(PyObject *self, PyObject *arg)
             ctx_abort(&c);
             goto out;
         }
-        if (!next)
-            break;
+        if (!next || (uint64_t)off + next > (uint64_t)blen)
+            break; /* the next header must lie further inside the block (a bad one cannot loop or wrap) */
         off += next;
     }
     res = finish(&c);
@@ -559,8 +559,8 @@ static PyObject *Acc_fold_block(Acc *a, PyObject *arg)
             Py_DECREF(o.slow);
             goto out;
         }
-        if (!next)
-            break;
+        if (!next || (uint64_t)off + next > (uint64_t)blen)
+            break; /* the next header must lie further inside the block (a bad one cannot loop or wrap) */
         off += next;
     }
     res = acc_result(&o, n);

@@ -18,6 +18,7 @@ from netsonde.common.service import Service
 
 from .captures import CaptureStore
 from .config import QueryApiConfig
+from .limits import body_limit_middleware
 from .consistency import CowGraph, SnapshotCache
 from . import openapi
 from .routes import VERSION, Routes
@@ -43,8 +44,12 @@ class QueryApiService(Service):
         self.m_queries = m.counter("queries_total", "Gremlin queries answered", ["status"])
         self.m_query_seconds = m.histogram("query_seconds", "Gremlin query latency")
         self.m_ws_clients = m.gauge("websocket_clients", "Connected WebSocket subscribers")
+        self.m_body_refused = m.counter("body_too_large_total", "Requests refused with 413 (body over the route's "
+                                        "limit)", ["route"])
 
     def add_routes(self, app: web.Application) -> None:
+        app.middlewares.append(body_limit_middleware(self.cfg.max_body_bytes, self.cfg.max_pcap_bytes,
+                                                     self.m_body_refused))
         Routes(self).register(app)
         StaticApi(self).register(app)
         openapi.register(app, VERSION)
