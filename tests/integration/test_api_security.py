@@ -7,11 +7,14 @@ import asyncio
 import select
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import msgpack
 import nats
 import pytest
+
+import netsonde.query_api
 
 from netsonde.common.service import wait_for
 from netsonde.common.testing import free_port
@@ -21,6 +24,9 @@ from netsonde.query_api.config import QueryApiConfig
 from netsonde.query_api.service import QueryApiService
 
 MiB = 1024 * 1024
+XSS = '<img src=x onerror="window.__xss=1">'
+"""A namespace name that runs script if a page inserts it as HTML."""
+INDEX_HTML = Path(netsonde.query_api.__file__).parent / "static" / "index.html"
 
 
 @pytest.fixture
@@ -32,7 +38,8 @@ async def graph_builder(nats_url: str, unique: str):
     nc = await nats.connect(nats_url)
     await nc.publish(f"{prefix}.topology.h1", msgpack.packb({
         "v": 1, "host": "h1", "kind": "full", "boot": "b", "seq": 0, "ts": 0,
-        "nodes": [{"ID": "h", "Metadata": {"Name": "h1", "Type": "host"}}], "edges": []}))
+        "nodes": [{"ID": "h", "Metadata": {"Name": "h1", "Type": "host"}},
+                  {"ID": "x", "Metadata": {"Name": XSS, "Type": "netns", "IPV4": [XSS]}}], "edges": []}))
     assert await wait_for(lambda: "h" in gb.builder.graph.nodes, 5)
     yield prefix
     await nc.close()
@@ -102,7 +109,7 @@ async def test_a_50_mib_body_gets_413_before_it_is_read(nats_url: str, graph_bui
             r = await http.post("/api/pcap", content=b"\0" * (2 * MiB))
             assert r.status_code == 400 and "pcap" in r.text
             r = await http.post("/api/topology", json={"GremlinQuery": "G.V().Count()"})
-            assert r.status_code == 200 and r.json() == 1
+            assert r.status_code == 200 and r.json() == 2
             metrics = (await http.get("/metrics")).text
         # ...and 50 MiB is not
         answer, sent = await asyncio.to_thread(_post_raw, port, "/api/pcap", 50 * MiB, False)
@@ -110,3 +117,29 @@ async def test_a_50_mib_body_gets_413_before_it_is_read(nats_url: str, graph_bui
         assert 'query_api_body_too_large_total{route="/api/topology"} 2.0' in metrics, metrics
     finally:
         await api.stop()
+
+
+async def test_the_web_page_renders_graph_strings_as_text(nats_url: str, graph_builder: str) -> None:
+    """index.html in headless Chromium, fed by a real query-api whose graph holds a node named XSS."""
+    from playwright.async_api import async_playwright
+
+    api = await start_api(nats_url, graph_builder)
+    try:
+        base = f"http://127.0.0.1:{api.http_port}"
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+            page = await browser.new_page()
+            # the page under test is static/index.html; everything else (API, WebSocket) is the real server
+            await page.route(f"{base}/", lambda route: route.fulfill(body=INDEX_HTML.read_text(),
+                                                                     content_type="text/html"))
+            await page.goto(f"{base}/")
+            await page.wait_for_selector("td")
+            cells = await page.eval_on_selector_all("td", "tds => tds.map(td => td.textContent)")
+            images = await page.eval_on_selector_all("img", "imgs => imgs.length")
+            ran = await page.evaluate("window.__xss === 1")
+            await browser.close()
+    finally:
+        await api.stop()
+    print(f"\ncells: {cells}; <img> elements: {images}; script ran: {ran}")
+    assert XSS in cells and cells.count(XSS) == 2  # the name and the IP column, shown as text
+    assert images == 0 and ran is False
