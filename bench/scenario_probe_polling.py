@@ -75,7 +75,7 @@ async def _refresh(svc: ProbeTopologyService) -> tuple[float, float]:
         if not await w.wait_synced(60):
             raise RuntimeError(f"namespace {w.ns.name or 'root'} did not finish its dumps in 60 s")
     synced = time.monotonic()
-    deadline = synced + 5
+    deadline = synced + 1  # a refresh that changed nothing causes no flush at all
     while svc._last_flush < synced and time.monotonic() < deadline:  # the flush loop picks the change up
         await asyncio.sleep(0.002)
     async with svc._flush_lock:  # ... and has rebuilt and published

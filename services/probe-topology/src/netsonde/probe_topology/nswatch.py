@@ -74,6 +74,8 @@ class NsWatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._seq = int(time.time()) & 0xFFFF
         self._dump_kind = ""  # "", "link", "addr", "route", "neigh"
+        self._chain_changed = False
+        """Something differed in the dumps of the chain in flight (reported when the chain ends)."""
         self._dump_seq = 0
         self._dump_intr = False
         self._dump_links: dict[int, dict[str, Any]] = {}
@@ -191,35 +193,44 @@ class NsWatcher:
             self._dump_kind = ""
             self._want_dump = True
 
-    def _dump_finished(self) -> None:
+    def _dump_finished(self) -> bool:
+        """Apply a completed dump and start the next one of the chain; True when the chain has ended and
+        changed something (a refresh of a quiet namespace causes no rebuild)."""
         kind = self._dump_kind
         self._dump_kind = ""
         if self._dump_intr:
             self._start_dump(kind)
-            return
+            return False
+        changed = False
         if kind == "link":
+            changed = self._dump_links != self.links
             self.links = self._dump_links
-            self._refresh_metrics(self._dump_stats)
+            changed |= self._refresh_metrics(self._dump_stats)
             for d in (self.metrics, self.metric_ts, self.first_seen, self.drv, self.addrs, self.last_update):
                 for index in [i for i in d if i not in self.links]:
                     del d[index]
         elif kind == "addr":
-            self.addrs = {i: a for i, a in self._dump_addrs.items() if i in self.links}
+            addrs = {i: a for i, a in self._dump_addrs.items() if i in self.links}
+            changed = addrs != self.addrs
+            self.addrs = addrs
         elif kind == "route":
-            self.rt.replace_routes(self._dump_routes)
+            changed = self.rt.replace_routes(self._dump_routes)
         else:
-            self.rt.replace_neighs(self._dump_neighs)
-            self.rt.forget_links(set(self.links))
+            changed = self.rt.replace_neighs(self._dump_neighs)
+            changed |= self.rt.forget_links(set(self.links))
+        self._chain_changed |= changed
         following = DUMPS[kind][2]
         if following:
             self._start_dump(following)
-            return
+            return False
         if self._want_dump:
             self._want_dump = False
             self._start_dump("link")
-            return
+            return False
         self.synced = True
         self._dump_done.set()
+        changed, self._chain_changed = self._chain_changed, False
+        return changed
 
     # --- reading -------------------------------------------------------------------------------------
     def _readable(self) -> None:
@@ -275,8 +286,7 @@ class NsWatcher:
             self._dump_intr = True
         if mtype == NLMSG_DONE:
             if in_dump:
-                self._dump_finished()
-                return True
+                return self._dump_finished()
             return False
         if mtype == RTM_NEWNSID:
             inode = self._nsid_queries.pop(seq, None)
@@ -303,17 +313,19 @@ class NsWatcher:
             return self._neigh(buf, off, end, mtype == RTM_NEWNEIGH, in_dump)
         return False
 
-    def _refresh_metrics(self, dumped: dict[int, dict[str, int]]) -> None:
+    def _refresh_metrics(self, dumped: dict[int, dict[str, int]]) -> bool:
         """Counters of a link dump: `Metric` moves (with `Last`) only when a counter moved, and the change
         since the previous refresh becomes `LastUpdateMetric` over [previous refresh, now] (Skydive)."""
         now = _now_ms()
         previous_refresh = self._last_refresh_ms
         self._last_refresh_ms = now
+        changed = False
         for index, stats in dumped.items():
             first = self.first_seen.setdefault(index, now)
             old = self.metrics.get(index)
             if old == stats:
                 continue
+            changed = True
             self.metrics[index] = stats
             self.metric_ts[index] = now
             if old is not None and previous_refresh:
@@ -321,6 +333,7 @@ class NsWatcher:
                 delta["Start"] = max(previous_refresh, first)
                 delta["Last"] = now
                 self.last_update[index] = delta
+        return changed
 
     def _route(self, buf: bytes, off: int, end: int, new: bool, in_dump: bool) -> bool:
         parsed = parse_route_at(buf, off, end)
@@ -417,7 +430,10 @@ class NsWatcher:
         feats = ethtool.features(self._ioctl, name)  # one shared map per distinct feature set
         if feats:
             info["Features"] = feats
-        self.drv[index] = (name, info)
+        if cached is None or cached != (name, info):
+            self.drv[index] = (name, info)
+            if self._dump_kind == "link":
+                self._chain_changed = True
 
     def _addr(self, buf: bytes, off: int, end: int, new: bool, in_dump: bool) -> bool:
         parsed = parse_addr_at(buf, off, end)

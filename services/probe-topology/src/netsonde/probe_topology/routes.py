@@ -132,15 +132,20 @@ class RouteState:
         self._tables: dict[int, list[dict[str, Any]]] | None = None
         self._neighbors: dict[int, list[dict[str, Any]]] | None = None
 
-    def replace_routes(self, routes: dict[RouteKey, Route]) -> None:
-        if routes != self.routes:
-            self.routes = routes
-            self._tables = None
+    def replace_routes(self, routes: dict[RouteKey, Route]) -> bool:
+        """The routes of a dump; True when they differ from what events had kept."""
+        if routes == self.routes:
+            return False
+        self.routes = routes
+        self._tables = None
+        return True
 
-    def replace_neighs(self, neighs: dict[NeighKey, dict[str, Any]]) -> None:
-        if neighs != self.neighs:
-            self.neighs = neighs
-            self._neighbors = None
+    def replace_neighs(self, neighs: dict[NeighKey, dict[str, Any]]) -> bool:
+        if neighs == self.neighs:
+            return False
+        self.neighs = neighs
+        self._neighbors = None
+        return True
 
     def route_event(self, key: RouteKey, route: Route | None) -> bool:
         """Apply an RTM_NEWROUTE (route) or RTM_DELROUTE (None); True when something changed."""
@@ -179,13 +184,14 @@ class RouteState:
             self._neighbors = None
         return bool(routes or neighs)
 
-    def forget_links(self, alive: set[int]) -> None:
+    def forget_links(self, alive: set[int]) -> bool:
         """Drop the neighbours of interfaces that are gone (the kernel removes their routes with events)."""
         gone = [k for k in self.neighs if k[0] not in alive]
         for k in gone:
             del self.neighs[k]
         if gone:
             self._neighbors = None
+        return bool(gone)
 
     def routing_tables(self) -> dict[int, list[dict[str, Any]]]:
         """ifindex -> Skydive RoutingTables of that interface (the lists are shared: do not modify them)."""
