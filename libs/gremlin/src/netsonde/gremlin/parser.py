@@ -8,6 +8,9 @@ from .lexer import Tok, Token, tokenize
 
 KEYWORDS = frozenset({"ASC", "DESC", "NOW", "FOREVER"})
 """Bare identifiers accepted as arguments (besides true/false)."""
+MAX_NESTING = 32
+"""Predicate calls nested deeper than this are a syntax error (Skydive's dialect nests two or three levels;
+without a bound, a crafted query would exhaust the interpreter's recursion limit)."""
 
 
 class _Parser:
@@ -15,6 +18,7 @@ class _Parser:
         self.text = text
         self.toks = tokenize(text)
         self.i = 0
+        self.depth = 0
 
     @property
     def tok(self) -> Token:
@@ -79,8 +83,14 @@ class _Parser:
             self.advance()
             up = t.text.upper()
             if self.tok.kind is Tok.LPAREN:
+                if self.depth >= MAX_NESTING:
+                    raise GremlinError(f"syntax error: predicate calls nested more than {MAX_NESTING} deep",
+                                       position=t.pos)
                 self.advance()
-                return ast.Call(up, tuple(self.args()), t.pos, t.text)
+                self.depth += 1
+                call = ast.Call(up, tuple(self.args()), t.pos, t.text)
+                self.depth -= 1
+                return call
             if up in ("TRUE", "FALSE"):
                 return ast.Literal(up == "TRUE", t.pos)
             if up in KEYWORDS:

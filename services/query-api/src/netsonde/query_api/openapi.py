@@ -121,6 +121,18 @@ def _components() -> dict[str, Any]:
                 },
             },
         },
+        "AlertRequest": {
+            "type": "object", "required": ["Expression"],
+            "properties": {"UUID": {"type": "string"}, "Expression": {"type": "string"}, "Name": {"type": "string"},
+                           "Description": {"type": "string"}, "Action": {"type": "string"},
+                           "Trigger": {"type": "string", "description": "graph, periodic:<duration> or "
+                                                                        "duration:<duration>"}},
+        },
+        "Alert": {"type": "object", "required": ["UUID", "Expression"],
+                  "properties": {"UUID": {"type": "string"}, "Expression": {"type": "string"},
+                                 "Name": {"type": "string"}, "Description": {"type": "string"},
+                                 "Action": {"type": "string"}, "Trigger": {"type": "string"},
+                                 "CreateTime": {"type": "string"}, "State": {"type": "string"}}},
         "Graph": {"type": "object", "properties": {"Nodes": {"type": "array", "items": _ref("Element")},
                                                     "Edges": {"type": "array", "items": _ref("Element")}}},
         "GremlinRequest": {"type": "object", "properties": {"GremlinQuery": {"type": "string"}},
@@ -219,6 +231,16 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                                    "responses": {"200": _json(_ref("Capture"), "the capture"), **NOT_FOUND}},
     ("DELETE", "/api/capture/{id}"): {"summary": "stop and remove a capture", "parameters": ID_PARAM,
                                       "responses": {"200": {"description": "removed"}, **NOT_FOUND}},
+    ("GET", "/api/alert"): {"summary": "every alert by UUID, with its state",
+                            "responses": {"200": _json(_map_of("Alert"), "map UUID -> alert")}},
+    ("POST", "/api/alert"): {
+        "summary": "create an alert (Skydive's Alert: Gremlin Expression, Trigger, Action webhook)",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AlertRequest")}}},
+        "responses": {"200": _json(_ref("Alert"), "the alert"), "201": _json(_ref("Alert"), "the alert"), **BAD}},
+    ("GET", "/api/alert/{id}"): {"summary": "one alert", "parameters": ID_PARAM,
+                                 "responses": {"200": _json(_ref("Alert"), "the alert"), **NOT_FOUND}},
+    ("DELETE", "/api/alert/{id}"): {"summary": "delete an alert", "parameters": ID_PARAM,
+                                    "responses": {"200": {"description": "deleted"}, **NOT_FOUND}},
     ("POST", "/api/pcap"): {
         "summary": "turn a pcap/pcapng file into flows (published on the flow stream)",
         "parameters": [

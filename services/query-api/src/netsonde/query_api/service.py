@@ -16,6 +16,7 @@ from netsonde.common.clickhouse import connect
 from netsonde.common.replica import GraphReplica
 from netsonde.common.service import Service
 
+from .bad_input import nesting_guard
 from .captures import CaptureStore
 from .config import QueryApiConfig
 from .limits import body_limit_middleware
@@ -50,6 +51,7 @@ class QueryApiService(Service):
     def add_routes(self, app: web.Application) -> None:
         app.middlewares.append(body_limit_middleware(self.cfg.max_body_bytes, self.cfg.max_pcap_bytes,
                                                      self.m_body_refused))
+        app.middlewares.append(nesting_guard)
         Routes(self).register(app)
         StaticApi(self).register(app)
         openapi.register(app, VERSION)

@@ -40,6 +40,8 @@ def decode(data: bytes, cls: type[T]) -> T:
         raise BusDecodeError("schema", str(exc)) from None
     except msgspec.DecodeError as exc:
         raise BusDecodeError("msgpack", str(exc)) from None
+    except RecursionError:  # arrays/maps nested thousands deep (msgspec stops at the interpreter's limit)
+        raise BusDecodeError("msgpack", "nested too deeply") from None
     expected = getattr(cls, "VERSION", None)
     if expected is not None and getattr(msg, "v", expected) != expected:
         raise BusDecodeError(
