@@ -422,6 +422,7 @@ class NsWatcher:
         cached = self.drv.get(index)
         if not refresh and cached is not None and cached[0] == name:
             return
+        info: dict[str, Any]
         if cached is not None and cached[0] == name:
             info = {k: cached[1][k] for k in ("Driver", "BusInfo") if k in cached[1]}
         else:
