@@ -4,11 +4,17 @@ TLS, and secrets kept out of the logs. Real NATS, a real graph-builder, HTTP ove
 from __future__ import annotations
 
 import asyncio
+import datetime
+import hashlib
+import ipaddress
+import logging
 import select
 import socket
+import ssl
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 import msgpack
 import nats
@@ -143,3 +149,159 @@ async def test_the_web_page_renders_graph_strings_as_text(nats_url: str, graph_b
     print(f"\ncells: {cells}; <img> elements: {images}; script ran: {ran}")
     assert XSS in cells and cells.count(XSS) == 2  # the name and the IP column, shown as text
     assert images == 0 and ran is False
+
+
+# --- authentication, roles, TLS ------------------------------------------------------------------------------
+ADMIN_PW, READER_PW = "s3cret-admin-Pw!", "s3cret-reader-Pw!"
+READER_TOKEN = "reader-token-" + "q" * 30
+
+
+@pytest.fixture
+def users_file(tmp_path: Path) -> str:
+    from netsonde.query_api.auth import hash_password
+
+    path = tmp_path / "users.toml"
+    path.write_text(
+        f'[users.alice]\npassword = "{hash_password(ADMIN_PW)}"\nrole = "admin"\n'
+        f'[users.bob]\npassword = "{hash_password(READER_PW)}"\nrole = "reader"\n'
+        f'[tokens.grafana]\nsha256 = "{hashlib.sha256(READER_TOKEN.encode()).hexdigest()}"\nrole = "reader"\n')
+    return str(path)
+
+
+def _self_signed(directory: Path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, made here with `cryptography`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "netsonde-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "api.crt", directory / "api.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+async def test_auth_is_on_off_loopback_and_roles_hold(nats_url: str, graph_builder: str, users_file: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    from skydive.rest.client import BadRequest, RESTClient
+
+    caplog.set_level(logging.DEBUG)
+    # listening on every address, no auth setting: authentication is on
+    api = await start_api(nats_url, graph_builder, http_host="0.0.0.0", users_file=users_file)
+    try:
+        base = f"http://127.0.0.1:{api.http_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            for method, path in [("GET", "/api/status"), ("POST", "/api/topology"), ("GET", "/api/node"),
+                                 ("POST", "/api/capture"), ("GET", "/ws/subscriber"), ("GET", "/")]:
+                r = await http.request(method, path, json={"GremlinQuery": "G.V()"})
+                assert r.status_code == 401, (method, path, r.status_code)
+            assert (await http.get("/healthz")).status_code == 200
+            r = await http.post("/login", data={"username": "alice", "password": "wrong"})
+            assert r.status_code == 401
+            # an unauthenticated 50 MiB body: refused from the headers
+            answer, sent = await asyncio.to_thread(_post_raw, api.http_port, "/api/topology", 50 * MiB, False)
+            assert answer.startswith(b"HTTP/1.1 401")
+
+            reader = {"Authorization": f"Bearer {READER_TOKEN}"}
+            r = await http.post("/api/topology", json={"GremlinQuery": "G.V().Count()"}, headers=reader)
+            assert r.status_code == 200 and r.json() == 2
+            assert (await http.get("/api/status", headers=reader)).status_code == 200
+            forbidden = [("POST", "/api/capture", {"GremlinQuery": "G.V()"}), ("DELETE", "/api/capture/x", None),
+                         ("POST", "/api/node", {"Metadata": {"Name": "n", "Type": "device"}}),
+                         ("DELETE", "/api/node/x", None), ("POST", "/api/noderule", {"Action": "create"}),
+                         ("POST", "/api/edgerule", {}), ("POST", "/api/pcap", None),
+                         ("POST", "/api/injectpacket", {"Src": "G.V()"})]
+            for method, path, body in forbidden:
+                r = await http.request(method, path, json=body, headers=reader)
+                assert r.status_code == 403, (method, path, r.status_code, r.text)
+            # the WebSocket: a reader may subscribe, nobody without credentials
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"{base}/ws/subscriber", headers=reader) as ws:
+                    await ws.send_json({"Namespace": "Graph", "Type": "SyncRequest", "Obj": {}})
+                    reply = await ws.receive_json(timeout=10)
+                    assert reply["Type"] == "SyncReply" and len(reply["Obj"]["Nodes"]) == 2
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await session.ws_connect(f"{base}/ws/subscriber")
+                assert refused.value.status == 401
+
+        # skydive-client, as Skydive users call it: POST /login, then the session cookie
+        def skydive_calls() -> tuple[int, str, str]:
+            admin = RESTClient(f"127.0.0.1:{api.http_port}", username="alice", password=ADMIN_PW)
+            nodes = admin.lookup_nodes("G.V().Has('Type','host')")
+            capture = admin.capture_create("G.V().Has('Name','h1')", name="auth-test")
+            admin.capture_delete(capture.uuid)
+            reader_client = RESTClient(f"127.0.0.1:{api.http_port}", username="bob", password=READER_PW)
+            assert reader_client.lookup("G.V().Count()") == 2
+            try:
+                reader_client.capture_create("G.V().Has('Name','h1')")
+                refused = "created"
+            except BadRequest as exc:
+                refused = str(exc)
+            return len(nodes), capture.uuid, refused
+
+        count, uuid, refused = await asyncio.to_thread(skydive_calls)
+        assert count == 1 and uuid and "admin role" in refused and "'bob' is a reader" in refused
+        metrics = await asyncio.to_thread(lambda: httpx.get(f"http://127.0.0.1:{api.http_port}/metrics").text)
+        assert 'query_api_auth_failures_total{reason="bad_login"} 1.0' in metrics
+        assert 'query_api_auth_failures_total{reason="forbidden"} 9.0' in metrics
+    finally:
+        await api.stop()
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "login" in logged.lower()  # the log was captured at all
+    for secret in (ADMIN_PW, READER_PW, READER_TOKEN, "wrong"):
+        assert secret not in logged, f"{secret!r} appears in the log"
+
+
+async def test_auth_defaults_and_the_operator_switch(nats_url: str, graph_builder: str, users_file: str) -> None:
+    from netsonde.query_api.auth import AuthConfigError
+
+    api = await start_api(nats_url, graph_builder)  # 127.0.0.1 (make allinone): no authentication
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api.http_port}") as http:
+            assert (await http.get("/api/status")).status_code == 200
+    finally:
+        await api.stop()
+    api = await start_api(nats_url, graph_builder, auth="on", users_file=users_file)  # the operator turns it on
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api.http_port}") as http:
+            assert (await http.get("/api/status")).status_code == 401
+            login = await http.post("/login", data={"username": "bob", "password": READER_PW})
+            assert login.status_code == 200 and "authtok" in login.cookies
+            assert (await http.get("/api/status")).status_code == 200  # the session cookie
+    finally:
+        await api.stop()
+    with pytest.raises(AuthConfigError, match="users_file"):  # on without users: refused at start, not open
+        QueryApiService(QueryApiConfig.load(env={}, http_host="0.0.0.0", subject_prefix=graph_builder))
+
+
+async def test_tls_for_the_api_and_the_websocket(nats_url: str, graph_builder: str, users_file: str,
+                                                 tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    api = await start_api(nats_url, graph_builder, tls_cert=cert, tls_key=key, auth="on", users_file=users_file)
+    try:
+        trust = ssl.create_default_context(cafile=cert)
+        base = f"https://127.0.0.1:{api.http_port}"
+        async with httpx.AsyncClient(base_url=base, verify=trust) as https:
+            r = await https.post("/api/topology", json={"GremlinQuery": "G.V().Count()"},
+                                 headers={"Authorization": f"Bearer {READER_TOKEN}"})
+            assert r.status_code == 200 and r.json() == 2 and r.url.scheme == "https"
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"wss://127.0.0.1:{api.http_port}/ws/subscriber", ssl=trust,
+                                          headers={"Authorization": f"Bearer {READER_TOKEN}"}) as ws:
+                await ws.send_json({"Namespace": "Graph", "Type": "SyncRequest", "Obj": {}})
+                assert (await ws.receive_json(timeout=10))["Type"] == "SyncReply"
+        with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port gets nowhere
+            async with httpx.AsyncClient() as plain:
+                await plain.get(f"http://127.0.0.1:{api.http_port}/api/status", timeout=5)
+    finally:
+        await api.stop()

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -58,6 +59,10 @@ class Service:
     def add_routes(self, app: web.Application) -> None:
         """Services that serve more than health and metrics add their routes here."""
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A service that serves HTTPS (query-api with tls_cert/tls_key) returns its context here."""
+        return None
+
     # --- lifecycle ---------------------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Start a named background task; if it dies unexpectedly, the whole service stops."""
@@ -89,7 +94,11 @@ class Service:
         self._http_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._http_runner.setup()
         site = web.TCPSite(
-            self._http_runner, self.config.http_host, self.config.http_port, reuse_address=True
+            self._http_runner,
+            self.config.http_host,
+            self.config.http_port,
+            reuse_address=True,
+            ssl_context=self.ssl_context(),
         )
         await site.start()
         server = site._server

@@ -25,10 +25,6 @@ class QueryApiConfig(BaseConfig):
     """Largest request body of the JSON routes; a larger one gets 413 before it is read whole."""
     max_pcap_bytes: int = 16 * 1024 * 1024
     """Largest pcap file `POST /api/pcap` accepts (413 above, before it is read whole)."""
-    max_body_bytes: int = 1024 * 1024
-    """Largest request body of the JSON routes; a larger one gets 413 before it is read whole."""
-    max_pcap_bytes: int = 16 * 1024 * 1024
-    """Largest pcap file `POST /api/pcap` accepts (413 above, before it is read whole)."""
     auth: str = "auto"
     """API authentication: on, off, or auto (on unless http_host is a loopback address). docs/reliability.md."""
     users_file: str = ""
@@ -44,8 +40,6 @@ class QueryApiConfig(BaseConfig):
         super().validate()
         if self.query_timeout_s <= 0 or self.max_results < 1:
             raise ConfigError("query_timeout_s and max_results must be positive")
-        if self.max_body_bytes < 1 or self.max_pcap_bytes < 1:
-            raise ConfigError("max_body_bytes and max_pcap_bytes must be positive")
         if self.max_body_bytes < 1 or self.max_pcap_bytes < 1 or self.ws_queue_max < 1:
             raise ConfigError("max_body_bytes, max_pcap_bytes and ws_queue_max must be positive")
         if self.auth not in ("on", "off", "auto"):

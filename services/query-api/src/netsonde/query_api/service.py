@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from typing import Any, Mapping
 
@@ -18,6 +19,7 @@ from netsonde.common.service import Service
 
 from .bad_input import nesting_guard
 from .captures import CaptureStore
+from .auth import Authenticator, auth_middleware, auth_required, login_handler, login_without_auth, server_ssl_context
 from .config import QueryApiConfig
 from .limits import body_limit_middleware
 from .consistency import CowGraph, SnapshotCache
@@ -47,8 +49,19 @@ class QueryApiService(Service):
         self.m_ws_clients = m.gauge("websocket_clients", "Connected WebSocket subscribers")
         self.m_body_refused = m.counter("body_too_large_total", "Requests refused with 413 (body over the route's "
                                         "limit)", ["route"])
+        self.m_auth_failures = m.counter("auth_failures_total", "API requests refused (unauthenticated, forbidden) "
+                                         "and failed logins (bad_login)", ["reason"])
+        self.auth = (Authenticator(config.users_file, self.m_auth_failures)
+                     if auth_required(config.auth, config.http_host) else None)
+        self._ssl = server_ssl_context(config.tls_cert, config.tls_key)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self._ssl
 
     def add_routes(self, app: web.Application) -> None:
+        if self.auth is not None:  # first: an unauthenticated request is refused before anything else
+            app.middlewares.append(auth_middleware(self.auth))
+        app.router.add_post("/login", login_handler(self.auth) if self.auth else login_without_auth)
         app.middlewares.append(body_limit_middleware(self.cfg.max_body_bytes, self.cfg.max_pcap_bytes,
                                                      self.m_body_refused))
         app.middlewares.append(nesting_guard)
