@@ -117,6 +117,15 @@ async def test_routes_neighbours_ethtool_and_host_metadata(nats_url, unique, pai
         sh("ip", "-n", ns1, "route", "del", "10.93.0.0/16", "table", "2")
         assert await until(lambda: 2 not in _tables(m.one(Name=a)["Metadata"])
                            and len(m.one(Name=a)["Metadata"]["Neighbors"]) == 1, 5)
+        # a neighbour learned by ARP: b's namespace forgets its static entry, then pings a
+        ns2, b, mac_a = pair["ns2"], pair["b"], pair["mac_a"]
+        sh("ip", "-n", ns2, "neigh", "del", "10.94.0.1", "dev", b)
+        assert await until(lambda: not m.one(Name=b)["Metadata"].get("Neighbors"), 5)
+        _ping(ns2, "10.94.0.1", 1)
+        b_index = m.one(Name=b)["Metadata"]["IfIndex"]
+        assert await until(lambda: m.one(Name=b)["Metadata"].get("Neighbors") == [
+            {"IP": "10.94.0.1", "MAC": mac_a, "State": ["NUD_REACHABLE"], "IfIndex": b_index}], 5), \
+            m.one(Name=b)["Metadata"].get("Neighbors")
         # a link set down: the kernel flushes its IPv4 routes without a netlink event; the probe dumps again
         sh("ip", "-n", ns1, "link", "set", a, "down")
         assert await until(lambda: _route(m.one(Name=a)["Metadata"], 254, "0.0.0.0/0") is None
