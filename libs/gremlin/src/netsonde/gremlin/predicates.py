@@ -236,8 +236,9 @@ class Regex(Predicate):
             raise GremlinError(f"Regex() takes a string, got {args[0]!r}", position=pos)
         try:
             self.rx = re.compile(args[0])
-        except re.error as e:
-            raise GremlinError(f"invalid regular expression {args[0]!r}: {e}", position=pos) from None
+        except (re.error, RecursionError, OverflowError) as e:  # groups nested too deep exhaust the recursion
+            raise GremlinError(f"invalid regular expression {args[0]!r}: {e or 'nested too deeply'}",
+                               position=pos) from None
 
     def match(self, v: Any) -> bool:
         return isinstance(v, str) and self.rx.fullmatch(v) is not None
