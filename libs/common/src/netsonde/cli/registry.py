@@ -25,6 +25,7 @@ SERVICES: tuple[ServiceEntry, ...] = (
     ServiceEntry("graph-builder", "graph_builder"),
     ServiceEntry("query-api", "query_api"),
     ServiceEntry("flow-enricher", "flow_enricher"),
+    ServiceEntry("alert-evaluator", "alert_evaluator"),
     ServiceEntry("probe-topology", "probe_topology"),
     ServiceEntry("probe-flow", "probe_flow"),
     ServiceEntry("sflow-collector", "sflow_collector"),

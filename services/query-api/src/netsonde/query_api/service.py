@@ -26,6 +26,7 @@ from .consistency import CowGraph, SnapshotCache
 from . import openapi
 from .routes import VERSION, Routes
 from .static_api import StaticApi
+from .alerts_api import AlertApi
 from .websocket import SubscriberHub
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class QueryApiService(Service):
         app.middlewares.append(nesting_guard)
         Routes(self).register(app)
         StaticApi(self).register(app)
+        AlertApi(self).register(app)
         openapi.register(app, VERSION)
 
     def client_factory(self) -> Any:
@@ -94,6 +96,7 @@ class QueryApiService(Service):
         self.captures = CaptureStore(self.nc, self.subjects)
         await self.captures.start()
         await self.nc.subscribe(self.subjects.flows_enriched, cb=self._on_enriched_flows)
+        await self.nc.subscribe(self.subjects.alert_events_all, cb=self._on_alert_event)
         await self.nc.flush()
 
     async def on_stop(self) -> None:
@@ -105,6 +108,14 @@ class QueryApiService(Service):
         synced = self.replica is not None and self.replica.synced.is_set()
         return {"ok": self.ready, "graph_synced": synced,
                 "nodes": len(self.replica.graph.nodes) if self.replica else 0}
+
+    async def _on_alert_event(self, msg: Any) -> None:
+        """alert-evaluator's events to the WebSocket subscribers (Skydive's `Alert` namespace)."""
+        from netsonde.common.bus.alerts import AlertEvent, event_to_json
+
+        event = self.inbound(msg.data, AlertEvent, "alert_event", msg.subject)
+        if event is not None:
+            self.hub.on_alert(event_to_json(event))
 
     async def _on_enriched_flows(self, msg: Any) -> None:
         if not self.hub.flow_clients:

@@ -94,6 +94,13 @@ class SubscriberHub:
             raise FilterError("the graph is not ready yet")
         return FilteredView(query, self.run_query)
 
+    def on_alert(self, event: dict[str, Any]) -> None:
+        """An alert event to every graph subscriber, as Skydive broadcasts its `Alert` messages."""
+        text = envelope("Alert", "Alert", event)
+        for client in list(self.graph_clients):
+            client.send(text)
+            self.sent += 1
+
     def on_flows(self, flows: list[dict[str, Any]]) -> None:
         if not self.flow_clients or not flows:
             return

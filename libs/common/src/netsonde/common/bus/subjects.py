@@ -81,6 +81,24 @@ class Subjects:
         """JetStream key-value bucket of static nodes/edges and node/edge rules (written by graph-builder)."""
         return f"{self.prefix}_static"
 
+    @property
+    def alert_bucket(self) -> str:
+        """JetStream key-value bucket of alert definitions (written by query-api, watched by alert-evaluator)."""
+        return f"{self.prefix}_alerts"
+
+    @property
+    def alert_state_bucket(self) -> str:
+        """JetStream key-value bucket of alert states (written by alert-evaluator, read by query-api)."""
+        return f"{self.prefix}_alert_states"
+
+    def alert_events(self, alert_uuid: str) -> str:
+        """AlertEvent (firing, resolved) of one alert, from alert-evaluator."""
+        return f"{self.prefix}.alerts.{_token(alert_uuid)}"
+
+    @property
+    def alert_events_all(self) -> str:
+        return f"{self.prefix}.alerts.*"
+
     def packet_inject(self, host: str) -> str:
         """Request/reply to the probe-flow of `host`: PacketInjectRequest -> PacketInjectReply (bus.injection)."""
         return f"{self.prefix}.inject.{_token(host)}"

@@ -1,0 +1,203 @@
+"""Alerting end to end on real parts: a real NATS, the ClickHouse engine, graph-builder, query-api and
+alert-evaluator, a webhook server, a plain nats-py consumer and a WebSocket subscriber; on real veths and a real
+ping flood for the root tier."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+from skydive.rest.client import RESTClient
+
+from netsonde.common.clickhouse import connect
+from tests.integration.alert_stack import AlertStack, BusTap, WebhookReceiver, WsTap, wait_until
+from tests.integration.static_stack import client
+
+
+@pytest.fixture
+async def alerting(nats_url: str, clickhouse_url: str, unique: str):
+    common = dict(env={}, nats_url=nats_url, subject_prefix=f"al{unique}", host_id=f"host-{unique}",
+                  clickhouse_url=clickhouse_url, clickhouse_database=f"alerts_{unique}")
+    s = AlertStack(common, webhook_timeout_s=0.5, webhook_retries=1)
+    hooks, bus, ws = WebhookReceiver(), BusTap(), WsTap()
+    await hooks.start()
+    await bus.start(nats_url, common["subject_prefix"])
+    await s.start_gb()
+    await s.start_api()
+    await s.start_evaluator()
+    await ws.start(s.port)
+    yield s, hooks, bus, ws
+    await ws.stop()
+    await s.stop()
+    await bus.stop()
+    await hooks.stop()
+
+
+async def _status(http: httpx.AsyncClient, uuid: str) -> str:
+    r = await http.get(f"/api/alert/{uuid}")
+    assert r.status_code == 200, r.text
+    return str(r.json()["Status"]["State"])
+
+
+async def test_static_node_alert_fires_once_resolves_once_across_a_restart(alerting: Any, unique: str) -> None:
+    s, hooks, bus, ws = alerting
+    name = f"dev-{unique}"
+    expr = f"G.V().Has('Name','{name}','State','DOWN')"
+    async with client(s) as http:
+        r = await http.post("/api/node", json={"ID": f"n-{unique}", "Metadata": {"Name": name, "Type": "device",
+                                                                                  "State": "UP"}})
+        assert r.status_code in (200, 201), r.text
+        made = {}
+        for path in ("/", "/slow", "/fail"):
+            r = await http.post("/api/alert", json={"Name": f"down{path}", "Expression": expr,
+                                                    "Action": hooks.url + path})
+            assert r.status_code == 200, r.text
+            made[path] = r.json()["UUID"]
+        for uuid in made.values():
+            await wait_until(lambda u=uuid: _is(http, u, "ok"), 10, "the alert evaluated (state ok)")
+        listed = (await http.get("/api/alert")).json()
+        assert set(listed) == set(made.values())
+        assert listed[made["/"]]["Expression"] == expr and listed[made["/"]]["Trigger"] == "graph"
+
+        down = [{"op": "replace", "path": "/Metadata/State", "value": "DOWN"}]
+        started = time.time()
+        r = await http.patch(f"/api/node/n-{unique}", json=down)
+        assert r.status_code == 200, r.text
+        await wait_until(lambda: all(bus.of(u) for u in made.values()), 5, "three firing events on the bus")
+        # the slow and the failing webhooks did not hold anything: every event is out within a second
+        assert max(t for t, ev in bus.events) - started < 1.0
+        fired = bus.of(made["/"])[0]
+        assert fired["State"] == "firing" and fired["v"] == 1 and fired["ReasonCount"] == 1
+        assert fired["ReasonData"][0]["Metadata"]["Name"] == name
+        await wait_until(lambda: hooks.events("/"), 5, "the webhook call")
+        hook = hooks.events("/")[0]
+        assert hook["ID"] == fired["ID"] and hook["UUID"] == made["/"] and hook["State"] == "firing"
+        assert hook["ReasonData"][0]["Metadata"]["State"] == "DOWN" and hook["Timestamp"].endswith("Z")
+        await wait_until(lambda: [a for a in ws.alerts if a["Obj"]["ID"] == fired["ID"]], 5, "the WebSocket message")
+        assert await _status(http, made["/"]) == "firing"
+
+        # the evaluator restarts while the alert fires: nothing fires again
+        await s.stop_evaluator()
+        await s.start_evaluator()
+        await asyncio.sleep(1.0)
+        assert [len(bus.of(u)) for u in made.values()] == [1, 1, 1]
+        assert await _status(http, made["/"]) == "firing"
+
+        r = await http.patch(f"/api/node/n-{unique}", json=[{"op": "replace", "path": "/Metadata/State",
+                                                             "value": "UP"}])
+        assert r.status_code == 200, r.text
+        await wait_until(lambda: len(bus.of(made["/"])) == 2, 5, "the resolved event")
+        resolved = bus.of(made["/"])[1]
+        assert resolved["State"] == "resolved" and resolved["ReasonData"][0]["Metadata"]["Name"] == name
+        await wait_until(lambda: len(hooks.events("/")) == 2, 5, "the resolved webhook call")
+        await asyncio.sleep(0.5)
+        assert [e["State"] for e in hooks.events("/")] == ["firing", "resolved"]  # each event exactly once
+        assert len(ws.alerts) == 6 and await _status(http, made["/"]) == "ok"
+
+        # the failing webhook: tried twice per event (webhook_retries=1), counted, never delivered; the slow one
+        # times out twice; this evaluator run counts the resolved events
+        assert s.evaluator is not None
+        fail_resolved = bus.of(made["/fail"])[1]["ID"]
+        await wait_until(lambda: hooks.failures.count(fail_resolved) == 2, 10, "both attempts on /fail")
+        metrics_url = f"http://127.0.0.1:{s.evaluator.http_port}/metrics"
+
+        async def failed_twice() -> str | None:
+            async with httpx.AsyncClient() as c:
+                text = (await c.get(metrics_url)).text
+            return text if 'webhook_deliveries_total{result="failed"} 2.0' in text else None
+
+        metrics = await wait_until(failed_twice, 10, "the slow and the failing webhook counted as failed")
+        assert 'netsonde_alert_evaluator_webhook_deliveries_total{result="delivered"} 1.0' in metrics
+
+        # history in ClickHouse: both runs' events, one row each
+        ch = connect(s.common["clickhouse_url"], s.common["clickhouse_database"])
+        rows = await wait_until(lambda: (lambda r: r if len(r) == 2 else None)(ch.query(
+            "SELECT state, id, reason_count FROM alert_events FINAL WHERE alert = {a:String} ORDER BY time",
+            parameters={"a": made["/"]}).result_rows), 10, "two rows in alert_events")
+        assert [(r[0], r[1], r[2]) for r in rows] == [("firing", fired["ID"], 1), ("resolved", resolved["ID"], 1)]
+        ch.close()
+
+        r = await http.delete(f"/api/alert/{made['/']}")
+        assert r.status_code == 200
+        assert (await http.get(f"/api/alert/{made['/']}")).status_code == 404
+        assert (await http.delete(f"/api/alert/{made['/']}")).status_code == 404
+
+
+async def _is(http: httpx.AsyncClient, uuid: str, state: str) -> bool:
+    return await _status(http, uuid) == state
+
+
+async def test_bad_alerts_are_refused_with_the_reason(alerting: Any, unique: str) -> None:
+    s, *_ = alerting
+    async with client(s) as http:
+        cases = [
+            ({"Expression": "G.V().Has('Name'"}, "Expression: syntax error"),
+            ({"Expression": "G.V().Nope()"}, "unknown step Nope()"),
+            ({}, "Expression is required"),
+            ({"Expression": "G.V()", "Trigger": "sometimes"}, "Trigger 'sometimes'"),
+            ({"Expression": "G.V()", "Trigger": "periodic:10x"}, "is not a duration"),
+            ({"Expression": "G.V()", "Trigger": "duration:100ms"}, "at least 1s"),
+            ({"Expression": "G.V()", "Action": "file:///bin/true"}, "scripts (file://) are not supported"),
+            ({"Expression": "G.V()", "Action": "mailto:x@y"}, "expected a webhook URL"),
+            ({"Expression": "G.V()", "Severity": "high"}, "unknown field(s) Severity"),
+        ]
+        for body, message in cases:
+            r = await http.post("/api/alert", json=body)
+            assert r.status_code == 400 and message in r.text, (body, r.status_code, r.text)
+        assert (await http.get("/api/alert")).json() == {}
+        # Skydive's duration trigger and ours are both taken
+        for trigger in ("duration:10s", "periodic:1m30s"):
+            r = await http.post("/api/alert", json={"Expression": "G.V().Count()", "Trigger": trigger})
+            assert r.status_code == 200 and r.json()["Trigger"] == trigger, r.text
+
+
+@pytest.fixture
+async def tight_limits(nats_url: str, clickhouse_url: str, unique: str):
+    common = dict(env={}, nats_url=nats_url, subject_prefix=f"lim{unique}", host_id=f"host-{unique}",
+                  clickhouse_url=clickhouse_url, clickhouse_database=f"alerts_{unique}")
+    s = AlertStack(common, max_results=3, history=False)
+    await s.start_gb()
+    await s.start_api()
+    await s.start_evaluator()
+    yield s
+    await s.stop()
+
+
+async def test_an_expensive_expression_is_bounded_by_the_limits(tight_limits: AlertStack, unique: str) -> None:
+    s = tight_limits
+    async with client(s) as http:
+        for i in range(5):
+            r = await http.post("/api/node", json={"ID": f"x{i}-{unique}", "Metadata": {"Name": f"x{i}",
+                                                                                       "Type": "device"}})
+            assert r.status_code in (200, 201), r.text
+        r = await http.post("/api/alert", json={"Expression": "G.V().Has('Type','device')"})
+        assert r.status_code == 200, r.text
+        uuid = r.json()["UUID"]
+        state = await wait_until(lambda: _full_status(http, uuid, "error"), 10, "the alert in state error")
+        assert state["Error"].startswith("query result too large: more than 3 nodes"), state
+
+
+async def _full_status(http: httpx.AsyncClient, uuid: str, want: str) -> dict[str, Any] | None:
+    st = (await http.get(f"/api/alert/{uuid}")).json()["Status"]
+    return st if st["State"] == want else None
+
+
+async def test_skydive_client_alert_calls(alerting: Any) -> None:
+    s, hooks, *_ = alerting
+    rest = RESTClient(f"127.0.0.1:{s.port}")
+    created = await asyncio.to_thread(rest.alert_create, hooks.url + "/", "G.V().Has('Type','netns').Count()",
+                                      "duration:2s")
+    assert created.uuid
+    listed = await asyncio.to_thread(rest.alert_list)
+    assert [a.uuid for a in listed] == [created.uuid]
+    # skydive-client 0.10's from_object swaps Expression and Trigger; the server answers them right
+    assert (listed[0].expression, listed[0].trigger) == ("duration:2s", "G.V().Has('Type','netns').Count()")
+    await asyncio.to_thread(rest.alert_delete, created.uuid)
+    assert await asyncio.to_thread(rest.alert_list) == []
+    with pytest.raises(Exception, match="Expression: syntax error"):
+        await asyncio.to_thread(rest.alert_create, "", "G.V(", "graph")
+
+
