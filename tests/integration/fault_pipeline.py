@@ -128,12 +128,12 @@ class Services:
         self.procs[package] = proc
         return proc
 
-    def flow_pipeline(self, **enricher: str) -> tuple[ServiceProc, ServiceProc]:
+    def flow_pipeline(self, probe: dict[str, str] | None = None, **enricher: str) -> tuple[ServiceProc, ServiceProc]:
         """flow-enricher (acks re-sent after 3 s, rows kept forever) and probe-flow (no graph, no OVS)."""
         settings = dict(ack_wait_s="3", ttl_days="0", graph_feed="false", insert_interval_s="0.2", retry_max_s="2")
         settings.update(enricher)
         fe = self.start("flow_enricher", **settings)
-        pf = self.start("probe_flow", use_graph="false", ovsdb="", update_interval_s="1")
+        pf = self.start("probe_flow", **{"use_graph": "false", "ovsdb": "", "update_interval_s": "1", **(probe or {})})
         return fe, pf
 
     def stop(self) -> None:

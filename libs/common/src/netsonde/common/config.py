@@ -70,6 +70,8 @@ class BaseConfig:
     """First token of every subject, so two deployments can share one NATS cluster."""
     stream_replicas: int = 1
     """Copies of every JetStream stream and KV bucket this service creates (3 on a 3-node NATS cluster)."""
+    status_interval_s: float = 5.0
+    """How often a stage publishes its loss counters (`<prefix>.status.drops`, summed in /api/status)."""
     clickhouse_url: str = "http://127.0.0.1:8123"
     """ClickHouse HTTP URL (a real server, or the embedded store); user:password@ allowed."""
     clickhouse_database: str = "netsonde"
@@ -91,6 +93,8 @@ class BaseConfig:
             raise ConfigError(f"setting 'log_level': unknown level {self.log_level!r}")
         if self.log_format not in ("json", "text"):
             raise ConfigError(f"setting 'log_format': expected json or text, got {self.log_format!r}")
+        if self.status_interval_s <= 0:
+            raise ConfigError("setting 'status_interval_s' must be > 0")
         if not 1 <= self.stream_replicas <= 5:
             raise ConfigError(f"setting 'stream_replicas': {self.stream_replicas} is not 1..5")
         if not (0 <= self.http_port < 65536):

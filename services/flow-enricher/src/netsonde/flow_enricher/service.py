@@ -30,6 +30,7 @@ from .config import FlowEnricherConfig
 from .lookup import EndpointLookup
 from .pipeline import Processed, process
 from netsonde.common.bus.streams import ensure_flow_stream
+from netsonde.common.dropreport import report_drops
 
 from .stream import consumer_config
 from .writer import FlowWriter
@@ -37,6 +38,10 @@ from .writer import FlowWriter
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 20.0
+
+DROPS = {"redeliveries": "redeliveries_total", "rejects": "bad_messages_total",
+         "insert_failures": "insert_errors_total"}
+"""What this stage can lose or repeat, as published on `<prefix>.status.drops` (kind -> metric)."""
 
 
 def tune_malloc() -> None:
@@ -52,6 +57,14 @@ def tune_malloc() -> None:
         libc.mallopt(-1, 1024 * 1024 * 1024)  # M_TRIM_THRESHOLD: do not give the heap back after each flush
     except (OSError, AttributeError):
         pass  # not glibc: defaults
+
+
+def _delivered(msg: Msg) -> int:
+    """How many times JetStream delivered this message (from its reply subject; 1 if unreadable)."""
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return 1
 
 
 class FlowEnricherService(Service):
@@ -82,6 +95,8 @@ class FlowEnricherService(Service):
         self.m_batches = m.counter("batches_stored_total", "Bus messages (flow batches) stored and acked")
         self.m_inserts = m.counter("inserts_total", "ClickHouse inserts (each covers many batches)")
         self.m_insert_errors = m.counter("insert_errors_total", "Failed ClickHouse inserts (retried)")
+        self.m_redeliveries = m.counter("redeliveries_total", "Flow batches JetStream delivered more than once "
+                                        "(stored again under the same keys, collapsed by FINAL)")
         self.m_insert_s = m.histogram("insert_seconds", "Column build + insert time per flush")
         self.m_lag = m.histogram("lag_seconds", "Batch timestamp to acked-in-ClickHouse time",
                                  buckets=(.05, .1, .25, .5, 1, 2, 5, 10, 30, 60))
@@ -104,6 +119,8 @@ class FlowEnricherService(Service):
             self.subjects.flows_all, durable=self.cfg.consumer_name, stream=self.subjects.flow_stream,
             config=consumer_config(self.cfg.consumer_name, self.cfg.ack_wait_s, self.cfg.max_ack_pending))
         self._consume_task = self.spawn(self._consume(), "consume")
+        self.spawn(report_drops(self.nc, self.subjects, self.name, self.cfg.host_id, self.metrics.registry,
+                                self.metrics.prefix, DROPS, self.cfg.status_interval_s), "drop-counters")
 
     async def on_stop(self) -> None:
         self._give_up_at = time.monotonic() + STOP_GRACE_S / 2
@@ -163,6 +180,9 @@ class FlowEnricherService(Service):
                 await asyncio.sleep(0.5)
                 msgs = []
             if msgs:
+                redelivered = sum(1 for m in msgs if _delivered(m) > 1)
+                if redelivered:
+                    self.m_redeliveries.inc(redelivered)
                 if not pending:
                     first_at = time.monotonic()
                 pending.extend(msgs)

@@ -17,6 +17,7 @@ from netsonde.common.bus.graph import GraphEventBatch, SnapshotChunk
 from netsonde.common.bus.metrics import InterfaceMetrics, InterfaceMetricsBatch
 from netsonde.common.bus.topology import ResyncRequest, TopologyMessage
 from netsonde.common.clickhouse import run_migrations
+from netsonde.common.dropreport import report_drops
 from netsonde.common.logs import OnceLogger
 from netsonde.common.service import Service
 from netsonde.gremlin import QueryLimits
@@ -81,6 +82,9 @@ class GraphBuilderService(Service):
         if self.writer is not None:
             self.spawn(self._history_loop(), "history-writer")
         self.spawn(self._resync_loop(), "resync")
+        drops = {"rejects": "bad_messages_total", "history_failures": "history_errors_total"}
+        self.spawn(report_drops(self.nc, self.subjects, self.name, self.cfg.host_id, self.metrics.registry,
+                                self.metrics.prefix, drops, self.cfg.status_interval_s), "drop-counters")
 
     def _apply_ttl(self) -> None:
         from netsonde.common.clickhouse import connect

@@ -24,6 +24,7 @@ from netsonde.common.bus.captures import Capture, CaptureStatus
 from netsonde.common.bus.flows import Flow, FlowUpdateBatch
 from netsonde.common.bus.metrics import InterfaceMetricsBatch
 from netsonde.common.bus.streams import ensure_flow_stream, open_capture_bucket
+from netsonde.common.dropreport import report_drops
 from netsonde.common.capture_types import nodes_in_result
 from netsonde.common.logs import OnceLogger
 from netsonde.common.replica import GraphReplica
@@ -102,6 +103,11 @@ class SFlowCollectorService(Service):
         self.instance = self.cfg.instance or str(self.port)
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_readable)
         self.spawn(self._ticker(), "sflow-ticker")
+        drops = {"sflow_sequence_gaps": "datagrams_lost_total", "sflow_malformed": "datagrams_dropped_total",
+                 "socket_drops": "socket_drops", "publish_failures": "publish_errors_total",
+                 "rejects": "bad_messages_total"}
+        self.spawn(report_drops(self.nc, self.subjects, self.name, self.cfg.host_id, self.metrics.registry,
+                                self.metrics.prefix, drops, self.cfg.status_interval_s), "drop-counters")
         if self.cfg.manage_ovs:
             target = self.cfg.ovs_target or f"127.0.0.1:{self.port}"
             self.replica = GraphReplica(self.nc, self.subjects, bad_messages=self.metrics.bad_messages)

@@ -31,6 +31,7 @@ from netsonde.common.bus.flows import Flow, FlowUpdateBatch
 from netsonde.common.bus.injection import PacketInjectReply, PacketInjectRequest
 from netsonde.common.bus.streams import ensure_flow_stream, open_capture_bucket
 from netsonde.common.capture_types import nodes_in_result
+from netsonde.common.dropreport import report_drops
 from netsonde.common.service import Service
 from netsonde.flow.inject import InjectionError, inject_packets
 from netsonde.flow.pcap import PcapError, feed_pcap
@@ -41,6 +42,11 @@ from .controller import CaptureController, QueryError, node_netns
 from .sflowsocket import publish_agent_counters
 
 log = logging.getLogger(__name__)
+
+DROPS = {"kernel_drops": "kernel_drops_total", "table_full": "flows_refused_total", "bad_packets": "bad_packets_total",
+         "publish_retries": "publish_retries_total", "publish_failures": "publish_errors_total",
+         "flow_updates_dropped": "flow_updates_dropped_total", "rejects": "bad_messages_total"}
+"""What this stage can lose, as published on `<prefix>.status.drops` (kind -> metric)."""
 
 
 class ProbeFlowService(Service):
@@ -71,6 +77,8 @@ class ProbeFlowService(Service):
         self.m_option_events = m.counter("option_events_total", "Capture option and target events (defrag_timeouts, "
                                          "defrag_evicted, layer_errors, netflow_records ...)", ["event"])
         self.m_kernel_drops = m.counter("kernel_drops_total", "Packets the kernel dropped (ring full)")
+        self.m_table_full = m.counter("flows_refused_total", "Packets of new flows refused: flow table full "
+                                      "(max_entries)")
         self.m_flows = m.counter("flow_updates_published_total", "Flow updates published")
         self.m_publish_errors = m.counter("publish_errors_total", "Failed publishes", ["kind"])
         self.m_publish_retries = m.counter("publish_retries_total", "Flow batch publishes retried (NATS down or slow)")
@@ -97,11 +105,16 @@ class ProbeFlowService(Service):
         self.spawn(self._watch_captures(), "watch-captures")
         self.spawn(self._reconciler(), "reconcile")
         self.spawn(self._publisher(), "publish")
+        self.spawn(report_drops(self.nc, self.subjects, self.name, self.cfg.host_id, self.metrics.registry,
+                                self.metrics.prefix, DROPS, self.cfg.status_interval_s), "drop-counters")
 
     async def on_stop(self) -> None:
         self.controller.stop_all()
         with contextlib.suppress(Exception):
             await self._publish_once()
+        # the "stopped" states stop_all() produced: nodes must not keep showing an active capture
+        with contextlib.suppress(Exception):
+            await self._publish_statuses()
         if self.replica is not None:
             await self.replica.stop()
         await natsconn.close(self.nc)
@@ -175,7 +188,7 @@ class ProbeFlowService(Service):
                                      self.m_publish_errors)
 
     def _export_stats(self) -> None:
-        packets = drops = nflows = stream_errors = 0
+        packets = drops = nflows = stream_errors = refused = 0
         bad: dict[str, int] = {}
         events: dict[str, int] = {}
         for rc in list(self.controller.running.values()):
@@ -185,6 +198,7 @@ class ProbeFlowService(Service):
             packets += st.packets
             nflows += len(rc.table)
             drops += rc.reader.packets_dropped
+            refused += st.flows_dropped
             stream_errors += getattr(rc.reader, "stream_errors", 0)
             for k, v in st.decode_errors.items():
                 bad[k] = bad.get(k, 0) + v
@@ -192,7 +206,7 @@ class ProbeFlowService(Service):
                 events[k] = events.get(k, 0) + v
         self.m_table_flows.set(nflows)
         for key, value, inc in (("p", packets, self.m_packets.inc), ("d", drops, self.m_kernel_drops.inc),
-                                ("s", stream_errors, self.m_stream_errors.inc)):
+                                ("s", stream_errors, self.m_stream_errors.inc), ("r", refused, self.m_table_full.inc)):
             prev = self._exported.get(key, 0)
             if value > prev:
                 inc(value - prev)

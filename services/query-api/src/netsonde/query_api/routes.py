@@ -131,6 +131,7 @@ class Routes:
                       "Seq": replica.seq if replica else 0},
             "Probes": sorted({n.Host for n in self.graph.nodes.values() if n.Metadata.get("Type") == "host"}),
             "Subscribers": len(self.svc.hub.graph_clients) + len(self.svc.hub.flow_clients),
+            "Drops": self.svc.drops.summary(),
         })
 
     async def topology_get(self, request: web.Request) -> web.Response:

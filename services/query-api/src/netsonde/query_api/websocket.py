@@ -8,11 +8,16 @@ Envelope: {"Namespace": "Graph", "Type": "NodeAdded", "UUID": "", "Status": 200,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
+import struct
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from prometheus_client import Counter
 
 from netsonde.common.bus.graph import GraphEvent
 from netsonde.common.graph import element_to_json
@@ -27,28 +32,57 @@ def envelope(namespace: str, type_: str, obj: Any, uuid: str = "", status: int =
 
 
 class Subscriber:
-    """One WebSocket client with a bounded outgoing queue: a slow client is disconnected, never waited for."""
+    """One WebSocket client with a bounded outgoing queue: a slow client is disconnected, never waited for.
 
-    def __init__(self, ws: web.WebSocketResponse, max_queue: int = 10_000) -> None:
+    A client that stops reading fills the socket buffers, then its queue; the message that would exceed
+    `max_queue` disconnects it (close 1008, or the connection aborted if even the close cannot be written),
+    its backlog is freed at once and `on_slow` counts it. Memory per subscriber is bounded by `max_queue`."""
+
+    def __init__(self, ws: web.WebSocketResponse, max_queue: int = 10_000,
+                 on_slow: Callable[[], None] | None = None, transport: asyncio.BaseTransport | None = None) -> None:
         self.ws = ws
+        self.max_queue = max_queue
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(max_queue)
         self.overflowed = False
         self.view: FilteredView | None = None
         """Set when the client subscribed with a Gremlin filter (ws_filter.py)."""
+        self.on_slow = on_slow
+        self.transport = transport
+        self.writer_task: asyncio.Task[None] | None = None
+        self._disconnecting: asyncio.Task[None] | None = None
 
     def send(self, text: str) -> None:
+        if self.overflowed:
+            return
         try:
             self.queue.put_nowait(text)
         except asyncio.QueueFull:
             self.overflowed = True
-            self.queue = asyncio.Queue(1)
-            self.queue.put_nowait(None)
+            self.queue = asyncio.Queue(1)  # the backlog goes now, not when the client goes
+            if self.on_slow is not None:
+                self.on_slow()
+            self._disconnecting = asyncio.ensure_future(self._disconnect())
+
+    async def _disconnect(self) -> None:
+        """Close 1008 if the close frame can still be written, else (the client reads nothing) reset the
+        connection: SO_LINGER 0 drops what the kernel still holds for it instead of keeping it until a timeout."""
+        log.warning("disconnecting a WebSocket subscriber more than %d messages behind", self.max_queue)
+        if self.writer_task is not None:
+            self.writer_task.cancel()
+        reason = f"subscriber too slow: more than {self.max_queue} messages behind".encode()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(self.ws.close(code=1008, message=reason), 2.0)
+        if self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
 
     async def writer(self) -> None:
         while True:
             text = await self.queue.get()
             if text is None:
-                await self.ws.close(code=1008, message=b"subscriber too slow")
                 return
             await self.ws.send_str(text)
 
@@ -56,7 +90,10 @@ class Subscriber:
 class SubscriberHub:
     """Fans graph events and enriched flows out to every connected WebSocket client."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_queue: int = 10_000, slow_disconnects: Counter | None = None) -> None:
+        self.max_queue = max_queue
+        self.slow_disconnects = slow_disconnects
+        """Counts subscribers disconnected for falling more than `max_queue` messages behind."""
         self.graph_clients: set[Subscriber] = set()
         self.flow_clients: set[Subscriber] = set()
         self.sent = 0
@@ -118,11 +155,14 @@ class SubscriberHub:
                 return web.Response(status=400, text=str(exc))  # type: ignore[return-value]
         ws = web.WebSocketResponse(heartbeat=30)
         await ws.prepare(request)
-        client = Subscriber(ws)
+        counter = self.slow_disconnects
+        client = Subscriber(ws, self.max_queue, on_slow=counter.labels(kind, "too_slow").inc if counter else None,
+                            transport=request.transport)
         client.view = view
         clients = self.graph_clients if kind == "graph" else self.flow_clients
         clients.add(client)
         writer = asyncio.create_task(client.writer(), name="ws-writer")
+        client.writer_task = writer
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:

@@ -72,6 +72,11 @@ class Subjects:
         return f"{self.prefix}.captures.status"
 
     @property
+    def drop_counters(self) -> str:
+        """DropCounters from every stage that can lose something (bus.dropcounters), summed by query-api."""
+        return f"{self.prefix}.status.drops"
+
+    @property
     def static_request(self) -> str:
         """Request/reply query-api -> graph-builder: StaticRequest -> StaticReply (static nodes, edges, rules)."""
         return f"{self.prefix}.static.request"
