@@ -21,12 +21,15 @@ from .bad_input import nesting_guard
 from .captures import CaptureStore
 from .auth import Authenticator, auth_middleware, auth_required, login_handler, login_without_auth, server_ssl_context
 from .config import QueryApiConfig
+from .drops import DropBoard
 from .limits import body_limit_middleware
 from .consistency import CowGraph, SnapshotCache
 from . import openapi
 from .routes import VERSION, Routes
 from .static_api import StaticApi
 from .alerts_api import AlertApi
+from .topology_summary import TopologySummaryApi
+from .ui import WebUi
 from .websocket import SubscriberHub
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,9 @@ class QueryApiService(Service):
         self.replica: GraphReplica | None = None
         self.engine: Any = None
         self.captures: CaptureStore | None = None
-        self.hub = SubscriberHub()
+        self.hub = SubscriberHub(config.ws_queue_max, self.metrics.counter(
+            "websocket_disconnects_total", "WebSocket subscribers disconnected by the server", ["kind", "reason"]))
+        self.drops = DropBoard(self.inbound)
         m = self.metrics
         self.m_queries = m.counter("queries_total", "Gremlin queries answered", ["status"])
         self.m_query_seconds = m.histogram("query_seconds", "Gremlin query latency")
@@ -69,6 +74,8 @@ class QueryApiService(Service):
         Routes(self).register(app)
         StaticApi(self).register(app)
         AlertApi(self).register(app)
+        TopologySummaryApi(self).register(app)
+        WebUi().register(app)
         openapi.register(app, VERSION)
 
     def client_factory(self) -> Any:
@@ -95,6 +102,7 @@ class QueryApiService(Service):
         self.hub.run_query = self.engine.execute  # subscribers' Gremlin filters, on the live replica
         self.captures = CaptureStore(self.nc, self.subjects)
         await self.captures.start()
+        await self.drops.start(self.nc, self.subjects)
         await self.nc.subscribe(self.subjects.flows_enriched, cb=self._on_enriched_flows)
         await self.nc.subscribe(self.subjects.alert_events_all, cb=self._on_alert_event)
         await self.nc.flush()
