@@ -28,8 +28,6 @@ from . import openapi
 from .routes import VERSION, Routes
 from .static_api import StaticApi
 from .alerts_api import AlertApi
-from .topology_summary import TopologySummaryApi
-from .ui import WebUi
 from .websocket import SubscriberHub
 
 log = logging.getLogger(__name__)
@@ -46,8 +44,7 @@ class QueryApiService(Service):
         self.replica: GraphReplica | None = None
         self.engine: Any = None
         self.captures: CaptureStore | None = None
-        self.hub = SubscriberHub(config.ws_queue_max, self.metrics.counter(
-            "websocket_disconnects_total", "WebSocket subscribers disconnected by the server", ["kind", "reason"]))
+        self.hub = SubscriberHub()
         self.drops = DropBoard(self.inbound)
         m = self.metrics
         self.m_queries = m.counter("queries_total", "Gremlin queries answered", ["status"])
@@ -74,8 +71,6 @@ class QueryApiService(Service):
         Routes(self).register(app)
         StaticApi(self).register(app)
         AlertApi(self).register(app)
-        TopologySummaryApi(self).register(app)
-        WebUi().register(app)
         openapi.register(app, VERSION)
 
     def client_factory(self) -> Any:
