@@ -5,6 +5,7 @@ ping flood for the root tier."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from typing import Any
 
@@ -201,3 +202,154 @@ async def test_skydive_client_alert_calls(alerting: Any) -> None:
         await asyncio.to_thread(rest.alert_create, "", "G.V(", "graph")
 
 
+
+
+@pytest.fixture
+async def alerting_probe(nats_url: str, clickhouse_url: str, unique: str):
+    """The alerting stack plus probe-topology watching this host, and a veth pair `av<u>`/`ap<u>` up."""
+    common = dict(env={}, nats_url=nats_url, subject_prefix=f"alp{unique}", host_id=f"host-{unique}",
+                  clickhouse_url=clickhouse_url, clickhouse_database=f"alerts_{unique}")
+    veth, peer = f"av{unique[:8]}", f"ap{unique[:8]}"
+    _sh("ip", "link", "add", veth, "type", "veth", "peer", "name", peer)
+    _sh("ip", "link", "set", peer, "up")
+    _sh("ip", "link", "set", veth, "up")
+    s = AlertStack(common)
+    hooks, bus = WebhookReceiver(), BusTap()
+    try:
+        await hooks.start()
+        await bus.start(nats_url, common["subject_prefix"])
+        await s.start_gb()
+        await s.start_api()
+        await s.start_probe()
+        await s.start_evaluator()
+        yield s, hooks, bus, veth
+    finally:
+        await s.stop()
+        await bus.stop()
+        await hooks.stop()
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+async def test_link_down_fires_within_a_second_and_up_resolves(alerting_probe: Any) -> None:
+    s, hooks, bus, veth = alerting_probe
+    async with client(s) as http:
+        await wait_until(lambda: _gremlin_count(http, f"G.V().Has('Name','{veth}','State','UP')"), 30,
+                         "the veth, UP, in the API")
+        expr = f"G.V().Has('Name','{veth}','State','DOWN')"
+        r = await http.post("/api/alert", json={"Name": "link down", "Expression": expr, "Action": hooks.url})
+        assert r.status_code == 200, r.text
+        uuid = r.json()["UUID"]
+        await wait_until(lambda: _is(http, uuid, "ok"), 10, "the alert evaluated (state ok)")
+
+        started = time.time()
+        _sh("ip", "link", "set", veth, "down")
+        await wait_until(lambda: bus.of(uuid), 5, "the firing event")
+        latency = bus.events[-1][0] - started
+        print(f"\nlink down -> alert event on the bus: {latency * 1000:.0f} ms")
+        assert latency < 1.0, latency
+        fired = bus.of(uuid)[0]
+        assert fired["State"] == "firing" and fired["ReasonCount"] == 1
+        assert [n["Metadata"]["Name"] for n in fired["ReasonData"]] == [veth]
+        assert fired["ReasonData"][0]["Metadata"]["State"] == "DOWN"
+
+        started = time.time()
+        _sh("ip", "link", "set", veth, "up")
+        await wait_until(lambda: len(bus.of(uuid)) == 2, 5, "the resolved event")
+        print(f"link up -> resolved event on the bus: {(bus.events[-1][0] - started) * 1000:.0f} ms")
+        assert bus.of(uuid)[1]["State"] == "resolved"
+        await wait_until(lambda: len(hooks.events()) == 2, 5, "both webhook calls")
+        await asyncio.sleep(0.5)
+        assert [(e["State"], e["ID"]) for e in hooks.events()] == [(ev["State"], ev["ID"]) for ev in bus.of(uuid)]
+
+
+async def _gremlin_count(http: httpx.AsyncClient, query: str) -> bool:
+    r = await http.post("/api/topology", json={"GremlinQuery": query})
+    return r.status_code == 200 and bool(r.json())
+
+
+def _sh(*cmd: str) -> None:
+    subprocess.run(list(cmd), check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def flood_namespaces(unique: str):
+    """Two namespaces joined by a veth pair: `fa-<u>` (10.93.0.1, veth `fva<u>`) and `fb-<u>` (10.93.0.2)."""
+    u = unique[:6]
+    n = {"a": f"afa-{u}", "b": f"afb-{u}", "va": f"afva{u}", "vb": f"afvb{u}", "ipa": "10.93.0.1",
+         "ipb": "10.93.0.2"}
+    _sh("ip", "netns", "add", n["a"])
+    _sh("ip", "netns", "add", n["b"])
+    try:
+        _sh("ip", "link", "add", n["va"], "netns", n["a"], "type", "veth", "peer", "name", n["vb"], "netns", n["b"])
+        for side in ("a", "b"):
+            _sh("ip", "-n", n[side], "addr", "add", f"{n['ip' + side]}/24", "dev", n["v" + side])
+            _sh("ip", "-n", n[side], "link", "set", n["v" + side], "up")
+        yield n
+    finally:
+        for side in ("a", "b"):
+            subprocess.run(["ip", "netns", "del", n[side]], capture_output=True)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+async def test_periodic_flow_alert_fires_during_a_ping_flood(nats_url: str, clickhouse_url: str, unique: str,
+                                                             flood_namespaces: dict[str, str]) -> None:
+    from bench.services import ServiceProcs
+
+    n = flood_namespaces
+    prefix = f"alf{unique}"
+    procs = ServiceProcs(nats_url, clickhouse_url, prefix=prefix)
+    procs.env["NETSONDE_CLICKHOUSE_DATABASE"] = f"alerts_flood_{unique}"
+    bus, hooks = BusTap(), WebhookReceiver()
+    await bus.start(nats_url, prefix)
+    await hooks.start()
+    flood: subprocess.Popen[bytes] | None = None
+    try:
+        procs.start("graph_builder")
+        procs.start("probe_topology", ovsdb="", process_netns="true")
+        api = procs.start("query_api")
+        procs.start("flow_enricher")
+        procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1")
+        procs.start("alert_evaluator")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api}", timeout=30) as http:
+            await wait_until(lambda: _gremlin_count(http, f"G.V().Has('Name','{n['va']}')"), 30, "the veth",
+                             interval=0.3)
+            r = await http.post("/api/capture", json={"GremlinQuery": f"G.V().Has('Name','{n['va']}')",
+                                                      "BPFFilter": "icmp"})
+            assert r.status_code == 200, r.text
+            await wait_until(lambda: _gremlin_count(http, f"G.V().Has('Name','{n['va']}').Has('Captures.State',"
+                                                          "'active')"), 30, "the capture running", interval=0.3)
+            threshold = 2_000_000
+            expr = (f"G.Flows().Has('Network.A','{n['ipa']}','Network.B','{n['ipb']}')"
+                    f".Has('Metric.ABBytes', Gt({threshold}))")
+            r = await http.post("/api/alert", json={"Name": "flood", "Expression": expr, "Trigger": "periodic:1s",
+                                                    "Action": hooks.url})
+            assert r.status_code == 200, r.text
+            uuid = r.json()["UUID"]
+            await wait_until(lambda: _is(http, uuid, "ok"), 15, "the alert evaluated (state ok)", interval=0.2)
+            # 1 000 echo requests of 1 042 bytes a second for 20 s: the threshold is crossed after ~2 s
+            flood = subprocess.Popen(["ip", "netns", "exec", n["a"], "ping", "-q", "-i", "0.001", "-s", "1000",
+                                      "-w", "20", n["ipb"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            started = time.time()
+            await wait_until(lambda: bus.of(uuid), 18, "the firing event", interval=0.1)
+            fired_at = bus.of(uuid) and bus.events[-1][0]
+            assert flood.poll() is None, "the alert fired during the flood, not after it"
+            print(f"\nflow alert fired {fired_at - started:.1f} s into the flood")
+            fired = bus.of(uuid)[0]
+            assert fired["State"] == "firing" and fired["ReasonCount"] == 1
+            flow = fired["ReasonData"][0]
+            assert flow["Network"]["A"] == n["ipa"] and flow["Network"]["B"] == n["ipb"]
+            assert flow["Metric"]["ABBytes"] > threshold and flow["Metric"]["ABBytes"] % 1042 == 0
+            assert flow["Application"] == "ICMPv4"
+            await wait_until(lambda: hooks.events(), 5, "the webhook call")
+            assert [e["ID"] for e in hooks.events()] == [fired["ID"]]
+            assert (await http.get(f"/api/alert/{uuid}")).json()["Status"]["State"] == "firing"
+    finally:
+        if flood is not None and flood.poll() is None:
+            flood.kill()
+            flood.wait()
+        procs.stop()
+        await bus.stop()
+        await hooks.stop()
