@@ -241,4 +241,6 @@ def aggregate(metrics: list[dict[str, Any]], slice_ms: int, step: Step) -> list[
     return out
 
 
+from . import diff as _diff, flowchanges as _flowchanges, path as _path  # noqa: E402,F401  (Diff, FlowChanges, FlowPath, LossReport)
+
 __all__ = ["Aggregates", "Ascendants", "Descendants", "Metrics", "Neighbors", "NextHop", "aggregate"]

@@ -86,7 +86,7 @@ class AlertEvaluatorService(Service):
                                     MIGRATIONS)
             await asyncio.to_thread(self._apply_ttl)
             self.writer = EventWriter(cfg.clickhouse_url, cfg.clickhouse_database)
-        self.nc = await natsconn.connect(cfg.nats_url, f"alert-evaluator@{cfg.host_id}")
+        self.nc = await natsconn.connect(cfg.nats_url, f"alert-evaluator@{cfg.host_id}", config=cfg)
         self.replica = GraphReplica(self.nc, self.subjects, snapshot_timeout=cfg.snapshot_timeout_s,
                                     bad_messages=self.metrics.bad_messages)
         self.engine = gremlin.GremlinEngine(

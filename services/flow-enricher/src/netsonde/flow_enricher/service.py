@@ -108,7 +108,7 @@ class FlowEnricherService(Service):
     async def on_start(self) -> None:
         applied = await asyncio.to_thread(self.writer.migrate, self.cfg.ttl_days)
         log.info("flow tables ready", extra={"migrations_applied": applied, "database": self.cfg.clickhouse_database})
-        self.nc = await natsconn.connect(self.cfg.nats_url, f"flow-enricher@{self.cfg.host_id}")
+        self.nc = await natsconn.connect(self.cfg.nats_url, f"flow-enricher@{self.cfg.host_id}", config=self.cfg)
         self.js = self.nc.jetstream()
         if self.cfg.create_stream:
             await ensure_flow_stream(self.js, self.subjects, self.cfg.stream_max_age_s, self.cfg.stream_max_bytes,

@@ -69,7 +69,7 @@ class GraphBuilderService(Service):
             restored = await asyncio.to_thread(self.writer.load_latest)
             self.builder.restore(restored)
             log.info("restored %d elements from history", len(restored))
-        self.nc = await natsconn.connect(self.cfg.nats_url, f"graph-builder@{self.cfg.host_id}")
+        self.nc = await natsconn.connect(self.cfg.nats_url, f"graph-builder@{self.cfg.host_id}", config=self.cfg)
         await self.nc.subscribe(self.subjects.topology_all, cb=self._on_topology)
         await self.nc.subscribe(self.subjects.graph_snapshot, cb=self._on_snapshot)
         await self.nc.subscribe(self.subjects.capture_status, cb=self._on_capture_status)

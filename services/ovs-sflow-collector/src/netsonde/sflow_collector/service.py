@@ -94,7 +94,7 @@ class SFlowCollectorService(Service):
 
     # --- lifecycle ------------------------------------------------------------------------------------
     async def on_start(self) -> None:
-        self.nc = await natsconn.connect(self.cfg.nats_url, f"sflow-collector@{self.cfg.host_id}")
+        self.nc = await natsconn.connect(self.cfg.nats_url, f"sflow-collector@{self.cfg.host_id}", config=self.cfg)
         self.js = self.nc.jetstream()
         if self.cfg.create_stream:
             await ensure_flow_stream(self.js, self.subjects)

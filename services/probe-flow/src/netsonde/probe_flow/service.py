@@ -91,7 +91,7 @@ class ProbeFlowService(Service):
 
     # --- lifecycle --------------------------------------------------------------------------------------
     async def on_start(self) -> None:
-        self.nc = await natsconn.connect(self.cfg.nats_url, f"probe-flow-{self.cfg.host_id}")
+        self.nc = await natsconn.connect(self.cfg.nats_url, f"probe-flow-{self.cfg.host_id}", config=self.cfg)
         self.js = self.nc.jetstream()
         await ensure_flow_stream(self.js, self.subjects, max_bytes=self.cfg.stream_max_bytes)
         if self.cfg.use_graph:

@@ -83,7 +83,7 @@ class ProbeTopologyService(Service):
 
     # --- lifecycle -----------------------------------------------------------------------------------
     async def on_start(self) -> None:
-        self.nc = await connect(self.config.nats_url, f"probe-topology.{self.host}")
+        self.nc = await connect(self.config.nats_url, f"probe-topology.{self.host}", config=self.config)
         root = netns_mod.root_netns()
         self._add_ns(root)
         self._setup_inotify()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import platform
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -50,7 +49,6 @@ class Routes:
         r.add_delete("/api/capture/{id}", self.capture_delete)
         r.add_get("/ws/subscriber", self.ws_graph)
         r.add_get("/ws/subscriber/flow", self.ws_flow)
-        r.add_get("/", self.ui)
         r.add_post("/api/pcap", self.pcap_import)
         r.add_post("/api/injectpacket", self.inject_packet)
 
@@ -111,10 +109,6 @@ class Routes:
         except ValueError as exc:  # not a pcap, or a bad option
             return _error(400, str(exc))
         return _json({"Flows": count})
-
-    async def ui(self, request: web.Request) -> web.FileResponse:
-        """A small web UI: Gremlin box, element table and details, a time field, live events."""
-        return web.FileResponse(Path(__file__).parent / "static" / "index.html")
 
     @property
     def graph(self) -> Any:

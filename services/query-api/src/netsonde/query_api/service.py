@@ -77,7 +77,7 @@ class QueryApiService(Service):
         return connect(self.cfg.clickhouse_url, self.cfg.clickhouse_database)
 
     async def on_start(self) -> None:
-        self.nc = await natsconn.connect(self.cfg.nats_url, f"query-api@{self.cfg.host_id}")
+        self.nc = await natsconn.connect(self.cfg.nats_url, f"query-api@{self.cfg.host_id}", config=self.cfg)
         self.replica = GraphReplica(self.nc, self.subjects, snapshot_timeout=self.cfg.snapshot_timeout_s,
                                     bad_messages=self.metrics.bad_messages)
         replica = self.replica
