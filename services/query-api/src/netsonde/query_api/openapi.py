@@ -143,6 +143,8 @@ def _components() -> dict[str, Any]:
                 "Service": {"type": "string"}, "Version": {"type": "string"}, "Host": {"type": "string"},
                 "Uptime": {"type": "number"}, "Probes": {"type": "array", "items": {"type": "string"}},
                 "Graph": {"type": "object"}, "Subscribers": {"type": "integer"},
+                "ContainerEngines": {"type": "object", "description": "host -> its container connector's "
+                                     "Endpoint, State (connected/disconnected), Error, Engine"},
             },
         },
     }
@@ -281,6 +283,27 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             "Group": {"type": "string"}, "Nodes": {"type": "array", "items": _ref("Element")},
             "Edges": {"type": "array", "items": _ref("Element")}, "Total": {"type": "integer"},
             "Truncated": {"type": "boolean"}, "Groups": {"type": "object"}}}, "the group"), **BAD, **NOT_FOUND}},
+    ("GET", "/api/diff"): {
+        "summary": "graph changes (nodes/edges added, removed, metadata keys old -> new) and flow changes between "
+                   "two instants, optionally under a Gremlin scope (docs/gremlin.md, Diff)",
+        "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}} for n in
+                       ("from", "to", "scope", "flows", "factor", "idle", "rate_window", "metrics", "ignore")],
+        "responses": {"200": _json({"type": "object"}, "{From, To, Nodes, Edges, Flows}"), **BAD,
+                      "408": _text("over the time limit"), "413": _text("too many changes"),
+                      "501": _text("no history store"), "503": _text("store unavailable")}},
+    ("GET", "/api/flowpath/{trackingid}"): {
+        "summary": "the capture points of one TrackingID in path order, counts per direction, loss between hops",
+        "parameters": [{"name": "trackingid", "in": "path", "required": True, "schema": {"type": "string"}}]
+        + [{"name": n, "in": "query", "schema": {"type": "string"}} for n in ("from", "to", "settle")],
+        "responses": {"200": _json({"type": "object"}, "{TrackingID, Order, Hops, Links}"), **BAD,
+                      "404": _text("no flow with that TrackingID"), "501": _text("no flow store"),
+                      "503": _text("store unavailable")}},
+    ("GET", "/api/loss"): {
+        "summary": "where traffic is lost: links between capture points ranked by packets lost, with the flows",
+        "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}} for n in ("window", "top", "settle")],
+        "responses": {"200": _json({"type": "object"}, "{From, To, Streams, Links}"), **BAD,
+                      "413": _text("too many streams"), "501": _text("no flow store"),
+                      "503": _text("store unavailable")}},
     ("GET", "/"): {"summary": "the web UI",
                    "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}},
                                  "304": {"description": "not modified (ETag)"},

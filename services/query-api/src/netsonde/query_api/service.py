@@ -28,6 +28,7 @@ from . import openapi
 from .routes import VERSION, Routes
 from .static_api import StaticApi
 from .alerts_api import AlertApi
+from .diff_api import DiffApi
 from .websocket import SubscriberHub
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class QueryApiService(Service):
         Routes(self).register(app)
         StaticApi(self).register(app)
         AlertApi(self).register(app)
+        DiffApi(self).register(app)
         openapi.register(app, VERSION)
 
     def client_factory(self) -> Any:
