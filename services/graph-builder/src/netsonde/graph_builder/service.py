@@ -55,6 +55,8 @@ class GraphBuilderService(Service):
         self.m_resyncs = m.counter("resync_requests_total", "Resync requests sent to probes")
         self.m_history_rows = m.counter("history_rows_total", "Revisions written to ClickHouse")
         self.m_history_errors = m.counter("history_errors_total", "Failed history writes (retried)")
+        self.m_history_dropped = m.gauge("history_dropped", "Revisions dropped from the history buffer (full while "
+                                         "ClickHouse was unreachable)")
         self.m_nodes = m.gauge("nodes", "Nodes in the graph")
         self.m_edges = m.gauge("edges", "Edges in the graph")
         self.m_metrics_unmatched = m.counter("metrics_unmatched_total", "Interface counters for no known node")
@@ -82,7 +84,8 @@ class GraphBuilderService(Service):
         if self.writer is not None:
             self.spawn(self._history_loop(), "history-writer")
         self.spawn(self._resync_loop(), "resync")
-        drops = {"rejects": "bad_messages_total", "history_failures": "history_errors_total"}
+        drops = {"rejects": "bad_messages_total", "history_failures": "history_errors_total",
+                 "history_dropped": "history_dropped"}
         self.spawn(report_drops(self.nc, self.subjects, self.name, self.cfg.host_id, self.metrics.registry,
                                 self.metrics.prefix, drops, self.cfg.status_interval_s), "drop-counters")
 
@@ -240,6 +243,7 @@ class GraphBuilderService(Service):
         assert self.writer is not None
         while True:
             await asyncio.sleep(self.cfg.history_flush_interval_s)
+            self.m_history_dropped.set(self.writer.dropped)
             if not self.writer.pending:
                 continue
             try:
