@@ -9,6 +9,7 @@ IDs are UUIDv5 in the OID namespace over "/"-joined parts, like Skydive's determ
   netns         "<host>/netns/<path>/<inode>" (named) or "<host>/netns/inode/<inode>" (held by processes)
   interface     "<host>/interface/<netns inode>/<ifindex>"
   OVS row       "<host>/ovs/<row UUID>" (bridges, ports, interfaces without a Linux device)
+  container     "<host>/container/<engine's container ID>"
   edge          "<parent ID>/<child ID>/<RelationType>"
 TIDs follow Skydive `topology/tid.go`: uuid5(OID, concatenation) with no separator.
 """
@@ -45,6 +46,10 @@ def interface_node_id(host: str, ns_inode: int, ifindex: int) -> str:
 
 def ovs_node_id(host: str, row_uuid: str) -> str:
     return _v5(host, "ovs", row_uuid)
+
+
+def container_node_id(host: str, container_id: str) -> str:
+    return _v5(host, "container", container_id)
 
 
 def edge_id(parent: str, child: str, relation: str) -> str:

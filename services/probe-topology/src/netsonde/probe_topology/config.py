@@ -46,6 +46,11 @@ class ProbeTopologyConfig(BaseConfig):
     """Receive buffer of each netlink socket (SO_RCVBUFFORCE): absorbs event bursts."""
     start_timeout_s: float = 10.0
     """Longest wait for the first netlink dumps (and OVSDB, when reachable) before the first full."""
+    docker_socket: str = "unix:///var/run/docker.sock"
+    """Docker Engine API endpoint whose running containers become `container` nodes (podman's compatible
+    service: unix:///run/podman/podman.sock); unix://, tcp:// or http(s)://; empty disables the connector."""
+    docker_reconnect_max_s: float = 30.0
+    """Longest wait between two connection attempts to the container engine (the wait doubles from 0.5 s)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.metadata, str):  # from the environment
@@ -69,3 +74,8 @@ class ProbeTopologyConfig(BaseConfig):
             raise ConfigError("setting 'delta_max_items' must be >= 1")
         if self.message_max_bytes < 10_000:
             raise ConfigError("setting 'message_max_bytes' must be >= 10000")
+        if self.docker_socket and not self.docker_socket.startswith(("unix://", "tcp://", "http://", "https://")):
+            raise ConfigError(f"setting 'docker_socket': {self.docker_socket!r} is not unix://PATH, tcp://HOST:PORT "
+                              "or http(s)://HOST:PORT")
+        if self.docker_reconnect_max_s < 0.5:
+            raise ConfigError("setting 'docker_reconnect_max_s' must be >= 0.5")

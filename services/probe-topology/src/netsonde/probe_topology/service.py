@@ -28,6 +28,7 @@ from netsonde.common.service import Service
 from . import netns as netns_mod
 from .builder import HostState, build
 from .config import ProbeTopologyConfig
+from .docker import ContainerWatcher
 from .netns import Inotify, NetNs
 from .nswatch import NsWatcher
 from .ovsdb import OvsdbWatcher, OvsState
@@ -52,6 +53,7 @@ class ProbeTopologyService(Service):
         """Namespace inode -> its watcher (the root namespace included)."""
         self.ovs_state: OvsState | None = None
         self.ovs: OvsdbWatcher | None = None
+        self.containers: ContainerWatcher | None = None
         self.published = HostState()
         """What receivers hold: the state as of the last published message."""
         self._dirty = asyncio.Event()
@@ -93,11 +95,18 @@ class ProbeTopologyService(Service):
         if self.config.ovsdb:
             self.ovs = OvsdbWatcher(self.config.ovsdb, self._on_ovs)
             self.ovs.start()
+        if self.config.docker_socket:
+            self.containers = ContainerWatcher(self.config.docker_socket, self._on_containers, self.metrics,
+                                               reconnect_max_s=self.config.docker_reconnect_max_s)
+            self.containers.start()
         deadline = time.monotonic() + self.config.start_timeout_s
         for w in list(self.watchers.values()):
             await w.wait_synced(max(0.1, deadline - time.monotonic()))
         if self.ovs is not None and os.path.exists(self.config.ovsdb.removeprefix("unix:")):
             while self.ovs_state is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        if self.containers is not None:  # the first full holds the running containers when the engine answers
+            while self.containers.status.state == "connecting" and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
         await self.nc.subscribe(self.subjects.topology_resync, cb=self._on_resync)
         await self.publish_full("start")
@@ -112,6 +121,8 @@ class ProbeTopologyService(Service):
             self._neigh_handle.cancel()
         if self.ovs is not None:
             await asyncio.to_thread(self.ovs.stop)
+        if self.containers is not None:
+            await asyncio.to_thread(self.containers.stop)
         if self._inotify is not None:
             asyncio.get_running_loop().remove_reader(self._inotify.fileno())
             self._inotify.close()
@@ -128,7 +139,8 @@ class ProbeTopologyService(Service):
     def health(self) -> dict[str, Any]:
         return {"namespaces": len(self.watchers), "nodes": len(self.published.nodes),
                 "edges": len(self.published.edges), "seq": self.seq,
-                "ovsdb_connected": bool(self.ovs and self.ovs.connected)}
+                "ovsdb_connected": bool(self.ovs and self.ovs.connected),
+                "container_engine": self.containers.status.metadata() if self.containers else None}
 
     # --- namespaces ----------------------------------------------------------------------------------
     def _add_ns(self, ns: NetNs) -> None:
@@ -253,12 +265,21 @@ class ProbeTopologyService(Service):
         self.ovs_state = state
         self._mark_dirty()
 
+    def _on_containers(self) -> None:
+        """Containers changed: look for their namespaces now rather than at the next /proc scan."""
+        self._rescan_named()
+        if self.config.process_netns:
+            self._scan_processes()
+        self._mark_dirty()
+
     def _mark_dirty(self) -> None:
         self._dirty.set()
 
     def current_state(self) -> HostState:
         t0 = time.perf_counter()
         state = build(self.host, self.hostname, self.watchers.values(), self.ovs_state, self.config.metadata)
+        if self.containers is not None:
+            self.containers.add_to(state, self.host, netns_mod.root_netns().inode)
         self._last_build_s = time.perf_counter() - t0
         self.m_build.observe(self._last_build_s)
         return state

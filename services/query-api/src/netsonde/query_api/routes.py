@@ -124,6 +124,9 @@ class Routes:
                       "Nodes": len(self.graph.nodes), "Edges": len(self.graph.edges),
                       "Seq": replica.seq if replica else 0},
             "Probes": sorted({n.Host for n in self.graph.nodes.values() if n.Metadata.get("Type") == "host"}),
+            # each probe's container connector (probe-topology's docker.py): State connected/disconnected, Error
+            "ContainerEngines": {n.Host: n.Metadata["ContainerEngine"] for n in self.graph.nodes.values()
+                                 if n.Metadata.get("Type") == "host" and "ContainerEngine" in n.Metadata},
             "Subscribers": len(self.svc.hub.graph_clients) + len(self.svc.hub.flow_clients),
             "Drops": self.svc.drops.summary(),
         })
