@@ -6,10 +6,14 @@ PIP := $(VENV)/bin/pip
 PACKAGES := libs/common libs/flow libs/gremlin $(wildcard services/*)
 APT_PACKAGES := nats-server iproute2 iputils-ping ethtool openvswitch-switch tcpdump tshark libpcap-dev gcc python3-dev docker-compose pmacct
 BENCH_APT_PACKAGES := tcpreplay pmacct softflowd iperf3 netsniff-ng
+UI_APT_PACKAGES := chromium
+# headless browser of the web UI tests (tests/integration/test_ui.py), installed without recommends (115 packages fewer)
+UI_DIR := services/query-api/ui
+UI_BUNDLE := services/query-api/src/netsonde/query_api/static/ui/manifest.json
 STAMP := $(VENV)/.installed
 RATCHET_RULES := E,W,F,I,UP,B
 
-.PHONY: help deps deps-bench install allinone demo demo-down test test-unit bench lint clean
+.PHONY: help deps deps-bench install ui allinone demo demo-down test test-unit bench lint clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -17,11 +21,12 @@ help: ## Show the targets
 define apt_install
 	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then echo "apt-get install" $$missing; \
-	  export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -q $$missing >/dev/null; fi
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -q $(2) $$missing >/dev/null; fi
 endef
 
 deps: ## Install the Debian packages Netsonde uses (skipped when all are present)
 	$(call apt_install,$(APT_PACKAGES))
+	$(call apt_install,$(UI_APT_PACKAGES),--no-install-recommends)
 
 deps-bench: ## Install the peers the benchmarks compare against (pmacct, softflowd, tcpreplay ...)
 	$(call apt_install,$(BENCH_APT_PACKAGES))
@@ -33,7 +38,12 @@ $(STAMP): $(foreach p,$(PACKAGES),$(p)/pyproject.toml) requirements-dev.txt
 	$(PY) -m netsonde.flow_enricher.ctables
 	@touch $(STAMP)
 
-install: deps $(STAMP) ## Create the venv in .venv and install every package (editable)
+install: deps $(STAMP) ui ## Create the venv in .venv and install every package (editable), build the web UI
+
+ui: $(UI_BUNDLE) ## Build the web UI bundle (npm ci + esbuild in services/query-api/ui; nothing fetched at run time)
+
+$(UI_BUNDLE): $(UI_DIR)/package.json $(UI_DIR)/package-lock.json $(UI_DIR)/build.mjs $(wildcard $(UI_DIR)/src/*)
+	cd $(UI_DIR) && npm ci --no-audit --no-fund --loglevel=error && node build.mjs
 
 allinone: install ## Start NATS, the ClickHouse store and every service on this host
 	$(VENV)/bin/netsonde allinone
