@@ -27,6 +27,8 @@ from .consistency import CowGraph, SnapshotCache
 from . import openapi
 from .routes import VERSION, Routes
 from .static_api import StaticApi
+from .topology_summary import TopologySummaryApi
+from .ui import WebUi
 from .alerts_api import AlertApi
 from .diff_api import DiffApi
 from .websocket import SubscriberHub
@@ -71,6 +73,8 @@ class QueryApiService(Service):
         app.middlewares.append(nesting_guard)
         Routes(self).register(app)
         StaticApi(self).register(app)
+        TopologySummaryApi(self).register(app)
+        WebUi().register(app)
         AlertApi(self).register(app)
         DiffApi(self).register(app)
         openapi.register(app, VERSION)
