@@ -57,7 +57,7 @@ def test_only_the_alerts_a_change_can_affect() -> None:
     edge = GraphEvent(seq=4, type="EdgeAdded", obj=_edge(0, 7))
     assert index.affected([edge]) == {"peers"}
     renamed = GraphEvent(seq=5, type="NodeUpdated", obj=_node(1, Name="if0"))
-    assert index.affected([renamed]) == {"down0", "down1", "peers"}
+    assert index.affected([renamed]) == {"down1", "peers"}  # if0 UP: down0 still false, not re-evaluated
     index.remove("down1")
     assert "down1" not in index.affected([GraphEvent(seq=6, type="NodeUpdated", obj=_node(1, State="DOWN"))])
 
@@ -85,6 +85,9 @@ def _truth(engine: GremlinEngine, query: str) -> object:
         return f"error {exc}"
 
 
+STEPS = 3000
+
+
 def test_every_answer_that_changes_is_re_evaluated() -> None:
     """Random adds, updates, deletes of nodes and edges; before each step every alert's answer is computed; after
     it, an alert whose answer changed must be in `affected` (the index may over-approximate, never miss)."""
@@ -96,7 +99,7 @@ def test_every_answer_that_changes_is_re_evaluated() -> None:
         index.add(q, analyze(q))
     seq = 0
     re_evaluated = 0
-    for step in range(3000):
+    for step in range(STEPS):
         before = {q: _truth(engine, q) for q in QUERIES}
         seq += 1
         kind = rng.random()
@@ -132,4 +135,4 @@ def test_every_answer_that_changes_is_re_evaluated() -> None:
             after = _truth(engine, q)
             if after != before[q]:
                 assert q in affected, (step, q, before[q], after, [(e.type, e.obj) for e in events])
-    assert re_evaluated < 0.6 * 3000 * len(QUERIES), re_evaluated  # and it does skip most of them
+    assert re_evaluated < 0.4 * STEPS * len(QUERIES), re_evaluated  # and it skips most of them

@@ -34,11 +34,18 @@ LOCAL_STEPS = frozenset({"V", "Has", "HasEither", "HasKey", "HasNot", "Dedup", "
 """Steps that neither move along edges nor read anything but the keys they name (or all keys: `*`)."""
 EDGE_STEPS = frozenset({"E", "Out", "In", "Both", "OutE", "InE", "BothE", "OutV", "InV", "BothV",
                         "ShortestPathTo", "SubGraph"})
+NODE_MOVES = frozenset({"Out", "In", "Both"})
+"""Moves from nodes to nodes: each starts a new stage (its own arguments filter the nodes reached)."""
+FILTER_STEPS = frozenset({"Has", "HasEither", "HasKey", "HasNot"})
+KEY_READERS = frozenset({"Values", "ValueMap", "Keys", "Sort", "Sum", "Dedup"})
+"""Steps reading keys of every element of the current set (Dedup() without a key reads only the ID)."""
 ALL_KEYS_WITHOUT_ARGS = frozenset({"ValueMap", "Keys", "Sort", "Sum"})
 """Without arguments these read every key (Sort() sorts by CreatedAt)."""
 ANCHOR_PREFERENCE = ("@ID", "TID", "Name", "MAC", "IfIndex", "Type")
 """Most selective first when the start filter pins several keys."""
 ID_KEY = "@ID"
+
+Pin = tuple[str, frozenset[Any]]
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,15 @@ class Dependencies:
     edges: bool
     local: bool
     keys: frozenset[str]
-    anchor: tuple[str, frozenset[Any]] | None
+    anchor: Pin | None
+    """The start stage's pin: a node added or deleted matters only if it matches it."""
+    pins: tuple[Pin, ...] | None = None
+    """One pin per stage (start, and after each Out/In/Both) when every stage that filters or reads keys is
+    pinned: a NodeUpdated then matters only for a node matching one of them. None: route by keys only."""
+    filters: tuple[Filter, ...] | None = None
+    """Local queries: the start stage's filters, tested on the changed node itself (old and new)."""
+    node_id: str | None = None
+    """`V('<id>')`: only that node matters to a local query."""
 
 
 def analyze(expression: str) -> Dependencies:
@@ -62,9 +77,54 @@ def analyze(expression: str) -> Dependencies:
             keys.add("*")
         for literal in _string_literals(step.args):
             keys.add(_top_key(literal))
-    anchor = _anchor(steps) if steps and steps[0].NAME == "V" else None
-    return Dependencies(everything=everything, edges=edges, local=not edges and not everything,
-                        keys=frozenset(keys), anchor=anchor)
+    local = not edges and not everything
+    stages = _stages(steps) if steps and steps[0].NAME == "V" and not everything else None
+    pins: tuple[Pin, ...] | None = None
+    anchor: Pin | None = None
+    filters: tuple[Filter, ...] | None = None
+    node_id: str | None = None
+    if stages is not None:
+        anchor = stages[0].pin
+        if all(st.pin is not None for st in stages if st.filters or st.reads or st.node_id):
+            pins = tuple(st.pin for st in stages if st.pin is not None)
+        if local:
+            filters, node_id = tuple(stages[0].filters), stages[0].node_id
+    return Dependencies(everything=everything, edges=edges, local=local, keys=frozenset(keys), anchor=anchor,
+                        pins=pins, filters=filters, node_id=node_id)
+
+
+@dataclass
+class _Stage:
+    filters: list[Filter]
+    reads: bool = False
+    node_id: str | None = None
+
+    @property
+    def pin(self) -> Pin | None:
+        if self.node_id is not None:
+            return ID_KEY, frozenset({self.node_id})
+        return _pin(self.filters)
+
+
+def _stages(steps: tuple[Step, ...]) -> list[_Stage] | None:
+    """The query cut at each node-to-node move; None when it also walks edges (then no stage routing)."""
+    first = steps[0]
+    node_id = getattr(first, "node_id", None)
+    flt: Filter | None = getattr(first, "flt", None)
+    stages = [_Stage([flt] if flt else [], node_id=node_id if isinstance(node_id, str) else None)]
+    for step in steps[1:]:
+        name = step.NAME
+        if name in FILTER_STEPS:
+            stages[-1].filters.append(step.flt)  # type: ignore[attr-defined]
+        elif name in NODE_MOVES:
+            move_flt: Filter | None = getattr(step, "flt", None)
+            stages.append(_Stage([move_flt] if move_flt else []))
+        elif name in KEY_READERS:
+            if step.args or name in ALL_KEYS_WITHOUT_ARGS:
+                stages[-1].reads = True
+        elif name in EDGE_STEPS:
+            return None
+    return stages
 
 
 def _string_literals(args: Iterable[ast.Arg]) -> Iterable[str]:
@@ -83,28 +143,35 @@ def _top_key(key: str) -> str:
     return key.split(".", 1)[0]
 
 
-def _anchor(steps: tuple[Step, ...]) -> tuple[str, frozenset[Any]] | None:
-    first = steps[0]
-    node_id = getattr(first, "node_id", None)
-    if isinstance(node_id, str):
-        return ID_KEY, frozenset({node_id})
-    flt: Filter | None = getattr(first, "flt", None)
-    if not flt and len(steps) > 1 and steps[1].NAME == "Has":
-        flt = getattr(steps[1], "flt", None)
-    if not flt or flt.any_of:
-        return None
+def _pin(filters: list[Filter]) -> Pin | None:
+    """The most selective key a stage's filters pin to literals (an equality or a Within()), if any."""
     pinned: dict[str, frozenset[Any]] = {}
-    for key, pred in flt.pairs:
-        if key.startswith("@") or "." in key:
+    for flt in filters:
+        if flt.any_of:
             continue
-        if isinstance(pred, Eq) and pred.key is not None:
-            pinned.setdefault(key, frozenset({pred.key}))
-        elif isinstance(pred, Within) and not pred.unhashable:
-            pinned.setdefault(key, frozenset(pred.strs | pred.others))
+        for key, pred in flt.pairs:
+            if key.startswith("@") or "." in key:
+                continue
+            if isinstance(pred, Eq) and pred.key is not None:
+                pinned.setdefault(key, frozenset({pred.key}))
+            elif isinstance(pred, Within) and not pred.unhashable:
+                pinned.setdefault(key, frozenset(pred.strs | pred.others))
     if not pinned:
         return None
     best = min(pinned, key=lambda k: ANCHOR_PREFERENCE.index(k) if k in ANCHOR_PREFERENCE else 99)
     return best, pinned[best]
+
+
+def passes(deps: Dependencies, node: GraphElement) -> bool:
+    """A local query: can this node be in its start set (its own filters, tested on it alone)?"""
+    if deps.node_id is not None and node.ID != deps.node_id:
+        return False
+    if deps.filters is None:
+        return True
+    for flt in deps.filters:
+        if not flt.match(node):
+            return False
+    return True
 
 
 def node_terms(node: GraphElement, key: str) -> Iterable[Any]:
@@ -140,13 +207,13 @@ class DependencyIndex:
         self.deps: dict[str, Dependencies] = {}
         self.everything: set[str] = set()
         self.unanchored: set[str] = set()
-        """Affected by any node added or deleted."""
-        self.local_anchor: dict[str, dict[Any, set[str]]] = {}
-        """Local anchored alerts: anchor key -> value -> alerts (the only nodes that matter to them)."""
-        self.start_anchor: dict[str, dict[Any, set[str]]] = {}
-        """Edge-walking anchored alerts: a node added/deleted matters only if it matches the anchor."""
+        """Affected by any node added or deleted (their start stage pins nothing)."""
+        self.start_index: dict[str, dict[Any, set[str]]] = {}
+        """Anchored alerts: anchor key -> value -> alerts; a node added/deleted matters only if it matches."""
+        self.pin_index: dict[str, dict[Any, set[str]]] = {}
+        """Alerts with stage pins: key -> value -> alerts; a NodeUpdated matters only for a matching node."""
         self.update_keys: dict[str, set[str]] = {}
-        """Alerts not local-anchored, by metadata key read: a NodeUpdated changing the key matters."""
+        """Alerts without stage pins, by metadata key read: a NodeUpdated changing the key matters."""
         self.edge_alerts: set[str] = set()
         self.edge_keys: dict[str, set[str]] = {}
         self.prev_nodes: dict[str, GraphElement] = {}
@@ -165,11 +232,11 @@ class DependencyIndex:
         if deps.anchor is None:
             self.unanchored.add(uuid)
         else:
-            table = self.local_anchor if deps.local else self.start_anchor
-            by_value = table.setdefault(deps.anchor[0], {})
-            for term in deps.anchor[1]:
-                by_value.setdefault(term, set()).add(uuid)
-        if not (deps.local and deps.anchor is not None):
+            _index(self.start_index, deps.anchor, uuid)
+        if deps.pins is not None:
+            for pin in deps.pins:
+                _index(self.pin_index, pin, uuid)
+        else:
             for key in deps.keys:
                 self.update_keys.setdefault(key, set()).add(uuid)
         if deps.edges:
@@ -184,7 +251,7 @@ class DependencyIndex:
         self.everything.discard(uuid)
         self.unanchored.discard(uuid)
         self.edge_alerts.discard(uuid)
-        for table in (self.local_anchor, self.start_anchor):
+        for table in (self.start_index, self.pin_index):
             for by_value in table.values():
                 for ids in by_value.values():
                     ids.discard(uuid)
@@ -209,14 +276,13 @@ class DependencyIndex:
                 else:
                     self.prev_nodes[obj.ID] = obj
                 if kind == "NodeUpdated" and old is not None:
-                    self._node_updated(old, obj, out)
+                    changed = changed_keys(old, obj)
+                    if changed:
+                        self._keyed(self.update_keys, changed, old, obj, out)
+                        self._pinned(self.pin_index, old, obj, changed, out)
                 else:
-                    out |= self.unanchored
-                    self._anchored(self.local_anchor, obj, out)
-                    self._anchored(self.start_anchor, obj, out)
-                    if old is not None:
-                        self._anchored(self.local_anchor, old, out)
-                        self._anchored(self.start_anchor, old, out)
+                    self._local_only(self.unanchored, obj, old, out)
+                    self._pinned(self.start_index, old or obj, obj, None, out)
             else:
                 old = self.prev_edges.get(obj.ID)
                 if kind == "EdgeDeleted":
@@ -230,32 +296,37 @@ class DependencyIndex:
                     out |= self.edge_alerts
         return out
 
-    def _node_updated(self, old: GraphElement, new: GraphElement, out: set[str]) -> None:
-        changed = changed_keys(old, new)
-        if not changed:
-            return
-        update_keys = self.update_keys
-        for key in changed:
-            ids = update_keys.get(key)
-            if ids:
-                out |= ids
-        wildcard = update_keys.get("*")
-        if wildcard:
-            out |= wildcard
-        deps = self.deps
-        for key, by_value in self.local_anchor.items():
-            for node in (old, new):
+    def _matters(self, uuid: str, old: GraphElement | None, new: GraphElement, changed: set[str] | None) -> bool:
+        deps = self.deps[uuid]
+        if changed is not None and "*" not in deps.keys and deps.keys.isdisjoint(changed):
+            return False
+        if deps.local:
+            return passes(deps, new) or (old is not None and passes(deps, old))
+        return True
+
+    def _keyed(self, index: dict[str, set[str]], changed: set[str], old: GraphElement, new: GraphElement,
+               out: set[str]) -> None:
+        for key in (*changed, "*"):
+            for uuid in index.get(key, ()):
+                if uuid not in out and self._matters(uuid, old, new, None):
+                    out.add(uuid)
+
+    def _local_only(self, ids: set[str], node: GraphElement, old: GraphElement | None, out: set[str]) -> None:
+        for uuid in ids:
+            if uuid not in out and self._matters(uuid, old, node, None):
+                out.add(uuid)
+
+    def _pinned(self, table: dict[str, dict[Any, set[str]]], old: GraphElement, new: GraphElement,
+                changed: set[str] | None, out: set[str]) -> None:
+        for key, by_value in table.items():
+            for node in (old, new) if old is not new else (new,):
                 for term in node_terms(node, key):
                     for uuid in by_value.get(term, ()):
-                        if uuid not in out:
-                            keys = deps[uuid].keys
-                            if "*" in keys or not keys.isdisjoint(changed):
-                                out.add(uuid)
+                        if uuid not in out and self._matters(uuid, old, new, changed):
+                            out.add(uuid)
 
-    @staticmethod
-    def _anchored(table: dict[str, dict[Any, set[str]]], node: GraphElement, out: set[str]) -> None:
-        for key, by_value in table.items():
-            for term in node_terms(node, key):
-                ids = by_value.get(term)
-                if ids:
-                    out |= ids
+
+def _index(table: dict[str, dict[Any, set[str]]], pin: Pin, uuid: str) -> None:
+    by_value = table.setdefault(pin[0], {})
+    for term in pin[1]:
+        by_value.setdefault(term, set()).add(uuid)
