@@ -78,6 +78,16 @@ class Grouping:
             cur = owner.get(cur)
         return host_node.get(n.Host, "") if n.Metadata.get("Type") != "host" else ""
 
+    def owns_inside(self, e: Element, member_set: set[str]) -> bool:
+        """An ownership edge from a member group (a namespace of the host) to its own members: drawn as
+        containment when that group is expanded, and fetched with it."""
+        return (
+            e.Metadata.get("RelationType") == "ownership"
+            and e.Parent in member_set
+            and e.Child not in member_set
+            and self.group.get(e.Child) == e.Parent
+        )
+
     def members(self, group_id: str) -> list[str]:
         return [nid for nid, g in self.group.items() if g == group_id]
 
@@ -174,7 +184,11 @@ class TopologySummaryApi:
         members = sorted(grouping.members(gid), key=lambda i: str(grouping.nodes[i].Metadata.get("Name", "")))
         truncated = len(members) > MAX_GROUP_NODES
         member_set = set(members[:MAX_GROUP_NODES])
-        edges = [e for e in grouping.edges if e.Parent in member_set or e.Child in member_set]
+        edges = [
+            e
+            for e in grouping.edges
+            if (e.Parent in member_set or e.Child in member_set) and not grouping.owns_inside(e, member_set)
+        ]
         ends = {e.Parent for e in edges} | {e.Child for e in edges}
         edge_ids = {e.ID for e in edges}
         if past is not None:
