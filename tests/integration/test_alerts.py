@@ -5,7 +5,9 @@ ping flood for the root tier."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -202,6 +204,29 @@ async def test_skydive_client_alert_calls(alerting: Any) -> None:
         await asyncio.to_thread(rest.alert_create, "", "G.V(", "graph")
 
 
+
+
+def _cli(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "netsonde.cli", "client", "--analyzer", f"127.0.0.1:{port}",
+                           "alert", *args], capture_output=True, text=True, timeout=60)
+
+
+async def test_cli_alert_create_list_get_delete(alerting: Any, unique: str) -> None:
+    s, hooks, *_ = alerting
+    out = await asyncio.to_thread(_cli, s.port, "create", "--expression", "G.V().Has('Type','host')", "--trigger",
+                                  "periodic:5s", "--action", hooks.url, "--name", f"cli-{unique}")
+    assert out.returncode == 0, out.stderr
+    made = json.loads(out.stdout)
+    assert (made["Name"], made["Trigger"], made["Action"]) == (f"cli-{unique}", "periodic:5s", hooks.url)
+    out = await asyncio.to_thread(_cli, s.port, "list")
+    assert out.returncode == 0 and list(json.loads(out.stdout)) == [made["UUID"]], out.stdout
+    out = await asyncio.to_thread(_cli, s.port, "get", made["UUID"])
+    assert json.loads(out.stdout)["Expression"] == "G.V().Has('Type','host')"
+    assert (await asyncio.to_thread(_cli, s.port, "delete", made["UUID"])).returncode == 0
+    out = await asyncio.to_thread(_cli, s.port, "get", made["UUID"])
+    assert out.returncode == 1 and "error 404" in out.stderr
+    out = await asyncio.to_thread(_cli, s.port, "create", "--expression", "G.V(")
+    assert out.returncode == 1 and "error 400: Expression: syntax error" in out.stderr
 
 
 @pytest.fixture

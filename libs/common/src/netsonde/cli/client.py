@@ -51,6 +51,20 @@ def add_parser(sub: Any) -> None:
     d = cap.add_parser("delete", help="stop and remove a capture")
     d.add_argument("id")
 
+    alert = csub.add_parser("alert", help="alerts: Gremlin expressions watched by alert-evaluator")
+    al = alert.add_subparsers(dest="verb", required=True)
+    a = al.add_parser("create", help="fire when the expression returns something (a node, a non-zero count ...)")
+    a.add_argument("--expression", required=True, help="e.g. \"G.V().Has('Name','eth0','State','DOWN')\"")
+    a.add_argument("--trigger", default="graph", help="graph (default), periodic:<duration> or duration:<duration>")
+    a.add_argument("--action", default="", help="webhook URL called with each firing/resolved event")
+    a.add_argument("--name", default="")
+    a.add_argument("--description", default="")
+    al.add_parser("list", help="list alerts with their state")
+    ag = al.add_parser("get", help="show one alert")
+    ag.add_argument("id")
+    ad = al.add_parser("delete", help="remove an alert")
+    ad.add_argument("id")
+
     pcap = csub.add_parser("pcap", help="turn a pcap file into flows (stored like captured ones)")
     pcap.add_argument("file")
     pcap.add_argument("--node-tid", default="", help="NodeTID to give the flows")
@@ -113,6 +127,15 @@ def _run(args: argparse.Namespace, http: httpx.Client) -> int:
             return _show(http.get(_url(args, f"/api/capture/{args.id}")))
         if args.verb == "delete":
             return _show(http.delete(_url(args, f"/api/capture/{args.id}")))
+    if cmd == "alert":
+        if args.verb == "create":
+            body = {"Expression": args.expression, "Trigger": args.trigger, "Action": args.action,
+                    "Name": args.name, "Description": args.description}
+            return _show(http.post(_url(args, "/api/alert"), json=body))
+        if args.verb == "list":
+            return _show(http.get(_url(args, "/api/alert")))
+        path = _url(args, f"/api/alert/{args.id}")
+        return _show(http.get(path) if args.verb == "get" else http.delete(path))
     if cmd == "pcap":
         with open(args.file, "rb") as f:
             resp = http.post(_url(args, "/api/pcap"), content=f.read(),
