@@ -1,7 +1,7 @@
 """ClickHouse schema of the alert history (`alert_events`): one row per `firing` or `resolved` event.
 
-The one definition: alert-evaluator migrates and writes the table from it (`netsonde.alert_evaluator.history`);
-anyone reads it with SQL, e.g.
+The one definition: alert-evaluator migrates and writes the table from it
+(`netsonde.alert_evaluator.history`); anyone reads it with SQL, e.g.
 `SELECT time, name, state, reason_count FROM netsonde.alert_events WHERE alert = {a:String} ORDER BY time`.
 ReplacingMergeTree on the event ID makes a re-sent row harmless.
 """

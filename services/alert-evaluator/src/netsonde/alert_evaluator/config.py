@@ -25,7 +25,8 @@ class AlertEvaluatorConfig(BaseConfig):
     webhook_timeout_s: float = 5.0
     """Longest time one webhook call may take."""
     webhook_retries: int = 3
-    """Extra attempts after a failed webhook call (connection error, timeout, HTTP 5xx/408/429), with backoff."""
+    """Extra attempts after a failed webhook call (connection error, timeout, HTTP 5xx/408/429), with
+    backoff."""
     webhook_workers: int = 4
     """Webhook calls in flight at once."""
     webhook_queue: int = 10_000

@@ -29,11 +29,30 @@ from netsonde.gremlin.fields import ELEMENT_KEYS
 from netsonde.gremlin.predicates import Eq, Within, _term_key
 from netsonde.gremlin.steps import Filter, Step
 
-LOCAL_STEPS = frozenset({"V", "Has", "HasEither", "HasKey", "HasNot", "Dedup", "Count", "Limit", "Range", "Sort",
-                         "Values", "ValueMap", "Keys", "Sum", "As", "Select"})
+LOCAL_STEPS = frozenset(
+    {
+        "V",
+        "Has",
+        "HasEither",
+        "HasKey",
+        "HasNot",
+        "Dedup",
+        "Count",
+        "Limit",
+        "Range",
+        "Sort",
+        "Values",
+        "ValueMap",
+        "Keys",
+        "Sum",
+        "As",
+        "Select",
+    }
+)
 """Steps that neither move along edges nor read anything but the keys they name (or all keys: `*`)."""
-EDGE_STEPS = frozenset({"E", "Out", "In", "Both", "OutE", "InE", "BothE", "OutV", "InV", "BothV",
-                        "ShortestPathTo", "SubGraph"})
+EDGE_STEPS = frozenset(
+    {"E", "Out", "In", "Both", "OutE", "InE", "BothE", "OutV", "InV", "BothV", "ShortestPathTo", "SubGraph"}
+)
 NODE_MOVES = frozenset({"Out", "In", "Both"})
 """Moves from nodes to nodes: each starts a new stage (its own arguments filter the nodes reached)."""
 FILTER_STEPS = frozenset({"Has", "HasEither", "HasKey", "HasNot"})
@@ -89,8 +108,16 @@ def analyze(expression: str) -> Dependencies:
             pins = tuple(st.pin for st in stages if st.pin is not None)
         if local:
             filters, node_id = tuple(stages[0].filters), stages[0].node_id
-    return Dependencies(everything=everything, edges=edges, local=local, keys=frozenset(keys), anchor=anchor,
-                        pins=pins, filters=filters, node_id=node_id)
+    return Dependencies(
+        everything=everything,
+        edges=edges,
+        local=local,
+        keys=frozenset(keys),
+        anchor=anchor,
+        pins=pins,
+        filters=filters,
+        node_id=node_id,
+    )
 
 
 @dataclass
@@ -296,7 +323,9 @@ class DependencyIndex:
                     out |= self.edge_alerts
         return out
 
-    def _matters(self, uuid: str, old: GraphElement | None, new: GraphElement, changed: set[str] | None) -> bool:
+    def _matters(
+        self, uuid: str, old: GraphElement | None, new: GraphElement, changed: set[str] | None
+    ) -> bool:
         deps = self.deps[uuid]
         if changed is not None and "*" not in deps.keys and deps.keys.isdisjoint(changed):
             return False
@@ -304,8 +333,14 @@ class DependencyIndex:
             return passes(deps, new) or (old is not None and passes(deps, old))
         return True
 
-    def _keyed(self, index: dict[str, set[str]], changed: set[str], old: GraphElement, new: GraphElement,
-               out: set[str]) -> None:
+    def _keyed(
+        self,
+        index: dict[str, set[str]],
+        changed: set[str],
+        old: GraphElement,
+        new: GraphElement,
+        out: set[str],
+    ) -> None:
         for key in (*changed, "*"):
             for uuid in index.get(key, ()):
                 if uuid not in out and self._matters(uuid, old, new, None):
@@ -316,8 +351,14 @@ class DependencyIndex:
             if uuid not in out and self._matters(uuid, old, node, None):
                 out.add(uuid)
 
-    def _pinned(self, table: dict[str, dict[Any, set[str]]], old: GraphElement, new: GraphElement,
-                changed: set[str] | None, out: set[str]) -> None:
+    def _pinned(
+        self,
+        table: dict[str, dict[Any, set[str]]],
+        old: GraphElement,
+        new: GraphElement,
+        changed: set[str] | None,
+        out: set[str],
+    ) -> None:
         for key, by_value in table.items():
             for node in (old, new) if old is not new else (new,):
                 for term in node_terms(node, key):

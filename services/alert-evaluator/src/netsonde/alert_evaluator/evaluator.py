@@ -44,7 +44,9 @@ def verdict(result: Any, max_items: int) -> Verdict:
             return Verdict(any(result), result[:max_items], len(result))
         if len(result) == 1 and isinstance(result[0], dict) and set(result[0]) == {"Nodes", "Edges"}:
             graph = result[0]  # SubGraph(): true when it holds something
-            return Verdict(bool(graph["Nodes"] or graph["Edges"]), graph, len(graph["Nodes"]) + len(graph["Edges"]))
+            return Verdict(
+                bool(graph["Nodes"] or graph["Edges"]), graph, len(graph["Nodes"]) + len(graph["Edges"])
+            )
         return Verdict(bool(result), result[:max_items], len(result))
     if isinstance(result, dict):
         return Verdict(bool(result), result, len(result))
@@ -105,8 +107,8 @@ class AlertEvaluator:
         return self.index.affected(events)
 
     def evaluate(self, uuid: str, run: Runner | None = None) -> AlertEvent | None:
-        """Evaluate one alert now (graph alerts: on the loop that applies graph events); returns the event of a
-        transition, if any."""
+        """Evaluate one alert now (graph alerts: on the loop that applies graph events); returns the event of
+        a transition, if any."""
         alert = self.alerts.get(uuid)
         if alert is None:
             return None
@@ -126,8 +128,16 @@ class AlertEvaluator:
         firing = st.State == "firing" or (st.State == "error" and st.ReasonData is not None)
         if v.true and not firing:
             ev = self._event(alert, "firing", now, v.reason, v.count)
-            self._set(AlertStatus(UUID=alert.UUID, State="firing", Since=now, ReasonData=v.reason,
-                                  ReasonCount=v.count, EventID=ev.ID))
+            self._set(
+                AlertStatus(
+                    UUID=alert.UUID,
+                    State="firing",
+                    Since=now,
+                    ReasonData=v.reason,
+                    ReasonCount=v.count,
+                    EventID=ev.ID,
+                )
+            )
             return ev
         if not v.true and firing:
             ev = self._event(alert, "resolved", now, st.ReasonData, st.ReasonCount)
@@ -135,8 +145,16 @@ class AlertEvaluator:
             return ev
         want = "firing" if v.true else "ok"
         if st.State != want:  # pending -> ok, error -> (still) firing or ok: no event
-            self._set(AlertStatus(UUID=alert.UUID, State=want, Since=now, ReasonData=st.ReasonData if v.true
-                                  else None, ReasonCount=st.ReasonCount if v.true else 0, EventID=st.EventID))
+            self._set(
+                AlertStatus(
+                    UUID=alert.UUID,
+                    State=want,
+                    Since=now,
+                    ReasonData=st.ReasonData if v.true else None,
+                    ReasonCount=st.ReasonCount if v.true else 0,
+                    EventID=st.EventID,
+                )
+            )
         return None
 
     def fail(self, alert: Alert, message: str) -> None:
@@ -147,13 +165,30 @@ class AlertEvaluator:
             return
         log.warning("alert %s (%s) could not be evaluated: %s", alert.UUID, alert.Name, message)
         keep = st.ReasonData if st is not None and st.State in ("firing", "error") else None
-        self._set(AlertStatus(UUID=alert.UUID, State="error", Since=_now_ms(), Error=message, ReasonData=keep,
-                              ReasonCount=st.ReasonCount if st is not None and keep is not None else 0,
-                              EventID=st.EventID if st is not None else ""))
+        self._set(
+            AlertStatus(
+                UUID=alert.UUID,
+                State="error",
+                Since=_now_ms(),
+                Error=message,
+                ReasonData=keep,
+                ReasonCount=st.ReasonCount if st is not None and keep is not None else 0,
+                EventID=st.EventID if st is not None else "",
+            )
+        )
 
     def _event(self, alert: Alert, state: str, now: int, reason: Any, count: int) -> AlertEvent:
-        return AlertEvent(ID=str(uuidlib.uuid4()), UUID=alert.UUID, State=state, Timestamp=now, Name=alert.Name,
-                          Expression=alert.Expression, Trigger=alert.Trigger, ReasonData=reason, ReasonCount=count)
+        return AlertEvent(
+            ID=str(uuidlib.uuid4()),
+            UUID=alert.UUID,
+            State=state,
+            Timestamp=now,
+            Name=alert.Name,
+            Expression=alert.Expression,
+            Trigger=alert.Trigger,
+            ReasonData=reason,
+            ReasonCount=count,
+        )
 
     def _set(self, status: AlertStatus) -> None:
         self.states[status.UUID] = status

@@ -1,5 +1,5 @@
-"""Alert events into ClickHouse (`alert_events`, schema in `netsonde.common.alertschema`), in small batches off
-the event loop; while ClickHouse is down the rows wait (bounded) and are written later."""
+"""Alert events into ClickHouse (`alert_events`, schema in `netsonde.common.alertschema`), in small batches
+off the event loop; while ClickHouse is down the rows wait (bounded) and are written later."""
 
 from __future__ import annotations
 
@@ -33,14 +33,26 @@ class EventWriter:
                 self.dropped += 1
 
     def flush(self) -> int:
-        """Write what is pending (blocking: call from a thread). On failure the rows are kept and it raises."""
+        """Write what is pending (blocking: call from a thread). On failure the rows are kept, and it
+        raises."""
         with self._lock:
             batch, self.pending = self.pending, []
         if not batch:
             return 0
-        rows = [[dt.datetime.fromtimestamp(ev.Timestamp / 1000, dt.timezone.utc), ev.ID, ev.UUID, ev.Name,
-                 ev.State, ev.Expression, ev.Trigger, ev.ReasonCount, json.dumps(ev.ReasonData, default=str)]
-                for ev in batch]
+        rows = [
+            [
+                dt.datetime.fromtimestamp(ev.Timestamp / 1000, dt.UTC),
+                ev.ID,
+                ev.UUID,
+                ev.Name,
+                ev.State,
+                ev.Expression,
+                ev.Trigger,
+                ev.ReasonCount,
+                json.dumps(ev.ReasonData, default=str),
+            ]
+            for ev in batch
+        ]
         try:
             if self._client is None:
                 self._client = connect(self.url, self.database)

@@ -65,15 +65,26 @@ class AlertEvaluatorService(Service):
         self.m_failures = m.counter("evaluation_errors_total", "Alert evaluations that failed", ["trigger"])
         self.m_events = m.counter("events_total", "Alert events emitted", ["state"])
         self.m_changes = m.counter("graph_changes_total", "Graph events examined")
-        self.m_dispatch = m.histogram("graph_batch_seconds", "Time to find and re-evaluate the alerts a batch of "
-                                      "graph events affects", buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.1, 1))
+        self.m_dispatch = m.histogram(
+            "graph_batch_seconds",
+            "Time to find and re-evaluate the alerts a batch of graph events affects",
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.1, 1),
+        )
         self.m_webhooks = m.counter("webhook_deliveries_total", "Webhook deliveries by outcome", ["result"])
         self.m_webhook_seconds = m.histogram("webhook_seconds", "Duration of one webhook call")
         self.m_history_rows = m.counter("history_rows_total", "Alert events written to ClickHouse")
         self.m_history_errors = m.counter("history_errors_total", "Failed ClickHouse writes (retried)")
-        self.m_state_errors = m.counter("state_write_errors_total", "Failed writes to the alert states' bucket")
-        self.webhooks = WebhookSender(config.webhook_timeout_s, config.webhook_retries, config.webhook_workers,
-                                      config.webhook_queue, self.m_webhooks, self.m_webhook_seconds)
+        self.m_state_errors = m.counter(
+            "state_write_errors_total", "Failed writes to the alert states' bucket"
+        )
+        self.webhooks = WebhookSender(
+            config.webhook_timeout_s,
+            config.webhook_retries,
+            config.webhook_workers,
+            config.webhook_queue,
+            self.m_webhooks,
+            self.m_webhook_seconds,
+        )
 
     def client_factory(self) -> Any:
         return connect(self.cfg.clickhouse_url, self.cfg.clickhouse_database)
@@ -82,24 +93,30 @@ class AlertEvaluatorService(Service):
     async def on_start(self) -> None:
         cfg = self.cfg
         if cfg.history:
-            await asyncio.to_thread(run_migrations, cfg.clickhouse_url, cfg.clickhouse_database, "alert-evaluator",
-                                    MIGRATIONS)
+            await asyncio.to_thread(
+                run_migrations, cfg.clickhouse_url, cfg.clickhouse_database, "alert-evaluator", MIGRATIONS
+            )
             await asyncio.to_thread(self._apply_ttl)
             self.writer = EventWriter(cfg.clickhouse_url, cfg.clickhouse_database)
         self.nc = await natsconn.connect(cfg.nats_url, f"alert-evaluator@{cfg.host_id}", config=cfg)
-        self.replica = GraphReplica(self.nc, self.subjects, snapshot_timeout=cfg.snapshot_timeout_s,
-                                    bad_messages=self.metrics.bad_messages)
+        self.replica = GraphReplica(
+            self.nc,
+            self.subjects,
+            snapshot_timeout=cfg.snapshot_timeout_s,
+            bad_messages=self.metrics.bad_messages,
+        )
         self.engine = gremlin.GremlinEngine(
             graph=self.replica.graph,
             history=gremlin.HistoryStore(self.client_factory) if cfg.history else None,
             flows=gremlin.FlowStore(self.client_factory) if cfg.flows else None,
-            limits=gremlin.QueryLimits(timeout_s=cfg.query_timeout_s, max_results=cfg.max_results))
+            limits=gremlin.QueryLimits(timeout_s=cfg.query_timeout_s, max_results=cfg.max_results),
+        )
         self.replica.listeners.append(self._on_graph_events)
         self.replica.on_snapshot(self._on_snapshot)
         await self.replica.start(wait=False)
         try:
             await asyncio.wait_for(self.replica.synced.wait(), cfg.snapshot_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("no graph snapshot yet (is graph-builder running?); graph alerts wait for it")
         js = self.nc.jetstream()
         self.states_kv = await open_alert_state_bucket(js, self.subjects)
@@ -134,16 +151,23 @@ class AlertEvaluatorService(Service):
             try:
                 await asyncio.wait_for(asyncio.to_thread(self.writer.flush), 10)
             except Exception as exc:
-                log.error("final alert history flush failed, %d events not stored: %r", len(self.writer.pending),
-                          exc)
+                log.error(
+                    "final alert history flush failed, %d events not stored: %r",
+                    len(self.writer.pending),
+                    exc,
+                )
 
     def health(self) -> dict[str, Any]:
         states: dict[str, int] = {}
         for st in self.evaluator.states.values():
             states[st.State] = states.get(st.State, 0) + 1
         synced = self.replica is not None and self.replica.synced.is_set()
-        return {"alerts": len(self.evaluator.alerts), "graph_synced": synced, "states": states,
-                "webhook_queue": self.webhooks.queue.qsize()}
+        return {
+            "alerts": len(self.evaluator.alerts),
+            "graph_synced": synced,
+            "states": states,
+            "webhook_queue": self.webhooks.queue.qsize(),
+        }
 
     def owns(self, uuid: str) -> bool:
         """Sharding: this evaluator's alerts are those whose UUID hashes to its shard."""
@@ -187,8 +211,9 @@ class AlertEvaluatorService(Service):
             timer.cancel()
         period = self.evaluator.periods.get(alert.UUID)
         if period is not None:
-            self.timers[alert.UUID] = asyncio.create_task(self._periodic(alert.UUID, period),
-                                                          name=f"alert-{alert.UUID}")
+            self.timers[alert.UUID] = asyncio.create_task(
+                self._periodic(alert.UUID, period), name=f"alert-{alert.UUID}"
+            )
         elif self.replica is not None and self.replica.synced.is_set():
             self.m_evaluations.labels("graph").inc()
             await self._emit(self.evaluator.evaluate(alert.UUID))
@@ -276,8 +301,12 @@ class AlertEvaluatorService(Service):
         if event is None:
             return
         self.m_events.labels(event.State).inc()
-        log.info("alert %s %s", event.UUID, event.State, extra={"alert": event.Name, "event": event.ID,
-                                                                 "reason_count": event.ReasonCount})
+        log.info(
+            "alert %s %s",
+            event.UUID,
+            event.State,
+            extra={"alert": event.Name, "event": event.ID, "reason_count": event.ReasonCount},
+        )
         await self.nc.publish(self.subjects.alert_events(event.UUID), encode(event))
         alert = self.evaluator.alerts.get(event.UUID)
         if alert is not None and alert.Action:

@@ -24,8 +24,15 @@ RETRYABLE = frozenset({408, 429})
 
 
 class WebhookSender:
-    def __init__(self, timeout_s: float, retries: int, workers: int, max_queue: int,
-                 results: Counter, seconds: Histogram) -> None:
+    def __init__(
+        self,
+        timeout_s: float,
+        retries: int,
+        workers: int,
+        max_queue: int,
+        results: Counter,
+        seconds: Histogram,
+    ) -> None:
         self.timeout_s = timeout_s
         self.retries = retries
         self.workers = workers
@@ -68,8 +75,11 @@ class WebhookSender:
     async def _deliver(self, url: str, event: AlertEvent) -> None:
         assert self._session is not None
         body = msgspec.json.encode(event_to_json(event))
-        headers = {"Content-Type": "application/json", "X-Netsonde-Alert": event.UUID,
-                   "X-Netsonde-Event": event.ID}
+        headers = {
+            "Content-Type": "application/json",
+            "X-Netsonde-Alert": event.UUID,
+            "X-Netsonde-Event": event.ID,
+        }
         delay = 0.5
         for attempt in range(self.retries + 1):
             started = time.perf_counter()
@@ -87,11 +97,13 @@ class WebhookSender:
                     self.bad.warning(url, f"webhook {url} refused alert event {event.ID}: HTTP {status}")
                     return
                 problem = f"HTTP {status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 problem = repr(exc)
             if attempt < self.retries:
                 await asyncio.sleep(delay)
                 delay *= 2
         self.results.labels("failed").inc()
-        self.bad.warning(url, f"webhook {url} failed for alert event {event.ID} after "
-                              f"{self.retries + 1} attempts: {problem}")
+        self.bad.warning(
+            url,
+            f"webhook {url} failed for alert event {event.ID} after {self.retries + 1} attempts: {problem}",
+        )

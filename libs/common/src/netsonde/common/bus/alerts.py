@@ -3,8 +3,8 @@
 - Definitions (`Alert`) live in the JetStream key-value bucket `<prefix>_alerts` (key = UUID), written by
   query-api's `/api/alert`, watched by alert-evaluator.
 - States (`AlertStatus`) live in `<prefix>_alert_states` (key = UUID), written by alert-evaluator on every
-  change of state, read by `GET /api/alert` and by the evaluator itself at start (so an alert that fired before
-  a restart does not fire again after it).
+  change of state, read by `GET /api/alert` and by the evaluator itself at start (so an alert that fired
+  before a restart does not fire again after it).
 - Events (`AlertEvent`) go on `<prefix>.alerts.<UUID>`: one `firing` when the expression turns true, one
   `resolved` when it turns false again.
 """
@@ -30,9 +30,9 @@ STATES = ("pending", "ok", "firing", "error")
 
 
 class Alert(msgspec.Struct):
-    """Skydive's Alert: `Expression` (Gremlin) is true when it returns a non-empty result, a non-zero count or a
-    boolean true. `Trigger`: `graph` (re-evaluated when the graph changes), `periodic:<duration>` or Skydive's
-    `duration:<duration>` (Go durations: `10s`, `1m30s`, `500ms`). `Action`: a webhook URL or ""."""
+    """Skydive's Alert: `Expression` (Gremlin) is true when it returns a non-empty result, a non-zero count or
+    a boolean true. `Trigger`: `graph` (re-evaluated when the graph changes), `periodic:<duration>` or
+    Skydive's `duration:<duration>` (Go durations: `10s`, `1m30s`, `500ms`). `Action`: a webhook URL or ""."""
 
     VERSION: ClassVar[int] = 1
     UUID: str
@@ -82,8 +82,8 @@ class AlertEvent(msgspec.Struct):
     Expression: str = ""
     Trigger: str = ""
     ReasonData: Any = None
-    """firing: the expression's result (the matching nodes, edges or flows, the count ...); resolved: the result
-    that had fired. Lists are cut to the evaluator's `max_reason_items`."""
+    """firing: the expression's result (the matching nodes, edges or flows, the count ...); resolved: the
+    result that had fired. Lists are cut to the evaluator's `max_reason_items`."""
     ReasonCount: int = 0
     """How many items the result had before the cut (1 for a count or a boolean)."""
     v: int = 1
@@ -122,7 +122,9 @@ def parse_trigger(trigger: str) -> tuple[str, float]:
         return TRIGGER_GRAPH, 0.0
     kind, _, arg = trigger.partition(":")
     if kind not in (TRIGGER_PERIODIC, "duration"):
-        raise AlertError(f"Trigger {trigger!r}: expected 'graph', 'periodic:<duration>' or 'duration:<duration>'")
+        raise AlertError(
+            f"Trigger {trigger!r}: expected 'graph', 'periodic:<duration>' or 'duration:<duration>'"
+        )
     try:
         period = parse_duration(arg)
     except ValueError as exc:
@@ -160,7 +162,9 @@ def alert_from_json(body: Any) -> Alert:
         raise AlertError("Expression is required (a Gremlin query)")
     action = _opt_str(body, "Action").strip()
     if action.startswith("file://"):
-        raise AlertError("Action: scripts (file://) are not supported; use a webhook URL (http:// or https://)")
+        raise AlertError(
+            "Action: scripts (file://) are not supported; use a webhook URL (http:// or https://)"
+        )
     if action and not re.match(r"^https?://[^/\s]+", action):
         raise AlertError(f"Action {action!r}: expected a webhook URL (http:// or https://) or nothing")
     trigger = _opt_str(body, "Trigger").strip() or TRIGGER_GRAPH
@@ -169,8 +173,15 @@ def alert_from_json(body: Any) -> Alert:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", ident):
         raise AlertError("UUID may only hold letters, digits, '-' and '_'")
     created = _opt_str(body, "CreateTime") or now_rfc3339()
-    return Alert(UUID=ident, Expression=expression, Name=_opt_str(body, "Name"),
-                 Description=_opt_str(body, "Description"), Action=action, Trigger=trigger, CreateTime=created)
+    return Alert(
+        UUID=ident,
+        Expression=expression,
+        Name=_opt_str(body, "Name"),
+        Description=_opt_str(body, "Description"),
+        Action=action,
+        Trigger=trigger,
+        CreateTime=created,
+    )
 
 
 def alert_to_json(alert: Alert, status: AlertStatus | None = None) -> dict[str, Any]:
@@ -184,18 +195,28 @@ def alert_to_json(alert: Alert, status: AlertStatus | None = None) -> dict[str, 
 def event_to_json(ev: AlertEvent) -> dict[str, Any]:
     """The JSON of an event (webhook body, WebSocket `Alert` message): Skydive's {UUID, Timestamp (RFC 3339),
     ReasonData} plus ID, State, Name, Expression, Trigger, ReasonCount and Time (Unix ms)."""
-    return {"ID": ev.ID, "UUID": ev.UUID, "State": ev.State, "Name": ev.Name, "Expression": ev.Expression,
-            "Trigger": ev.Trigger, "Timestamp": ms_to_rfc3339(ev.Timestamp), "Time": ev.Timestamp,
-            "ReasonData": ev.ReasonData, "ReasonCount": ev.ReasonCount}
+    return {
+        "ID": ev.ID,
+        "UUID": ev.UUID,
+        "State": ev.State,
+        "Name": ev.Name,
+        "Expression": ev.Expression,
+        "Trigger": ev.Trigger,
+        "Timestamp": ms_to_rfc3339(ev.Timestamp),
+        "Time": ev.Timestamp,
+        "ReasonData": ev.ReasonData,
+        "ReasonCount": ev.ReasonCount,
+    }
 
 
 def now_rfc3339() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def ms_to_rfc3339(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return (
+        dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 # --- buckets ------------------------------------------------------------------------------------------------
