@@ -51,6 +51,21 @@ def add_parser(sub: Any) -> None:
     d = cap.add_parser("delete", help="stop and remove a capture")
     d.add_argument("id")
 
+    df = csub.add_parser("diff", help="what changed in the graph (and flows) between two instants")
+    df.add_argument("--from", dest="since", default="-1h", help="an instant: -1h, now, Unix s/ms, ISO 8601")
+    df.add_argument("--to", default="now")
+    df.add_argument("--scope", default="", help="a Gremlin query selecting the nodes to look at")
+    df.add_argument("--no-flows", action="store_true", help="leave out the flow changes")
+    df.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    pa = csub.add_parser("path", help="a TrackingID's capture points along its path, loss between hops")
+    pa.add_argument("trackingid")
+    pa.add_argument("--settle", default="10s", help="updates this close to now count as uncertainty")
+    pa.add_argument("--json", action="store_true")
+    lo = csub.add_parser("loss", help="where packets are lost: links ranked by packets lost")
+    lo.add_argument("--window", default="5m")
+    lo.add_argument("--settle", default="10s")
+    lo.add_argument("--json", action="store_true")
+
     alert = csub.add_parser("alert", help="alerts: Gremlin expressions watched by alert-evaluator")
     al = alert.add_subparsers(dest="verb", required=True)
     a = al.add_parser("create", help="fire when the expression returns something (a node, a non-zero count ...)")
@@ -127,6 +142,23 @@ def _run(args: argparse.Namespace, http: httpx.Client) -> int:
             return _show(http.get(_url(args, f"/api/capture/{args.id}")))
         if args.verb == "delete":
             return _show(http.delete(_url(args, f"/api/capture/{args.id}")))
+    if cmd in ("diff", "path", "loss"):
+        from .diff_tables import render_diff, render_loss, render_path
+        if cmd == "diff":
+            params = {"from": args.since, "to": args.to, "flows": "0" if args.no_flows else "1"}
+            if args.scope:
+                params["scope"] = args.scope
+            resp, render = http.get(_url(args, "/api/diff"), params=params), render_diff
+        elif cmd == "path":
+            resp = http.get(_url(args, f"/api/flowpath/{args.trackingid}"), params={"settle": args.settle})
+            render = render_path
+        else:
+            resp = http.get(_url(args, "/api/loss"), params={"window": args.window, "settle": args.settle})
+            render = render_loss
+        if args.json or resp.status_code >= 400:
+            return _show(resp)
+        print(render(resp.json()))
+        return 0
     if cmd == "alert":
         if args.verb == "create":
             body = {"Expression": args.expression, "Trigger": args.trigger, "Action": args.action,

@@ -7,7 +7,8 @@ then for each of them its last revision at or before `from` and at or before `to
 Scope: the traversal's nodes (`G.V().Has('Name','br-int').Descendants(0).Diff('-1h')`) plus the edges
 touching them. A node removed in the window is no longer in a live traversal: it is added to the scope when
 an edge between it and a scope node changed in the window (a veth deleted from a namespace, a port removed
-from a bridge); such neighbours are reported only as added or removed, never as changed.
+from a bridge), with the edges between such neighbours (the deleted pair's own link); these are reported
+only as added or removed, never as changed.
 
 Metadata is compared flattened to dotted keys (`MTU`, `Ovs.Status`); list entries with an identity are keyed
 by it (`RoutingTables[254].Routes[10.9.0.0/24]`, `Neighbors[10.0.0.2]`), other lists compare whole.
@@ -182,10 +183,13 @@ class GraphDiffer:
         in_scope = set(ids)
         neighbours = sorted({end for r in rows if r[0] == "edge" for end in (r[7], r[8])
                              if end and end not in in_scope})
-        if neighbours:
-            rows += self._rows(lo, hi, "AND kind = 'node' AND id IN {extra:Array(String)}",
+        extra: list[tuple[Any, ...]] = []
+        if neighbours:  # the removed neighbours, and the edges between them (a deleted veth pair's link)
+            extra = self._rows(lo, hi, "AND ((kind = 'node' AND id IN {extra:Array(String)}) OR (kind = 'edge' "
+                               "AND parent IN {extra:Array(String)} AND child IN {extra:Array(String)}))",
                                {"extra": neighbours}, timeout_s)
-        self._classify(out, rows, ignore_counters, ignore, only_add_remove=set(neighbours))
+        only_add_remove = set(neighbours) | {r[1] for r in extra if r[0] == "edge"}
+        self._classify(out, rows + extra, ignore_counters, ignore, only_add_remove)
         return out
 
     def _classify(self, out: GraphDiff, rows: list[tuple[Any, ...]], ignore_counters: bool,

@@ -68,20 +68,26 @@ class PathFinder:
     def __init__(self, view: GraphView) -> None:
         self.view = view
         self._cache: dict[tuple[str, str], list[str]] = {}
-        self._by_addr: dict[str, str] | None = None
+        self._by_addr: dict[str, list[str]] | None = None
 
-    def node_for(self, ip: str, mac: str) -> str | None:
-        """The node holding `ip` as an address (IPV4/IPV6, with prefix length), else the one with MAC `mac`."""
+    def node_for(self, ip: str, macs: set[str]) -> str | None:
+        """The node holding `ip` as an address (IPV4/IPV6, with prefix length; among several, the one whose MAC
+        is in `macs`), else a node whose MAC is in `macs`."""
         if self._by_addr is None:
             self._by_addr = {}
             for n in self.view.nodes():
                 for key in ("IPV4", "IPV6"):
                     for cidr in n.Metadata.get(key) or ():
                         if isinstance(cidr, str):
-                            self._by_addr.setdefault(cidr.split("/")[0], n.ID)
-        if ip and ip in self._by_addr:
-            return self._by_addr[ip]
-        if mac:
+                            self._by_addr.setdefault(cidr.split("/")[0], []).append(n.ID)
+        nodes = self.view.graph.nodes
+        holders = self._by_addr.get(ip, []) if ip else []
+        for nid in holders:
+            if nid in nodes and nodes[nid].Metadata.get("MAC") in macs:
+                return nid
+        if holders:
+            return holders[0]
+        for mac in sorted(m for m in macs if m):
             hits = self.view.lookup("MAC", mac)
             if hits is None:
                 hits = [n for n in self.view.nodes() if n.Metadata.get("MAC") == mac]
@@ -146,8 +152,9 @@ def lay_on_path(view: GraphView, finder: PathFinder, tracking_id: str, hops: lis
             h["AB"], h["BA"] = h["BA"], h["AB"]
     order, ends, path_ids = "rtt", None, []
     if ref is not None:
-        a = finder.node_for(ref["NetworkA"], ref["LinkA"])
-        b = finder.node_for(ref["NetworkB"], ref["LinkB"])
+        rows = [h["Flow"] for h in known]
+        a = finder.node_for(ref["NetworkA"], {ref["LinkA"]} if ref["NetworkA"] else {r["LinkA"] for r in rows})
+        b = finder.node_for(ref["NetworkB"], {r["LinkB"] for r in rows} | {r["LinkA"] for r in rows})
         ends = (a, b)
         if a and b:
             path_ids = finder.path(a, b)

@@ -147,9 +147,15 @@ class DiffApi:
             out = answer.to_json()
             if scope:
                 out["Scope"] = {"Query": scope, "Nodes": len(scope_ids or [])}
-            if with_flows and self.svc.engine.flows is not None:
-                out["Flows"] = await asyncio.to_thread(flow_changes, self.svc.engine.flows, lo, hi, tids, factor,
-                                                       idle, rate_window, limits.max_results, limits.timeout_s)
+            if with_flows and self.svc.engine.flows is None:
+                out["FlowsError"] = "this query-api has no flow store"
+            elif with_flows:
+                try:  # the graph half stands on its own: a flow-store failure is shown next to it
+                    out["Flows"] = await asyncio.to_thread(flow_changes, self.svc.engine.flows, lo, hi, tids,
+                                                           factor, idle, rate_window, limits.max_results,
+                                                           limits.timeout_s)
+                except gremlin.GremlinError as e:
+                    out["FlowsError"] = str(e)
             return out
         return await self._answer(run)
 
