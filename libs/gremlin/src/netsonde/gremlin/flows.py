@@ -74,6 +74,9 @@ class FlowStore:
             text = str(e)
             if "TIMEOUT_EXCEEDED" in text or "Timeout exceeded" in text:
                 raise GremlinError("flow query exceeded the query time limit", status=408) from e
+            if "Code: 427." in text:  # CANNOT_COMPILE_REGEXP: Python's re accepted it, ClickHouse's RE2 does not
+                raise GremlinError("Regex() not accepted by the flow store (RE2 syntax: no lookaround, no "
+                                   "backreferences)", status=400) from e
             raise GremlinError(f"flow store unavailable: {text.splitlines()[0] if text else e!r}", status=503) from e
 
     def close(self) -> None:
