@@ -159,11 +159,16 @@ async def test_bad_alerts_are_refused_with_the_reason(alerting: Any, unique: str
 
 @pytest.fixture
 async def tight_limits(nats_url: str, clickhouse_url: str, unique: str):
+    """query-api answers at most 4 results, alert-evaluator at most 3."""
+    from netsonde.query_api.config import QueryApiConfig
+    from netsonde.query_api.service import QueryApiService
+
     common = dict(env={}, nats_url=nats_url, subject_prefix=f"lim{unique}", host_id=f"host-{unique}",
                   clickhouse_url=clickhouse_url, clickhouse_database=f"alerts_{unique}")
     s = AlertStack(common, max_results=3, history=False)
     await s.start_gb()
-    await s.start_api()
+    s.api = QueryApiService(QueryApiConfig.load(**common, http_port=s.port, max_results=4))
+    await s.api.start()
     await s.start_evaluator()
     yield s
     await s.stop()
@@ -172,15 +177,21 @@ async def tight_limits(nats_url: str, clickhouse_url: str, unique: str):
 async def test_an_expensive_expression_is_bounded_by_the_limits(tight_limits: AlertStack, unique: str) -> None:
     s = tight_limits
     async with client(s) as http:
-        for i in range(5):
-            r = await http.post("/api/node", json={"ID": f"x{i}-{unique}", "Metadata": {"Name": f"x{i}",
-                                                                                       "Type": "device"}})
+        for i in range(6):
+            r = await http.post("/api/node", json={"ID": f"x{i}-{unique}", "Metadata": {
+                "Name": f"x{i}", "Type": "device" if i < 4 else "switch"}})
             assert r.status_code in (200, 201), r.text
+        # beyond query-api's limits: refused at creation
+        r = await http.post("/api/alert", json={"Expression": "G.V()"})
+        assert r.status_code == 400 and r.text.startswith("Expression exceeds the query limits: query result too "
+                                                          "large: more than 4"), r.text
+        # within query-api's, beyond the evaluator's: accepted, and the alert shows why it cannot be evaluated
         r = await http.post("/api/alert", json={"Expression": "G.V().Has('Type','device')"})
         assert r.status_code == 200, r.text
         uuid = r.json()["UUID"]
         state = await wait_until(lambda: _full_status(http, uuid, "error"), 10, "the alert in state error")
         assert state["Error"].startswith("query result too large: more than 3 nodes"), state
+        assert list((await http.get("/api/alert")).json()) == [uuid]
 
 
 async def _full_status(http: httpx.AsyncClient, uuid: str, want: str) -> dict[str, Any] | None:
