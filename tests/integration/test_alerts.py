@@ -151,6 +151,12 @@ async def test_bad_alerts_are_refused_with_the_reason(alerting: Any, unique: str
             r = await http.post("/api/alert", json=body)
             assert r.status_code == 400 and message in r.text, (body, r.status_code, r.text)
         assert (await http.get("/api/alert")).json() == {}
+        # compiles but cannot run now: accepted with a Warning, and shown in state error with the reason
+        r = await http.post("/api/alert", json={"Expression": "G.V('no-such-node')"})
+        assert r.status_code == 200 and "cannot be evaluated now" in r.json()["Warning"], r.text
+        state = await wait_until(lambda: _full_status(http, r.json()["UUID"], "error"), 10, "state error")
+        assert "does not exist" in state["Error"], state
+        assert (await http.delete(f"/api/alert/{r.json()['UUID']}")).status_code == 200
         # Skydive's duration trigger and ours are both taken
         for trigger in ("duration:10s", "periodic:1m30s"):
             r = await http.post("/api/alert", json={"Expression": "G.V().Count()", "Trigger": trigger})

@@ -136,3 +136,18 @@ def test_every_answer_that_changes_is_re_evaluated() -> None:
             if after != before[q]:
                 assert q in affected, (step, q, before[q], after, [(e.type, e.obj) for e in events])
     assert re_evaluated < 0.4 * STEPS * len(QUERIES), re_evaluated  # and it skips most of them
+
+
+def test_shards_split_the_alerts() -> None:
+    """`shard_count` evaluators: every alert belongs to exactly one, and each gets a share."""
+    import uuid
+
+    from netsonde.alert_evaluator.config import AlertEvaluatorConfig
+    from netsonde.alert_evaluator.service import AlertEvaluatorService
+
+    shards = [AlertEvaluatorService(AlertEvaluatorConfig.load(env={}, shard_count=3, shard_index=i))
+              for i in range(3)]
+    ids = [str(uuid.UUID(int=random.Random(i).getrandbits(128))) for i in range(300)]
+    owners = [[s.owns(u) for s in shards].count(True) for u in ids]
+    assert owners == [1] * 300
+    assert all(sum(s.owns(u) for u in ids) > 60 for s in shards)
