@@ -152,7 +152,7 @@ class Page:
     def wait(self, fn: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not fn():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what} (page errors: {self.errors})"
             self.page.wait_for_timeout(100)
 
     def shot(self, d: Path, name: str) -> None:
@@ -240,6 +240,36 @@ def test_map_panel_capture_and_time_slider(
         status, listing = api_call(api, "/api/capture")
         [cap] = [c for c in listing.values() if c["Name"] == f"ui-{unique}"]
         assert cap["BPFFilter"] == "icmp" and cap["GremlinQuery"].startswith("G.V('")
+
+        # three pings through the captured veth: the flow in the node's flow table, its path on the map
+        net = f"10.{int(unique[:2], 16)}.{int(unique[2:4], 16)}"
+        sh("ip", "addr", "add", f"{net}.1/30", "dev", vb)
+        sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{net}.2/30", "dev", pb)
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", pb, "up")
+        sh("ping", "-c", "3", "-i", "0.2", "-W", "2", f"{net}.2")
+        flows = panel.locator('[data-section="flows"]')
+        deadline = time.monotonic() + 30
+        while f"{net}.2" not in flows.inner_text():
+            assert time.monotonic() < deadline, f"no flow to {net}.2 in the panel: {flows.inner_text()}"
+            page.page.wait_for_timeout(1000)
+            page.page.locator(
+                "#node-list li button", has_text=vb
+            ).first.click()  # the panel reloads its flows
+            panel.locator('[data-section="flows"]').wait_for()
+        row = flows.locator("table.flows tbody tr", has_text=f"{net}.2").first
+        row.wait_for()
+        cells = row.locator("td").all_inner_texts()
+        assert cells[0] == "ICMPv4" and cells[3:5] == ["3", "3"], cells  # packets each way
+        header = flows.locator("table.flows th", has_text="Bytes A→B")
+        header.click()
+        assert header.get_attribute("aria-sort") == "descending"
+        flows.locator("table.flows tbody tr", has_text=f"{net}.2").first.click()
+        page.wait(lambda: "path:" in flows.locator(".flowchart").inner_text(), 15, "the flow's path")
+        assert vb in flows.locator(".flowchart").inner_text()
+        assert page.page.evaluate(
+            "n => window.netsonde.map.cy.nodes('.path').some(x => x.data('name') === n)", vb
+        ), "the capture node of the flow is highlighted on the map"
+        page.shot(shots, "04b-flow-path.png")
         page.page.click("#tab-captures")
         page.page.locator("#capture-list tr", has_text=f"ui-{unique}").locator("button").click()
         wait_until(

@@ -165,7 +165,7 @@ async function search(term: string): Promise<void> {
   const ctx = map.at ? `G.At(${Math.round(map.at)})` : "G";
   const esc = t.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
   const found: GraphElement[] = await api.gremlin(`${ctx}.V().Has('Name', Regex(${api.q(".*" + esc + ".*")})).Limit(50)`);
-  for (const n of found.slice(0, 5)) await map.reveal(n.ID);
+  await map.revealMany(found.slice(0, 5).map((n) => n.ID));
   map.highlight(found.map((n) => n.ID), "found");
   if (found.length) { map.select(found[0].ID); void select(found[0].ID); }
   setStatus(`${found.length} found for "${t}"`);
@@ -180,14 +180,14 @@ async function main(): Promise<void> {
   map.onSelect = (id) => void select(id);
   panel = new NodePanel(byId("pane-node"), {
     at: () => timeline.current,
-    highlightPath: async (ids) => { for (const id of ids) await map.reveal(id); map.highlight(ids, "path"); },
+    highlightPath: async (ids) => { await map.revealMany(ids); map.highlight(ids, "path"); },
     toggleGroup: (id) => map.toggle(id),
     isGroup: (id) => map.isGroup(id),
     selection: () => map.cy.$("node:selected").map((n) => n.id()),
   });
   panel.clear();
   new GremlinConsole(byId("pane-gremlin"), async (ids) => {
-    for (const id of ids.slice(0, 50)) await map.reveal(id);
+    await map.revealMany(ids.slice(0, 50));
     map.highlight(ids, "found");
   });
   timeline = new Timeline(byId("timebar"));

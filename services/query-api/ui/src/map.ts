@@ -191,7 +191,14 @@ export class TopologyMap {
   }
 
   /** Make a node visible: expand the groups holding it (asking the API where it lives if not loaded). */
-  async reveal(id: string): Promise<boolean> {
+  /** Make nodes visible (see reveal), laying the map out once. */
+  async revealMany(ids: string[]): Promise<void> {
+    for (const id of ids) await this.reveal(id, false);
+    this.reconcile();
+    this.relayout(false);
+  }
+
+  async reveal(id: string, finish = true): Promise<boolean> {
     if (!this.nodes.has(id) && !this.groups.has(id)) {
       const ctx = this.at ? `G.At(${Math.round(this.at)})` : "G";
       try {
@@ -209,9 +216,14 @@ export class TopologyMap {
     const chainUp: string[] = [];
     let g = this.groups.has(id) ? this.groups.get(id)!.parent || this.groupOf(id) : this.groupOf(id);
     while (g && !chainUp.includes(g)) { chainUp.unshift(g); g = this.groups.get(g)?.parent || this.groupOf(g); }
-    for (const gid of chainUp) await this.expand(gid, false);
-    this.reconcile();
-    this.relayout(false);
+    let changed = false;
+    for (const gid of chainUp) {
+      if (!this.groups.get(gid)?.expanded) { await this.expand(gid, false); changed = true; }
+    }
+    if (finish && changed) {
+      this.reconcile();
+      this.relayout(false);
+    }
     return this.cy.getElementById(id).length > 0;
   }
 
@@ -433,7 +445,16 @@ export class TopologyMap {
     const els = this.cy.nodes().filter((n) => set.has(n.id()));
     els.addClass(cls);
     if (cls === "path") els.edgesWith(els).addClass(cls);
-    if (els.length) this.cy.animate({ fit: { eles: els, padding: 80 } } as any, { duration: 250 });
+    if (els.length) this.focus(els);
+  }
+
+  /** Fit the view to some elements, without zooming in past 1.5 (one node would fill the screen). */
+  private focus(els: cytoscape.CollectionReturnValue): void {
+    this.cy.fit(els, 80);
+    if (this.cy.zoom() > 1.5) {
+      this.cy.zoom(1.5);
+      this.cy.center(els);
+    }
   }
 
   select(id: string): void {

@@ -124,7 +124,7 @@ export class NodePanel {
           const v = get(f);
           return h("td", {}, k === "Last" ? fmtTime(v as number) : typeof v === "number" ? fmtNum(v) : text(v));
         })))));
-    fill(box, table, chart);
+    fill(box, h("div", { class: "scroll" }, table), chart);
   }
 
   private async pickFlow(f: any, chart: HTMLElement): Promise<void> {
