@@ -130,3 +130,23 @@ def test_mutated_valid_queries(engine: GremlinEngine, query: str) -> None:
 ])
 def test_hostile_queries_end_in_time(engine: GremlinEngine, query: str) -> None:
     run_bounded(engine, query, "hostile")
+
+
+def test_regex_matching_is_linear_on_long_metadata() -> None:
+    """`(a+)+b` against 5 000 a's: exponential for a backtracking engine, instant with RE2 (the query's time
+    limit is only checked between steps, so one match must not run away)."""
+    from netsonde.common.bus.graph import GraphElement
+
+    graph = td.live_graph()
+    graph.upsert_node(GraphElement(ID="long", Host="h1", Origin="test", CreatedAt=1, UpdatedAt=1, Revision=1,
+                                   Metadata={"Name": "long", "Type": "device",
+                                             "Description": "a" * 5000 + "!"}))
+    engine = GremlinEngine(graph, limits=QueryLimits(timeout_s=TIME_LIMIT_S, max_results=10_000))
+    for pattern in ("(a+)+b", "(a|aa)*c", "(a*)*$x"):
+        started = time.monotonic()
+        assert engine.execute(f"G.V().Has('Description', Regex('{pattern}')).Count()") == 0
+        assert time.monotonic() - started < 0.5, pattern
+    assert engine.execute("G.V().Has('Description', Regex('a+!')).Count()") == 1
+    with pytest.raises(GremlinError, match="invalid regular expression") as exc:
+        engine.execute("G.V().Has('Name', Regex('(?=eth)eth0'))")  # lookahead: not RE2 (nor Go, nor ClickHouse)
+    assert exc.value.status == 400 and exc.value.position is not None

@@ -8,8 +8,9 @@ are its leaf values (arrays flattened). Positive predicates match when any value
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Any, Callable, ClassVar
+
+import re2  # google-re2: linear-time matching, Go/ClickHouse syntax
 
 from . import ast
 from .errors import GremlinError
@@ -226,19 +227,26 @@ class Between(_Numeric):
         return is_number(v) and self.args[0] <= v < self.args[1]
 
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad pattern is the user's 400, not a line on stderr
+
+
 @predicate("Regex")
 class Regex(Predicate):
-    """Implicitly anchored regular expression on string values (`^`/`$` are redundant but accepted)."""
+    """Implicitly anchored regular expression on string values (`^`/`$` are redundant but accepted).
+
+    RE2 syntax, as Skydive's Go regexp and ClickHouse's match() (flows): matching time is linear in the value,
+    so a pattern such as `(a+)+b` cannot hold a query past its time limit (Python's backtracking `re` could)."""
 
     def __init__(self, args: list[Any], pos: int) -> None:
         super().__init__(args, pos)
         if not isinstance(args[0], str):
             raise GremlinError(f"Regex() takes a string, got {args[0]!r}", position=pos)
         try:
-            self.rx = re.compile(args[0])
-        except (re.error, RecursionError, OverflowError) as e:  # groups nested too deep exhaust the recursion
-            raise GremlinError(f"invalid regular expression {args[0]!r}: {e or 'nested too deeply'}",
-                               position=pos) from None
+            self.rx = re2.compile(args[0], _RE2_OPTIONS)
+        except re2.error as e:
+            reason = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+            raise GremlinError(f"invalid regular expression {args[0]!r}: {reason}", position=pos) from None
 
     def match(self, v: Any) -> bool:
         return isinstance(v, str) and self.rx.fullmatch(v) is not None
