@@ -176,8 +176,8 @@ def routed_chain(unique: str):
     """A (a) -- (r1) R (r2) -- (rb) br (pb) -- (b) B: A and B in two subnets, R routes, br in the root ns."""
     u = unique[:6]
     o = 100 + int(unique[:4], 16) % 100
-    n = {"A": f"la{u}", "R": f"lr{u}", "B": f"lb{u}", "br": f"lbr{u}", "a": f"la{u}", "r1": f"lr1{u}",
-         "r2": f"lr2{u}", "rb": f"lrb{u}", "pb": f"lpb{u}", "b": f"lb{u}",
+    n = {"A": f"la{u}", "R": f"lr{u}", "B": f"lb{u}", "br": f"lbr{u}", "a": f"ia{u}", "r1": f"lr1{u}",
+         "r2": f"lr2{u}", "rb": f"lrb{u}", "pb": f"lpb{u}", "b": f"ib{u}",
          "ipa": f"10.{o}.1.1", "ipb": f"10.{o}.2.1", "gwa": f"10.{o}.1.254", "gwb": f"10.{o}.2.254"}
     for ns in ("A", "R", "B"):
         sh("ip", "netns", "add", n[ns])
@@ -246,7 +246,8 @@ def test_loss_on_the_middle_hop(nats_url: str, clickhouse_url: str, unique: str,
                                               for f in flows) == sorted(want.values()) and bool(seen)
         wait_until(stored, 60, "the stream at three capture points with its final counts")
         flows = api_gremlin(api, q)
-        [tid] = {f["TrackingID"] for f in flows}
+        [l3] = {f["L3TrackingID"] for f in flows}  # one conversation; its L2 TrackingID changes at the router
+        tid = next(f["TrackingID"] for f in flows if f["Metric"]["ABPackets"] == 10)  # the first hop's
         time.sleep(3.0)  # past the settle time: the stream is idle at every hop
 
         p = api_get(api, f"/api/flowpath/{tid}", settle="2s")
@@ -260,12 +261,12 @@ def test_loss_on_the_middle_hop(nats_url: str, clickhouse_url: str, unique: str,
         assert all(h["DropReasons"] is None for h in p["Hops"])
         # the same through the Gremlin step
         [paths] = api_gremlin(api, f"{q}.FlowPath()")
-        assert paths[tid]["Links"][0]["ABLost"] == 3
+        assert paths[l3]["Links"][0]["ABLost"] == 3
 
         report = api_get(api, "/api/loss", window="5m", settle="2s")
         first = report["Links"][0]
         assert (first["From"], first["To"], first["Lost"], first["ABLost"]) == (n["a"], n["r2"], 3, 3)
-        assert [f["TrackingID"] for f in first["Flows"]] == [tid]
+        assert [f["TrackingID"] for f in first["Flows"]] == [l3]
 
         out = subprocess.run([sys.executable, "-m", "netsonde.cli", "client", "--analyzer", f"127.0.0.1:{api}",
                               "path", tid, "--settle", "2s"], capture_output=True, text=True, timeout=60)

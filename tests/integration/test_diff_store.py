@@ -129,7 +129,7 @@ def test_diff_scoped_pushes_down(engine: GremlinEngine) -> None:
 
 def test_flow_path_and_loss_report(engine: GremlinEngine) -> None:
     [paths] = engine.execute("G.Flows().Has('TrackingID','stream1').FlowPath()")
-    p = paths["stream1"]
+    p = paths["l3s1"]  # the stream is the L3TrackingID (the same across routed hops)
     assert p["Order"] == "path"
     assert [h["Name"] for h in p["Hops"]] == ["a", "r", "b"]
     assert [(h["ABPackets"], h["BAPackets"]) for h in p["Hops"]] == [(10, 7), (7, 7), (7, 7)]
@@ -138,7 +138,10 @@ def test_flow_path_and_loss_report(engine: GremlinEngine) -> None:
     [report] = engine.execute("G.LossReport('1h')")
     assert report["Streams"] == 1
     assert [(link["From"], link["To"], link["Lost"]) for link in report["Links"]] == [("a", "r", 3)]
-    assert report["Links"][0]["Flows"][0]["TrackingID"] == "stream1"
+    assert report["Links"][0]["Flows"][0]["TrackingID"] == "l3s1"
+    # one L2 TrackingID leads to its whole L3 stream
+    assert [h["Name"] for h in engine.execute("G.Flows().Has('NodeTID','tid-b').FlowPath()")[0]["l3s1"]["Hops"]] \
+        == ["a", "r", "b"]
 
 
 def test_flow_changes(engine: GremlinEngine) -> None:

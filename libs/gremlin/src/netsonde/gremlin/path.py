@@ -37,16 +37,21 @@ from .timeparse import now_ms, parse_duration_ms
 from .traversal import Context, GraphT, GraphView, MapT, Value
 
 _STREAM_SQL = f"""
-SELECT TrackingID, NodeTID, sum(ABPackets), sum(ABBytes), sum(BAPackets), sum(BABytes),
-       sumIf(ABPackets + BAPackets, Last > {{hi:Int64}} - {{settle:Int64}} OR Start <= {{lo:Int64}} + {{settle:Int64}}),
-       max(Last), groupUniqArray(UUID)
+SELECT if(f.L3 != '', f.L3, m.TrackingID) AS stream, m.NodeTID, sum(m.ABPackets), sum(m.ABBytes),
+       sum(m.BAPackets), sum(m.BABytes),
+       sumIf(m.ABPackets + m.BAPackets, m.Last > {{hi:Int64}} - {{settle:Int64}} OR m.Start <= {{lo:Int64}} + {{settle:Int64}}),
+       max(m.Last), groupUniqArray(m.UUID)
 FROM (SELECT * FROM {fs.METRICS_TABLE}
       WHERE Last > {{lo:Int64}} AND Last <= {{hi:Int64}} AND {{where}}
-      ORDER BY UUID, Start, Last LIMIT 1 BY UUID, Start, Last)
-GROUP BY TrackingID, NodeTID
+      ORDER BY UUID, Start, Last LIMIT 1 BY UUID, Start, Last) AS m
+LEFT JOIN (SELECT UUID, any(L3TrackingID) AS L3 FROM {fs.FLOWS_TABLE}
+           WHERE Last > {{lo:Int64}} - {{expire:Int64}} AND Start <= {{hi:Int64}} AND {{where}} GROUP BY UUID) AS f
+       ON m.UUID = f.UUID
+GROUP BY stream, m.NodeTID
 """
 """Per (stream, capture point): packets/bytes per direction in (lo, hi], the packets of the update rows near
-a window edge (the uncertainty), the last update time, the flow UUIDs."""
+a window edge (the uncertainty), the last update time, the flow UUIDs. A stream is the L3TrackingID (one
+conversation across routers, whose L2 TrackingID changes at each routed hop), else the TrackingID."""
 
 _FLOW_SQL = f"""
 SELECT UUID, TrackingID, NodeTID, NodeID, Host, LinkA, LinkB, NetworkA, NetworkB, Start, Last, MetricRTT,
@@ -201,7 +206,8 @@ def lay_on_path(view: GraphView, finder: PathFinder, tracking_id: str, hops: lis
 def _stream_rows(store: FlowStore, where: str, params: dict[str, Any], lo: int, hi: int, settle_ms: int,
                  timeout_s: float) -> dict[str, list[dict[str, Any]]]:
     sql = _STREAM_SQL.replace("{where}", where)
-    _, rows = store.query(sql, {"lo": lo, "hi": hi, "settle": settle_ms, **params}, timeout_s)
+    _, rows = store.query(sql, {"lo": lo, "hi": hi, "settle": settle_ms, "expire": store.expire_ms, **params},
+                          timeout_s)
     streams: dict[str, list[dict[str, Any]]] = {}
     for tid, node_tid, abp, abb, bap, bab, edge, last, uuids in rows:
         streams.setdefault(tid, []).append({"NodeTID": node_tid, "AB": (int(abp), int(abb)),
@@ -221,9 +227,10 @@ def flow_path(store: FlowStore, view: GraphView, tracking_id: str, lo: int = 0, 
               settle_ms: int = 10_000, timeout_s: float = 10.0) -> dict[str, Any]:
     """The path answer for one TrackingID (or L3TrackingID) over (lo, hi] (default: its whole life)."""
     hi = int(time.time() * 1000) if hi is None else hi
-    streams = _stream_rows(store, "(TrackingID = {tid:String} OR UUID IN (SELECT UUID FROM "
-                           f"{fs.FLOWS_TABLE} WHERE L3TrackingID = {{tid:String}}))",
-                           {"tid": tracking_id}, lo, hi, settle_ms, timeout_s)
+    where = (f"UUID IN (SELECT UUID FROM {fs.FLOWS_TABLE} WHERE TrackingID = {{tid:String}} OR "
+             f"L3TrackingID = {{tid:String}} OR L3TrackingID IN (SELECT L3TrackingID FROM {fs.FLOWS_TABLE} "
+             f"WHERE TrackingID = {{tid:String}} AND L3TrackingID != ''))")
+    streams = _stream_rows(store, where, {"tid": tracking_id}, lo, hi, settle_ms, timeout_s)
     if not streams:
         raise GremlinError(f"no flow with TrackingID {tracking_id!r} between {lo} and {hi}", status=404)
     hops = [h for hs in streams.values() for h in hs]
@@ -246,10 +253,7 @@ def loss_report(store: FlowStore, view: GraphView, lo: int, hi: int, settle_ms: 
                 max_streams: int = 10_000, timeout_s: float = 10.0) -> dict[str, Any]:
     """The links (consecutive capture points of a stream) with the most packets lost in (lo, hi], each with
     the streams involved; over every stream seen at two or more capture points."""
-    where = (f"TrackingID IN (SELECT TrackingID FROM {fs.METRICS_TABLE} WHERE Last > {{lo:Int64}} AND "
-             f"Last <= {{hi:Int64}} AND TrackingID != '' GROUP BY TrackingID HAVING uniqExact(NodeTID) >= 2 "
-             f"LIMIT {int(max_streams) + 1})")
-    streams = _stream_rows(store, where, {}, lo, hi, settle_ms, timeout_s)
+    streams = {k: v for k, v in _stream_rows(store, "1", {}, lo, hi, settle_ms, timeout_s).items() if len(v) >= 2}
     if len(streams) > max_streams:
         raise GremlinError(f"loss report: more than {max_streams} streams seen at several capture points; "
                            f"shorten the window", status=413)
@@ -287,14 +291,16 @@ MAX_PATH_STREAMS = 100
 
 @extension_step("FlowPath")
 class FlowPath(Step):
-    """`Flows()...FlowPath()`: for each TrackingID among the selected flows (at most 100), its capture points
+    """`Flows()...FlowPath()`: for each stream among the selected flows (L3TrackingID, else TrackingID; at most
+    100), its capture points
     in path order with counts per direction and the loss between consecutive hops (module doc)."""
 
     def setup(self) -> None:
         self.nargs(0, 0)
 
     def on_flows(self, ctx: Context, value: FlowsT) -> Value:
-        tids = sorted({r["TrackingID"] for r in value.rows() if r.get("TrackingID")})
+        tids = sorted({r.get("L3TrackingID") or r["TrackingID"] for r in value.rows()
+                       if r.get("L3TrackingID") or r.get("TrackingID")})
         if len(tids) > MAX_PATH_STREAMS:
             raise self.error(f"{len(tids)} TrackingIDs selected, at most {MAX_PATH_STREAMS}: refine the selection",
                              status=413)
