@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PACKAGES := libs/common libs/flow libs/gremlin $(wildcard services/*)
-APT_PACKAGES := nats-server iproute2 iputils-ping ethtool openvswitch-switch tcpdump tshark libpcap-dev gcc python3-dev docker-compose pmacct
+APT_PACKAGES := nats-server iproute2 iputils-ping ethtool openvswitch-switch tcpdump tshark libpcap-dev gcc python3-dev docker-compose pmacct nftables
 BENCH_APT_PACKAGES := tcpreplay pmacct softflowd iperf3 netsniff-ng
 UI_APT_PACKAGES := chromium
 # headless browser of the web UI tests (tests/integration/test_ui.py), installed without recommends (115 packages fewer)
