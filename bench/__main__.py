@@ -24,7 +24,8 @@ import pkgutil
 
 import bench
 
-ORDER = ["store", "topology", "probe_topology", "gremlin", "capture", "sflow", "bus_to_store", "memory", "alerts"]
+ORDER = ["store", "topology", "probe_topology", "gremlin", "diff", "capture", "sflow", "bus_to_store", "memory",
+         "alerts"]
 """Preferred order; any other bench/scenario_*.py module runs after these."""
 FOUND = sorted(m.name[len("scenario_"):] for m in pkgutil.iter_modules(bench.__path__)
                if m.name.startswith("scenario_"))
