@@ -270,3 +270,36 @@ def test_kernel_drops_and_full_flow_table_counted_in_api_status(nats_url: str, c
         assert pf.metric("netsonde_probe_flow_packets_total") + kernel == 40 + 3000
     finally:
         svc.stop()
+
+
+def test_stream_retention_discards_counted(nats_url: str, clickhouse_url: str, unique: str) -> None:
+    """The enricher stopped while the probe keeps publishing into a 100 kB stream: the oldest batches are
+    discarded by the stream's limits before anyone reads them. The restarted enricher counts them
+    (`stream_discarded`), and sent = stored + discarded, exactly."""
+    svc = Services(nats_url, clickhouse_url, f"ds{unique}", f"drops_{unique}")
+    host = f"h{svc.prefix}"
+    tag = f"ret-{unique}"
+    posts = 60
+    try:
+        api = svc.start("query_api", history="false", **FAST)
+        fe, pf = svc.flow_pipeline(stream_max_bytes="100000", **FAST)
+        fe.stop()
+        pcap = flows_pcap()
+        for i in range(posts):
+            req = urllib.request.Request(f"http://127.0.0.1:{pf.port}/pcap?node_tid={tag}-{i}", data=pcap,
+                                         method="POST")
+            with urllib.request.urlopen(req, timeout=30) as r:
+                assert json.loads(r.read())["flows"] == FLOWS_PER_POST
+        fe.start()
+        drops = wait_drops(api.port, lambda d: d["Hosts"][host]["flow-enricher"]["stream_discarded"] > 0, 30,
+                           "the discarded batches")
+        discarded = drops["Hosts"][host]["flow-enricher"]["stream_discarded"]
+        expected = (posts - discarded) * FLOWS_PER_POST
+        count = wait_stored(clickhouse_url, svc.database, tag, expected, 30)
+        print(f"\nDROPS stream retention (100 kB) while the enricher was down: sent={posts * FLOWS_PER_POST} "
+              f"stored={count.stored} discarded={discarded} batches ({discarded * FLOWS_PER_POST} flow updates)")
+        assert 0 < discarded < posts
+        assert count.stored == count.distinct == expected
+        assert api_drops(api.port)["Hosts"][host]["flow-enricher"]["stream_discarded"] == discarded
+    finally:
+        svc.stop()

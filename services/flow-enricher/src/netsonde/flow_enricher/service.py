@@ -33,6 +33,7 @@ from netsonde.common.bus.streams import ensure_flow_stream
 from netsonde.common.dropreport import report_drops
 
 from .stream import consumer_config
+from .streamloss import StreamLossWatch
 from .writer import FlowWriter
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 20.0
 
 DROPS = {"redeliveries": "redeliveries_total", "rejects": "bad_messages_total",
-         "insert_failures": "insert_errors_total"}
+         "insert_failures": "insert_errors_total", "stream_discarded": "stream_discarded_total"}
 """What this stage can lose or repeat, as published on `<prefix>.status.drops` (kind -> metric)."""
 
 
@@ -95,6 +96,8 @@ class FlowEnricherService(Service):
         self.m_batches = m.counter("batches_stored_total", "Bus messages (flow batches) stored and acked")
         self.m_inserts = m.counter("inserts_total", "ClickHouse inserts (each covers many batches)")
         self.m_insert_errors = m.counter("insert_errors_total", "Failed ClickHouse inserts (retried)")
+        self.m_stream_lost = m.counter("stream_discarded_total", "Flow batches the stream discarded (retention "
+                                       "limits) before any enricher read them")
         self.m_redeliveries = m.counter("redeliveries_total", "Flow batches JetStream delivered more than once "
                                         "(stored again under the same keys, collapsed by FINAL)")
         self.m_insert_s = m.histogram("insert_seconds", "Column build + insert time per flush")
@@ -118,7 +121,10 @@ class FlowEnricherService(Service):
         self.psub = await self.js.pull_subscribe(
             self.subjects.flows_all, durable=self.cfg.consumer_name, stream=self.subjects.flow_stream,
             config=consumer_config(self.cfg.consumer_name, self.cfg.ack_wait_s, self.cfg.max_ack_pending))
+        self.stream_loss = StreamLossWatch(self.js, self.subjects.flow_stream, self.cfg.consumer_name)
+        await self._check_stream_loss()  # before the first fetch moves the consumer past a discarded range
         self._consume_task = self.spawn(self._consume(), "consume")
+        self.spawn(self._watch_stream_loss(), "stream-loss")
         self.spawn(report_drops(self.nc, self.subjects, self.name, self.cfg.host_id, self.metrics.registry,
                                 self.metrics.prefix, DROPS, self.cfg.status_interval_s), "drop-counters")
 
@@ -137,6 +143,21 @@ class FlowEnricherService(Service):
         return {"stored_flows": self.stored_flows, "stored_batches": self.stored_batches,
                 "lookup_nodes": len(self.lookup), "last_error": self.last_error,
                 "graph_synced": bool(self.replica is not None and self.replica.synced.is_set())}
+
+    async def _check_stream_loss(self) -> None:
+        try:
+            lost = await self.stream_loss.check()
+        except Exception as exc:
+            self.bad.warning("stream-info", f"stream/consumer info failed: {exc!r}")
+            return
+        if lost:
+            self.m_stream_lost.inc(lost)
+            log.warning("the flow stream discarded %d batches before they were read (retention limits)", lost)
+
+    async def _watch_stream_loss(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.status_interval_s)
+            await self._check_stream_loss()
 
     # --- graph feed --------------------------------------------------------------------------------
     async def _start_graph_feed(self) -> None:

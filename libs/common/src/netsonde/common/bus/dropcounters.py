@@ -23,6 +23,7 @@ DROP_KINDS: dict[str, str] = {
     "sflow_sequence_gaps": "sFlow datagrams missing from an agent's sequence numbers",
     "sflow_malformed": "sFlow datagrams dropped as malformed",
     "socket_drops": "datagrams the kernel dropped at the collector's socket (queue full)",
+    "stream_discarded": "flow batches the stream discarded (retention limits) before any enricher read them",
     "redeliveries": "flow batches JetStream delivered more than once (lost acks, crashed consumer)",
     "rejects": "bus messages dropped as undecodable",
     "insert_failures": "failed ClickHouse inserts (retried: rows are lost only if the stream drops them)",
