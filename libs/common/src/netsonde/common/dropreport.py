@@ -46,8 +46,13 @@ async def report_drops(
         raise ValueError(f"unknown drop kinds {sorted(unknown)}: add them to bus.dropcounters.DROP_KINDS")
     instance = f"{stage}@{host}/{int(time.time() * 1000)}"
     while True:
-        msg = DropCounters(host=host, stage=stage, instance=instance, ts=int(time.time() * 1000),
-                           counters=read_counters(registry, prefix, kinds))
+        msg = DropCounters(
+            host=host,
+            stage=stage,
+            instance=instance,
+            ts=int(time.time() * 1000),
+            counters=read_counters(registry, prefix, kinds),
+        )
         try:
             await nc.publish(subjects.drop_counters, encode(msg))
         except Exception as exc:

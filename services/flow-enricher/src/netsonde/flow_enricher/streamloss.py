@@ -1,9 +1,9 @@
 """Flow updates the stream discarded before the enrichers read them (retention limits reached while the
 enrichers or the store were down): counted, so `/api/status` shows them.
 
-The stream drops its oldest messages when `max_bytes` or `max_age` is reached (`discard: old`). A message whose
-sequence is below the stream's first sequence but above what the shared durable consumer has delivered was
-never read by any enricher: it is lost. Checked at start (before the first fetch) and periodically.
+The stream drops its oldest messages when `max_bytes` or `max_age` is reached (`discard: old`). A message
+whose sequence is below the stream's first sequence but above what the shared durable consumer has delivered
+was never read by any enricher: it is lost. Checked at start (before the first fetch) and periodically.
 """
 
 from __future__ import annotations

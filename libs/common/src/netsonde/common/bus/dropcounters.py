@@ -28,7 +28,7 @@ DROP_KINDS: dict[str, str] = {
     "rejects": "bus messages dropped as undecodable",
     "insert_failures": "failed ClickHouse inserts (retried: rows are lost only if the stream drops them)",
     "history_failures": "failed graph history writes (retried)",
-    "history_dropped": "graph revisions dropped from graph-builder's history buffer (full while ClickHouse was down)",
+    "history_dropped": "graph revisions dropped from graph-builder's history buffer (full, ClickHouse down)",
 }
 """Every kind of loss a stage may report, with what it means (docs/reliability.md lists the same)."""
 

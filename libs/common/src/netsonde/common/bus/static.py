@@ -134,7 +134,10 @@ async def open_static_bucket(js: Any, subjects: Subjects) -> Any:
         try:
             return await js.create_key_value(
                 KeyValueConfig(
-                    bucket=subjects.static_bucket, storage=StorageType.FILE, history=1, replicas=default_replicas()
+                    bucket=subjects.static_bucket,
+                    storage=StorageType.FILE,
+                    history=1,
+                    replicas=default_replicas(),
                 )
             )
         except Exception:

@@ -90,7 +90,10 @@ async def open_capture_bucket(js: JetStreamContext, subjects: Subjects) -> KeyVa
         try:
             return await js.create_key_value(
                 api.KeyValueConfig(
-                    bucket=subjects.capture_bucket, storage=api.StorageType.FILE, history=1, replicas=_replicas
+                    bucket=subjects.capture_bucket,
+                    storage=api.StorageType.FILE,
+                    history=1,
+                    replicas=_replicas,
                 )
             )
         except Exception:

@@ -76,7 +76,8 @@ class NatsCluster:
         cmd = [
             find_nats_server(), "-a", "127.0.0.1", "-p", str(node.client_port), "-n", node.name,
             "-m", str(node.monitor_port), "-js", "-sd", str(node.workdir / "js"),
-            "--cluster_name", self.name, "--cluster", f"nats://127.0.0.1:{node.cluster_port}", "--routes", routes,
+            "--cluster_name", self.name, "--cluster", f"nats://127.0.0.1:{node.cluster_port}",
+            "--routes", routes,
         ]  # fmt: skip
         with open(node.log_path, "ab") as log:
             node.popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
