@@ -43,6 +43,8 @@ from .sflowsocket import publish_agent_counters
 
 log = logging.getLogger(__name__)
 
+STOP_PUBLISH_S = 3.0
+
 DROPS = {"kernel_drops": "kernel_drops_total", "table_full": "flows_refused_total", "bad_packets": "bad_packets_total",
          "publish_retries": "publish_retries_total", "publish_failures": "publish_errors_total",
          "flow_updates_dropped": "flow_updates_dropped_total", "rejects": "bad_messages_total"}
@@ -244,7 +246,8 @@ class ProbeFlowService(Service):
     async def _publish_batch(self, subject: str, data: bytes, batch_id: str) -> bool:
         """Publish one batch until JetStream acks it or `publish_retry_s` is spent. The same `Nats-Msg-Id` on
         every attempt: an attempt whose ack was lost is stored once. While this waits, the publisher loop
-        waits too (back-pressure): flows stay in the bounded flow tables, no unbounded queue builds up."""
+        waits too (back-pressure): flows stay in the bounded flow tables, no unbounded queue builds up.
+        While the service stops, at most STOP_PUBLISH_S more are spent (a stop is not held for a minute)."""
         deadline = time.monotonic() + self.cfg.publish_retry_s
         delay = 0.2
         while True:
@@ -252,6 +255,8 @@ class ProbeFlowService(Service):
                 await self.js.publish(subject, data, headers={"Nats-Msg-Id": batch_id}, timeout=2.0)
                 return True
             except Exception as e:
+                if self.stopping:
+                    deadline = min(deadline, time.monotonic() + STOP_PUBLISH_S)
                 if time.monotonic() + delay > deadline:
                     log.warning("gave up publishing flow batch %s after %.0f s: %r", batch_id,
                                 self.cfg.publish_retry_s, e)
