@@ -72,6 +72,12 @@ test: install deps-bench lint ## Run make lint, then the whole test suite (start
 	@$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
+compose-deps: ## Rootful podman with a Docker API, the dnsname plugin and a local debian:bookworm image (deploy/)
+	bash deploy/podman-setup.sh
+
+test-compose: install compose-deps ## The compose test alone: builds the image, runs the stack on podman, scales it
+	$(PY) -m pytest -q -p no:cacheprovider -m compose tests/integration/test_compose.py $(PYTEST_ARGS)
+
 bench: install deps-bench ## Run the benchmarks and write docs/benchmarks.md
 	$(PY) -m bench $(BENCH_ARGS)
 
