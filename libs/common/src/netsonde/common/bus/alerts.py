@@ -222,22 +222,13 @@ def ms_to_rfc3339(ms: int) -> str:
 # --- buckets ------------------------------------------------------------------------------------------------
 async def open_alert_bucket(js: Any, subjects: Subjects) -> Any:
     """The alert definitions' bucket (created on first use, file storage, one revision per key)."""
-    return await _open_bucket(js, subjects.alert_bucket)
+    from .streams import open_bucket
+
+    return await open_bucket(js, subjects.alert_bucket)
 
 
 async def open_alert_state_bucket(js: Any, subjects: Subjects) -> Any:
     """The alert states' bucket (written by alert-evaluator)."""
-    return await _open_bucket(js, subjects.alert_state_bucket)
+    from .streams import open_bucket
 
-
-async def _open_bucket(js: Any, name: str) -> Any:
-    from nats.js.api import KeyValueConfig, StorageType
-    from nats.js.errors import BucketNotFoundError, NotFoundError
-
-    try:
-        return await js.key_value(name)
-    except (BucketNotFoundError, NotFoundError):
-        try:
-            return await js.create_key_value(KeyValueConfig(bucket=name, storage=StorageType.FILE, history=1))
-        except Exception:
-            return await js.key_value(name)  # another process created it first
+    return await open_bucket(js, subjects.alert_state_bucket)

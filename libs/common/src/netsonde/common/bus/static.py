@@ -123,25 +123,9 @@ def rule_edge_id(parent: str, child: str, relation_type: str) -> str:
 
 async def open_static_bucket(js: Any, subjects: Subjects) -> Any:
     """The static objects' key-value bucket (created on first use, file storage, one revision per key)."""
-    from nats.js.api import KeyValueConfig, StorageType
-    from nats.js.errors import BucketNotFoundError, NotFoundError
+    from .streams import open_bucket
 
-    from .streams import default_replicas
-
-    try:
-        return await js.key_value(subjects.static_bucket)
-    except (BucketNotFoundError, NotFoundError):
-        try:
-            return await js.create_key_value(
-                KeyValueConfig(
-                    bucket=subjects.static_bucket,
-                    storage=StorageType.FILE,
-                    history=1,
-                    replicas=default_replicas(),
-                )
-            )
-        except Exception:
-            return await js.key_value(subjects.static_bucket)  # another process created it first
+    return await open_bucket(js, subjects.static_bucket)
 
 
 # --- validation of what users send (HTTP JSON) --------------------------------------------------------------

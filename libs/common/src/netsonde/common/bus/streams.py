@@ -23,7 +23,7 @@ _replicas = 1
 
 
 def set_default_replicas(replicas: int) -> None:
-    """The number of copies of every stream and bucket this process creates (the `stream_replicas` setting)."""
+    """The number of copies of every stream and bucket this process creates (`stream_replicas` setting)."""
     global _replicas
     if not 1 <= replicas <= 5:
         raise ValueError(f"stream replicas must be 1..5, not {replicas}")
@@ -80,21 +80,21 @@ async def ensure_flow_stream(
         return await js.stream_info(name)  # another process created it between our check and our add
 
 
-async def open_capture_bucket(js: JetStreamContext, subjects: Subjects) -> KeyValue:
-    """The capture definitions' key-value bucket (created on first use; one revision kept per key).
-
-    query-api writes it (`/api/capture`); probe-flow and the sFlow collector watch it."""
+async def open_bucket(js: JetStreamContext, name: str) -> KeyValue:
+    """A key-value bucket of the bus contract, created on first use (file storage, one revision kept per key,
+    `default_replicas()` copies); whoever comes first creates it, the others find it."""
     try:
-        return await js.key_value(subjects.capture_bucket)
+        return await js.key_value(name)
     except (BucketNotFoundError, NotFoundError):
         try:
             return await js.create_key_value(
-                api.KeyValueConfig(
-                    bucket=subjects.capture_bucket,
-                    storage=api.StorageType.FILE,
-                    history=1,
-                    replicas=_replicas,
-                )
+                api.KeyValueConfig(bucket=name, storage=api.StorageType.FILE, history=1, replicas=_replicas)
             )
         except Exception:
-            return await js.key_value(subjects.capture_bucket)  # another process created it first
+            return await js.key_value(name)  # another process created it first
+
+
+async def open_capture_bucket(js: JetStreamContext, subjects: Subjects) -> KeyValue:
+    """The capture definitions' key-value bucket: query-api writes it (`/api/capture`); probe-flow and the
+    sFlow collector watch it."""
+    return await open_bucket(js, subjects.capture_bucket)
