@@ -437,11 +437,18 @@ def test_10k_node_topology_loads_grouped(
         ns0 = [g for g in summary["Groups"] if g["Host"] == host and g["Name"] == "ns0"][0]
         assert ns0["Nodes"] == 99 and ns0["Types"] == {"veth": 99} and ns0["Group"] == synth["ID"]
 
+        calls = []
+        for _ in range(3):
+            started = time.perf_counter()
+            api_call(api, "/api/topology/summary")
+            calls.append(time.perf_counter() - started)
+        print(f"GET /api/topology/summary: {[f'{c * 1000:.0f} ms' for c in calls]}")
         times = []
         for i in range(2):
             page = Page(browser, api)
             wall = page.open()
             in_page = page.page.evaluate("window.netsonde.readyMs") / 1000
+            print(f"page load {i + 1}: {wall:.2f} s, in the page (ms): {page.page.evaluate('window.netsonde.timings')}")
             times.append((wall, in_page))
             drawn = page.page.evaluate("window.netsonde.map.cy.nodes().length")
             assert page.on_map("ns42") and not page.on_map("veth42-7"), "namespaces drawn collapsed"

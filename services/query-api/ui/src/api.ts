@@ -23,6 +23,7 @@ export interface GroupSummary {
 export interface Summary {
   Nodes: number; Edges: number; Ungrouped: number; Groups: GroupSummary[];
   Links: { A: string; B: string; RelationType: string; Count: number }[];
+  Open?: Record<string, GroupMembers>;
 }
 
 export interface GroupMembers extends Graph { Group: string; Total: number; Truncated: boolean; Groups: Record<string, string> }
@@ -60,8 +61,10 @@ export async function pastGraph(at: number): Promise<Graph> {
   return Array.isArray(r) && r.length ? r[0] : { Nodes: [], Edges: [] };
 }
 
-export function summary(at?: number): Promise<Summary> {
-  return call("/api/topology/summary" + (at ? `?at=${Math.round(at)}` : ""));
+/** `open`: with the hosts' members (`Open`); the page shell preloads the live one. */
+export function summary(at?: number, open = false): Promise<Summary> {
+  const params = [at ? `at=${Math.round(at)}` : "", open ? "open=hosts" : ""].filter(Boolean).join("&");
+  return call("/api/topology/summary" + (params ? "?" + params : ""));
 }
 
 export function group(id: string, at?: number): Promise<GroupMembers> {

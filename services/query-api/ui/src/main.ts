@@ -14,7 +14,9 @@ import { Timeline } from "./timeline";
 const FULL_GRAPH_MAX = 1500;
 
 declare global {
-  interface Window { netsonde: { map: TopologyMap; ready: boolean; readyMs: number; mode: string; events: number } }
+  interface Window {
+    netsonde: { map: TopologyMap; ready: boolean; readyMs: number; mode: string; events: number; timings: Record<string, number> };
+  }
 }
 
 function shell(): void {
@@ -109,7 +111,11 @@ function diffMarks(cur: Graph, prev: Graph | null): { graph: Graph; marks: Map<s
 }
 
 async function load(at?: number, before?: number): Promise<void> {
-  const s: Summary = await api.summary(at);
+  const t = window.netsonde.timings;
+  let mark = performance.now();
+  const lap = (name: string) => { const now = performance.now(); t[name] = Math.round(now - mark); mark = now; };
+  const s: Summary = await api.summary(at, true);
+  lap("summary");
   if (s.Nodes <= FULL_GRAPH_MAX) {
     window.netsonde.mode = `${s.Nodes} nodes`;
     const cur = at === undefined ? await api.wholeGraph() : await api.pastGraph(at);
@@ -119,11 +125,14 @@ async function load(at?: number, before?: number): Promise<void> {
   } else {
     window.netsonde.mode = `${s.Nodes} nodes, grouped`;
     map.loadSummary(s, at);
+    lap("draw groups");
     // level of detail: hosts open (their namespaces drawn collapsed) while that stays a few hundred groups
-    const hosts = s.Groups.filter((g) => g.Type === "host");
-    if (hosts.length <= 20 && s.Groups.length <= 400) {
-      await Promise.all(hosts.map((g) => map.expand(g.ID, false)));
+    if (s.Open) {
+      for (const [id, members] of Object.entries(s.Open)) map.addMembers(id, members);
+      await Promise.all(Object.keys(s.Open).map((id) => map.expand(id, false)));
+      lap("open hosts");
       map.relayout();
+      lap("layout");
     }
     if (at !== undefined && before !== undefined) {
       const p = await api.summary(before);
@@ -175,7 +184,7 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   shell();
   map = new TopologyMap(byId("map"));
-  window.netsonde = { map, ready: false, readyMs: 0, mode: "", events: 0 };
+  window.netsonde = { map, ready: false, readyMs: 0, mode: "", events: 0, timings: { script: Math.round(t0) } };
   map.onDrawn = (nodes) => { lastDrawn = nodes; renderList(nodes, map, (byId<HTMLInputElement>("search")).value); };
   map.onSelect = (id) => void select(id);
   panel = new NodePanel(byId("pane-node"), {
@@ -217,7 +226,9 @@ async function main(): Promise<void> {
   await load();
   loaded = true;
   for (const ev of queued.splice(0)) onEvent(ev);
+  const drawn = performance.now();
   map.cy.one("render", () => requestAnimationFrame(() => {
+    window.netsonde.timings["first frame"] = Math.round(performance.now() - drawn);
     window.netsonde.ready = true;
     window.netsonde.readyMs = performance.now() - t0;
     document.body.dataset.ready = "1";

@@ -43,6 +43,7 @@ export class TopologyMap {
   at: number | undefined = undefined;
   onDrawn: (nodes: DrawnNode[]) => void = () => {};
   onSelect: (id: string | null) => void = () => {};
+  private highlights: Record<"path" | "found", Set<string>> = { path: new Set(), found: new Set() };
   private scheduled = false;
   private desired = new Map<string, Desired>();
 
@@ -58,6 +59,7 @@ export class TopologyMap {
 
   // --- the model --------------------------------------------------------------------------------------
   clear(): void {
+    this.highlights = { path: new Set(), found: new Set() };
     this.nodes.clear(); this.edges.clear(); this.owner.clear(); this.groups.clear(); this.foreignGroup.clear();
     this.summaryLinks = []; this.marks.clear(); this.slots.clear();
     this.cy.elements().remove();
@@ -159,20 +161,24 @@ export class TopologyMap {
   async expand(id: string, relayout = true): Promise<void> {
     const g = this.groups.get(id);
     if (!g || g.expanded) return;
-    if (!g.loaded) {
-      const members = await api.group(id, this.at);
-      for (const n of members.Nodes) {
-        this.nodes.set(n.ID, n);
-        if (GROUP_TYPES.has(n.Metadata.Type) && !this.groups.has(n.ID)) this.ensureGroup(n);
-      }
-      for (const e of members.Edges) this.upsertEdge(e);
-      for (const [nid, gid] of Object.entries(members.Groups)) this.foreignGroup.set(nid, gid);
-      for (const n of members.Nodes) if (this.groups.has(n.ID)) this.groups.get(n.ID)!.parent = id;
-      g.loaded = true;
-    }
+    if (!g.loaded) this.addMembers(id, await api.group(id, this.at));
     g.expanded = true;
     this.reconcile();
     if (relayout) this.relayout();
+  }
+
+  /** A group's members as the group endpoint answers them (or the summary's `Open`). */
+  addMembers(id: string, members: api.GroupMembers): void {
+    const g = this.groups.get(id);
+    if (!g) return;
+    for (const n of members.Nodes) {
+      this.nodes.set(n.ID, n);
+      if (GROUP_TYPES.has(n.Metadata.Type) && !this.groups.has(n.ID)) this.ensureGroup(n);
+    }
+    for (const e of members.Edges) this.upsertEdge(e);
+    for (const [nid, gid] of Object.entries(members.Groups)) this.foreignGroup.set(nid, gid);
+    for (const n of members.Nodes) if (this.groups.has(n.ID)) this.groups.get(n.ID)!.parent = id;
+    g.loaded = true;
   }
 
   collapse(id: string): void {
@@ -261,7 +267,7 @@ export class TopologyMap {
       want.set(g.id, {
         data: { id: g.id, label, name: g.name, colour: colourOf(g.type), shape: "round-rectangle", type: g.type, host: g.host,
           size: Math.round(34 + 10 * Math.log2(1 + count)) },
-        classes: ["group", g.type, g.expanded ? "expanded" : "collapsed", mark ?? "", ...(n ? stateClasses(n) : [])].join(" "),
+        classes: ["group", g.type, g.expanded ? "expanded" : "collapsed", mark ?? "", ...(n ? stateClasses(n) : [])].join(" ") + this.extra(g.id),
         parent: this.groupParent(g), group: true, collapsed: !g.expanded, sortKey: `0${g.type === "host" ? 0 : 1}${g.name}`,
       });
     }
@@ -273,7 +279,7 @@ export class TopologyMap {
       want.set(n.ID, {
         data: { id: n.ID, label: String(n.Metadata.Name ?? n.ID), name: String(n.Metadata.Name ?? n.ID), colour: colourOf(type), shape: shapeOf(type), type,
           host: n.Host ?? "" },
-        classes: [...stateClasses(n), this.marks.get(n.ID) ?? ""].join(" "),
+        classes: [...stateClasses(n), this.marks.get(n.ID) ?? ""].join(" ") + this.extra(n.ID),
         parent: gid, group: false, collapsed: false, sortKey: `1${type}\u0000${String(n.Metadata.Name ?? "")}`,
       });
     }
@@ -307,8 +313,9 @@ export class TopologyMap {
       const a = this.visibleEnd(e.Parent!, want), b = this.visibleEnd(e.Child!, want);
       if (!a || !b || a === b) continue;
       if (a === e.Parent && b === e.Child) {
+        const onPath = this.highlights.path.has(a) && this.highlights.path.has(b) ? " path" : "";
         wantEdges.set(e.ID, { data: { id: e.ID, source: a, target: b, rel },
-          classes: [rel, this.marks.get(e.ID) ?? ""].join(" ") });
+          classes: [rel, this.marks.get(e.ID) ?? ""].join(" ") + onPath });
       } else if (rel !== "ownership") addMeta(a, b, rel, 1);
     }
     if (!this.full) for (const l of this.summaryLinks) {
@@ -439,17 +446,20 @@ export class TopologyMap {
     this.schedule();
   }
 
+  /** Highlight nodes (a flow's path, search or console results); kept across redraws until replaced. */
   highlight(ids: string[], cls: "path" | "found"): void {
-    this.cy.elements("." + cls).removeClass(cls);
-    const set = new Set(ids);
-    const els = this.cy.nodes().filter((n) => set.has(n.id()));
-    els.addClass(cls);
-    if (cls === "path") els.edgesWith(els).addClass(cls);
+    this.highlights[cls] = new Set(ids);
+    this.reconcile();
+    const els = this.cy.nodes("." + cls);
     if (els.length) this.focus(els);
   }
 
+  private extra(id: string): string {
+    return (this.highlights.path.has(id) ? " path" : "") + (this.highlights.found.has(id) ? " found" : "");
+  }
+
   /** Fit the view to some elements, without zooming in past 1.5 (one node would fill the screen). */
-  private focus(els: cytoscape.CollectionReturnValue): void {
+  private focus(els: cytoscape.NodeCollection): void {
     this.cy.fit(els, 80);
     if (this.cy.zoom() > 1.5) {
       this.cy.zoom(1.5);

@@ -25,7 +25,7 @@ export const STYLE: cytoscape.StylesheetJson = [
   { selector: "node", style: {
     label: "data(label)", "font-size": 10, "text-valign": "bottom", "text-margin-y": 3, width: 22, height: 22,
     "background-color": "data(colour)", shape: "data(shape)" as any, "border-width": 1, "border-color": "#333",
-    "min-zoomed-font-size": 7, "text-max-width": "110px", "text-wrap": "ellipsis",
+    "min-zoomed-font-size": 5, "text-max-width": "110px", "text-wrap": "ellipsis",
   } },
   { selector: "node.up", style: { "border-color": "#1a7f37", "border-width": 2 } },
   { selector: "node.down", style: { opacity: 0.55, "border-style": "dotted" } },

@@ -27,6 +27,9 @@ GROUP_TYPES = ("host", "netns")
 """Node types drawn as groups (compound nodes) holding the nodes they own."""
 MAX_GROUP_NODES = 5000
 """A group larger than this answers its first MAX_GROUP_NODES members by name and says `Truncated`."""
+OPEN_HOSTS_MAX, OPEN_GROUPS_MAX = 20, 400
+"""`summary?open=hosts` includes the hosts' members up to this many hosts and groups (else the page stays at
+collapsed hosts)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,9 @@ class TopologySummaryApi:
 
     def __init__(self, svc: QueryApiService) -> None:
         self.svc = svc
+        self._cached: tuple[tuple[str, int], Grouping] | None = None
+        """The live graph's grouping at (epoch, seq): a page load asks for the summary, then for the groups it
+        opens, usually at one graph sequence, so the grouping is computed once for them."""
 
     def register(self, app: web.Application) -> None:
         app.router.add_get("/api/topology/summary", self.summary)
@@ -160,8 +166,11 @@ class TopologySummaryApi:
             replica = self.svc.replica
             if replica is None:
                 raise web.HTTPServiceUnavailable(text="the graph replica is not started yet")
-            g = replica.graph
-            return Grouping(_live(list(g.nodes.values())), _live(list(g.edges.values()))), None
+            key = (replica.epoch, replica.seq)
+            if self._cached is None or self._cached[0] != key:
+                g = replica.graph
+                self._cached = (key, Grouping(_live(list(g.nodes.values())), _live(list(g.edges.values()))))
+            return self._cached[1], None
         instant = at if at.isdigit() else json.dumps(at)
         try:
             result = await self.svc.run_query(f"G.At({instant}).SubGraph()")
@@ -171,8 +180,16 @@ class TopologySummaryApi:
         return Grouping(_from_json(graph["Nodes"]), _from_json(graph["Edges"])), graph
 
     async def summary(self, request: web.Request) -> web.Response:
-        grouping, _ = await self._grouping(request)
-        return web.json_response(grouping.summary(), dumps=lambda d: json.dumps(d, default=str))
+        """With `?open=hosts`, also the members of every host group (`Open`: group ID -> the group's answer)
+        while there are at most OPEN_HOSTS_MAX hosts and OPEN_GROUPS_MAX groups: the UI's first view in one
+        request."""
+        grouping, past = await self._grouping(request)
+        body = grouping.summary()
+        if request.query.get("open") == "hosts":
+            hosts = [g["ID"] for g in body["Groups"] if g["Type"] == "host"]
+            if len(hosts) <= OPEN_HOSTS_MAX and len(body["Groups"]) <= OPEN_GROUPS_MAX:
+                body["Open"] = {h: self._members(grouping, past, h) for h in hosts}
+        return web.json_response(body, dumps=lambda d: json.dumps(d, default=str))
 
     async def group(self, request: web.Request) -> web.Response:
         """The group's member nodes (nested groups come as their own node, collapsed), every edge touching a
@@ -181,6 +198,10 @@ class TopologySummaryApi:
         grouping, past = await self._grouping(request)
         if gid not in grouping.nodes or grouping.nodes[gid].Metadata.get("Type") not in GROUP_TYPES:
             raise web.HTTPNotFound(text=f"Group '{gid}' does not exist (a host or netns node ID)")
+        body = self._members(grouping, past, gid)
+        return web.json_response(body, dumps=lambda d: json.dumps(d, default=str))
+
+    def _members(self, grouping: Grouping, past: dict[str, Any] | None, gid: str) -> dict[str, Any]:
         members = sorted(grouping.members(gid), key=lambda i: str(grouping.nodes[i].Metadata.get("Name", "")))
         truncated = len(members) > MAX_GROUP_NODES
         member_set = set(members[:MAX_GROUP_NODES])
@@ -199,7 +220,7 @@ class TopologySummaryApi:
             g = self.svc.replica.graph
             nodes_json = [element_to_json(g.nodes[i]) for i in member_set if i in g.nodes]
             edges_json = [element_to_json(g.edges[e.ID]) for e in edges if e.ID in g.edges]
-        body = {
+        return {
             "Group": gid,
             "Nodes": nodes_json,
             "Edges": edges_json,
@@ -207,4 +228,3 @@ class TopologySummaryApi:
             "Truncated": truncated,
             "Groups": {i: grouping.group.get(i, "") for i in ends if i not in member_set},
         }
-        return web.json_response(body, dumps=lambda d: json.dumps(d, default=str))

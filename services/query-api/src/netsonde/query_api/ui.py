@@ -26,6 +26,7 @@ SHELL = """<!doctype html>
 <title>Netsonde</title>
 <link rel="icon" href="data:,">
 <link rel="stylesheet" href="/ui/{css}">
+<link rel="preload" href="/api/topology/summary?open=hosts" as="fetch" crossorigin="anonymous">
 </head>
 <body>
 <div id="app"></div>
