@@ -19,7 +19,7 @@ from netsonde.gremlin.diff import flatten, format_change
 from netsonde.graph_builder.schema import MIGRATIONS
 
 NOW = int(time.time() * 1000)
-T0, T1, T2 = NOW - 3_600_000, NOW - 1_800_000, NOW - 600_000
+T0, T1, T2 = NOW - 3_600_000, NOW - 1_800_000, NOW - 300_000
 
 
 def rev(kind: str, eid: str, revision: int, at: int, md: dict[str, Any], deleted: bool = False,

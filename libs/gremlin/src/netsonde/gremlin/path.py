@@ -53,6 +53,27 @@ GROUP BY stream, m.NodeTID
 a window edge (the uncertainty), the last update time, the flow UUIDs. A stream is the L3TrackingID (one
 conversation across routers, whose L2 TrackingID changes at each routed hop), else the TrackingID."""
 
+_HOP_SQL = f"""
+SELECT NodeTID, sum(ABPackets), sum(ABBytes), sum(BAPackets), sum(BABytes),
+       sumIf(ABPackets + BAPackets, Last > {{hi:Int64}} - {{settle:Int64}} OR Start <= {{lo:Int64}} + {{settle:Int64}}),
+       max(Last), groupUniqArray(UUID)
+FROM (SELECT * FROM {fs.METRICS_TABLE}
+      WHERE UUID IN {{uuids:Array(String)}} AND Last > {{lo:Int64}} AND Last <= {{hi:Int64}}
+      ORDER BY UUID, Start, Last LIMIT 1 BY UUID, Start, Last)
+GROUP BY NodeTID
+"""
+"""One stream's counts per capture point, read by UUID (the flow_metrics sorting key)."""
+
+_STREAM_FLOWS_SQL = f"""
+SELECT UUID, TrackingID, L3TrackingID, NodeTID, NodeID, Host, LinkA, LinkB, NetworkA, NetworkB, Start, Last,
+       MetricRTT, Application, LayersPath
+FROM {fs.FLOWS_TABLE}
+WHERE TrackingID = {{tid:String}} OR L3TrackingID = {{tid:String}}
+   OR L3TrackingID IN (SELECT L3TrackingID FROM {fs.FLOWS_TABLE} WHERE TrackingID = {{tid:String}} AND L3TrackingID != '')
+ORDER BY Last DESC LIMIT 1 BY UUID
+"""
+"""The flows of one stream (its TrackingID, or its L3TrackingID, or the L3 stream of a TrackingID)."""
+
 _FLOW_SQL = f"""
 SELECT UUID, TrackingID, NodeTID, NodeID, Host, LinkA, LinkB, NetworkA, NetworkB, Start, Last, MetricRTT,
        Application, LayersPath
@@ -227,25 +248,15 @@ def flow_path(store: FlowStore, view: GraphView, tracking_id: str, lo: int = 0, 
               settle_ms: int = 10_000, timeout_s: float = 10.0) -> dict[str, Any]:
     """The path answer for one TrackingID (or L3TrackingID) over (lo, hi] (default: its whole life)."""
     hi = int(time.time() * 1000) if hi is None else hi
-    where = (f"UUID IN (SELECT UUID FROM {fs.FLOWS_TABLE} WHERE TrackingID = {{tid:String}} OR "
-             f"L3TrackingID = {{tid:String}} OR L3TrackingID IN (SELECT L3TrackingID FROM {fs.FLOWS_TABLE} "
-             f"WHERE TrackingID = {{tid:String}} AND L3TrackingID != ''))")
-    streams = _stream_rows(store, where, {"tid": tracking_id}, lo, hi, settle_ms, timeout_s)
-    if not streams:
+    names, rows = store.query(_STREAM_FLOWS_SQL, {"tid": tracking_id}, timeout_s)
+    flows = {r[0]: dict(zip(names, r)) for r in rows if r[10] <= hi}
+    _, hop_rows = store.query(_HOP_SQL, {"uuids": sorted(flows), "lo": lo, "hi": hi, "settle": settle_ms},
+                              timeout_s) if flows else ([], [])
+    if not hop_rows:
         raise GremlinError(f"no flow with TrackingID {tracking_id!r} between {lo} and {hi}", status=404)
-    hops = [h for hs in streams.values() for h in hs]
-    merged: dict[str, dict[str, Any]] = {}
-    for h in hops:  # an L3TrackingID may span several TrackingIDs (one per L2 segment): one hop per capture
-        m = merged.get(h["NodeTID"])
-        if m is None:
-            merged[h["NodeTID"]] = h
-        else:
-            m["AB"] = (m["AB"][0] + h["AB"][0], m["AB"][1] + h["AB"][1])
-            m["BA"] = (m["BA"][0] + h["BA"][0], m["BA"][1] + h["BA"][1])
-            m["Edge"] += h["Edge"]
-            m["LastUpdate"] = max(m["LastUpdate"], h["LastUpdate"])
-            m["UUIDs"] += h["UUIDs"]
-    flows = _flow_rows(store, [u for h in merged.values() for u in h["UUIDs"]], timeout_s)
+    merged = {node_tid: {"NodeTID": node_tid, "AB": (int(abp), int(abb)), "BA": (int(bap), int(bab)),
+                         "Edge": int(edge), "LastUpdate": last, "UUIDs": list(uuids)}
+              for node_tid, abp, abb, bap, bab, edge, last, uuids in hop_rows}
     return lay_on_path(view, PathFinder(view), tracking_id, list(merged.values()), flows, settle_ms, lo, hi)
 
 

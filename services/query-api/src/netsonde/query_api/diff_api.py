@@ -155,7 +155,9 @@ class DiffApi:
                                                            factor, idle, rate_window, limits.max_results,
                                                            limits.timeout_s)
                 except gremlin.GremlinError as e:
-                    out["FlowsError"] = str(e)
+                    text = str(e)
+                    out["FlowsError"] = ("flow tables not created yet (no flow-enricher has written to this "
+                                         "database)" if "UNKNOWN_TABLE" in text else text[:300])
             return out
         return await self._answer(run)
 
