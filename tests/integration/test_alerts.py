@@ -59,17 +59,19 @@ async def test_static_node_alert_fires_once_resolves_once_across_a_restart(alert
                                                     "Action": hooks.url + path})
             assert r.status_code == 200, r.text
             made[path] = r.json()["UUID"]
-        for uuid in made.values():
+        r = await http.post("/api/alert", json={"Name": "deleted while the evaluator is down", "Expression": expr})
+        gone = r.json()["UUID"]
+        for uuid in [*made.values(), gone]:
             await wait_until(lambda u=uuid: _is(http, u, "ok"), 10, "the alert evaluated (state ok)")
         listed = (await http.get("/api/alert")).json()
-        assert set(listed) == set(made.values())
+        assert set(listed) == {*made.values(), gone}
         assert listed[made["/"]]["Expression"] == expr and listed[made["/"]]["Trigger"] == "graph"
 
         down = [{"op": "replace", "path": "/Metadata/State", "value": "DOWN"}]
         started = time.time()
         r = await http.patch(f"/api/node/n-{unique}", json=down)
         assert r.status_code == 200, r.text
-        await wait_until(lambda: all(bus.of(u) for u in made.values()), 5, "three firing events on the bus")
+        await wait_until(lambda: all(bus.of(u) for u in [*made.values(), gone]), 5, "four firing events")
         # the slow and the failing webhooks did not hold anything: every event is out within a second
         assert max(t for t, ev in bus.events) - started < 1.0
         fired = bus.of(made["/"])[0]
@@ -82,12 +84,16 @@ async def test_static_node_alert_fires_once_resolves_once_across_a_restart(alert
         await wait_until(lambda: [a for a in ws.alerts if a["Obj"]["ID"] == fired["ID"]], 5, "the WebSocket message")
         assert await _status(http, made["/"]) == "firing"
 
-        # the evaluator restarts while the alert fires: nothing fires again
+        # the evaluator restarts while the alert fires: nothing fires again; an alert deleted meanwhile loses its
+        # persisted state at the start
         await s.stop_evaluator()
+        assert (await http.delete(f"/api/alert/{gone}")).status_code == 200
         await s.start_evaluator()
         await asyncio.sleep(1.0)
         assert [len(bus.of(u)) for u in made.values()] == [1, 1, 1]
         assert await _status(http, made["/"]) == "firing"
+        states = await bus.nc.jetstream().key_value(f"{s.common['subject_prefix']}_alert_states")
+        assert sorted(await states.keys()) == sorted(made.values())
 
         r = await http.patch(f"/api/node/n-{unique}", json=[{"op": "replace", "path": "/Metadata/State",
                                                              "value": "UP"}])
@@ -98,10 +104,10 @@ async def test_static_node_alert_fires_once_resolves_once_across_a_restart(alert
         await wait_until(lambda: len(hooks.events("/")) == 2, 5, "the resolved webhook call")
         await asyncio.sleep(0.5)
         assert [e["State"] for e in hooks.events("/")] == ["firing", "resolved"]  # each event exactly once
-        assert len(ws.alerts) == 6 and await _status(http, made["/"]) == "ok"
+        assert len(ws.alerts) == 7 and await _status(http, made["/"]) == "ok"  # 4 firing, 3 resolved
 
         # the failing webhook: tried twice per event (webhook_retries=1), counted, never delivered; the slow one
-        # times out twice; this evaluator run counts the resolved events
+        # times out twice: this evaluator run counts both resolved events as failed
         assert s.evaluator is not None
         fail_resolved = bus.of(made["/fail"])[1]["ID"]
         await wait_until(lambda: hooks.failures.count(fail_resolved) == 2, 10, "both attempts on /fail")

@@ -191,6 +191,9 @@ class AlertEvaluatorService(Service):
     async def _watch_alerts(self, watcher: Any) -> None:
         async for entry in watcher:
             if entry is None:  # every definition present at start was delivered
+                for uuid in [u for u in self.evaluator.states if u not in self.evaluator.alerts]:
+                    self.evaluator.delete(uuid)  # the state of an alert deleted while this evaluator was down
+                self._dirty.set()
                 self.loaded.set()
                 continue
             if not self.owns(entry.key):
