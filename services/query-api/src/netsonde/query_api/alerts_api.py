@@ -12,7 +12,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import InvalidKeyError, KeyNotFoundError, NoKeysError
 
 import netsonde.gremlin as gremlin
 from netsonde.common.bus import decode, encode
@@ -66,7 +66,7 @@ class AlertApi:
         kv, _ = await self._buckets()
         try:
             entry = await kv.get(ident)
-        except KeyNotFoundError:
+        except (KeyNotFoundError, InvalidKeyError):  # a name that cannot be a key names no alert
             return None
         if entry is None or not entry.value:
             return None
@@ -76,7 +76,7 @@ class AlertApi:
         _, states = await self._buckets()
         try:
             entry = await states.get(ident)
-        except KeyNotFoundError:
+        except (KeyNotFoundError, InvalidKeyError):
             return None
         if entry is None or not entry.value:
             return None

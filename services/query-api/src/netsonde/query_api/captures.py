@@ -47,7 +47,10 @@ def capture_from_json(body: Any) -> Capture:
     data.setdefault("UUID", str(uuid.uuid4()))
     if not isinstance(data["UUID"], str) or not KEY_RE.fullmatch(data["UUID"]) or data["UUID"].startswith("."):
         raise CaptureError("UUID must be letters, digits and - _ / = . (it is the key of the capture bucket)")
-    if isinstance(data.get("ExtraLayers"), (list, str)):  # Skydive's JSON form: ["DNS", "VRRP"]
+    layers = data.get("ExtraLayers")
+    if isinstance(layers, list) and not all(isinstance(x, str) for x in layers):
+        raise CaptureError("ExtraLayers: a bitmask, or a list of layer names such as [\"DNS\", \"VRRP\"]")
+    if isinstance(layers, (list, str)):  # Skydive's JSON form: ["DNS", "VRRP"]
         try:
             data["ExtraLayers"] = parse_extra_layers(data["ExtraLayers"])
         except ValueError as exc:
