@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PACKAGES := libs/common libs/flow libs/gremlin $(wildcard services/*)
-APT_PACKAGES := nats-server iproute2 iputils-ping ethtool openvswitch-switch tcpdump tshark libpcap-dev gcc python3-dev docker-compose pmacct nftables
+APT_PACKAGES := nats-server iproute2 iputils-ping ethtool openvswitch-switch tcpdump tshark libpcap-dev gcc python3-dev docker-compose pmacct nftables clang llvm libbpf-dev bpftool
 BENCH_APT_PACKAGES := tcpreplay pmacct softflowd iperf3 netsniff-ng
 UI_APT_PACKAGES := chromium
 # headless browser of the web UI tests (tests/integration/test_ui.py), installed without recommends (115 packages fewer)
@@ -38,7 +38,12 @@ $(STAMP): $(foreach p,$(PACKAGES),$(p)/pyproject.toml) requirements-dev.txt
 	$(PY) -m netsonde.flow_enricher.ctables
 	@touch $(STAMP)
 
-install: deps $(STAMP) ui ## Create the venv in .venv and install every package (editable), build the web UI
+install: deps $(STAMP) ui $(EBPF_OBJ) ## Create the venv in .venv and install every package (editable), build the web UI
+
+# the eBPF flow capture's TC program (docs/ebpf.md), compiled for this kernel's BPF target
+EBPF_OBJ := libs/flow/src/netsonde/flow/ebpf/flow.bpf.o
+$(EBPF_OBJ): libs/flow/src/netsonde/flow/ebpf/flow.bpf.c
+	clang -O2 -g -Wall -target bpf -I/usr/include/$$(gcc -dumpmachine) -c $< -o $@
 
 ui: $(UI_BUNDLE) ## Build the web UI bundle (npm ci + esbuild in services/query-api/ui; nothing fetched at run time)
 

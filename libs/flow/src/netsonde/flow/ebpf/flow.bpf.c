@@ -1,0 +1,262 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Netsonde eBPF flow capture: a TC (clsact) program on ingress and egress of one interface that folds packets
+ * into a bounded hash map keyed by the header fields the user-space flow table looks at (MACs, VLANs,
+ * EtherType, IPs, protocol, ports, ICMP type/code/id, TCP flags). Each entry keeps packets, bytes, first/last
+ * time (bpf_ktime_get_ns, CLOCK_MONOTONIC) and the first SAMPLE_LEN bytes of its first packet, from which user
+ * space derives the flow exactly as from a captured packet. When the map is full the packet goes to a ring
+ * buffer instead (one record per packet); when that is full too, it is only counted (stats[STAT_LOST]).
+ * The program never drops or changes a packet (always TC_ACT_OK).
+ * Built by `make install` (clang -target bpf); loaded by netsonde.flow.ebpf.loader. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/pkt_cls.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define SAMPLE_LEN 128
+#define MAX_FLOWS 65536
+
+#define STAT_RINGBUF 0 /* packets sent through the ring buffer (map full) */
+#define STAT_LOST 1    /* packets neither in the map nor in the ring buffer */
+#define STAT_NEW_FAIL 2
+
+struct flow_key {
+	__u8 mac_src[6];
+	__u8 mac_dst[6];
+	__u16 eth_proto;     /* after VLAN tags, network order */
+	__u16 vlan[2];       /* VLAN TCIs, network order */
+	__u8 ip_src[16];     /* IPv4 in the first 4 bytes */
+	__u8 ip_dst[16];
+	__u16 sport;         /* network order */
+	__u16 dport;
+	__u16 icmp_id;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 ttl;            /* only for SYN packets (ExtraTCPMetric) */
+	__u8 frag;           /* 1: a fragment */
+};
+
+struct flow_val {
+	__u64 packets;
+	__u64 bytes;
+	__u64 first_ns;
+	__u64 last_ns;
+	__u32 wire_len;      /* length of the sampled packet */
+	__u32 sample_len;
+	__u8 sample[SAMPLE_LEN];
+};
+
+struct ring_rec {
+	struct flow_key key;
+	__u64 ts_ns;
+	__u32 wire_len;
+	__u32 sample_len;
+	__u8 sample[SAMPLE_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, struct flow_val);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} overflow SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* a scratch value per CPU: too large for the 512-byte stack together with the key */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_val);
+} scratch SEC(".maps");
+
+static __always_inline void count_stat(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int parse(struct __sk_buff *skb, struct flow_key *k)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u32 off = sizeof(*eth);
+	__u16 proto;
+
+	if ((void *)(eth + 1) > end)
+		return -1;
+	__builtin_memcpy(k->mac_src, eth->h_source, 6);
+	__builtin_memcpy(k->mac_dst, eth->h_dest, 6);
+	proto = eth->h_proto;
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		__u16 *tag = data + off;
+		if ((void *)(tag + 2) > end)
+			return 0;
+		k->vlan[i] = tag[0];
+		proto = tag[1];
+		off += 4;
+	}
+	k->eth_proto = proto;
+
+	__u8 l4proto;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + off;
+		if ((void *)(ip + 1) > end)
+			return 0;
+		__builtin_memcpy(k->ip_src, &ip->saddr, 4);
+		__builtin_memcpy(k->ip_dst, &ip->daddr, 4);
+		l4proto = ip->protocol;
+		k->proto = l4proto;
+		if (ip->frag_off & bpf_htons(0x3fff)) {
+			k->frag = 1;
+			if (ip->frag_off & bpf_htons(0x1fff))
+				return 0; /* a later fragment: no L4 header */
+		}
+		if (l4proto == IPPROTO_TCP || l4proto == IPPROTO_UDP || l4proto == IPPROTO_SCTP)
+			k->ttl = ip->ttl; /* kept for SYN only, below */
+		off += (ip->ihl & 0xf) * 4;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + off;
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		__builtin_memcpy(k->ip_src, &ip6->saddr, 16);
+		__builtin_memcpy(k->ip_dst, &ip6->daddr, 16);
+		l4proto = ip6->nexthdr;
+		k->proto = l4proto;
+		k->ttl = ip6->hop_limit;
+		off += sizeof(*ip6);
+	} else {
+		return 0;
+	}
+
+	if (l4proto == IPPROTO_TCP) {
+		__u8 *t = data + off;
+		if ((void *)(t + 14) > end)
+			goto no_l4;
+		__builtin_memcpy(&k->sport, t, 2);
+		__builtin_memcpy(&k->dport, t + 2, 2);
+		k->tcp_flags = t[13];
+		if (!(t[13] & 0x02))
+			k->ttl = 0;
+		return 0;
+	}
+	k->ttl = 0;
+	if (l4proto == IPPROTO_UDP || l4proto == IPPROTO_SCTP) {
+		__u8 *u = data + off;
+		if ((void *)(u + 4) > end)
+			return 0;
+		__builtin_memcpy(&k->sport, u, 2);
+		__builtin_memcpy(&k->dport, u + 2, 2);
+	} else if (l4proto == IPPROTO_ICMP || l4proto == IPPROTO_ICMPV6) {
+		__u8 *c = data + off;
+		if ((void *)(c + 8) > end)
+			return 0;
+		k->icmp_type = c[0];
+		k->icmp_code = c[1];
+		__builtin_memcpy(&k->icmp_id, c + 4, 2);
+	}
+	return 0;
+no_l4:
+	k->ttl = 0;
+	return 0;
+}
+
+static __always_inline __u32 sample_into(struct __sk_buff *skb, __u8 *buf)
+{
+	__u32 n = skb->len;
+	if (n > SAMPLE_LEN)
+		n = SAMPLE_LEN;
+	if (n < 14)
+		return 0;
+	/* n in [14, SAMPLE_LEN]: the verifier needs the bound on the register */
+	if (bpf_skb_load_bytes(skb, 0, buf, n & 0xff) < 0)
+		return 0;
+	return n;
+}
+
+static __always_inline int account(struct __sk_buff *skb)
+{
+	struct flow_key k;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 zero = 0;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	bpf_skb_pull_data(skb, 0);
+	if (parse(skb, &k) < 0)
+		return TC_ACT_OK;
+
+	struct flow_val *v = bpf_map_lookup_elem(&flows, &k);
+	if (v) {
+		__sync_fetch_and_add(&v->packets, 1);
+		__sync_fetch_and_add(&v->bytes, skb->len);
+		v->last_ns = now;
+		return TC_ACT_OK;
+	}
+	struct flow_val *nv = bpf_map_lookup_elem(&scratch, &zero);
+	if (!nv)
+		return TC_ACT_OK;
+	nv->packets = 1;
+	nv->bytes = skb->len;
+	nv->first_ns = now;
+	nv->last_ns = now;
+	nv->wire_len = skb->len;
+	nv->sample_len = sample_into(skb, nv->sample);
+	if (bpf_map_update_elem(&flows, &k, nv, BPF_NOEXIST) == 0)
+		return TC_ACT_OK;
+	/* another CPU created it meanwhile, or the map is full */
+	v = bpf_map_lookup_elem(&flows, &k);
+	if (v) {
+		__sync_fetch_and_add(&v->packets, 1);
+		__sync_fetch_and_add(&v->bytes, skb->len);
+		v->last_ns = now;
+		return TC_ACT_OK;
+	}
+	struct ring_rec *r = bpf_ringbuf_reserve(&overflow, sizeof(*r), 0);
+	if (!r) {
+		count_stat(STAT_LOST);
+		return TC_ACT_OK;
+	}
+	__builtin_memcpy(&r->key, &k, sizeof(k));
+	r->ts_ns = now;
+	r->wire_len = skb->len;
+	r->sample_len = nv->sample_len;
+	__builtin_memcpy(r->sample, nv->sample, SAMPLE_LEN);
+	bpf_ringbuf_submit(r, 0);
+	count_stat(STAT_RINGBUF);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int netsonde_ingress(struct __sk_buff *skb)
+{
+	return account(skb);
+}
+
+SEC("tc")
+int netsonde_egress(struct __sk_buff *skb)
+{
+	return account(skb);
+}
+
+char LICENSE[] SEC("license") = "GPL";

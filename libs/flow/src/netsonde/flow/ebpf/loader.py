@@ -1,0 +1,257 @@
+"""Load flow.bpf.o with libbpf (Debian's libbpf1, through ctypes), attach it to clsact ingress + egress of one
+interface, and read / evict its flow map.
+
+libbpf does the ELF loading, map creation and relocation; `bpf_tc_hook_create` / `bpf_tc_attach` add the clsact
+qdisc and the cls_bpf direct-action filters over netlink, in the calling thread's network namespace (the
+capture thread enters the node's namespace first). A clsact qdisc this loader created is removed on `close`;
+one that was there before stays, only our filters leave it.
+
+    prog = FlowProgram.attach("veth0")      # raises EbpfError with the kernel's / libbpf's reason
+    for key, val in prog.entries(): ...
+    prog.close()
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["EbpfError", "FlowProgram", "FlowValue", "OBJECT_PATH", "KEY_SIZE", "SAMPLE_LEN", "MAX_FLOWS",
+           "monotonic_to_wall_offset_ns"]
+
+OBJECT_PATH = Path(__file__).with_name("flow.bpf.o")
+SOURCE_PATH = Path(__file__).with_name("flow.bpf.c")
+KEY_SIZE = 62
+"""sizeof(struct flow_key) in flow.bpf.c."""
+SAMPLE_LEN = 128
+MAX_FLOWS = 65536
+_VAL = struct.Struct(f"=QQQQII{SAMPLE_LEN}s")
+_RING = struct.Struct(f"={KEY_SIZE}s2xQII{SAMPLE_LEN}s")
+STAT_RINGBUF, STAT_LOST = 0, 1
+
+BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
+BPF_TC_F_REPLACE = 1
+_HANDLE, _PRIORITY = 0x4E53, 0x4E53  # "NS": our filters' handle / priority on the clsact hooks
+
+
+class EbpfError(Exception):
+    """The eBPF program cannot be loaded or attached; the message gives libbpf's / the kernel's reason."""
+
+
+@dataclass
+class FlowValue:
+    packets: int
+    bytes: int
+    first_ns: int
+    last_ns: int
+    wire_len: int
+    sample: bytes
+
+
+class _TcHook(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("ifindex", ctypes.c_int), ("attach_point", ctypes.c_int),
+                ("parent", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
+
+
+class _TcOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("prog_fd", ctypes.c_int), ("flags", ctypes.c_uint32),
+                ("prog_id", ctypes.c_uint32), ("handle", ctypes.c_uint32), ("priority", ctypes.c_uint32),
+                ("_pad", ctypes.c_uint32)]
+
+
+_RingCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+_lib: Any = None
+
+
+def libbpf() -> Any:
+    """Debian's libbpf.so.1 (ctypes), loaded once; EbpfError when it is missing."""
+    global _lib
+    if _lib is None:
+        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError as e:
+            raise EbpfError(f"libbpf not found ({name}: {e}); install libbpf1 (make deps)") from e
+        vp, i = ctypes.c_void_p, ctypes.c_int
+        sigs: dict[str, tuple[Any, list[Any]]] = {
+            "bpf_object__open_file": (vp, [ctypes.c_char_p, vp]),
+            "bpf_object__load": (i, [vp]),
+            "bpf_object__close": (None, [vp]),
+            "bpf_object__find_program_by_name": (vp, [vp, ctypes.c_char_p]),
+            "bpf_program__fd": (i, [vp]),
+            "bpf_object__find_map_fd_by_name": (i, [vp, ctypes.c_char_p]),
+            "bpf_map_get_next_key": (i, [i, vp, vp]),
+            "bpf_map_lookup_elem": (i, [i, vp, vp]),
+            "bpf_map_lookup_and_delete_elem": (i, [i, vp, vp]),
+            "bpf_map_delete_elem": (i, [i, vp]),
+            "bpf_tc_hook_create": (i, [vp]),
+            "bpf_tc_hook_destroy": (i, [vp]),
+            "bpf_tc_attach": (i, [vp, vp]),
+            "bpf_tc_detach": (i, [vp, vp]),
+            "ring_buffer__new": (vp, [i, _RingCallback, vp, vp]),
+            "ring_buffer__consume": (i, [vp]),
+            "ring_buffer__free": (None, [vp]),
+            "libbpf_num_possible_cpus": (i, []),
+            "libbpf_set_print": (vp, [vp]),
+        }
+        for fn, (res, args) in sigs.items():
+            f = getattr(lib, fn)
+            f.restype, f.argtypes = res, args
+        lib.libbpf_set_print(None)  # errors come back as return codes; no libbpf chatter on stderr
+        _lib = lib
+    return _lib
+
+
+def _err(what: str, rc: int | None = None) -> EbpfError:
+    code = -rc if rc is not None and rc < 0 else ctypes.get_errno()
+    return EbpfError(f"{what}: {os.strerror(code) if code else 'failed'}")
+
+
+def monotonic_to_wall_offset_ns() -> int:
+    """Add to a bpf_ktime_get_ns() value (CLOCK_MONOTONIC) to get wall-clock ns."""
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+class FlowProgram:
+    """flow.bpf.o loaded and attached to one interface of the current network namespace."""
+
+    def __init__(self, ifname: str, obj: Any, ifindex: int) -> None:
+        self.ifname = ifname
+        self.ifindex = ifindex
+        self._obj = obj
+        lib = libbpf()
+        self.map_fd = lib.bpf_object__find_map_fd_by_name(obj, b"flows")
+        self.stats_fd = lib.bpf_object__find_map_fd_by_name(obj, b"stats")
+        self._ring_fd = lib.bpf_object__find_map_fd_by_name(obj, b"overflow")
+        self._hooks: list[_TcHook] = []
+        self._created_qdisc = False
+        self._ring: Any = None
+        self._ring_cb: Any = None
+        self._ring_records: list[tuple[bytes, int, int, bytes]] = []
+        self.ncpus = max(1, lib.libbpf_num_possible_cpus())
+
+    @classmethod
+    def attach(cls, ifname: str, object_path: Path = OBJECT_PATH) -> FlowProgram:
+        """Load the object and attach its programs to `ifname` (clsact ingress + egress)."""
+        if not object_path.exists():
+            raise EbpfError(f"{object_path} not built (run `make install`: clang compiles {SOURCE_PATH.name})")
+        try:
+            ifindex = socket.if_nametoindex(ifname)
+        except OSError as e:
+            raise EbpfError(f"interface {ifname}: {e.strerror or e}") from e
+        lib = libbpf()
+        ctypes.set_errno(0)
+        obj = lib.bpf_object__open_file(str(object_path).encode(), None)
+        if not obj:
+            raise _err(f"open {object_path.name}")
+        rc = lib.bpf_object__load(obj)
+        if rc:
+            lib.bpf_object__close(obj)
+            raise _err("load BPF program (kernel refused it)", rc)
+        prog = cls(ifname, obj, ifindex)
+        try:
+            prog._attach_tc()
+            prog._open_ring()
+        except EbpfError:
+            prog.close()
+            raise
+        return prog
+
+    def _attach_tc(self) -> None:
+        lib = libbpf()
+        hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=self.ifindex, attach_point=BPF_TC_INGRESS)
+        rc = lib.bpf_tc_hook_create(ctypes.byref(hook))
+        if rc == 0:
+            self._created_qdisc = True
+        elif rc != -errno.EEXIST:
+            raise _err(f"clsact qdisc on {self.ifname}", rc)
+        for point, name in ((BPF_TC_INGRESS, b"netsonde_ingress"), (BPF_TC_EGRESS, b"netsonde_egress")):
+            p = lib.bpf_object__find_program_by_name(self._obj, name)
+            h = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=self.ifindex, attach_point=point)
+            opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), prog_fd=lib.bpf_program__fd(p), flags=BPF_TC_F_REPLACE,
+                           handle=_HANDLE, priority=_PRIORITY)
+            rc = lib.bpf_tc_attach(ctypes.byref(h), ctypes.byref(opts))
+            if rc:
+                raise _err(f"attach cls_bpf {name.decode()} on {self.ifname}", rc)
+            self._hooks.append(h)
+
+    def _open_ring(self) -> None:
+        def on_record(_ctx: Any, data: Any, size: int) -> int:
+            if size >= _RING.size:
+                key, ts, wire, slen, sample = _RING.unpack(ctypes.string_at(data, _RING.size))
+                self._ring_records.append((key, ts, wire, sample[:slen]))
+            return 0
+
+        self._ring_cb = _RingCallback(on_record)
+        self._ring = libbpf().ring_buffer__new(self._ring_fd, self._ring_cb, None, None)
+        if not self._ring:
+            raise _err("ring buffer")
+
+    def close(self) -> None:
+        """Detach the filters, remove the clsact qdisc if we created it, free the maps and programs.
+        Errors are ignored: the interface (or namespace) may be gone already, which removed everything."""
+        lib = libbpf()
+        for h in self._hooks:
+            opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=_HANDLE, priority=_PRIORITY)
+            lib.bpf_tc_detach(ctypes.byref(h), ctypes.byref(opts))
+        if self._created_qdisc:
+            h = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=self.ifindex,
+                        attach_point=BPF_TC_INGRESS | BPF_TC_EGRESS)
+            lib.bpf_tc_hook_destroy(ctypes.byref(h))
+        self._hooks = []
+        if self._ring:
+            lib.ring_buffer__free(self._ring)
+            self._ring = None
+        if self._obj:
+            lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    # --- reading the maps -----------------------------------------------------------------------------
+    def entries(self) -> Iterator[tuple[bytes, FlowValue]]:
+        """Every (key, value) of the flow map (two syscalls per entry; the map holds flows, not packets)."""
+        lib = libbpf()
+        key = ctypes.create_string_buffer(KEY_SIZE)
+        nxt = ctypes.create_string_buffer(KEY_SIZE)
+        val = ctypes.create_string_buffer(_VAL.size)
+        prev: Any = None
+        while lib.bpf_map_get_next_key(self.map_fd, prev, nxt) == 0:
+            ctypes.memmove(key, nxt, KEY_SIZE)
+            prev = key
+            if lib.bpf_map_lookup_elem(self.map_fd, key, val) == 0:
+                yield key.raw, _value(val.raw)
+
+    def take(self, key: bytes) -> FlowValue | None:
+        """Remove an entry, returning its last counts (packets counted up to the removal are not lost)."""
+        val = ctypes.create_string_buffer(_VAL.size)
+        if libbpf().bpf_map_lookup_and_delete_elem(self.map_fd, key, val) != 0:
+            return None
+        return _value(val.raw)
+
+    def overflow(self) -> list[tuple[bytes, int, int, bytes]]:
+        """Packets the kernel sent through the ring buffer because the map was full: (key, ts, len, sample)."""
+        if self._ring:
+            libbpf().ring_buffer__consume(self._ring)
+        out, self._ring_records = self._ring_records, []
+        return out
+
+    def stat(self, idx: int) -> int:
+        """A counter of the per-CPU stats array, summed over CPUs."""
+        k = ctypes.c_uint32(idx)
+        vals = (ctypes.c_uint64 * self.ncpus)()
+        if libbpf().bpf_map_lookup_elem(self.stats_fd, ctypes.byref(k), vals) != 0:
+            return 0
+        return int(sum(vals))
+
+
+def _value(raw: bytes) -> FlowValue:
+    p, b, t0, t1, wire, slen, sample = _VAL.unpack(raw[:_VAL.size])
+    return FlowValue(p, b, t0, t1, wire, sample[:slen])
+
