@@ -307,6 +307,13 @@ def test_map_panel_capture_and_time_slider(
             go(t_during)
         assert page.listed(vb) and page.on_map(pb)
         page.shot(shots, "07-slider-while-it-existed.png")
+        # at the instant the veth was created, it is marked as added since the change before
+        [created_at] = gremlin(api, f"G.At({t_during}).V().Has('Name', '{vb}').Values('@CreatedAt')")
+        go(created_at)
+        assert page.page.evaluate(
+            "n => window.netsonde.map.cy.nodes().filter(e => e.data('name') === n)[0].hasClass('added')", vb
+        ), "the veth is highlighted as added at its creation instant"
+        page.shot(shots, "07b-slider-added.png")
         page.page.click("#time-live")
         page.page.wait_for_function("document.getElementById('time-label').className === 'live'")
 
@@ -448,7 +455,9 @@ def test_10k_node_topology_loads_grouped(
             page = Page(browser, api)
             wall = page.open()
             in_page = page.page.evaluate("window.netsonde.readyMs") / 1000
-            print(f"page load {i + 1}: {wall:.2f} s, in the page (ms): {page.page.evaluate('window.netsonde.timings')}")
+            print(
+                f"page load {i + 1}: {wall:.2f} s, in the page (ms): {page.page.evaluate('window.netsonde.timings')}"
+            )
             times.append((wall, in_page))
             drawn = page.page.evaluate("window.netsonde.map.cy.nodes().length")
             assert page.on_map("ns42") and not page.on_map("veth42-7"), "namespaces drawn collapsed"

@@ -215,9 +215,14 @@ function metadataTable(node: GraphElement): HTMLElement {
   const rows: [string, unknown][] = [["ID", node.ID], ["Host", node.Host], ["Origin", node.Origin],
     ["Revision", node.Revision], ["CreatedAt", fmtTime(node.CreatedAt ?? 0)], ["UpdatedAt", fmtTime(node.UpdatedAt ?? 0)]];
   const walk = (prefix: string, v: unknown): void => {
-    if (v && typeof v === "object" && !Array.isArray(v) && Object.keys(v as object).length < 40) {
-      for (const [k, x] of Object.entries(v as object)) walk(prefix ? `${prefix}.${k}` : k, x);
-    } else rows.push([prefix, v]);
+    if (!v || typeof v !== "object" || Array.isArray(v)) { rows.push([prefix, v]); return; }
+    const entries = Object.entries(v as object);
+    if (entries.length > 12 && entries.every(([, x]) => x === null || typeof x !== "object")) {
+      // a flag set such as ethtool's Features: one row, "key=value" pairs
+      rows.push([prefix, entries.map(([k, x]) => `${k}=${text(x)}`).join(", ")]);
+      return;
+    }
+    for (const [k, x] of entries) walk(prefix ? `${prefix}.${k}` : k, x);
   };
   const md = { ...node.Metadata };
   delete md.RoutingTables; delete md.Neighbors;
