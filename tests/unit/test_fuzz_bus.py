@@ -32,7 +32,7 @@ from netsonde.common.bus.inbound import InboundDecoder
 from netsonde.common.metrics import Metrics
 
 BUS_DOC = (Path(__file__).resolve().parents[2] / "docs" / "bus.md").read_text()
-FUZZ = settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 CASES: dict[str, int] = {}
 
 

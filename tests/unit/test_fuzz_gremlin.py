@@ -21,7 +21,7 @@ from netsonde.gremlin import testdata as td
 from netsonde.gremlin.lexer import tokenize
 from netsonde.gremlin.parser import parse
 
-FUZZ = settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=250, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 TIME_LIMIT_S = 1.0
 CASES: dict[str, int] = {}
 

@@ -28,7 +28,7 @@ from netsonde.flow.decode import DecodeError, decode_ethernet, decode_ip
 from netsonde.flow.pcap import PcapError, read_pcap
 from netsonde.flow.table import FlowTable
 
-FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 CASES: dict[str, int] = {}
 """Cases run per fuzz test, printed at the end of the module."""
 

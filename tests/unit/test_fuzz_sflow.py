@@ -24,7 +24,7 @@ from tests.unit.test_sflow_decode import (
     record, u32, u64,
 )
 
-FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 CASES: dict[str, int] = {}
 
 
