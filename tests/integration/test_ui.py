@@ -470,6 +470,47 @@ def test_10k_node_topology_loads_grouped(
                 page.shot(shots, "10-10k-ns-expanded.png")
             assert page.errors == [], page.errors
             page.page.close()
+        # live in the grouped view: a veth added in a collapsed namespace counts there and shows when it is
+        # expanded; an update of a node in a collapsed namespace draws nothing
+        page = Page(browser, api)
+        page.open()
+        new = topo.ProbeNode(
+            ID=f"{host}-ns41-new", Metadata={"Name": "veth41-new", "Type": "veth", "State": "UP"}
+        )
+        changed = topo.ProbeNode(
+            ID=f"{host}-ns7-if3", Metadata={"Name": "veth7-3", "Type": "veth", "MTU": 9000}
+        )
+        own = topo.ProbeEdge(
+            ID=f"{host}-ns41-new-own",
+            Parent=f"{host}-ns41",
+            Child=new.ID,
+            Metadata={"RelationType": "ownership"},
+        )
+        publish(
+            nats_url,
+            prefix,
+            [
+                topo.TopologyMessage(
+                    host=host,
+                    kind="delta",
+                    boot="synthetic",
+                    seq=len(msgs),
+                    ts=int(time.time() * 1000),
+                    nodes=[new, changed],
+                    edges=[own],
+                )
+            ],
+        )
+        label = "id => window.netsonde.map.cy.getElementById(id).data('label')"
+        page.wait(
+            lambda: page.page.evaluate(label, f"{host}-ns41") == "ns41\n100 nodes", 10, "ns41 counts 100"
+        )
+        assert not page.on_map("veth41-new") and not page.on_map("veth7-3")
+        page.page.evaluate(f"window.netsonde.map.expand('{host}-ns41')")
+        page.wait(lambda: page.on_map("veth41-new"), 10, "the new veth in the expanded ns41")
+        assert not page.on_map("veth7-3") and page.errors == [], page.errors
+        page.page.close()
+
         wall, in_page = min(times)
         print(
             f"10 001-node topology: usable map in {wall:.2f} s from navigation (in-page {in_page:.2f} s; "

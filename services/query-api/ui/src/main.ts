@@ -157,7 +157,8 @@ function onEvent(ev: Envelope): void {
   window.netsonde.events++;
   const o = ev.Obj as GraphElement;
   switch (ev.Type) {
-    case "NodeAdded": case "NodeUpdated": map.upsertNode(o); panel.refreshIfShowing(o); break;
+    case "NodeAdded": map.upsertNode(o); break;
+    case "NodeUpdated": map.upsertNode(o, false); panel.refreshIfShowing(o); break;
     case "NodeDeleted": map.deleteNode(o.ID); break;
     case "EdgeAdded": case "EdgeUpdated": map.upsertEdge(o); break;
     case "EdgeDeleted": map.deleteEdge(o.ID); break;

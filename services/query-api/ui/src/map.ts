@@ -44,6 +44,8 @@ export class TopologyMap {
   onDrawn: (nodes: DrawnNode[]) => void = () => {};
   onSelect: (id: string | null) => void = () => {};
   private highlights: Record<"path" | "found", Set<string>> = { path: new Set(), found: new Set() };
+  /** Grouped view: nodes a group fetch brought (their group is known even without an ownership edge). */
+  private placed = new Set<string>();
   private scheduled = false;
   private desired = new Map<string, Desired>();
 
@@ -60,6 +62,7 @@ export class TopologyMap {
   // --- the model --------------------------------------------------------------------------------------
   clear(): void {
     this.highlights = { path: new Set(), found: new Set() };
+    this.placed.clear();
     this.nodes.clear(); this.edges.clear(); this.owner.clear(); this.groups.clear(); this.foreignGroup.clear();
     this.summaryLinks = []; this.marks.clear(); this.slots.clear();
     this.cy.elements().remove();
@@ -74,7 +77,10 @@ export class TopologyMap {
       count: 0, expanded: this.full, loaded: this.full });
   }
 
-  upsertNode(n: GraphElement): void {
+  /** A live node event. In the grouped view a node is held only once a group fetch brought it or it is new
+   * (then drawn once an ownership edge says where it belongs); updates of nodes not loaded are dropped. */
+  upsertNode(n: GraphElement, added = true): void {
+    if (!this.full && !this.nodes.has(n.ID) && !added) return;
     this.nodes.set(n.ID, n);
     if (GROUP_TYPES.has(n.Metadata.Type)) this.ensureGroup(n);
     this.schedule();
@@ -173,6 +179,7 @@ export class TopologyMap {
     if (!g) return;
     for (const n of members.Nodes) {
       this.nodes.set(n.ID, n);
+      this.placed.add(n.ID);
       if (GROUP_TYPES.has(n.Metadata.Type) && !this.groups.has(n.ID)) this.ensureGroup(n);
     }
     for (const e of members.Edges) this.upsertEdge(e);
@@ -273,6 +280,7 @@ export class TopologyMap {
     }
     for (const n of this.nodes.values()) {
       if (this.groups.has(n.ID)) continue;
+      if (!this.full && !this.placed.has(n.ID) && !this.owner.has(n.ID)) continue;  // where it belongs: not known yet
       const gid = this.groupOf(n.ID);
       if (gid && !(want.has(gid) && this.groups.get(gid)!.expanded)) continue;
       const type = String(n.Metadata.Type ?? "");
