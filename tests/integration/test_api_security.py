@@ -11,6 +11,8 @@ import logging
 import select
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -305,3 +307,100 @@ async def test_tls_for_the_api_and_the_websocket(nats_url: str, graph_builder: s
                 await plain.get(f"http://127.0.0.1:{api.http_port}/api/status", timeout=5)
     finally:
         await api.stop()
+
+
+# --- the bus: NATS with authentication ------------------------------------------------------------------------
+NATS_PW = "bus-Pa55word-xyz"
+
+
+@pytest.fixture
+def nats_with_auth(tmp_path: Path):
+    """A real nats-server (JetStream) whose config file requires a user and password."""
+    from netsonde.common.testing import find_nats_server
+
+    port = free_port()
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f'listen: "127.0.0.1:{port}"\njetstream {{ store_dir: "{tmp_path / "js"}" }}\n'
+                    f'authorization {{ user: netsonde, password: "{NATS_PW}" }}\n')
+    log_path = tmp_path / "nats.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([find_nats_server(), "-c", str(conf)], stdout=log_file, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 15
+    while "Server is ready" not in log_path.read_text(errors="replace"):
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.05)
+    yield f"nats://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+async def test_services_authenticate_to_nats(nats_with_auth: str, unique: str,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    creds = {"nats_url": nats_with_auth, "nats_user": "netsonde", "nats_password": NATS_PW}
+    with pytest.raises(Exception, match="[Aa]uthorization"):  # the server does require it
+        await nats.connect(nats_with_auth, allow_reconnect=False, connect_timeout=3)
+    gb = GraphBuilderService(GraphBuilderConfig.load(env={}, subject_prefix=f"n{unique}", history=False, **creds))
+    await gb.start()
+    api = QueryApiService(QueryApiConfig.load(env={}, subject_prefix=f"n{unique}", http_port=free_port(),
+                                              history=False, flows=False, **creds))
+    try:
+        await api.start()
+        nc = await nats.connect(nats_with_auth, user="netsonde", password=NATS_PW)
+        await nc.publish(f"n{unique}.topology.h1", msgpack.packb({
+            "v": 1, "host": "h1", "kind": "full", "boot": "b", "seq": 0, "ts": 0,
+            "nodes": [{"ID": "h", "Metadata": {"Name": "h1", "Type": "host"}}], "edges": []}))
+        await nc.close()
+        assert await wait_for(lambda: "h" in api.replica.graph.nodes, 10)  # probe -> graph-builder -> query-api
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api.http_port}") as http:
+            r = await http.post("/api/topology", json={"GremlinQuery": "G.V().Has('Name','h1').Count()"})
+            assert r.json() == 1
+    finally:
+        await api.stop()
+        await gb.stop()
+    wrong = QueryApiService(QueryApiConfig.load(env={}, subject_prefix=f"n{unique}", http_port=free_port(),
+                                                **{**creds, "nats_password": "not-it"}))
+    with pytest.raises(Exception, match="[Aa]uthorization"):
+        await wrong.start()
+    await wrong.stop()
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert NATS_PW not in logged and "not-it" not in logged
+
+
+@pytest.mark.slow
+async def test_clickhouse_user_and_password_reach_clickhouse_connect(tmp_path: Path) -> None:
+    """The embedded store started to require a password; a service's clickhouse_user/clickhouse_password
+    settings reach clickhouse-connect (through the URL every service connects with)."""
+    import urllib.request
+
+    from netsonde.common.clickhouse import connect
+
+    port, password = free_port(), "ch-Pa55:w/rd@x"
+    log_path = tmp_path / "store.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "netsonde.store", "--data-dir", str(tmp_path / "data"),
+                                 "--port", str(port), "--user", "netsonde", "--password", password],
+                                stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        cfg = QueryApiConfig.load(env={"NETSONDE_CLICKHOUSE_URL": f"http://127.0.0.1:{port}",
+                                       "NETSONDE_CLICKHOUSE_USER": "netsonde",
+                                       "NETSONDE_CLICKHOUSE_PASSWORD": password})
+        client = await asyncio.to_thread(connect, cfg.clickhouse_url, "default")
+        assert (await asyncio.to_thread(client.query, "SELECT 41 + 1")).result_rows == [(42,)]
+        client.close()
+        bad = QueryApiConfig.load(env={"NETSONDE_CLICKHOUSE_URL": f"http://127.0.0.1:{port}",
+                                       "NETSONDE_CLICKHOUSE_USER": "netsonde",
+                                       "NETSONDE_CLICKHOUSE_PASSWORD": "wrong"})
+        with pytest.raises(Exception, match="(?i)password|authenticat"):
+            await asyncio.to_thread(lambda: connect(bad.clickhouse_url, "default").query("SELECT 1"))
+    finally:
+        proc.terminate()
+        proc.wait(20)

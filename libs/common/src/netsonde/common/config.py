@@ -66,6 +66,20 @@ class BaseConfig:
     """This host's name in the graph (`Host` of its nodes). Default: the machine's hostname."""
     nats_url: str = "nats://127.0.0.1:4222"
     """NATS server(s), comma separated."""
+    nats_user: str = ""
+    """NATS user (with nats_password) for a server that requires authentication."""
+    nats_password: str = ""
+    """Password of nats_user (never logged)."""
+    nats_token: str = ""
+    """NATS authentication token, for servers configured with one (never logged)."""
+    nats_creds_file: str = ""
+    """NATS credentials file (user JWT and NKey seed), for decentralised NATS authentication."""
+    nats_tls_ca: str = ""
+    """CA bundle that signed the NATS server's certificate: the connection then uses TLS."""
+    nats_tls_cert: str = ""
+    """Client certificate for NATS servers that verify clients (with nats_tls_key)."""
+    nats_tls_key: str = ""
+    """Private key of nats_tls_cert."""
     subject_prefix: str = "netsonde"
     """First token of every subject, so two deployments can share one NATS cluster."""
     stream_replicas: int = 1
@@ -74,6 +88,10 @@ class BaseConfig:
     """How often a stage publishes its loss counters (`<prefix>.status.drops`, summed in /api/status)."""
     clickhouse_url: str = "http://127.0.0.1:8123"
     """ClickHouse HTTP URL (a real server, or the embedded store); user:password@ allowed."""
+    clickhouse_user: str = ""
+    """ClickHouse user (with clickhouse_password); overrides a user:password@ in clickhouse_url."""
+    clickhouse_password: str = ""
+    """Password of clickhouse_user (never logged)."""
     clickhouse_database: str = "netsonde"
     """Database holding Netsonde's tables; created by the migrations."""
     http_host: str = "127.0.0.1"
@@ -99,6 +117,8 @@ class BaseConfig:
             raise ConfigError(f"setting 'stream_replicas': {self.stream_replicas} is not 1..5")
         if not (0 <= self.http_port < 65536):
             raise ConfigError(f"setting 'http_port': {self.http_port} is not a port")
+        if bool(self.nats_tls_cert) != bool(self.nats_tls_key):
+            raise ConfigError("settings 'nats_tls_cert' and 'nats_tls_key' go together: set both or neither")
         if not self.subject_prefix or any(c in self.subject_prefix for c in " .*>"):
             raise ConfigError(f"setting 'subject_prefix': {self.subject_prefix!r} is not a subject token")
 
@@ -132,6 +152,13 @@ class BaseConfig:
         cfg = cls(**kwargs)
         if not cfg.host_id:
             cfg = dataclasses.replace(cfg, host_id=socket.gethostname())
+        if cfg.clickhouse_user:  # clickhouse-connect takes the credentials from the URL every service uses
+            cfg = dataclasses.replace(
+                cfg,
+                clickhouse_url=_with_credentials(
+                    cfg.clickhouse_url, cfg.clickhouse_user, cfg.clickhouse_password
+                ),
+            )
         cfg.validate()
         return cfg
 
@@ -144,6 +171,17 @@ class BaseConfig:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             out.append((f"NETSONDE_{f.name.upper()}", str(f.type), default, docs.get(f.name, "")))
         return out
+
+
+def _with_credentials(url: str, user: str, password: str) -> str:
+    """`url` with `user:password@` (URL-quoted) in place of any credentials it had."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    u = urlsplit(url)
+    host = u.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}" + (f":{u.port}" if u.port else "")
+    return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
 
 
 def _attribute_docs(cls: type) -> dict[str, str]:
