@@ -13,7 +13,7 @@ UI_BUNDLE := services/query-api/src/netsonde/query_api/static/ui/manifest.json
 STAMP := $(VENV)/.installed
 RATCHET_RULES := E,W,F,I,UP,B
 
-.PHONY: help deps deps-bench install ui allinone demo demo-down test test-unit bench lint clean
+.PHONY: help deps deps-bench install ui allinone demo demo-down test test-unit test-compose compose-deps bench lint clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'

@@ -21,7 +21,8 @@ import pytest
 
 from netsonde.common.testing import free_port
 
-pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.compose]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.compose,
+              pytest.mark.timeout(1200)]  # a fresh machine: apt + debootstrap ~2 min, the first build ~3-4 min
 
 REPO = Path(__file__).resolve().parents[2]
 SOCK = "/run/podman/podman.sock"
