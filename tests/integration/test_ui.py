@@ -528,3 +528,39 @@ def test_10k_node_topology_loads_grouped(
                 )
             ],
         )
+
+
+def test_the_page_follows_the_api_authentication(
+    stack: tuple[int, str], browser: Any, nats_url: str, clickhouse_url: str, tmp_path: Path
+) -> None:
+    """A query-api with authentication on: without credentials the page is a 401; with a reader's Basic
+    credentials the map loads and the live feed connects; creating a capture shows the API's 403."""
+    from netsonde.query_api.auth import hash_password
+
+    _, prefix = stack
+    users = tmp_path / "users.toml"
+    users.write_text(f'[users.ruth]\npassword = "{hash_password("ruth-Pw-123!")}"\nrole = "reader"\n')
+    procs = ServiceProcs(nats_url, clickhouse_url, prefix=prefix)
+    try:
+        api = procs.start("query_api", auth="on", users_file=str(users))
+        status, _ = api_call(api, "/")
+        assert status == 401
+        ctx = browser.new_context(http_credentials={"username": "ruth", "password": "ruth-Pw-123!"})
+        page = ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"http://127.0.0.1:{api}/")
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        page.wait_for_function("document.querySelectorAll('#node-list li').length > 0")
+        assert "offline" not in (page.get_attribute("#status", "class") or "")
+        page.locator("#node-list li button", has_text="lo").first.click()
+        form = page.locator("#pane-node form.capture-form")
+        form.locator("button[type=submit]").click()
+        page.wait_for_function(
+            "() => (document.querySelector('#pane-node .result') || {}).textContent?.includes('403')"
+        )
+        assert "needs the admin role" in form.locator(".result").inner_text()
+        assert errors == [], errors
+        ctx.close()
+    finally:
+        procs.stop()
