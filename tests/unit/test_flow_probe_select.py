@@ -64,13 +64,14 @@ def test_type_by_node_type_and_errors_on_nodes():
                        {"Metadata": {"Type": "ovsbridge"}}) == "pcapsocket"
     assert ctl.resolve(Capture(UUID="c", GremlinQuery=""), {"Metadata": {"Type": "host"}}) is None
     ctl.put(Capture(UUID="c1", GremlinQuery="G.V().Has('Name', 'br0')", Type="afpacket"))
-    ctl.put(Capture(UUID="c2", GremlinQuery="G.V().Has('Name', 'eth0')", Type="ebpf"))
+    ctl.put(Capture(UUID="c2", GremlinQuery="G.V().Has('Name', 'eth0')", Type="dpdk"))
     ctl.put(Capture(UUID="c3", GremlinQuery="G.V().Has('Name', 'br0')", BPFFilter="icmp"))
     ctl.reconcile()
     assert ctl.running == {}
     assert ctl.errors == {
         ("c1", "n5"): "capture type afpacket not allowed on node type ovsbridge (allowed: ovssflow, pcapsocket)",
-        ("c2", "n1"): "ebpf capture is not available yet in Netsonde (planned: the eBPF issue); use afpacket",
+        ("c2", "n1"): "capture type dpdk not allowed on node type device (allowed: afpacket, pcap, pcapsocket, "
+                      "sflow, ebpf)",
         ("c3", "n5"): "capture type ovssflow (default for node type ovsbridge) does not support option(s) BPFFilter"}
     assert sorted((s.capture_id, s.node_id, s.state) for s in statuses) == [
         ("c1", "n5", "error"), ("c2", "n1", "error"), ("c3", "n5", "error")]

@@ -45,7 +45,8 @@ CAPTURE_TYPE_SPECS: dict[str, CaptureTypeSpec] = {s.name: s for s in (
     CaptureTypeSpec("pcap", "probe-flow", _PACKET_TABLE_OPTIONS, multiple_per_node=True),
     CaptureTypeSpec("pcapsocket", "probe-flow", _PACKET_TABLE_OPTIONS),
     CaptureTypeSpec("ovsmirror", "probe-flow", _PACKET_TABLE_OPTIONS),
-    CaptureTypeSpec("ebpf", "probe-flow", frozenset()),
+    # counts per header key in the kernel (TC program); the table derives flows from each key's first header
+    CaptureTypeSpec("ebpf", "probe-flow", frozenset({"ExtraTCPMetric", "LayerKeyMode"})),
     # sFlow samples: OVS samples 1/SamplingRate packets, cut to HeaderSize, counters every PollingInterval s
     CaptureTypeSpec("ovssflow", "sflow-collector", frozenset({"HeaderSize", "SamplingRate", "PollingInterval"})),
     # an external sFlow agent: probe-flow listens on Port (0: a free one) in the node's namespace

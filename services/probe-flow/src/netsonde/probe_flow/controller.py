@@ -8,10 +8,11 @@ are idempotent. For each (capture, node):
   node types that cannot be captured (host, netns ...) are skipped, types another service runs (ovssflow,
   sflow) are left to it;
 - a type not allowed on the node type, an option the type cannot honour, a type with no implementation here
-  (ebpf, dpdk), or a capture that fails to start (interface gone, kernel refusal) is `State: error` with the
+  (dpdk), or a capture that fails to start (interface gone, kernel refusal) is `State: error` with the
   reason, retried when the node changes;
-- afpacket / pcap read the interface (in its namespace), pcapsocket listens on TCP, ovsmirror mirrors the OVS
-  port to an internal port `mir-...` and captures that one with afpacket once the topology probe reports it.
+- afpacket / pcap read the interface (in its namespace), ebpf attaches a TC program to it (ebpfcapture.py),
+  pcapsocket listens on TCP, ovsmirror mirrors the OVS port to an internal port `mir-...` and captures that
+  one with afpacket once the topology probe reports it.
 Captures whose definition is gone or whose node is no longer selected are stopped and their tables flushed
 (the flows are handed out by `collect`). `select_nodes` is injected: the service wires it to the graph replica
 + Gremlin engine; tests may pass a function returning node dicts.
@@ -34,6 +35,7 @@ from netsonde.flow.capture import PACKET_READERS, BaseCapture, BPFError, Capture
 from netsonde.flow.table import FlowTable
 from netsonde.flow.targets import table_for_capture
 
+from .ebpfcapture import EbpfCapture
 from .mirror import MIRROR_KEY, MirrorError, OvsMirrors, mirror_port_name
 from .pcapsocket import PcapSocketCapture
 from .sflowsocket import SFlowSocketCapture, listen_address
@@ -43,7 +45,6 @@ log = logging.getLogger(__name__)
 SelectNodes = Callable[[str], list[dict[str, Any]]]
 
 NOT_IMPLEMENTED = {
-    "ebpf": "ebpf capture is not available yet in Netsonde (planned: the eBPF issue); use afpacket",
     "dpdk": "dpdk capture is not supported by Netsonde",
 }
 """Capture types of the table that probe-flow cannot run: a node that gets one shows this error."""
@@ -293,6 +294,8 @@ class CaptureController:
             if ctype == "pcapsocket":
                 reader = PcapSocketCapture(str(md["Name"]), table, cap.BPFFilter, cap.HeaderSize,
                                            address=self.pcapsocket_address)
+            elif ctype == "ebpf":  # a TC program counts in the kernel; the thread reads its map (ebpfcapture.py)
+                reader = EbpfCapture(str(md["Name"]), table, node_netns(node))
             elif ctype == "sflow":  # a UDP listener for an external sFlow agent (sflowsocket.py)
                 reader = SFlowSocketCapture(str(md["Name"]), table, node_netns(node), listen_address(node), cap.Port)
             else:

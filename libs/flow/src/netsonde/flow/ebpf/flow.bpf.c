@@ -39,6 +39,8 @@ struct flow_key {
 	__u8 icmp_code;
 	__u8 ttl;            /* only for SYN packets (ExtraTCPMetric) */
 	__u8 frag;           /* 1: a fragment */
+	__u8 ext_hdrs;       /* IPv6 extension headers skipped, in order (base-3 code) */
+	__u8 pad;
 };
 
 struct flow_val {
@@ -143,9 +145,32 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow_key *k)
 		__builtin_memcpy(k->ip_src, &ip6->saddr, 16);
 		__builtin_memcpy(k->ip_dst, &ip6->daddr, 16);
 		l4proto = ip6->nexthdr;
-		k->proto = l4proto;
 		k->ttl = ip6->hop_limit;
 		off += sizeof(*ip6);
+		/* hop-by-hop, routing, destination options: skipped (the table keys on what follows them) */
+#pragma unroll
+		for (int i = 0; i < 3; i++) {
+			if (l4proto != 0 && l4proto != 43 && l4proto != 60)
+				break;
+			__u8 *ext = data + off;
+			if ((void *)(ext + 2) > end)
+				return 0;
+			k->ext_hdrs = k->ext_hdrs * 3 + (l4proto == 0 ? 1 : l4proto == 43 ? 2 : 3);
+			l4proto = ext[0];
+			off += (ext[1] + 1) * 8;
+		}
+		if (l4proto == 44) { /* fragment header: later fragments carry no L4 header */
+			__u8 *fh = data + off;
+			if ((void *)(fh + 8) > end)
+				return 0;
+			k->frag = 1;
+			l4proto = fh[0];
+			k->proto = l4proto;
+			if ((fh[2] << 8 | fh[3]) & 0xfff8)
+				return 0;
+			off += 8;
+		}
+		k->proto = l4proto;
 	} else {
 		return 0;
 	}

@@ -29,12 +29,12 @@ __all__ = ["EbpfError", "FlowProgram", "FlowValue", "OBJECT_PATH", "KEY_SIZE", "
 
 OBJECT_PATH = Path(__file__).with_name("flow.bpf.o")
 SOURCE_PATH = Path(__file__).with_name("flow.bpf.c")
-KEY_SIZE = 62
+KEY_SIZE = 64
 """sizeof(struct flow_key) in flow.bpf.c."""
 SAMPLE_LEN = 128
 MAX_FLOWS = 65536
 _VAL = struct.Struct(f"=QQQQII{SAMPLE_LEN}s")
-_RING = struct.Struct(f"={KEY_SIZE}s2xQII{SAMPLE_LEN}s")
+_RING = struct.Struct(f"={KEY_SIZE}sQII{SAMPLE_LEN}s")
 STAT_RINGBUF, STAT_LOST = 0, 1
 
 BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
@@ -88,6 +88,8 @@ def libbpf() -> Any:
             "bpf_object__find_program_by_name": (vp, [vp, ctypes.c_char_p]),
             "bpf_program__fd": (i, [vp]),
             "bpf_object__find_map_fd_by_name": (i, [vp, ctypes.c_char_p]),
+            "bpf_object__find_map_by_name": (vp, [vp, ctypes.c_char_p]),
+            "bpf_map__set_max_entries": (i, [vp, ctypes.c_uint32]),
             "bpf_map_get_next_key": (i, [i, vp, vp]),
             "bpf_map_lookup_elem": (i, [i, vp, vp]),
             "bpf_map_lookup_and_delete_elem": (i, [i, vp, vp]),
@@ -139,8 +141,9 @@ class FlowProgram:
         self.ncpus = max(1, lib.libbpf_num_possible_cpus())
 
     @classmethod
-    def attach(cls, ifname: str, object_path: Path = OBJECT_PATH) -> FlowProgram:
-        """Load the object and attach its programs to `ifname` (clsact ingress + egress)."""
+    def attach(cls, ifname: str, max_flows: int = MAX_FLOWS, object_path: Path = OBJECT_PATH) -> FlowProgram:
+        """Load the object (flow map bounded to `max_flows` entries) and attach its programs to `ifname`
+        (clsact ingress + egress)."""
         if not object_path.exists():
             raise EbpfError(f"{object_path} not built (run `make install`: clang compiles {SOURCE_PATH.name})")
         try:
@@ -152,6 +155,7 @@ class FlowProgram:
         obj = lib.bpf_object__open_file(str(object_path).encode(), None)
         if not obj:
             raise _err(f"open {object_path.name}")
+        lib.bpf_map__set_max_entries(lib.bpf_object__find_map_by_name(obj, b"flows"), max_flows)
         rc = lib.bpf_object__load(obj)
         if rc:
             lib.bpf_object__close(obj)

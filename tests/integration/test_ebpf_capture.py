@@ -1,0 +1,154 @@
+"""The `ebpf` capture against AF_PACKET on the same traffic (issue 17): a TC program on a veth in a namespace,
+an AF_PACKET capture on the same veth; both tables must give the same flows (same UUID, TrackingID) with the
+same packet and byte counts. Then end to end through the services and Gremlin, and the error paths."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from netsonde.common.bus.captures import Capture
+from netsonde.flow.capture import AfPacketCapture, CaptureError
+from netsonde.flow.table import FlowTable
+from netsonde.probe_flow.controller import CaptureController
+from netsonde.probe_flow.ebpfcapture import EbpfCapture
+from tests.integration.test_captures_standing import (Pair, api_call, captures_of, create, delete,  # noqa: F401
+                                                      gremlin, pair, stack, wait_until)
+
+pytestmark = [pytest.mark.root]
+
+
+def sh(*cmd: str) -> str:
+    return subprocess.run(list(cmd), check=True, capture_output=True, text=True, timeout=60).stdout
+
+
+class Veths:
+    """Namespaces a, b; veth va (a) - vb (b), 10.x.y.1 - .2."""
+
+    def __init__(self, unique: str) -> None:
+        u = unique[:6]
+        self.a, self.b, self.va, self.vb = f"ea-{u}", f"eb-{u}", f"eva{u}", f"evb{u}"
+        self.ipa, self.ipb = f"10.{60 + int(unique[-2:], 16) % 30}.{int(unique[-4:-2], 16)}.1", ""
+        self.ipb = self.ipa[:-1] + "2"
+        self.ns_path = f"/var/run/netns/{self.a}"
+        sh("ip", "netns", "add", self.a)
+        sh("ip", "netns", "add", self.b)
+        sh("ip", "link", "add", self.va, "netns", self.a, "type", "veth", "peer", "name", self.vb, "netns", self.b)
+        for ns, v, ip in ((self.a, self.va, self.ipa), (self.b, self.vb, self.ipb)):
+            # no IPv6 link-local chatter (MLD, DAD) arriving at random times while one capture already stopped
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{v}.disable_ipv6=1")
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", v)
+            sh("ip", "-n", ns, "link", "set", v, "up")
+
+    def in_a(self, *cmd: str) -> str:
+        return sh("ip", "netns", "exec", self.a, *cmd)
+
+    def udp(self, ports: range, count: int = 1) -> None:
+        """`count` datagrams of 20 bytes from a to b to each port (nobody listens: b answers ICMP unreachable)."""
+        code = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                f"for p in range({ports.start},{ports.stop}):\n"
+                f"    for i in range({count}): s.sendto(b'x'*20,('{self.ipb}',p))\n")
+        self.in_a("python3", "-c", code)
+
+    def down(self) -> None:
+        for ns in (self.a, self.b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture
+def veths(unique: str) -> Iterator[Veths]:
+    v = Veths(unique)
+    yield v
+    v.down()
+
+
+def qdiscs(v: Veths) -> str:
+    return v.in_a("tc", "qdisc", "show", "dev", v.va)
+
+
+def by_tracking(flows: list[Any]) -> dict[str, tuple[str, int, int, int, int]]:
+    return {f.TrackingID: (f.UUID, f.Metric.ABPackets, f.Metric.ABBytes, f.Metric.BAPackets, f.Metric.BABytes)
+            for f in flows}
+
+
+def run_both(v: Veths, traffic: Any, max_flows: int = 65536) -> tuple[list[Any], list[Any], EbpfCapture]:
+    """AF_PACKET and ebpf on va at the same time; their flows once `traffic()` ran and both are drained."""
+    t_af, t_eb = FlowTable("tid-va", "c-af"), FlowTable("tid-va", "c-eb")
+    af = AfPacketCapture(v.va, t_af, v.ns_path)
+    eb = EbpfCapture(v.va, t_eb, v.ns_path, poll_s=0.2, max_flows=max_flows)
+    af.start()
+    eb.start()
+    try:
+        assert "clsact" in qdiscs(v)
+        time.sleep(0.3)
+        traffic()
+        time.sleep(0.5)
+    finally:
+        af.stop()
+        eb.stop()
+    assert "clsact" not in qdiscs(v), "the clsact qdisc stays after the capture stopped"
+    return t_af.flush(), t_eb.flush(), eb
+
+
+@pytest.mark.slow
+def test_ping_and_udp_counts_equal_afpacket(veths: Veths) -> None:
+    def traffic() -> None:
+        veths.in_a("ping", "-c", "5", "-i", "0.05", "-q", veths.ipb)
+        veths.udp(range(40000, 40003), count=2)
+
+    af, eb, cap = run_both(veths, traffic)
+    want, got = by_tracking(af), by_tracking(eb)
+    icmp = [f for f in eb if f.LayersPath == "Ethernet/IPv4/ICMPv4" and f.ICMP and f.ICMP.Type == "ECHO"]
+    assert len(icmp) == 1 and (icmp[0].Metric.ABPackets, icmp[0].Metric.BAPackets) == (5, 5)
+    assert (icmp[0].Metric.ABBytes, icmp[0].Metric.BABytes) == (490, 490)
+    udp = [f for f in eb if f.LayersPath == "Ethernet/IPv4/UDP"]
+    assert sorted((f.Transport.B, f.Metric.ABPackets, f.Metric.ABBytes) for f in udp) == [
+        (40000, 2, 124), (40001, 2, 124), (40002, 2, 124)]
+    assert got == want  # every flow (ARP, ICMP unreachable too): same UUID, TrackingID, counts
+    assert cap.packets_received == sum(p[1] + p[3] for p in want.values()) and cap.packets_dropped == 0
+    assert {f.Metric.Start for f in icmp} and abs(icmp[0].Metric.Start - time.time() * 1000) < 30_000
+
+
+@pytest.mark.slow
+def test_full_map_goes_through_the_ring_buffer(veths: Veths) -> None:
+    """A map of 4 entries: the other flows' packets reach user space through the ring buffer, counts exact."""
+    af, eb, cap = run_both(veths, lambda: veths.udp(range(41000, 41010), count=3), max_flows=4)
+    assert by_tracking(eb) == by_tracking(af)
+    udp = [f for f in eb if f.LayersPath == "Ethernet/IPv4/UDP"]
+    assert len(udp) == 10 and all(f.Metric.ABPackets == 3 for f in udp)
+    assert cap.program is None and cap.packets_dropped == 0
+
+
+def test_idle_entries_leave_the_map_without_losing_counts(veths: Veths) -> None:
+    table = FlowTable("tid-va", "c-eb")
+    cap = EbpfCapture(veths.va, table, veths.ns_path, poll_s=3600, idle_s=0.2)
+    cap.start()
+    try:
+        veths.in_a("ping", "-c", "2", "-i", "0.05", "-q", veths.ipb)
+        time.sleep(0.4)
+        assert cap.poll() >= 4 and cap.evicted >= 2
+        assert cap.poll() == 0  # taken out of the map: nothing left to fold
+        assert sum(1 for _ in cap.program.entries()) == 0  # type: ignore[union-attr]
+        veths.in_a("ping", "-c", "1", "-q", veths.ipb)
+        assert cap.poll() == 2
+    finally:
+        cap.stop()
+    icmp = [f for f in table.flush() if f.LayersPath == "Ethernet/IPv4/ICMPv4" and f.ICMP.Type == "ECHO"]
+    assert sorted((f.Metric.ABPackets, f.Metric.BAPackets) for f in icmp) == [(1, 1), (2, 2)]  # two ping ids
+
+
+def test_vanished_interface_is_an_error_state_not_a_crash() -> None:
+    with pytest.raises(CaptureError, match="ebpf on nsgone0: interface nsgone0: no interface with this name"):
+        EbpfCapture("nsgone0", FlowTable("t")).start()
+    node = {"ID": "n-gone", "Host": "h1", "Metadata": {"Name": "nsgone0", "Type": "veth", "TID": "t-gone"}}
+    statuses: list[Any] = []
+    ctl = CaptureController("h1", lambda q: [node], on_status=statuses.append)
+    ctl.put(Capture(UUID="c-gone", GremlinQuery="G.V()", Type="ebpf"))
+    ctl.reconcile()
+    assert ctl.running == {}
+    assert ctl.errors == {("c-gone", "n-gone"): "ebpf on nsgone0: interface nsgone0: no interface with this name"}
+    assert [(s.state, s.type, s.error) for s in statuses] == [
+        ("error", "ebpf", "ebpf on nsgone0: interface nsgone0: no interface with this name")]
