@@ -141,8 +141,10 @@ def run(small: bool) -> Result:
         res.rows.append([f"loss_report(last 5 min, {streams:,} streams)", runs, med, worst, ""])
         res.notes.append("Diff: one SQL query per scope (the IDs changed in the window, each one's state at both "
                          "instants by argMax over revisions); no past graph is rebuilt.")
-        res.notes.append("flow_path: one query over flow_metrics (the stream's deltas, L3TrackingID join) and one "
-                         "over flows (the hops' latest state), then a BFS on the live graph.")
+        res.notes.append("flow_path: one query over flows (the stream's flows, PREWHERE on TrackingID / "
+                         "L3TrackingID) and one over flow_metrics by UUID (its sorting key), then the path on the "
+                         "live graph. loss_report: one query over every update in the window (joined with flows "
+                         "for the L3TrackingID) and one for the hops' flows.")
     finally:
         store.stop()
     return res

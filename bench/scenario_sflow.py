@@ -4,7 +4,7 @@ The real OVS corpus (`tests/data/sflow-ovs-corpus.bin.gz`, 10,000 datagrams, 63,
 the test slice in `tests/data/` in small mode) is replayed over loopback by a Python sender pinned to CPU0,
 at fixed rates and flat out. Each tool runs pinned to CPU1:
 
-- Netsonde: the real service, `python -m netsonde.sflow_collector`, end to end: socket -> C scanner -> flow
+- Netsonde: the real service, `python -m netsonde.ovs_sflow_collector`, end to end: socket -> C scanner -> flow
   tables -> FlowUpdateBatch published on JetStream every second (nats-server with -js, also on CPU0).
 - sfacctd: print plugin, aggregate src_host,dst_host,src_port,dst_port,proto (as in baselines.md).
 
@@ -131,7 +131,7 @@ def run_netsonde(nats_url: str, path: Path, count: int, rate: float, samples_per
                NETSONDE_MANAGE_OVS="false", NETSONDE_UPDATE_INTERVAL_S="1", NETSONDE_LOG_LEVEL="warning",
                NETSONDE_HOST_ID="bench")
     logf = tempfile.NamedTemporaryFile(prefix="netsonde-sflow-bench-", suffix=".log", delete=False)
-    proc = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-m", "netsonde.sflow_collector"], env=env,
+    proc = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-m", "netsonde.ovs_sflow_collector"], env=env,
                             stdout=logf, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30

@@ -226,7 +226,7 @@ def run(small: bool = False) -> Result:
 
     best_local = max(statistics.median(v) for k, v in inserts.items() if k.startswith("in-process"))
     result = Result(
-        title="Embedded store (netsonde store) vs chdb in-process",
+        title="Embedded store (netsonde clickhouse-store) vs chdb in-process",
         columns=["operation", "median", "unit", "vs in-process"],
     )
     for name, vals in inserts.items():

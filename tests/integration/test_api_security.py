@@ -378,7 +378,7 @@ async def test_clickhouse_user_and_password_reach_clickhouse_connect(tmp_path: P
     port, password = free_port(), "ch-Pa55:w/rd@x"
     log_path = tmp_path / "store.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "netsonde.store", "--data-dir", str(tmp_path / "data"),
+        proc = subprocess.Popen([sys.executable, "-m", "netsonde.clickhouse_store", "--data-dir", str(tmp_path / "data"),
                                  "--port", str(port), "--user", "netsonde", "--password", password],
                                 stdout=log_file, stderr=subprocess.STDOUT)
     try:

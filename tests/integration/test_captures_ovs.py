@@ -30,7 +30,7 @@ def stack(nats_url: str, clickhouse_url: str, ovs: OvsDaemons) -> Iterator[int]:
         api = procs.start("query_api")
         procs.start("flow_enricher")
         procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1", ovsdb=ovs.db)
-        procs.start("sflow_collector", listen_host="127.0.0.1", listen_port="0", ovs_db=ovs.db,
+        procs.start("ovs_sflow_collector", listen_host="127.0.0.1", listen_port="0", ovs_db=ovs.db,
                     update_interval_s="1", reconcile_interval_s="0.5")
         wait_until(lambda: gremlin(api, "G.V().Has('Type','host').Count()") == 1, 30, "the host in the API")
         yield api

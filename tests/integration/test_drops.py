@@ -127,7 +127,7 @@ def test_each_drop_counted_in_api_status(own_bus_and_store: tuple[Proc, Proc], u
         api = svc.start("query_api", **FAST)
         fe, pf = svc.flow_pipeline(probe={"publish_retry_s": "1", **FAST}, ack_wait_s="2", **FAST)
         sflow_port = free_port()
-        svc.start("sflow_collector", listen_host="127.0.0.1", listen_port=str(sflow_port), manage_ovs="false", **FAST)
+        svc.start("ovs_sflow_collector", listen_host="127.0.0.1", listen_port=str(sflow_port), manage_ovs="false", **FAST)
 
         # sFlow: 100, 101, then 105: three datagrams missing
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -23,8 +23,8 @@ from netsonde.probe_topology.config import ProbeTopologyConfig
 from netsonde.probe_topology.service import ProbeTopologyService
 from netsonde.query_api.config import QueryApiConfig
 from netsonde.query_api.service import QueryApiService
-from netsonde.sflow_collector.config import SFlowCollectorConfig
-from netsonde.sflow_collector.service import SFlowCollectorService
+from netsonde.ovs_sflow_collector.config import SFlowCollectorConfig
+from netsonde.ovs_sflow_collector.service import SFlowCollectorService
 from tests.integration.ovs_fixture import OvsDaemons, attach_netns_pair, detach_netns_pair, ovs  # noqa: F401
 
 pytestmark = [pytest.mark.root, pytest.mark.ovs, pytest.mark.slow]

@@ -24,9 +24,9 @@ from netsonde.graph_builder.config import GraphBuilderConfig
 from netsonde.graph_builder.service import GraphBuilderService
 from netsonde.probe_topology.config import ProbeTopologyConfig
 from netsonde.probe_topology.service import ProbeTopologyService
-from netsonde.sflow_collector.config import SFlowCollectorConfig
-from netsonde.sflow_collector.ovs import bridge_tid, port_tid
-from netsonde.sflow_collector.service import SFlowCollectorService
+from netsonde.ovs_sflow_collector.config import SFlowCollectorConfig
+from netsonde.ovs_sflow_collector.ovs import bridge_tid, port_tid
+from netsonde.ovs_sflow_collector.service import SFlowCollectorService
 from tests.integration.ovs_fixture import OvsDaemons, attach_netns_pair, detach_netns_pair, ovs  # noqa: F401
 
 pytestmark = [pytest.mark.root, pytest.mark.ovs]

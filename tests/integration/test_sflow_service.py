@@ -11,8 +11,8 @@ import nats
 
 from netsonde.common.bus import Subjects
 from netsonde.common.service import wait_for
-from netsonde.sflow_collector.config import SFlowCollectorConfig
-from netsonde.sflow_collector.service import SFlowCollectorService
+from netsonde.ovs_sflow_collector.config import SFlowCollectorConfig
+from netsonde.ovs_sflow_collector.service import SFlowCollectorService
 from tests.unit.test_sflow_decode import DATAGRAMS
 from tests.unit.test_sflow_collector import expected_totals
 

@@ -1,6 +1,6 @@
 """The ClickHouse contract every service relies on, through clickhouse-connect and plain HTTP.
 
-Runs against the embedded store (`python -m netsonde.store`, started by the `clickhouse_url` fixture) or,
+Runs against the embedded store (`python -m netsonde.clickhouse_store`, started by the `clickhouse_url` fixture) or,
 unchanged, against a real ClickHouse server when NETSONDE_CLICKHOUSE_URL is set. Each test works in its
 own database. The tests at the end (restart, crash, SIGTERM, auth) start private store processes: they
 test the store itself, so they run in both modes.
@@ -652,7 +652,7 @@ def test_user_and_password(tmp_path: Any) -> None:
     workdir = tmp_path / "auth"
     workdir.mkdir()
     log = open(workdir / "store.log", "wb")
-    popen = subprocess.Popen([sys.executable, "-m", "netsonde.store", "--data-dir", str(workdir / "data"),
+    popen = subprocess.Popen([sys.executable, "-m", "netsonde.clickhouse_store", "--data-dir", str(workdir / "data"),
                               "--port", str(port), "--user", "netsonde", "--password", "s3cret"],
                              stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -1,7 +1,7 @@
 """The deployment files hold together: cluster migrations' DDL checked by the ClickHouse engine, the compose
 files read by the compose client, the Kubernetes manifests validated against the Kubernetes schemas.
 
-What the embedded engine (chdb through `netsonde store`) can check of the cluster DDL: every statement parses
+What the embedded engine (chdb through `netsonde clickhouse-store`) can check of the cluster DDL: every statement parses
 (EXPLAIN AST); the per-node tables, with their Replicated engine swapped for the plain one (no Keeper here),
 are created and altered for real in a scratch database and hold exactly the defined columns. What it cannot:
 Replicated engines (no Keeper, no {shard}/{replica} macros) and Distributed tables (no cluster configured),
@@ -127,7 +127,7 @@ def test_compose_files_are_valid() -> None:
     assert ref["query-api"]["ports"] == [{"published": "8082-8085", "target": 8082}]
     podman = _compose_config("deploy/compose.yml", "deploy/compose.podman.yml")["services"]
     assert isinstance(podman, dict)
-    assert podman["clickhouse"]["command"][:1] == ["store"] and podman["nats"]["entrypoint"] == ["nats-server"]
+    assert podman["clickhouse"]["command"][:1] == ["clickhouse-store"] and podman["nats"]["entrypoint"] == ["nats-server"]
 
 
 def test_cluster_compose_is_valid() -> None:

@@ -11,7 +11,7 @@ from netsonde.flow.table import FlowTable
 from netsonde.flow.sflow import collector as collector_mod
 from netsonde.flow.sflow.collector import PortInfo, SFlowCollector, fallback_tid
 from netsonde.flow.sflow.decode import FlowSample, RawPacketHeader, decode_datagram
-from netsonde.sflow_collector.ovs import bridge_tid, port_tid
+from netsonde.ovs_sflow_collector.ovs import bridge_tid, port_tid
 
 from tests.unit.test_sflow_decode import (
     DATAGRAMS, ETH_ICMP, counter_sample, datagram, flow_sample, generic_counters, record, u32,

@@ -9,8 +9,8 @@ import lz4.frame
 import pytest
 import zstandard
 
-from netsonde.store import codec, sql
-from netsonde.store.errors import StoreError
+from netsonde.clickhouse_store import codec, sql
+from netsonde.clickhouse_store.errors import StoreError
 
 
 def test_insert_head_splits_statement_from_binary_data() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from netsonde.common.testing import find_nats_server
 
-from .registry import SERVICES
+from .registry import SERVICES, STORE, command_names
 
 ORDER = [s.command for s in SERVICES if s.supervised]
 PACKAGES = {s.command: s.package for s in SERVICES}
@@ -130,7 +130,7 @@ def run_allinone(args: argparse.Namespace) -> int:
     if not ch_url:
         if not _port_free(args.store_port):
             return fail(f"port {args.store_port} is taken; use --store-port or set NETSONDE_CLICKHOUSE_URL")
-        store = Child("store", [sys.executable, "-m", "netsonde.store", "--data-dir", str(state / "clickhouse"),
+        store = Child("store", [sys.executable, "-m", STORE.module, "--data-dir", str(state / "clickhouse"),
                                 "--port", str(args.store_port)], base_env, logs / "store.log")
         store.start()
         children.append(store)
@@ -139,7 +139,9 @@ def run_allinone(args: argparse.Namespace) -> int:
             return fail(f"the ClickHouse store did not start, see {logs / 'store.log'}")
 
     env = dict(base_env, NETSONDE_NATS_URL=nats_url, NETSONDE_CLICKHOUSE_URL=ch_url)
-    wanted = [s for s in ORDER if not args.only or s in args.only.split(",")]
+    names = command_names()
+    only = {names[n].command if n in names else n for n in args.only.split(",")} if args.only else set()
+    wanted = [s for s in ORDER if not only or s in only]
     services: list[Child] = []
     for name in wanted:
         module = f"netsonde.{PACKAGES[name]}"

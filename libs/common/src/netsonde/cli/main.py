@@ -6,11 +6,10 @@ import argparse
 import os
 import sys
 
-from .registry import SERVICES as REGISTRY
-from .registry import by_command
+from .registry import by_command, command_names
 
-SERVICES = {s.command: s.package for s in REGISTRY}
-"""`netsonde <command>` -> package under `netsonde.` (derived from the registry)."""
+SERVICES = {name: s.package for name, s in command_names().items()}
+"""`netsonde <command>` (or an older alias) -> package under `netsonde.` (derived from the registry)."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="netsonde", description="Netsonde real-time network analyzer")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SERVICES:
-        sub.add_parser(name, help=f"run the {name} service (flags go to the service)")
+        command = by_command(name).command
+        what = f"the {name} service" if name == command else f"old name of {command}"
+        sub.add_parser(name, help=f"run {what} (flags go to the service)")
 
     p_all = sub.add_parser("allinone", help="run NATS, the ClickHouse store and every service on this host")
     p_all.add_argument(

@@ -1,7 +1,7 @@
 """ClickHouse access for every service: one client factory (URL only) and versioned migrations.
 
 Services never talk to chdb directly: in tests and `make allinone` the URL points at the embedded store
-(`netsonde store`), in production at a ClickHouse server or cluster. Same code either way.
+(`netsonde clickhouse-store`), in production at a ClickHouse server or cluster. Same code either way.
 """
 
 from __future__ import annotations

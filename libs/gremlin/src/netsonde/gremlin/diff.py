@@ -63,6 +63,15 @@ GROUP BY kind, id
 """
 """Per ID changed in (lo, hi]: its state at lo (n_before = 0: did not exist yet) and at hi."""
 
+_SKIP_COUNTER_ONLY = """
+SELECT * FROM ({inner})
+WHERE NOT (n_before > 0 AND NOT del_before AND NOT del_after AND
+           arrayFilter(kv -> kv.1 NOT IN ('Metric', 'LastUpdateMetric'), JSONExtractKeysAndValuesRaw(md_before))
+           = arrayFilter(kv -> kv.1 NOT IN ('Metric', 'LastUpdateMetric'), JSONExtractKeysAndValuesRaw(md_after)))
+"""
+"""Drops, inside ClickHouse, the IDs whose only change is a top-level counter refresh (most revisions): the
+metadata is parsed there in C++ instead of in Python. Anything it keeps is compared key by key in Python."""
+
 _decode_md = msgspec.json.Decoder(dict[str, Any]).decode
 
 
@@ -144,9 +153,11 @@ class GraphDiffer:
         self._lock: threading.Lock = getattr(history, "_lock", threading.Lock())
 
     def _rows(self, lo: int, hi: int, scope_sql: str, params: dict[str, Any],
-              timeout_s: float) -> list[tuple[Any, ...]]:
+              timeout_s: float, skip_counter_only: bool = False) -> list[tuple[Any, ...]]:
         table = self.history.table
         sql = _SQL.replace("{table}", table).replace("{scope}", scope_sql)
+        if skip_counter_only:
+            sql = _SKIP_COUNTER_ONLY.replace("{inner}", sql)
         settings = {"max_execution_time": max(int(timeout_s + 0.999), 1),
                     "max_result_rows": self.max_rows + 1, "result_overflow_mode": "throw"}
         try:
@@ -171,7 +182,7 @@ class GraphDiffer:
         out = GraphDiff(lo, hi)
         ignore = tuple(ignore)
         if scope is None:
-            rows = self._rows(lo, hi, "", {}, timeout_s)
+            rows = self._rows(lo, hi, "", {}, timeout_s, skip_counter_only=ignore_counters)
             self._classify(out, rows, ignore_counters, ignore, only_add_remove=set())
             return out
         if not scope:
@@ -179,7 +190,7 @@ class GraphDiffer:
         ids = sorted(set(scope))
         scope_sql = ("AND ((kind = 'node' AND id IN {scope:Array(String)}) OR (kind = 'edge' AND "
                      "(parent IN {scope:Array(String)} OR child IN {scope:Array(String)})))")
-        rows = self._rows(lo, hi, scope_sql, {"scope": ids}, timeout_s)
+        rows = self._rows(lo, hi, scope_sql, {"scope": ids}, timeout_s, skip_counter_only=ignore_counters)
         in_scope = set(ids)
         neighbours = sorted({end for r in rows if r[0] == "edge" for end in (r[7], r[8])
                              if end and end not in in_scope})

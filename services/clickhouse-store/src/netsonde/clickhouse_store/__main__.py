@@ -1,4 +1,4 @@
-"""`python -m netsonde.store --data-dir DIR --port PORT [--host H] [--user U --password P]`."""
+"""`python -m netsonde.clickhouse_store --data-dir DIR --port PORT [--host H] [--user U --password P]`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .service import StoreService
 
 def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(
-        prog="netsonde store",
+        prog="netsonde clickhouse-store",
         description="Embedded ClickHouse store (chdb engine "
         "behind ClickHouse's HTTP interface). Flags override NETSONDE_STORE_* settings.",
     )
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = StoreConfig.load(**overrides)
     except ConfigError as exc:
-        print(f"netsonde store: {exc}", file=sys.stderr)
+        print(f"netsonde clickhouse-store: {exc}", file=sys.stderr)
         return 2
     setup_logging("store", config.log_level, config.log_format)
     service = StoreService(config)

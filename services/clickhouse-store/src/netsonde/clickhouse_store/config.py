@@ -1,4 +1,4 @@
-"""Settings of the embedded ClickHouse store (`netsonde store`)."""
+"""Settings of the embedded ClickHouse store (`netsonde clickhouse-store`)."""
 
 from __future__ import annotations
 
