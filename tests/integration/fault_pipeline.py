@@ -137,6 +137,10 @@ class Services:
         return fe, pf
 
     def stop(self) -> None:
+        """SIGTERM to every service at once, then wait for each (their graceful stops overlap)."""
+        for proc in self.procs.values():
+            if proc.popen is not None and proc.popen.poll() is None:
+                proc.popen.terminate()
         for proc in reversed(list(self.procs.values())):
             proc.stop()
 

@@ -281,9 +281,9 @@ def test_stream_retention_discards_counted(nats_url: str, clickhouse_url: str, u
     tag = f"ret-{unique}"
     posts = 60
     try:
-        api = svc.start("query_api", history="false", **FAST)
+        api = svc.start("query_api", history="false", snapshot_timeout_s="0.5", **FAST)  # no graph-builder here
         fe, pf = svc.flow_pipeline(stream_max_bytes="100000", **FAST)
-        fe.stop()
+        fe.kill()  # idle, nothing unacked: a kill is a stop without the 5 s drain
         pcap = flows_pcap()
         for i in range(posts):
             req = urllib.request.Request(f"http://127.0.0.1:{pf.port}/pcap?node_tid={tag}-{i}", data=pcap,

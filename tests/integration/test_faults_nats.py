@@ -37,13 +37,14 @@ def own_nats() -> Iterator[Proc]:
 
 
 def _restart(proc: Proc, sig: signal.Signals) -> tuple[Proc, float]:
-    """Stop nats-server with `sig`, leave the bus down for 2 s, start it again on the same port and store dir;
-    returns the new Proc and how long the bus was gone."""
+    """Stop nats-server with `sig`, leave the bus down for 3 s (longer than a publish's 2 s timeout, so the
+    probe's retry path runs), start it again on the same port and store dir; returns the new Proc and how
+    long the bus was gone."""
     port = int(proc.url.rsplit(":", 1)[1])
     t0 = time.monotonic()
     proc.popen.send_signal(sig)
     proc.popen.wait(15)
-    time.sleep(2)
+    time.sleep(3)
     new = start_nats(proc.workdir, port)
     new.keep = True
     return new, time.monotonic() - t0

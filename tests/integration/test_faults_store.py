@@ -36,7 +36,7 @@ def test_store_down_60s_then_back(nats_url: str, unique: str) -> None:
     tag = f"store-{unique}"
     try:
         fe, pf = svc.flow_pipeline(max_ack_pending="200")
-        producer = Producer(pf.port, tag)
+        producer = Producer(pf.port, tag, period_s=0.1)
         producer.start()
         time.sleep(2)
         store.popen.send_signal(signal.SIGKILL)
