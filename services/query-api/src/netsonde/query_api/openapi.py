@@ -145,6 +145,9 @@ def _components() -> dict[str, Any]:
                 "Graph": {"type": "object"}, "Subscribers": {"type": "integer"},
                 "ContainerEngines": {"type": "object", "description": "host -> its container connector's "
                                      "Endpoint, State (connected/disconnected), Error, Engine"},
+                "Drops": {"type": "object", "description": "losses counted by the pipeline (docs/reliability.md): "
+                          "Hosts (host -> stage -> kind -> count), Stages (stage -> kind -> count), Total, "
+                          "Reporters"},
             },
         },
     }
