@@ -93,6 +93,32 @@ class Compose:
         return ports
 
 
+HEALTH_IN_CONTAINER = (
+    "import json, sys, urllib.request\n"
+    "try:\n"
+    "    body = urllib.request.urlopen(f'http://127.0.0.1:{sys.argv[1]}/healthz', timeout=5).read()\n"
+    "except OSError as exc:\n"
+    "    body = getattr(exc, 'read', lambda: b'{}')()\n"
+    "print(json.dumps(json.loads(body or b'{}')))\n"
+)
+
+
+def _wait_healthy(compose: Compose, service: str, count: int, port: int, timeout: float = 90) -> None:
+    """Every replica of `service` answers /healthz with ok (asked from inside its container)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answers = {}
+        for c in compose.containers(service):
+            r = subprocess.run(["podman", "exec", str(c["Id"]), "python3", "-c", HEALTH_IN_CONTAINER, str(port)],
+                               capture_output=True, text=True, timeout=30)
+            answers[str(c["Names"])] = json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr[-300:]}
+        if len(answers) == count and all(a.get("ok") is True for a in answers.values()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{service}: not {count} healthy replicas: {answers}")
+        time.sleep(1)
+
+
 def _wait_for_node(port: int, name: str, timeout: float = 90) -> dict[str, object]:
     """POST /api/topology until the node named `name` is there; its Metadata."""
     query = {"GremlinQuery": f"G.V().Has('Name', '{name}')"}
@@ -138,6 +164,13 @@ def test_compose_stack_on_podman(podman: None, unique: str, capsys: pytest.Captu
         assert len(ports) == 2 and len(set(ports)) == 2, ports
         for p in ports:  # every replica has the live graph, the host veth included
             assert _wait_for_node(p, veth)["PeerIfIndex"] == peer_index
+        for service, count, port in (("flow-enricher", 3, 8080), ("query-api", 2, 8082), ("graph-builder", 1, 8080),
+                                     ("sflow-collector", 1, 8080)):
+            _wait_healthy(compose, service, count, port)
+        for probe in ("TOPOLOGY", "FLOW"):  # host network: their health ports are on the host
+            port = compose.env[f"NETSONDE_PROBE_{probe}_HEALTH_PORT"]
+            health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()
+            assert health["ok"] is True, health
         scaled = time.monotonic()
     finally:
         subprocess.run(["ip", "link", "del", veth], capture_output=True)
