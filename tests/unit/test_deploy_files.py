@@ -194,6 +194,43 @@ def test_kubernetes_resources_validate() -> None:
     assert by_name[("StatefulSet", "nats")]["spec"]["replicas"] == 3  # type: ignore[index]
 
 
+def _render(overlay: Path) -> list[dict]:  # type: ignore[type-arg]
+    """The overlay's resources after the kustomize features it uses: `$patch: delete`, ConfigMap data merged
+    from a patch file, `replicas`, the base's namespace (a stand-in for `kustomize build`, unavailable here)."""
+    k = _kustomization(overlay)
+    docs = _resources(overlay)
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    for patch in k.get("patches", []):  # type: ignore[union-attr]
+        doc = yaml.safe_load((overlay / patch["path"]).read_text() if "path" in patch else patch["patch"])
+        target = next(d for d in docs if key(d) == key(doc))
+        if doc.get("$patch") == "delete":
+            docs.remove(target)
+        else:
+            assert set(doc) <= {"apiVersion", "kind", "metadata", "data"}, f"unsupported patch {patch}"
+            target["data"].update(doc.get("data", {}))
+    for rep in k.get("replicas", []):  # type: ignore[union-attr]
+        next(d for d in docs if d["metadata"]["name"] == rep["name"] and d["kind"] == "Deployment")[
+            "spec"]["replicas"] = rep["count"]
+    return docs
+
+
+def test_kubernetes_overlays_render_and_validate() -> None:
+    import kubernetes_validate
+
+    single = _render(K8S / "overlays/single-node")
+    assert len(single) == 14
+    cluster = _render(K8S / "overlays/cluster")
+    assert len(cluster) == 13 and ("StatefulSet", "clickhouse") not in {
+        (d["kind"], d["metadata"]["name"]) for d in cluster}
+    env = next(d for d in cluster if d["kind"] == "ConfigMap")["data"]
+    assert env["NETSONDE_CLICKHOUSE_URL"] == "http://clickhouse-netsonde:8123/?cluster=netsonde"
+    assert env["NETSONDE_STREAM_REPLICAS"] == "3"
+    replicas = {d["metadata"]["name"]: d["spec"]["replicas"] for d in cluster if d["kind"] == "Deployment"}
+    assert replicas == {"graph-builder": 1, "query-api": 3, "flow-enricher": 6, "sflow-collector": 1}
+    for doc in single + cluster:
+        kubernetes_validate.validate(doc, "1.33.0", strict=True)
+
+
 def test_kubernetes_overlays_resolve() -> None:
     base = {(d["kind"], d["metadata"]["name"]) for d in _resources(K8S / "base")}  # type: ignore[index]
     for overlay in sorted((K8S / "overlays").iterdir()):
