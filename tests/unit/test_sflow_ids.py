@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import uuid
 
+from netsonde.ovs_sflow_collector.ovs import bridge_node_id, bridge_tid, port_tid
 from netsonde.probe_topology.builder import build
 from netsonde.probe_topology.ovsdb import OvsBridge, OvsInterface, OvsPort, OvsState
-from netsonde.ovs_sflow_collector.ovs import bridge_node_id, bridge_tid, port_tid
 
 
 def test_collector_ids_are_the_graph_ids() -> None:

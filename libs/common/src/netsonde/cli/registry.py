@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ServiceEntry:
-    """One service: its command name (= its services/ folder), its Python package, and whether allinone runs it."""
+    """One service: its command (= its services/ folder), its Python package, whether allinone runs it."""
 
     command: str
-    """`netsonde <command>` runs it (`python -m netsonde.<package>`); the same name as its `services/` folder."""
+    """`netsonde <command>` runs it (`python -m netsonde.<package>`); named as its `services/` folder."""
     package: str
     """The package under `netsonde.` that has the service's `__main__` and `config` modules."""
     supervised: bool = True
@@ -35,8 +35,9 @@ SERVICES: tuple[ServiceEntry, ...] = (
 )
 """Every service, in the order allinone starts them (and stops them in reverse)."""
 
+
 def by_command(command: str) -> ServiceEntry:
-    """The service a `netsonde <command>` (or an older alias) names; KeyError with the known names otherwise."""
+    """The service a `netsonde <command>` (or an old alias) names; KeyError with the known names otherwise."""
     for entry in SERVICES:
         if command == entry.command or command in entry.aliases:
             return entry

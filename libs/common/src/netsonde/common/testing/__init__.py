@@ -84,12 +84,20 @@ def start_nats(workdir: Path | None = None, port: int | None = None) -> Proc:
 
 
 def start_store(workdir: Path | None = None, port: int | None = None) -> Proc:
-    """The embedded ClickHouse store (`python -m netsonde.clickhouse_store`) on a free port; ready on GET /ping."""
+    """The embedded ClickHouse store (`netsonde clickhouse-store`) on a free port; ready on GET /ping."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="netsonde-store-"))
     port = port or free_port()
     log_path = workdir / "store.log"
     popen = subprocess.Popen(
-        [sys.executable, "-m", "netsonde.clickhouse_store", "--data-dir", str(workdir / "data"), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "netsonde.clickhouse_store",
+            "--data-dir",
+            str(workdir / "data"),
+            "--port",
+            f"{port}",
+        ],
         stdout=open(log_path, "wb"),
         stderr=subprocess.STDOUT,
     )
@@ -98,7 +106,7 @@ def start_store(workdir: Path | None = None, port: int | None = None) -> Proc:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if popen.poll() is not None:
-            raise RuntimeError(f"netsonde clickhouse-store exited with {popen.returncode}:\n{proc.log_tail()}")
+            raise RuntimeError(f"the store exited with {popen.returncode}:\n{proc.log_tail()}")
         try:
             with urllib.request.urlopen(url + "/ping", timeout=1) as r:
                 if r.status == 200:
@@ -107,4 +115,4 @@ def start_store(workdir: Path | None = None, port: int | None = None) -> Proc:
             pass
         time.sleep(0.1)
     proc.stop()
-    raise RuntimeError(f"netsonde clickhouse-store did not answer /ping in 60 s:\n{proc.log_tail()}")
+    raise RuntimeError(f"the store did not answer /ping in 60 s:\n{proc.log_tail()}")
