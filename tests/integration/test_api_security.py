@@ -4,6 +4,7 @@ TLS, and secrets kept out of the logs. Real NATS, a real graph-builder, HTTP ove
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import hashlib
 import ipaddress
@@ -226,6 +227,18 @@ async def test_auth_is_on_off_loopback_and_roles_hold(nats_url: str, graph_build
             for method, path, body in forbidden:
                 r = await http.request(method, path, json=body, headers=reader)
                 assert r.status_code == 403, (method, path, r.status_code, r.text)
+            # an admin's browser credentials sent along with another site's form are refused
+            basic = {"Authorization": "Basic " + base64.b64encode(f"alice:{ADMIN_PW}".encode()).decode()}
+            r = await http.post("/api/capture", content=b'{"GremlinQuery": "G.V()"}',
+                                headers={**basic, "Origin": "http://evil.example", "Content-Type": "text/plain"})
+            assert r.status_code == 403 and "cross-site" in r.text
+            r = await http.get("/api/capture", headers={**basic, "Origin": "http://evil.example"})
+            assert r.status_code == 200  # reading is not changed by it
+            r = await http.get("/ws/subscriber", headers={**basic, "Origin": "http://evil.example", "Upgrade":
+                                                          "websocket", "Connection": "Upgrade",
+                                                          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                                          "Sec-WebSocket-Version": "13"})
+            assert r.status_code == 403  # nor may another site's page subscribe with them
             # the WebSocket: a reader may subscribe, nobody without credentials
             async with aiohttp.ClientSession() as session:
                 async with session.ws_connect(f"{base}/ws/subscriber", headers=reader) as ws:
@@ -256,6 +269,7 @@ async def test_auth_is_on_off_loopback_and_roles_hold(nats_url: str, graph_build
         metrics = await asyncio.to_thread(lambda: httpx.get(f"http://127.0.0.1:{api.http_port}/metrics").text)
         assert 'query_api_auth_failures_total{reason="bad_login"} 1.0' in metrics
         assert 'query_api_auth_failures_total{reason="forbidden"} 9.0' in metrics
+        assert 'query_api_auth_failures_total{reason="cross_site"} 2.0' in metrics
     finally:
         await api.stop()
     logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)

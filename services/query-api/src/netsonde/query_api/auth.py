@@ -32,6 +32,7 @@ import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -171,17 +172,18 @@ class Authenticator:
         self._basic_ok[digest] = Identity(user, entry[1])
         return self._basic_ok[digest]
 
-    def identify(self, request: web.Request) -> Identity | None:
+    def identify(self, request: web.Request) -> tuple[Identity | None, bool]:
+        """(who, whether a browser sends these credentials by itself: Basic and the session cookie)."""
         header = request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value:
-            return self._bearer(value.strip())
+            return self._bearer(value.strip()), False
         if scheme.lower() == "basic" and value:
-            return self._basic(value.strip())
+            return self._basic(value.strip()), True
         for cookie in SESSION_COOKIES:
             if request.cookies.get(cookie):
-                return self._bearer(request.cookies[cookie])
-        return None
+                return self._bearer(request.cookies[cookie]), True
+        return None, False
 
 
 def needs_admin(request: web.Request) -> bool:
@@ -199,7 +201,7 @@ def auth_middleware(auth: Authenticator) -> Callable[..., Awaitable[web.StreamRe
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in OPEN_PATHS:
             return await handler(request)
-        who = auth.identify(request)
+        who, ambient = auth.identify(request)
         if who is None:
             auth.failures.labels("unauthenticated").inc()
             resp = web.Response(status=401, text="authentication required: a Bearer token, the session cookie "
@@ -208,6 +210,13 @@ def auth_middleware(auth: Authenticator) -> Callable[..., Awaitable[web.StreamRe
             if request.content_length:
                 resp.force_close()  # the body of an unauthenticated request is never read
             return resp
+        origin = request.headers.get("Origin")
+        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        if ambient and origin and (needs_admin(request) or upgrade) and urlsplit(origin).netloc != request.host:
+            # a browser sends its Basic credentials or cookie along with another site's form or WebSocket
+            auth.failures.labels("cross_site").inc()
+            return web.Response(status=403, content_type="text/plain",
+                                text=f"cross-site {request.method} refused (Origin {origin} is not {request.host})")
         if who.role != "admin" and needs_admin(request):
             auth.failures.labels("forbidden").inc()
             return web.Response(status=403, content_type="text/plain",
