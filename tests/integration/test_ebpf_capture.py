@@ -152,3 +152,46 @@ def test_vanished_interface_is_an_error_state_not_a_crash() -> None:
     assert ctl.errors == {("c-gone", "n-gone"): "ebpf on nsgone0: interface nsgone0: no interface with this name"}
     assert [(s.state, s.type, s.error) for s in statuses] == [
         ("error", "ebpf", "ebpf on nsgone0: interface nsgone0: no interface with this name")]
+
+
+@pytest.mark.slow
+def test_end_to_end_through_gremlin_equals_afpacket(stack: tuple[int, int], pair: Pair) -> None:
+    """ebpf on va, afpacket on vb (the two ends of the ping), every service a process: Flows() of each node
+    gives the ping with 5/5 packets and 490/490 bytes, the same TrackingID (the UUID differs: it includes the
+    node; two captures of one node would publish the same UUID). DELETE removes the TC program and qdisc."""
+    api = stack[0]
+    eb = create(api, GremlinQuery=f"G.V().Has('Name', '{pair.va}')", Type="ebpf")
+    af = create(api, GremlinQuery=f"G.V().Has('Name', '{pair.vb}')", Type="afpacket")
+    status, out = api_call(api, "/api/capture", {"GremlinQuery": "G.V()", "Type": "ebpf", "BPFFilter": "icmp"},
+                           "POST")
+    assert status == 400 and out == "capture type ebpf does not support option(s) BPFFilter"
+    try:
+        pair.up()
+        for name, cap, kind in ((pair.va, eb, "ebpf"), (pair.vb, af, "afpacket")):
+            got = wait_until(lambda: captures_of(api, name), 30, f"the capture on {name}")
+            assert [(c["ID"], c["State"], c["Type"]) for c in got] == [(cap["UUID"], "active", kind)]
+        assert "clsact" in sh("ip", "netns", "exec", pair.a, "tc", "qdisc", "show", "dev", pair.va)
+        pair.ping(5)
+
+        def ping_flow(name: str) -> dict[str, Any] | None:
+            q = (f"G.V().Has('Name', '{name}').Flows().Has('LayersPath', 'Ethernet/IPv4/ICMPv4', "
+                 f"'Network.A', '{pair.ipa}')")
+            flows = gremlin(api, q) or []
+            if len(flows) == 1 and flows[0]["Metric"]["ABPackets"] == 5 and flows[0]["Metric"]["BAPackets"] == 5:
+                return flows[0]
+            return None
+
+        f_eb = wait_until(lambda: ping_flow(pair.va), 30, "the ping in the ebpf capture")
+        f_af = wait_until(lambda: ping_flow(pair.vb), 30, "the ping in the afpacket capture")
+        for f, cap in ((f_eb, eb), (f_af, af)):
+            m = f["Metric"]
+            assert (m["ABPackets"], m["BAPackets"], m["ABBytes"], m["BABytes"]) == (5, 5, 490, 490)
+            assert f["CaptureID"] == cap["UUID"]
+        assert f_eb["TrackingID"] == f_af["TrackingID"] and f_eb["L3TrackingID"] == f_af["L3TrackingID"]
+        assert f_eb["ICMP"] == f_af["ICMP"] and f_eb["Metric"]["RTT"] > 0
+    finally:
+        delete(api, eb["UUID"])
+        delete(api, af["UUID"])
+    wait_until(lambda: "clsact" not in sh("ip", "netns", "exec", pair.a, "tc", "qdisc", "show", "dev", pair.va),
+               30, "the clsact qdisc removed after DELETE")
+    assert "bpf" not in sh("ip", "netns", "exec", pair.a, "tc", "filter", "show", "dev", pair.va, "ingress")
