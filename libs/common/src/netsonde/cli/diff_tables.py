@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -23,7 +23,7 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 def _when(ms: int | None) -> str:
     if ms is None:
         return ""
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
 def _value(v: Any) -> str:
@@ -43,16 +43,29 @@ def render_diff(d: dict[str, Any]) -> str:
         for verb in ("Added", "Removed"):
             for el in d[what][verb]:
                 md = el.get("Metadata") or {}
-                name = md.get("Name") or (f"{el.get('Parent', '')[:8]}->{el.get('Child', '')[:8]} "
-                                          f"{md.get('RelationType', '')}")
-                rows.append([_when(el["ChangedAt"]), kind, verb.lower(), name, md.get("Type", ""), el["ID"], ""])
+                name = md.get("Name") or (
+                    f"{el.get('Parent', '')[:8]}->{el.get('Child', '')[:8]} {md.get('RelationType', '')}"
+                )
+                rows.append(
+                    [_when(el["ChangedAt"]), kind, verb.lower(), name, md.get("Type", ""), el["ID"], ""]
+                )
         for el in d[what]["Changed"]:
             for i, c in enumerate(el["Changes"]):
-                rows.append([_when(el["ChangedAt"]) if i == 0 else "", kind if i == 0 else "",
-                             "changed" if i == 0 else "", el.get("Name", "") if i == 0 else "",
-                             el.get("Type", "") if i == 0 else "", el["ID"] if i == 0 else "", _change(c)])
+                rows.append(
+                    [
+                        _when(el["ChangedAt"]) if i == 0 else "",
+                        kind if i == 0 else "",
+                        "changed" if i == 0 else "",
+                        el.get("Name", "") if i == 0 else "",
+                        el.get("Type", "") if i == 0 else "",
+                        el["ID"] if i == 0 else "",
+                        _change(c),
+                    ]
+                )
     out = [f"graph changes {_when(d['From'])} -> {_when(d['To'])} UTC"]
-    out.append(table(["WHEN", "KIND", "CHANGE", "NAME", "TYPE", "ID", "DETAIL"], rows) if rows else "(no change)")
+    out.append(
+        table(["WHEN", "KIND", "CHANGE", "NAME", "TYPE", "ID", "DETAIL"], rows) if rows else "(no change)"
+    )
     if d.get("FlowsError"):
         out.append(f"\nflow changes unavailable: {d['FlowsError']}")
     flows = d.get("Flows")
@@ -60,39 +73,111 @@ def render_diff(d: dict[str, Any]) -> str:
         frows = []
         for verb, key in (("started", "Started"), ("stopped", "Stopped"), ("rate", "RateChanged")):
             for f in flows[key]:
-                rate = (f"{f['BytesPerSecBefore']:.0f} -> {f['BytesPerSecAfter']:.0f} B/s"
-                        if key == "RateChanged" else "")
-                frows.append([verb, f["NodeTID"], f"{f['NetworkA']} -> {f['NetworkB']}", f["Application"],
-                              f["ABPackets"] + f["BAPackets"], f["TrackingID"], rate])
+                rate = (
+                    f"{f['BytesPerSecBefore']:.0f} -> {f['BytesPerSecAfter']:.0f} B/s"
+                    if key == "RateChanged"
+                    else ""
+                )
+                frows.append(
+                    [
+                        verb,
+                        f["NodeTID"],
+                        f"{f['NetworkA']} -> {f['NetworkB']}",
+                        f["Application"],
+                        f["ABPackets"] + f["BAPackets"],
+                        f["TrackingID"],
+                        rate,
+                    ]
+                )
         out.append("")
         out.append("flow changes")
-        out.append(table(["CHANGE", "NODETID", "NETWORK", "APP", "PACKETS", "TRACKINGID", "RATE"], frows)
-                   if frows else "(no change)")
+        out.append(
+            table(["CHANGE", "NODETID", "NETWORK", "APP", "PACKETS", "TRACKINGID", "RATE"], frows)
+            if frows
+            else "(no change)"
+        )
     return "\n".join(out)
 
 
 def render_path(p: dict[str, Any]) -> str:
     rows = []
     for i, h in enumerate(p["Hops"]):
-        rows.append([i, h["Name"] or h["NodeTID"], h["Type"], h["Host"], h["ABPackets"], h["ABBytes"],
-                     h["BAPackets"], h["BABytes"], _when(h["FirstSeen"])])
+        rows.append(
+            [
+                i,
+                h["Name"] or h["NodeTID"],
+                h["Type"],
+                h["Host"],
+                h["ABPackets"],
+                h["ABBytes"],
+                h["BAPackets"],
+                h["BABytes"],
+                _when(h["FirstSeen"]),
+            ]
+        )
         if i < len(p["Links"]):
             link = p["Links"][i]
-            lat = "" if link["LatencyMs"] is None else (
-                f"{link['LatencyMs']} ms" + (" (estimate, other host)" if link["LatencyEstimate"] else ""))
-            rows.append(["", f"  lost AB {link['ABLost']} BA {link['BALost']} (+/- {link['Uncertainty']})",
-                         "", "", "", "", "", "", lat])
+            lat = (
+                ""
+                if link["LatencyMs"] is None
+                else (
+                    f"{link['LatencyMs']} ms" + (" (estimate, other host)" if link["LatencyEstimate"] else "")
+                )
+            )
+            rows.append(
+                [
+                    "",
+                    f"  lost AB {link['ABLost']} BA {link['BALost']} (+/- {link['Uncertainty']})",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    lat,
+                ]
+            )
     head = f"TrackingID {p['TrackingID']}: {len(p['Hops'])} capture points in {p['Order']} order"
-    return head + "\n" + table(["#", "HOP", "TYPE", "HOST", "AB PKTS", "AB BYTES", "BA PKTS", "BA BYTES",
-                                "FIRST SEEN / LATENCY"], rows)
+    return (
+        head
+        + "\n"
+        + table(
+            [
+                "#",
+                "HOP",
+                "TYPE",
+                "HOST",
+                "AB PKTS",
+                "AB BYTES",
+                "BA PKTS",
+                "BA BYTES",
+                "FIRST SEEN / LATENCY",
+            ],
+            rows,
+        )
+    )
 
 
 def render_loss(r: dict[str, Any]) -> str:
-    rows = [[link["From"], link["To"], link["Lost"], link["ABLost"], link["BALost"], link["Uncertainty"],
-             ", ".join(f["TrackingID"] for f in link["Flows"][:5]) + (" ..." if len(link["Flows"]) > 5 else "")]
-            for link in r["Links"]]
+    rows = [
+        [
+            link["From"],
+            link["To"],
+            link["Lost"],
+            link["ABLost"],
+            link["BALost"],
+            link["Uncertainty"],
+            ", ".join(f["TrackingID"] for f in link["Flows"][:5])
+            + (" ..." if len(link["Flows"]) > 5 else ""),
+        ]
+        for link in r["Links"]
+    ]
     head = f"loss {_when(r['From'])} -> {_when(r['To'])} UTC over {r['Streams']} streams"
-    return head + "\n" + (table(["FROM", "TO", "LOST", "AB", "BA", "+/-", "FLOWS"], rows) if rows else "(no loss)")
+    return (
+        head
+        + "\n"
+        + (table(["FROM", "TO", "LOST", "AB", "BA", "+/-", "FLOWS"], rows) if rows else "(no loss)")
+    )
 
 
 __all__ = ["render_diff", "render_loss", "render_path", "table"]

@@ -19,8 +19,9 @@ asked for.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import msgspec
 
@@ -46,7 +47,8 @@ COUNTER_KEYS = frozenset({"Metric", "LastUpdateMetric"})
 _SQL = """
 SELECT toString(kind) AS kind, id,
        countIf(updated_at <= fromUnixTimestamp64Milli({lo:Int64}, 'UTC')) AS n_before,
-       argMaxIf(deleted_at IS NOT NULL, revision, updated_at <= fromUnixTimestamp64Milli({lo:Int64}, 'UTC')) AS del_before,
+       argMaxIf(deleted_at IS NOT NULL, revision,
+                updated_at <= fromUnixTimestamp64Milli({lo:Int64}, 'UTC')) AS del_before,
        argMaxIf(metadata, revision, updated_at <= fromUnixTimestamp64Milli({lo:Int64}, 'UTC')) AS md_before,
        argMax(deleted_at IS NOT NULL, revision) AS del_after,
        argMax(metadata, revision) AS md_after,
@@ -66,8 +68,10 @@ GROUP BY kind, id
 _SKIP_COUNTER_ONLY = """
 SELECT * FROM ({inner})
 WHERE NOT (n_before > 0 AND NOT del_before AND NOT del_after AND
-           arrayFilter(kv -> kv.1 NOT IN ('Metric', 'LastUpdateMetric'), JSONExtractKeysAndValuesRaw(md_before))
-           = arrayFilter(kv -> kv.1 NOT IN ('Metric', 'LastUpdateMetric'), JSONExtractKeysAndValuesRaw(md_after)))
+           arrayFilter(kv -> kv.1 NOT IN ('Metric', 'LastUpdateMetric'),
+                       JSONExtractKeysAndValuesRaw(md_before))
+           = arrayFilter(kv -> kv.1 NOT IN ('Metric', 'LastUpdateMetric'),
+                         JSONExtractKeysAndValuesRaw(md_after)))
 """
 """Drops, inside ClickHouse, the IDs whose only change is a top-level counter refresh (most revisions): the
 metadata is parsed there in C++ instead of in Python. Anything it keeps is compared key by key in Python."""
@@ -93,8 +97,12 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any], ignore_counters: bool
         return
     name = prefix.rsplit(".", 1)[-1]
     ident = _LIST_IDENTITY.get(name)
-    if isinstance(value, list) and ident is not None and value and all(
-            isinstance(x, dict) and ident[0] in x for x in value):
+    if (
+        isinstance(value, list)
+        and ident is not None
+        and value
+        and all(isinstance(x, dict) and ident[0] in x for x in value)
+    ):
         key, deeper = ident
         for item in value:
             p = f"{prefix}[{item[key]}]"
@@ -106,8 +114,9 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any], ignore_counters: bool
     out[prefix] = value
 
 
-def changed_keys(before: dict[str, Any], after: dict[str, Any], ignore_counters: bool = True,
-                 ignore: Iterable[str] = ()) -> list[dict[str, Any]]:
+def changed_keys(
+    before: dict[str, Any], after: dict[str, Any], ignore_counters: bool = True, ignore: Iterable[str] = ()
+) -> list[dict[str, Any]]:
     """[{Key, Old, New, Change: added|removed|changed}] sorted by key; keys starting with an `ignore`
     prefix left out."""
     a, b = flatten(before, ignore_counters), flatten(after, ignore_counters)
@@ -139,9 +148,20 @@ class GraphDiff:
     edges_changed: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"From": self.lo, "To": self.hi,
-                "Nodes": {"Added": self.nodes_added, "Removed": self.nodes_removed, "Changed": self.nodes_changed},
-                "Edges": {"Added": self.edges_added, "Removed": self.edges_removed, "Changed": self.edges_changed}}
+        return {
+            "From": self.lo,
+            "To": self.hi,
+            "Nodes": {
+                "Added": self.nodes_added,
+                "Removed": self.nodes_removed,
+                "Changed": self.nodes_changed,
+            },
+            "Edges": {
+                "Added": self.edges_added,
+                "Removed": self.edges_removed,
+                "Changed": self.edges_changed,
+            },
+        }
 
 
 class GraphDiffer:
@@ -152,30 +172,53 @@ class GraphDiffer:
         self.max_rows = max_rows
         self._lock: threading.Lock = getattr(history, "_lock", threading.Lock())
 
-    def _rows(self, lo: int, hi: int, scope_sql: str, params: dict[str, Any],
-              timeout_s: float, skip_counter_only: bool = False) -> list[tuple[Any, ...]]:
+    def _rows(
+        self,
+        lo: int,
+        hi: int,
+        scope_sql: str,
+        params: dict[str, Any],
+        timeout_s: float,
+        skip_counter_only: bool = False,
+    ) -> list[tuple[Any, ...]]:
         table = self.history.table
         sql = _SQL.replace("{table}", table).replace("{scope}", scope_sql)
         if skip_counter_only:
             sql = _SKIP_COUNTER_ONLY.replace("{inner}", sql)
-        settings = {"max_execution_time": max(int(timeout_s + 0.999), 1),
-                    "max_result_rows": self.max_rows + 1, "result_overflow_mode": "throw"}
+        settings = {
+            "max_execution_time": max(int(timeout_s + 0.999), 1),
+            "max_result_rows": self.max_rows + 1,
+            "result_overflow_mode": "throw",
+        }
         try:
             with self._lock:
-                r = self.history.client().query(sql, parameters={"lo": lo, "hi": hi, **params}, settings=settings)
+                r = self.history.client().query(
+                    sql, parameters={"lo": lo, "hi": hi, **params}, settings=settings
+                )
             return list(r.result_rows)
         except Exception as e:  # the driver's DatabaseError / OperationalError
             text = str(e)
             if "TOO_MANY_ROWS" in text or "Limit for result exceeded" in text:
-                raise GremlinError(f"diff too large: more than {self.max_rows} elements changed "
-                                   f"(narrow the window or give a scope)", status=413) from e
+                raise GremlinError(
+                    f"diff too large: more than {self.max_rows} elements changed "
+                    f"(narrow the window or give a scope)",
+                    status=413,
+                ) from e
             if "TIMEOUT_EXCEEDED" in text or "Timeout exceeded" in text:
                 raise GremlinError("diff exceeded the query time limit", status=408) from e
-            raise GremlinError(f"graph history unavailable: {text.splitlines()[0] if text else e!r}",
-                               status=503) from e
+            raise GremlinError(
+                f"graph history unavailable: {text.splitlines()[0] if text else e!r}", status=503
+            ) from e
 
-    def diff(self, lo: int, hi: int, scope: list[str] | None = None, timeout_s: float = 10.0,
-             ignore_counters: bool = True, ignore: Iterable[str] = ()) -> GraphDiff:
+    def diff(
+        self,
+        lo: int,
+        hi: int,
+        scope: list[str] | None = None,
+        timeout_s: float = 10.0,
+        ignore_counters: bool = True,
+        ignore: Iterable[str] = (),
+    ) -> GraphDiff:
         """Changes in (lo, hi] (Unix ms); `scope` = node IDs (None = the whole graph)."""
         if hi < lo:
             raise GremlinError(f"diff: 'to' ({hi}) is before 'from' ({lo})")
@@ -188,25 +231,51 @@ class GraphDiffer:
         if not scope:
             return out
         ids = sorted(set(scope))
-        scope_sql = ("AND ((kind = 'node' AND id IN {scope:Array(String)}) OR (kind = 'edge' AND "
-                     "(parent IN {scope:Array(String)} OR child IN {scope:Array(String)})))")
+        scope_sql = (
+            "AND ((kind = 'node' AND id IN {scope:Array(String)}) OR (kind = 'edge' AND "
+            "(parent IN {scope:Array(String)} OR child IN {scope:Array(String)})))"
+        )
         rows = self._rows(lo, hi, scope_sql, {"scope": ids}, timeout_s, skip_counter_only=ignore_counters)
         in_scope = set(ids)
-        neighbours = sorted({end for r in rows if r[0] == "edge" for end in (r[7], r[8])
-                             if end and end not in in_scope})
+        neighbours = sorted(
+            {end for r in rows if r[0] == "edge" for end in (r[7], r[8]) if end and end not in in_scope}
+        )
         extra: list[tuple[Any, ...]] = []
         if neighbours:  # the removed neighbours, and the edges between them (a deleted veth pair's link)
-            extra = self._rows(lo, hi, "AND ((kind = 'node' AND id IN {extra:Array(String)}) OR (kind = 'edge' "
-                               "AND parent IN {extra:Array(String)} AND child IN {extra:Array(String)}))",
-                               {"extra": neighbours}, timeout_s)
+            extra = self._rows(
+                lo,
+                hi,
+                "AND ((kind = 'node' AND id IN {extra:Array(String)}) OR (kind = 'edge' "
+                "AND parent IN {extra:Array(String)} AND child IN {extra:Array(String)}))",
+                {"extra": neighbours},
+                timeout_s,
+            )
         only_add_remove = set(neighbours) | {r[1] for r in extra if r[0] == "edge"}
         self._classify(out, rows + extra, ignore_counters, ignore, only_add_remove)
         return out
 
-    def _classify(self, out: GraphDiff, rows: list[tuple[Any, ...]], ignore_counters: bool,
-                  ignore: tuple[str, ...], only_add_remove: set[str]) -> None:
-        for (kind, eid, n_before, del_before, md_before, del_after, md_after, parent, child, host,
-             changed_at, created_at) in rows:
+    def _classify(
+        self,
+        out: GraphDiff,
+        rows: list[tuple[Any, ...]],
+        ignore_counters: bool,
+        ignore: tuple[str, ...],
+        only_add_remove: set[str],
+    ) -> None:
+        for (
+            kind,
+            eid,
+            n_before,
+            del_before,
+            md_before,
+            del_after,
+            md_after,
+            parent,
+            child,
+            host,
+            changed_at,
+            created_at,
+        ) in rows:
             existed = n_before > 0 and not del_before
             exists = not del_after
             is_edge = kind == "edge"
@@ -221,7 +290,9 @@ class GraphDiffer:
                 try:
                     old, md = _decode_md(md_before or "{}"), _decode_md(md_after or "{}")
                 except msgspec.DecodeError as e:
-                    raise GremlinError(f"graph history holds malformed metadata for {eid}: {e}", status=500) from e
+                    raise GremlinError(
+                        f"graph history holds malformed metadata for {eid}: {e}", status=500
+                    ) from e
                 if ignore_counters and _without_counters(old) == _without_counters(md):
                     continue  # the usual revision: a counter refresh (checked before flattening: 10x cheaper)
                 changes = changed_keys(old, md, ignore_counters, ignore)
@@ -238,8 +309,14 @@ class GraphDiffer:
                     (out.edges_removed if is_edge else out.nodes_removed).append(item)
                 else:
                     (out.edges_added if is_edge else out.nodes_added).append(item)
-        for lst in (out.nodes_added, out.nodes_removed, out.nodes_changed, out.edges_added, out.edges_removed,
-                    out.edges_changed):
+        for lst in (
+            out.nodes_added,
+            out.nodes_removed,
+            out.nodes_changed,
+            out.edges_added,
+            out.edges_removed,
+            out.edges_changed,
+        ):
             lst.sort(key=lambda d: (d["ChangedAt"], d["ID"]))
 
 
@@ -312,5 +389,14 @@ class Diff(Step):
         return self._run(ctx, [n.ID for n in value.iter()])
 
 
-__all__ = ["COUNTER_KEYS", "Diff", "DiffT", "GraphDiff", "GraphDiffer", "changed_keys", "flatten",
-           "format_change", "window_args"]
+__all__ = [
+    "COUNTER_KEYS",
+    "Diff",
+    "DiffT",
+    "GraphDiff",
+    "GraphDiffer",
+    "changed_keys",
+    "flatten",
+    "format_change",
+    "window_args",
+]

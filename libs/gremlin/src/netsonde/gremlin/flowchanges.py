@@ -47,56 +47,102 @@ LIMIT {{limit:UInt32}}
 
 
 def _summary(r: dict[str, Any]) -> dict[str, Any]:
-    return {"UUID": r["UUID"], "TrackingID": r["TrackingID"], "NodeTID": r["NodeTID"], "NodeID": r["NodeID"],
-            "Host": r["Host"], "NetworkA": r["NetworkA"], "NetworkB": r["NetworkB"],
-            "TransportA": r["TransportA"], "TransportB": r["TransportB"], "Application": r["Application"],
-            "LayersPath": r["LayersPath"], "Start": r["Start"], "Last": r["Last"],
-            "ABPackets": r["MetricABPackets"], "ABBytes": r["MetricABBytes"], "BAPackets": r["MetricBAPackets"],
-            "BABytes": r["MetricBABytes"]}
+    return {
+        "UUID": r["UUID"],
+        "TrackingID": r["TrackingID"],
+        "NodeTID": r["NodeTID"],
+        "NodeID": r["NodeID"],
+        "Host": r["Host"],
+        "NetworkA": r["NetworkA"],
+        "NetworkB": r["NetworkB"],
+        "TransportA": r["TransportA"],
+        "TransportB": r["TransportB"],
+        "Application": r["Application"],
+        "LayersPath": r["LayersPath"],
+        "Start": r["Start"],
+        "Last": r["Last"],
+        "ABPackets": r["MetricABPackets"],
+        "ABBytes": r["MetricABBytes"],
+        "BAPackets": r["MetricBAPackets"],
+        "BABytes": r["MetricBABytes"],
+    }
 
 
-def flow_changes(store: FlowStore, lo: int, hi: int, tids: list[str] | None = None, factor: float = 2.0,
-                 idle_ms: int = 30_000, rate_window_ms: int = 60_000, limit: int = 10_000,
-                 timeout_s: float = 10.0) -> dict[str, Any]:
-    """{From, To, Started, Stopped, RateChanged}: flow summaries (RateChanged with BytesPerSecBefore/After)."""
+def flow_changes(
+    store: FlowStore,
+    lo: int,
+    hi: int,
+    tids: list[str] | None = None,
+    factor: float = 2.0,
+    idle_ms: int = 30_000,
+    rate_window_ms: int = 60_000,
+    limit: int = 10_000,
+    timeout_s: float = 10.0,
+) -> dict[str, Any]:
+    """{From, To, Started, Stopped, RateChanged}: flow summaries (RateChanged: BytesPerSecBefore/After)."""
     if factor <= 1:
         raise ValueError("factor must be greater than 1")
-    scope, params = "", {"lo": lo, "hi": hi, "limit": limit}
+    scope = ""
+    params: dict[str, Any] = {"lo": lo, "hi": hi, "limit": limit}
     if tids is not None:
         if not tids:
             return {"From": lo, "To": hi, "Started": [], "Stopped": [], "RateChanged": []}
         scope = "AND NodeTID IN {tids:Array(String)}"
         params["tids"] = tids
     names, rows = store.query(_LATEST_SQL.replace("{scope}", scope), params, timeout_s)
-    latest = [dict(zip(names, r)) for r in rows]
+    latest = [dict(zip(names, r, strict=True)) for r in rows]
     started = [_summary(r) for r in latest if r["Start"] > lo]
     stopped = [_summary(r) for r in latest if r["Last"] <= hi - idle_ms]
-    _, rrows = store.query(_RATE_SQL.replace("{scope}", scope),
-                           {**params, "rw": rate_window_ms, "factor": float(factor)}, timeout_s)
+    _, rrows = store.query(
+        _RATE_SQL.replace("{scope}", scope),
+        {**params, "rw": rate_window_ms, "factor": float(factor)},
+        timeout_s,
+    )
     rates = {u: (b, a) for u, b, a in rrows}
     by_uuid = {r["UUID"]: r for r in latest}
     changed = []
     if rates:
         missing = [u for u in rates if u not in by_uuid]
         if missing:
-            n2, extra = store.query(f"SELECT {', '.join(names)} FROM {fs.FLOWS_TABLE} WHERE UUID IN "
-                                    "{uuids:Array(String)} ORDER BY Last DESC LIMIT 1 BY UUID",
-                                    {"uuids": missing}, timeout_s)
-            by_uuid.update({r[0]: dict(zip(n2, r)) for r in extra})
+            n2, extra = store.query(
+                f"SELECT {', '.join(names)} FROM {fs.FLOWS_TABLE} WHERE UUID IN "
+                "{uuids:Array(String)} ORDER BY Last DESC LIMIT 1 BY UUID",
+                {"uuids": missing},
+                timeout_s,
+            )
+            by_uuid.update({r[0]: dict(zip(n2, r, strict=True)) for r in extra})
         for u, (before, after) in sorted(rates.items()):
             if u in by_uuid:
-                changed.append({**_summary(by_uuid[u]), "BytesPerSecBefore": before * 1000 / rate_window_ms,
-                                "BytesPerSecAfter": after * 1000 / rate_window_ms})
+                changed.append(
+                    {
+                        **_summary(by_uuid[u]),
+                        "BytesPerSecBefore": before * 1000 / rate_window_ms,
+                        "BytesPerSecAfter": after * 1000 / rate_window_ms,
+                    }
+                )
     for lst in (started, stopped):
         lst.sort(key=lambda f: (f["Start"], f["UUID"]))
-    return {"From": lo, "To": hi, "Factor": factor, "IdleMs": idle_ms, "RateWindowMs": rate_window_ms,
-            "Started": started, "Stopped": stopped, "RateChanged": changed}
+    return {
+        "From": lo,
+        "To": hi,
+        "Factor": factor,
+        "IdleMs": idle_ms,
+        "RateWindowMs": rate_window_ms,
+        "Started": started,
+        "Stopped": stopped,
+        "RateChanged": changed,
+    }
 
 
 def capture_tids(nodes: Any) -> list[str]:
     """TIDs of the capture-capable nodes among `nodes` (the keys of their flows)."""
-    return sorted({str(n.Metadata["TID"]) for n in nodes
-                   if n.Metadata.get("Type") in CAPTURABLE_NODE_TYPES and n.Metadata.get("TID")})
+    return sorted(
+        {
+            str(n.Metadata["TID"])
+            for n in nodes
+            if n.Metadata.get("Type") in CAPTURABLE_NODE_TYPES and n.Metadata.get("TID")
+        }
+    )
 
 
 @extension_step("FlowChanges")
@@ -118,7 +164,9 @@ class FlowChanges(Step):
         if ctx.flows is None:
             raise self.error("this engine has no flow store (flows need ClickHouse)")
         lo, hi = window_args(self, ctx, self.args[:2])
-        return MapT(flow_changes(ctx.flows, lo, hi, tids, self.factor, timeout_s=ctx.remaining_s()), "flowchanges")
+        return MapT(
+            flow_changes(ctx.flows, lo, hi, tids, self.factor, timeout_s=ctx.remaining_s()), "flowchanges"
+        )
 
     def on_graph(self, ctx: Context, value: GraphT) -> Value:
         return self._run(ctx, None)

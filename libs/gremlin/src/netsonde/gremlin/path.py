@@ -31,7 +31,7 @@ from netsonde.common import flowschema as fs
 from netsonde.common.bus.graph import GraphElement
 
 from .errors import GremlinError
-from .flows import FlowStore, FlowsT
+from .flows import FlowsT, FlowStore
 from .steps import Step, extension_step
 from .timeparse import now_ms, parse_duration_ms
 from .traversal import Context, GraphT, GraphView, MapT, Value
@@ -39,13 +39,15 @@ from .traversal import Context, GraphT, GraphView, MapT, Value
 _STREAM_SQL = f"""
 SELECT if(f.L3 != '', f.L3, m.TrackingID) AS stream, m.NodeTID, sum(m.ABPackets), sum(m.ABBytes),
        sum(m.BAPackets), sum(m.BABytes),
-       sumIf(m.ABPackets + m.BAPackets, m.Last > {{hi:Int64}} - {{settle:Int64}} OR m.Start <= {{lo:Int64}} + {{settle:Int64}}),
+       sumIf(m.ABPackets + m.BAPackets,
+             m.Last > {{hi:Int64}} - {{settle:Int64}} OR m.Start <= {{lo:Int64}} + {{settle:Int64}}),
        max(m.Last), groupUniqArray(m.UUID)
 FROM (SELECT * FROM {fs.METRICS_TABLE}
       WHERE Last > {{lo:Int64}} AND Last <= {{hi:Int64}} AND {{where}}
       ORDER BY UUID, Start, Last LIMIT 1 BY UUID, Start, Last) AS m
 LEFT JOIN (SELECT UUID, any(L3TrackingID) AS L3 FROM {fs.FLOWS_TABLE}
-           WHERE Last > {{lo:Int64}} - {{expire:Int64}} AND Start <= {{hi:Int64}} AND {{where}} GROUP BY UUID) AS f
+           WHERE Last > {{lo:Int64}} - {{expire:Int64}} AND Start <= {{hi:Int64}} AND {{where}}
+           GROUP BY UUID) AS f
        ON m.UUID = f.UUID
 GROUP BY stream, m.NodeTID
 """
@@ -55,7 +57,8 @@ conversation across routers, whose L2 TrackingID changes at each routed hop), el
 
 _HOP_SQL = f"""
 SELECT NodeTID, sum(ABPackets), sum(ABBytes), sum(BAPackets), sum(BABytes),
-       sumIf(ABPackets + BAPackets, Last > {{hi:Int64}} - {{settle:Int64}} OR Start <= {{lo:Int64}} + {{settle:Int64}}),
+       sumIf(ABPackets + BAPackets,
+             Last > {{hi:Int64}} - {{settle:Int64}} OR Start <= {{lo:Int64}} + {{settle:Int64}}),
        max(Last), groupUniqArray(UUID)
 FROM (SELECT UUID, NodeTID, ABPackets, ABBytes, BAPackets, BABytes, Start, Last FROM {fs.METRICS_TABLE}
       WHERE UUID IN {{uuids:Array(String)}} AND Last > {{lo:Int64}} AND Last <= {{hi:Int64}}
@@ -69,7 +72,8 @@ SELECT UUID, TrackingID, L3TrackingID, NodeTID, NodeID, Host, LinkA, LinkB, Netw
        MetricRTT, Application, LayersPath
 FROM {fs.FLOWS_TABLE}
 PREWHERE TrackingID = {{tid:String}} OR L3TrackingID = {{tid:String}}
-   OR L3TrackingID IN (SELECT L3TrackingID FROM {fs.FLOWS_TABLE} WHERE TrackingID = {{tid:String}} AND L3TrackingID != '')
+   OR L3TrackingID IN (SELECT L3TrackingID FROM {fs.FLOWS_TABLE}
+                       WHERE TrackingID = {{tid:String}} AND L3TrackingID != '')
 ORDER BY Last DESC LIMIT 1 BY UUID
 """
 """The flows of one stream (its TrackingID, or its L3TrackingID, or the L3 stream of a TrackingID). PREWHERE:
@@ -99,8 +103,8 @@ class PathFinder:
         self._by_addr: dict[str, list[str]] | None = None
 
     def node_for(self, ip: str, macs: set[str]) -> str | None:
-        """The node holding `ip` as an address (IPV4/IPV6, with prefix length; among several, the one whose MAC
-        is in `macs`), else a node whose MAC is in `macs`."""
+        """The node holding `ip` as an address (IPV4/IPV6, with prefix length; among several, the one
+        whose MAC is in `macs`), else a node whose MAC is in `macs`."""
         if self._by_addr is None:
             self._by_addr = {}
             for n in self.view.nodes():
@@ -163,8 +167,16 @@ def _capture_node(view: GraphView, tid: str, node_id: str) -> GraphElement | Non
     return hits[0] if hits else None
 
 
-def lay_on_path(view: GraphView, finder: PathFinder, tracking_id: str, hops: list[dict[str, Any]],
-                flows: dict[str, dict[str, Any]], settle_ms: int, lo: int, hi: int) -> dict[str, Any]:
+def lay_on_path(
+    view: GraphView,
+    finder: PathFinder,
+    tracking_id: str,
+    hops: list[dict[str, Any]],
+    flows: dict[str, dict[str, Any]],
+    settle_ms: int,
+    lo: int,
+    hi: int,
+) -> dict[str, Any]:
     """One stream's answer from its per-capture-point counts (`hops`) and flow rows (`flows` by UUID)."""
     for h in hops:
         rows = [flows[u] for u in h["UUIDs"] if u in flows]
@@ -175,13 +187,20 @@ def lay_on_path(view: GraphView, finder: PathFinder, tracking_id: str, hops: lis
     ref = min(known, key=lambda h: h["FirstSeen"])["Flow"] if known else None
     for h in hops:  # one direction for every hop: the first hop's A -> B
         f = h["Flow"]
-        if ref is not None and f is not None and f["NetworkA"] and f["NetworkA"] == ref["NetworkB"] \
-                and f["NetworkB"] == ref["NetworkA"]:
+        if (
+            ref is not None
+            and f is not None
+            and f["NetworkA"]
+            and f["NetworkA"] == ref["NetworkB"]
+            and f["NetworkB"] == ref["NetworkA"]
+        ):
             h["AB"], h["BA"] = h["BA"], h["AB"]
     order, ends, path_ids = "rtt", None, []
     if ref is not None:
         rows = [h["Flow"] for h in known]
-        a = finder.node_for(ref["NetworkA"], {ref["LinkA"]} if ref["NetworkA"] else {r["LinkA"] for r in rows})
+        a = finder.node_for(
+            ref["NetworkA"], {ref["LinkA"]} if ref["NetworkA"] else {r["LinkA"] for r in rows}
+        )
         b = finder.node_for(ref["NetworkB"], {r["LinkB"] for r in rows} | {r["LinkA"] for r in rows})
         ends = (a, b)
         if a and b:
@@ -199,43 +218,76 @@ def lay_on_path(view: GraphView, finder: PathFinder, tracking_id: str, hops: lis
     out_hops = []
     for h in hops:
         node, f = h["Node"], h["Flow"] or {}
-        out_hops.append({
-            "NodeTID": h["NodeTID"], "Node": node.ID if node is not None else f.get("NodeID", ""),
-            "Name": node.Metadata.get("Name", "") if node is not None else "",
-            "Type": node.Metadata.get("Type", "") if node is not None else "",
-            "Host": f.get("Host", node.Host if node is not None else ""), "PathIndex": h["PathIndex"],
-            "ABPackets": h["AB"][0], "ABBytes": h["AB"][1], "BAPackets": h["BA"][0], "BABytes": h["BA"][1],
-            "FirstSeen": h["FirstSeen"], "LastUpdate": h["LastUpdate"], "UUIDs": sorted(h["UUIDs"]),
-            "DropReasons": drop_reasons(f),
-        })
+        out_hops.append(
+            {
+                "NodeTID": h["NodeTID"],
+                "Node": node.ID if node is not None else f.get("NodeID", ""),
+                "Name": node.Metadata.get("Name", "") if node is not None else "",
+                "Type": node.Metadata.get("Type", "") if node is not None else "",
+                "Host": f.get("Host", node.Host if node is not None else ""),
+                "PathIndex": h["PathIndex"],
+                "ABPackets": h["AB"][0],
+                "ABBytes": h["AB"][1],
+                "BAPackets": h["BA"][0],
+                "BABytes": h["BA"][1],
+                "FirstSeen": h["FirstSeen"],
+                "LastUpdate": h["LastUpdate"],
+                "UUIDs": sorted(h["UUIDs"]),
+                "DropReasons": drop_reasons(f),
+            }
+        )
     links = []
     for i in range(len(hops) - 1):
         x, y = hops[i], hops[i + 1]
         fx, fy = x["FirstSeen"], y["FirstSeen"]
         same_host = out_hops[i]["Host"] == out_hops[i + 1]["Host"]
-        links.append({
-            "From": out_hops[i]["Name"] or out_hops[i]["NodeTID"], "To": out_hops[i + 1]["Name"] or y["NodeTID"],
-            "FromNode": out_hops[i]["Node"], "ToNode": out_hops[i + 1]["Node"],
-            "ABLost": x["AB"][0] - y["AB"][0], "BALost": y["BA"][0] - x["BA"][0],
-            "ABLostBytes": x["AB"][1] - y["AB"][1], "BALostBytes": y["BA"][1] - x["BA"][1],
-            "Uncertainty": x["Edge"] + y["Edge"],
-            "LatencyMs": (fy - fx) if fx is not None and fy is not None else None,
-            "LatencyEstimate": not same_host,
-        })
-    return {"TrackingID": tracking_id, "Order": order, "From": lo, "To": hi, "SettleMs": settle_ms,
-            "Ends": list(ends) if ends else None, "Path": path_ids, "Hops": out_hops, "Links": links}
+        links.append(
+            {
+                "From": out_hops[i]["Name"] or out_hops[i]["NodeTID"],
+                "To": out_hops[i + 1]["Name"] or y["NodeTID"],
+                "FromNode": out_hops[i]["Node"],
+                "ToNode": out_hops[i + 1]["Node"],
+                "ABLost": x["AB"][0] - y["AB"][0],
+                "BALost": y["BA"][0] - x["BA"][0],
+                "ABLostBytes": x["AB"][1] - y["AB"][1],
+                "BALostBytes": y["BA"][1] - x["BA"][1],
+                "Uncertainty": x["Edge"] + y["Edge"],
+                "LatencyMs": (fy - fx) if fx is not None and fy is not None else None,
+                "LatencyEstimate": not same_host,
+            }
+        )
+    return {
+        "TrackingID": tracking_id,
+        "Order": order,
+        "From": lo,
+        "To": hi,
+        "SettleMs": settle_ms,
+        "Ends": list(ends) if ends else None,
+        "Path": path_ids,
+        "Hops": out_hops,
+        "Links": links,
+    }
 
 
-def _stream_rows(store: FlowStore, where: str, params: dict[str, Any], lo: int, hi: int, settle_ms: int,
-                 timeout_s: float) -> dict[str, list[dict[str, Any]]]:
+def _stream_rows(
+    store: FlowStore, where: str, params: dict[str, Any], lo: int, hi: int, settle_ms: int, timeout_s: float
+) -> dict[str, list[dict[str, Any]]]:
     sql = _STREAM_SQL.replace("{where}", where)
-    _, rows = store.query(sql, {"lo": lo, "hi": hi, "settle": settle_ms, "expire": store.expire_ms, **params},
-                          timeout_s)
+    _, rows = store.query(
+        sql, {"lo": lo, "hi": hi, "settle": settle_ms, "expire": store.expire_ms, **params}, timeout_s
+    )
     streams: dict[str, list[dict[str, Any]]] = {}
     for tid, node_tid, abp, abb, bap, bab, edge, last, uuids in rows:
-        streams.setdefault(tid, []).append({"NodeTID": node_tid, "AB": (int(abp), int(abb)),
-                                            "BA": (int(bap), int(bab)), "Edge": int(edge), "LastUpdate": last,
-                                            "UUIDs": list(uuids)})
+        streams.setdefault(tid, []).append(
+            {
+                "NodeTID": node_tid,
+                "AB": (int(abp), int(abb)),
+                "BA": (int(bap), int(bab)),
+                "Edge": int(edge),
+                "LastUpdate": last,
+                "UUIDs": list(uuids),
+            }
+        )
     return streams
 
 
@@ -243,33 +295,64 @@ def _flow_rows(store: FlowStore, uuids: list[str], timeout_s: float) -> dict[str
     if not uuids:
         return {}
     names, rows = store.query(_FLOW_SQL, {"uuids": uuids}, timeout_s)
-    return {r[0]: dict(zip(names, r)) for r in rows}
+    return {r[0]: dict(zip(names, r, strict=True)) for r in rows}
 
 
-def flow_path(store: FlowStore, view: GraphView, tracking_id: str, lo: int = 0, hi: int | None = None,
-              settle_ms: int = 10_000, timeout_s: float = 10.0) -> dict[str, Any]:
+def flow_path(
+    store: FlowStore,
+    view: GraphView,
+    tracking_id: str,
+    lo: int = 0,
+    hi: int | None = None,
+    settle_ms: int = 10_000,
+    timeout_s: float = 10.0,
+) -> dict[str, Any]:
     """The path answer for one TrackingID (or L3TrackingID) over (lo, hi] (default: its whole life)."""
     hi = int(time.time() * 1000) if hi is None else hi
     names, rows = store.query(_STREAM_FLOWS_SQL, {"tid": tracking_id}, timeout_s)
-    flows = {r[0]: dict(zip(names, r)) for r in rows if r[10] <= hi}
-    _, hop_rows = store.query(_HOP_SQL, {"uuids": sorted(flows), "lo": lo, "hi": hi, "settle": settle_ms},
-                              timeout_s) if flows else ([], [])
+    flows = {r[0]: dict(zip(names, r, strict=True)) for r in rows if r[10] <= hi}
+    _, hop_rows = (
+        store.query(_HOP_SQL, {"uuids": sorted(flows), "lo": lo, "hi": hi, "settle": settle_ms}, timeout_s)
+        if flows
+        else ([], [])
+    )
     if not hop_rows:
         raise GremlinError(f"no flow with TrackingID {tracking_id!r} between {lo} and {hi}", status=404)
-    merged = {node_tid: {"NodeTID": node_tid, "AB": (int(abp), int(abb)), "BA": (int(bap), int(bab)),
-                         "Edge": int(edge), "LastUpdate": last, "UUIDs": list(uuids)}
-              for node_tid, abp, abb, bap, bab, edge, last, uuids in hop_rows}
+    merged = {
+        node_tid: {
+            "NodeTID": node_tid,
+            "AB": (int(abp), int(abb)),
+            "BA": (int(bap), int(bab)),
+            "Edge": int(edge),
+            "LastUpdate": last,
+            "UUIDs": list(uuids),
+        }
+        for node_tid, abp, abb, bap, bab, edge, last, uuids in hop_rows
+    }
     return lay_on_path(view, PathFinder(view), tracking_id, list(merged.values()), flows, settle_ms, lo, hi)
 
 
-def loss_report(store: FlowStore, view: GraphView, lo: int, hi: int, settle_ms: int = 10_000, top: int = 20,
-                max_streams: int = 10_000, timeout_s: float = 10.0) -> dict[str, Any]:
+def loss_report(
+    store: FlowStore,
+    view: GraphView,
+    lo: int,
+    hi: int,
+    settle_ms: int = 10_000,
+    top: int = 20,
+    max_streams: int = 10_000,
+    timeout_s: float = 10.0,
+) -> dict[str, Any]:
     """The links (consecutive capture points of a stream) with the most packets lost in (lo, hi], each with
     the streams involved; over every stream seen at two or more capture points."""
-    streams = {k: v for k, v in _stream_rows(store, "1", {}, lo, hi, settle_ms, timeout_s).items() if len(v) >= 2}
+    streams = {
+        k: v for k, v in _stream_rows(store, "1", {}, lo, hi, settle_ms, timeout_s).items() if len(v) >= 2
+    }
     if len(streams) > max_streams:
-        raise GremlinError(f"loss report: more than {max_streams} streams seen at several capture points; "
-                           f"shorten the window", status=413)
+        raise GremlinError(
+            f"loss report: more than {max_streams} streams seen at several capture points; "
+            f"shorten the window",
+            status=413,
+        )
     flows = _flow_rows(store, [u for hs in streams.values() for h in hs for u in h["UUIDs"]], timeout_s)
     finder = PathFinder(view)
     links: dict[tuple[str, str], dict[str, Any]] = {}
@@ -281,18 +364,39 @@ def loss_report(store: FlowStore, view: GraphView, lo: int, hi: int, settle_ms: 
         for link in answer["Links"]:
             lost = max(link["ABLost"], 0) + max(link["BALost"], 0)
             key = (link["FromNode"] or link["From"], link["ToNode"] or link["To"])
-            agg = links.setdefault(key, {"From": link["From"], "To": link["To"], "FromNode": link["FromNode"],
-                                         "ToNode": link["ToNode"], "Lost": 0, "ABLost": 0, "BALost": 0,
-                                         "Uncertainty": 0, "Flows": []})
+            agg = links.setdefault(
+                key,
+                {
+                    "From": link["From"],
+                    "To": link["To"],
+                    "FromNode": link["FromNode"],
+                    "ToNode": link["ToNode"],
+                    "Lost": 0,
+                    "ABLost": 0,
+                    "BALost": 0,
+                    "Uncertainty": 0,
+                    "Flows": [],
+                },
+            )
             agg["Lost"] += lost
             agg["ABLost"] += max(link["ABLost"], 0)
             agg["BALost"] += max(link["BALost"], 0)
             agg["Uncertainty"] += link["Uncertainty"]
             if lost:
-                agg["Flows"].append({"TrackingID": tid, "ABLost": link["ABLost"], "BALost": link["BALost"],
-                                     "Order": answer["Order"], "NetworkA": ref.get("NetworkA", ""),
-                                     "NetworkB": ref.get("NetworkB", ""), "Application": ref.get("Application", "")})
-    ranked = sorted((v for v in links.values() if v["Lost"] > 0), key=lambda v: (-v["Lost"], v["From"], v["To"]))
+                agg["Flows"].append(
+                    {
+                        "TrackingID": tid,
+                        "ABLost": link["ABLost"],
+                        "BALost": link["BALost"],
+                        "Order": answer["Order"],
+                        "NetworkA": ref.get("NetworkA", ""),
+                        "NetworkB": ref.get("NetworkB", ""),
+                        "Application": ref.get("Application", ""),
+                    }
+                )
+    ranked = sorted(
+        (v for v in links.values() if v["Lost"] > 0), key=lambda v: (-v["Lost"], v["From"], v["To"])
+    )
     for v in ranked:
         v["Flows"].sort(key=lambda f: -(max(f["ABLost"], 0) + max(f["BALost"], 0)))
     return {"From": lo, "To": hi, "SettleMs": settle_ms, "Streams": len(streams), "Links": ranked[:top]}
@@ -304,19 +408,26 @@ MAX_PATH_STREAMS = 100
 
 @extension_step("FlowPath")
 class FlowPath(Step):
-    """`Flows()...FlowPath()`: for each stream among the selected flows (L3TrackingID, else TrackingID; at most
-    100), its capture points
-    in path order with counts per direction and the loss between consecutive hops (module doc)."""
+    """`Flows()...FlowPath()`: for each stream among the selected flows (L3TrackingID, else TrackingID;
+    at most 100), its capture points in path order with counts per direction and the loss between
+    consecutive hops (module doc)."""
 
     def setup(self) -> None:
         self.nargs(0, 0)
 
     def on_flows(self, ctx: Context, value: FlowsT) -> Value:
-        tids = sorted({r.get("L3TrackingID") or r["TrackingID"] for r in value.rows()
-                       if r.get("L3TrackingID") or r.get("TrackingID")})
+        tids = sorted(
+            {
+                r.get("L3TrackingID") or r["TrackingID"]
+                for r in value.rows()
+                if r.get("L3TrackingID") or r.get("TrackingID")
+            }
+        )
         if len(tids) > MAX_PATH_STREAMS:
-            raise self.error(f"{len(tids)} TrackingIDs selected, at most {MAX_PATH_STREAMS}: refine the selection",
-                             status=413)
+            raise self.error(
+                f"{len(tids)} TrackingIDs selected, at most {MAX_PATH_STREAMS}: refine the selection",
+                status=413,
+            )
         lo = 0 if ctx.at_ms is None or ctx.window_ms is None else ctx.at_ms - ctx.window_ms
         hi = ctx.at_ms if ctx.at_ms is not None else now_ms()
         out = {t: flow_path(value.store, value.view, t, lo, hi, timeout_s=ctx.remaining_s()) for t in tids}

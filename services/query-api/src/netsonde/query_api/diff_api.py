@@ -93,7 +93,7 @@ def _number(request: web.Request, name: str, default: float, minimum: float) -> 
 
 
 class DiffApi:
-    def __init__(self, svc: "QueryApiService") -> None:
+    def __init__(self, svc: QueryApiService) -> None:
         self.svc = svc
 
     def register(self, app: web.Application) -> None:
@@ -135,15 +135,22 @@ class DiffApi:
             scope = request.query.get("scope", "")
             if scope:
                 nodes = await self.svc.run_query(scope)
-                if not isinstance(nodes, list) or any(not isinstance(n, dict) or "ID" not in n or "Parent" in n
-                                                      for n in nodes):
+                if not isinstance(nodes, list) or any(
+                    not isinstance(n, dict) or "ID" not in n or "Parent" in n for n in nodes
+                ):
                     raise BadParam(f"scope {scope!r} must select nodes")
                 scope_ids = [n["ID"] for n in nodes]
                 tids = capture_tids(_Md(n) for n in nodes)
             limits = self.svc.engine.limits
             answer = await asyncio.to_thread(
-                GraphDiffer(history).diff, lo, hi, scope_ids, limits.timeout_s,
-                not _flag(request, "metrics", False), ignore)
+                GraphDiffer(history).diff,
+                lo,
+                hi,
+                scope_ids,
+                limits.timeout_s,
+                not _flag(request, "metrics", False),
+                ignore,
+            )
             out = answer.to_json()
             if scope:
                 out["Scope"] = {"Query": scope, "Nodes": len(scope_ids or [])}
@@ -151,14 +158,27 @@ class DiffApi:
                 out["FlowsError"] = "this query-api has no flow store"
             elif with_flows:
                 try:  # the graph half stands on its own: a flow-store failure is shown next to it
-                    out["Flows"] = await asyncio.to_thread(flow_changes, self.svc.engine.flows, lo, hi, tids,
-                                                           factor, idle, rate_window, limits.max_results,
-                                                           limits.timeout_s)
+                    out["Flows"] = await asyncio.to_thread(
+                        flow_changes,
+                        self.svc.engine.flows,
+                        lo,
+                        hi,
+                        tids,
+                        factor,
+                        idle,
+                        rate_window,
+                        limits.max_results,
+                        limits.timeout_s,
+                    )
                 except gremlin.GremlinError as e:
                     text = str(e)
-                    out["FlowsError"] = ("flow tables not created yet (no flow-enricher has written to this "
-                                         "database)" if "UNKNOWN_TABLE" in text else text[:300])
+                    out["FlowsError"] = (
+                        "flow tables not created yet (no flow-enricher has written to this database)"
+                        if "UNKNOWN_TABLE" in text
+                        else text[:300]
+                    )
             return out
+
         return await self._answer(run)
 
     async def flowpath(self, request: web.Request) -> web.Response:
@@ -170,8 +190,17 @@ class DiffApi:
             settle = _duration(request, "settle", "10s")
             flows = self._backend("flows")
             snapshot, _ = self.svc.snapshots.get()
-            return await asyncio.to_thread(flow_path, flows, GraphView(snapshot), request.match_info["trackingid"],
-                                           lo, hi, settle, self.svc.engine.limits.timeout_s)
+            return await asyncio.to_thread(
+                flow_path,
+                flows,
+                GraphView(snapshot),
+                request.match_info["trackingid"],
+                lo,
+                hi,
+                settle,
+                self.svc.engine.limits.timeout_s,
+            )
+
         return await self._answer(run)
 
     async def loss(self, request: web.Request) -> web.Response:
@@ -183,8 +212,18 @@ class DiffApi:
             flows = self._backend("flows")
             snapshot, _ = self.svc.snapshots.get()
             hi = now_ms()
-            return await asyncio.to_thread(loss_report, flows, GraphView(snapshot), hi - window, hi, settle, top,
-                                           10_000, self.svc.engine.limits.timeout_s)
+            return await asyncio.to_thread(
+                loss_report,
+                flows,
+                GraphView(snapshot),
+                hi - window,
+                hi,
+                settle,
+                top,
+                10_000,
+                self.svc.engine.limits.timeout_s,
+            )
+
         return await self._answer(run)
 
 
