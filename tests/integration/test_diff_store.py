@@ -150,3 +150,26 @@ def test_flow_changes(engine: GremlinEngine) -> None:
     assert sorted(f["UUID"] for f in c["Stopped"]) == ["u0", "u1", "u2"]
     [c2] = engine.execute(f"G.V().Has('Name','r').FlowChanges({T2 - 1000}, {NOW})")
     assert [f["UUID"] for f in c2["Started"]] == ["u1"]
+
+
+def test_flow_rate_changes(engine: GremlinEngine) -> None:
+    """Two flows active at both instants: one 5x faster at the second (reported), one 1.5x (not)."""
+    a, b = NOW - 200_000, NOW - 100_000
+    updates = []
+    for uuid, before, after in (("rate1", 1000, 5000), ("rate2", 1000, 1500)):
+        total = 0
+        for at, nbytes in ((a - 30_000, before), (b - 20_000, after)):
+            total += nbytes
+            lum = FlowMetric(ABPackets=nbytes // 100, ABBytes=nbytes, Start=at - 1000, Last=at)
+            m = FlowMetric(ABPackets=total // 100, ABBytes=total, Start=a - 60_000, Last=at)
+            updates.append(Flow(UUID=uuid, NodeTID="tid-rate", TrackingID=uuid, L3TrackingID=uuid, Start=a - 60_000, Last=at,
+                                LayersPath="Ethernet/IPv4/UDP", Application="UDP", Metric=m, LastUpdateMetric=lum,
+                                Network=FlowLayer(Protocol="IPV4", A="10.5.0.1", B="10.5.0.2"), Host="h1"))
+    td.insert_flows(engine.flows.client_factory(), updates)
+    [c] = engine.execute(f"G.FlowChanges({a}, {b})")
+    assert c["Started"] == [] and c["Stopped"] == []
+    assert [(f["UUID"], f["BytesPerSecBefore"], f["BytesPerSecAfter"]) for f in c["RateChanged"]] == [
+        ("rate1", 1000 / 60, 5000 / 60)
+    ]
+    [c3] = engine.execute(f"G.FlowChanges({a}, {b}, 1.4)")
+    assert sorted(f["UUID"] for f in c3["RateChanged"]) == ["rate1", "rate2"]
