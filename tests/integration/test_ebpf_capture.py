@@ -113,6 +113,30 @@ def test_ping_and_udp_counts_equal_afpacket(veths: Veths) -> None:
 
 
 @pytest.mark.slow
+def test_vxlan_outer_and_inner_flows_equal_afpacket(veths: Veths) -> None:
+    """Two pings through one VXLAN tunnel with a fixed outer source port share the outer key; their inner
+    flows stay apart, as with AF_PACKET (this kernel has no GRE/IPIP modules)."""
+    for ns, ip, remote, inner in ((veths.a, veths.ipa, veths.ipb, "192.168.77.1/24"),
+                                  (veths.b, veths.ipb, veths.ipa, "192.168.77.2/24")):
+        sh("ip", "-n", ns, "link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789", "local", ip,
+           "remote", remote, "srcport", "5000", "5001")
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.vx0.disable_ipv6=1")
+        sh("ip", "-n", ns, "addr", "add", inner, "dev", "vx0")
+        sh("ip", "-n", ns, "link", "set", "vx0", "up")
+
+    def traffic() -> None:
+        for _ in range(2):
+            veths.in_a("ping", "-c", "3", "-i", "0.05", "-q", "192.168.77.2")
+
+    af, eb, _ = run_both(veths, traffic)
+    assert by_tracking(eb) == by_tracking(af)
+    inner = [f for f in eb if f.ParentUUID and f.ICMP is not None and f.ICMP.Type == "ECHO"]
+    assert sorted((f.Metric.ABPackets, f.Metric.BAPackets) for f in inner) == [(3, 3), (3, 3)]
+    outer = [f for f in eb if f.LayersPath.startswith("Ethernet/IPv4/UDP") and not f.ParentUUID]
+    assert sum(f.Metric.ABPackets + f.Metric.BAPackets for f in outer) >= 12
+
+
+@pytest.mark.slow
 def test_full_map_goes_through_the_ring_buffer(veths: Veths) -> None:
     """A map of 4 entries: the other flows' packets reach user space through the ring buffer, counts exact."""
     af, eb, cap = run_both(veths, lambda: veths.udp(range(41000, 41010), count=3), max_flows=4)

@@ -41,6 +41,13 @@ struct flow_key {
 	__u8 frag;           /* 1: a fragment */
 	__u8 ext_hdrs;       /* IPv6 extension headers skipped, in order (base-3 code) */
 	__u8 pad;
+	/* the inner packet of a tunnel (IPIP, 6in4, GRE, VXLAN, Geneve): the table derives inner flows from the
+	 * sample, so they must be part of the key too. A finer key is never wrong, only more entries. */
+	__u8 in_mac[12];
+	__u8 in_addr[32];
+	__u8 in_l4[4];       /* ports, or ICMP type, code, id */
+	__u8 in_proto;
+	__u8 in_tcp_flags;
 };
 
 struct flow_val {
@@ -93,6 +100,80 @@ static __always_inline void count_stat(__u32 idx)
 	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
 	if (v)
 		*v += 1;
+}
+
+#define ETH_P_TEB 0x6558 /* transparent Ethernet bridging: an Ethernet frame inside */
+
+static __always_inline void parse_inner(void *data, void *end, __u32 off, __u16 proto, struct flow_key *k)
+{
+	if (off > 512)
+		return;
+	if (proto == bpf_htons(ETH_P_TEB)) {
+		struct ethhdr *e = data + off;
+		if ((void *)(e + 1) > end)
+			return;
+		__builtin_memcpy(k->in_mac, e->h_source, 6);
+		__builtin_memcpy(k->in_mac + 6, e->h_dest, 6);
+		proto = e->h_proto;
+		off += sizeof(*e);
+	}
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + off;
+		if ((void *)(ip + 1) > end)
+			return;
+		__builtin_memcpy(k->in_addr, &ip->saddr, 8);
+		k->in_proto = ip->protocol;
+		off += (ip->ihl & 0xf) * 4;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + off;
+		if ((void *)(ip6 + 1) > end)
+			return;
+		__builtin_memcpy(k->in_addr, &ip6->saddr, 32);
+		k->in_proto = ip6->nexthdr;
+		off += sizeof(*ip6);
+	} else {
+		return;
+	}
+	__u8 *l4 = data + off;
+	if ((void *)(l4 + 8) > end)
+		return;
+	if (k->in_proto == IPPROTO_ICMP || k->in_proto == IPPROTO_ICMPV6) {
+		k->in_l4[0] = l4[0];
+		k->in_l4[1] = l4[1];
+		k->in_l4[2] = l4[4];
+		k->in_l4[3] = l4[5];
+		return;
+	}
+	__builtin_memcpy(k->in_l4, l4, 4);
+	if (k->in_proto == IPPROTO_TCP && (void *)(l4 + 14) <= end)
+		k->in_tcp_flags = l4[13];
+}
+
+/* the tunnel a packet's L4 payload carries: where its inner header starts and what it is (0: none) */
+static __always_inline void parse_tunnel(void *data, void *end, __u32 off, __u8 l4proto, struct flow_key *k)
+{
+	__u8 *h = data + off;
+	if (off > 256)
+		return;
+	if (l4proto == IPPROTO_IPIP) {
+		parse_inner(data, end, off, bpf_htons(ETH_P_IP), k);
+	} else if (l4proto == IPPROTO_IPV6) {
+		parse_inner(data, end, off, bpf_htons(ETH_P_IPV6), k);
+	} else if (l4proto == IPPROTO_GRE) {
+		if ((void *)(h + 4) > end)
+			return;
+		__u8 flags = h[0];
+		__u32 hl = 4 + (flags & 0x80 ? 4 : 0) + (flags & 0x20 ? 4 : 0) + (flags & 0x10 ? 4 : 0);
+		parse_inner(data, end, off + hl, (__u16)(h[3] << 8 | h[2]), k);
+	} else if (l4proto == IPPROTO_UDP) {
+		if ((void *)(h + 16) > end)
+			return;
+		__u16 dport = h[2] << 8 | h[3];
+		if (dport == 4789 || dport == 8472) /* VXLAN (IANA, Linux's old default) */
+			parse_inner(data, end, off + 16, bpf_htons(ETH_P_TEB), k);
+		else if (dport == 6081) /* Geneve: variable options */
+			parse_inner(data, end, off + 16 + (h[8] & 0x3f) * 4, (__u16)(h[11] << 8 | h[10]), k);
+	}
 }
 
 static __always_inline int parse(struct __sk_buff *skb, struct flow_key *k)
@@ -175,6 +256,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow_key *k)
 		return 0;
 	}
 
+	parse_tunnel(data, end, off, l4proto, k);
 	if (l4proto == IPPROTO_TCP) {
 		__u8 *t = data + off;
 		if ((void *)(t + 14) > end)

@@ -29,12 +29,12 @@ __all__ = ["EbpfError", "FlowProgram", "FlowValue", "OBJECT_PATH", "KEY_SIZE", "
 
 OBJECT_PATH = Path(__file__).with_name("flow.bpf.o")
 SOURCE_PATH = Path(__file__).with_name("flow.bpf.c")
-KEY_SIZE = 64
+KEY_SIZE = 114
 """sizeof(struct flow_key) in flow.bpf.c."""
 SAMPLE_LEN = 128
 MAX_FLOWS = 65536
 _VAL = struct.Struct(f"=QQQQII{SAMPLE_LEN}s")
-_RING = struct.Struct(f"={KEY_SIZE}sQII{SAMPLE_LEN}s")
+_RING = struct.Struct(f"={KEY_SIZE}s6xQII{SAMPLE_LEN}s")
 STAT_RINGBUF, STAT_LOST = 0, 1
 
 BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
