@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+
+from .clusterddl import on_cluster
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,18 @@ def connect(url: str, database: str | None = None, **settings: object) -> Client
     )
 
 
+def cluster_of(url: str) -> str:
+    """The ClickHouse cluster named by the URL's `?cluster=NAME` ('' for a single server): migrations and
+    schema statements then run ON CLUSTER on replicated local tables behind Distributed ones (clusterddl)."""
+    return parse_qs(urlparse(url).query).get("cluster", [""])[0]
+
+
+def ddl(url: str, statement: str) -> list[str]:
+    """`statement` (formatted DDL) as it must run against the server or cluster of `url`."""
+    cluster = cluster_of(url)
+    return on_cluster(statement, cluster) if cluster else [statement]
+
+
 @dataclass(frozen=True)
 class Migration:
     """One ordered, idempotent schema step. `statements` use `{db}` for the database name."""
@@ -52,12 +66,14 @@ def run_migrations(url: str, database: str, component: str, migrations: Sequence
     """
     admin = connect(url, "default")
     try:
-        admin.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
-        admin.command(
+        for stmt in (
+            f"CREATE DATABASE IF NOT EXISTS `{database}`",
             f"CREATE TABLE IF NOT EXISTS `{database}`.schema_migrations (component LowCardinality(String), "
             "version UInt32, name String, applied_at DateTime64(3) DEFAULT now64(3)) "
-            "ENGINE = ReplacingMergeTree ORDER BY (component, version)"
-        )
+            "ENGINE = ReplacingMergeTree ORDER BY (component, version)",
+        ):
+            for part in ddl(url, stmt):
+                admin.command(part)
         done = {
             row[0]
             for row in admin.query(
@@ -70,7 +86,8 @@ def run_migrations(url: str, database: str, component: str, migrations: Sequence
             if m.version in done:
                 continue
             for stmt in m.statements:
-                admin.command(stmt.format(db=f"`{database}`"))
+                for part in ddl(url, stmt.format(db=f"`{database}`")):
+                    admin.command(part)
             admin.insert(
                 f"`{database}`.schema_migrations",
                 [[component, m.version, m.name]],

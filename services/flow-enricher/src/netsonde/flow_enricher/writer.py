@@ -14,7 +14,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from netsonde.common import flowschema as fs
-from netsonde.common.clickhouse import connect, run_migrations
+from netsonde.common.clickhouse import connect, ddl, run_migrations
 
 _wire_type = fs.native_type
 
@@ -45,7 +45,7 @@ class FlowWriter:
         """Create the flow tables (versioned migrations) and set their TTL; returns migrations applied."""
         applied = run_migrations(self.url, self.database, fs.COMPONENT, fs.migrations(ttl_days))
         client = self._client()
-        for stmt in fs.ttl_statements(self.database, ttl_days):
+        for stmt in [part for s in fs.ttl_statements(self.database, ttl_days) for part in ddl(self.url, s)]:
             try:
                 client.command(stmt)
             except DatabaseError as exc:

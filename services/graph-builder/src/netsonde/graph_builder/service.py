@@ -90,10 +90,12 @@ class GraphBuilderService(Service):
                                 self.metrics.prefix, drops, self.cfg.status_interval_s), "drop-counters")
 
     def _apply_ttl(self) -> None:
-        from netsonde.common.clickhouse import connect
+        from netsonde.common.clickhouse import connect, ddl
         client = connect(self.cfg.clickhouse_url, self.cfg.clickhouse_database)
         try:
-            client.command(ttl_statement(self.cfg.clickhouse_database, self.cfg.history_ttl_days))
+            for stmt in ddl(self.cfg.clickhouse_url, ttl_statement(self.cfg.clickhouse_database,
+                                                                   self.cfg.history_ttl_days)):
+                client.command(stmt)
         finally:
             client.close()
 
