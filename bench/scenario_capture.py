@@ -35,15 +35,22 @@ PY = sys.executable
 
 
 # --- the Netsonde tool process ------------------------------------------------------------------------
-def _tool_main(ifname: str) -> None:
-    """Capture on `ifname` (current namespace) until a line arrives on stdin; print counters as JSON."""
+def _tool_main(ifname: str, kind: str = "afpacket") -> None:
+    """Capture on `ifname` (current namespace) until a line arrives on stdin; print counters as JSON.
+    `kind` ebpf: the ebpf capture (TC program + map reads) instead of AF_PACKET; its JSON adds the kernel
+    time of the BPF programs (`bpf_ns`, from the programs' run-time statistics)."""
     import threading
 
-    from netsonde.flow.capture import AfPacketCapture
+    from netsonde.flow.capture import AfPacketCapture, BaseCapture
     from netsonde.flow.table import FlowTable
 
     table = FlowTable("bench", "bench")
-    cap = AfPacketCapture(ifname, table, snaplen=256)
+    cap: BaseCapture
+    if kind == "ebpf":
+        from netsonde.probe_flow.ebpfcapture import EbpfCapture
+        cap = EbpfCapture(ifname, table)
+    else:
+        cap = AfPacketCapture(ifname, table, snaplen=256)
     cap.start()
     stop = threading.Event()
     updates = [0]
@@ -58,11 +65,15 @@ def _tool_main(ifname: str) -> None:
     print("ready", flush=True)
     sys.stdin.readline()
     stop.set()
+    bpf_ns = bpf_runs = 0
+    program = getattr(cap, "program", None)
+    if program is not None:
+        bpf_ns, bpf_runs = program.run_stats()
     cap.stop()
     with cap.lock:
         updates[0] += len(table.updates(int(time.time() * 1000)))
     print(json.dumps({"packets": table.stats.packets, "drops": cap.packets_dropped, "flows": len(table),
-                      "updates": updates[0]}), flush=True)
+                      "updates": updates[0], "bpf_ns": bpf_ns, "bpf_runs": bpf_runs}), flush=True)
 
 
 def _nfstream_main(ifname: str) -> None:
@@ -170,9 +181,12 @@ class Bed:
         rcv = ["ip", "netns", "exec", self.rcv, "taskset", "-c", "1"]
         d = self.dir
         seen: int | None = None
-        if name == "netsonde":
-            proc = subprocess.Popen([*rcv, PY, "-m", "bench.scenario_capture", "tool", self.rif], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+        extra: dict[str, Any] = {}
+        if name in ("netsonde", "netsonde-ebpf"):
+            kind = "ebpf" if name == "netsonde-ebpf" else "afpacket"
+            proc = subprocess.Popen([*rcv, PY, "-m", "bench.scenario_capture", "tool", self.rif, kind],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                    cwd=Path(__file__).parent.parent)
             _wait_ready(proc)
         elif name == "nfstream":
             proc = subprocess.Popen([*rcv, PY, "-m", "bench.scenario_capture", "nfstream", self.rif],
@@ -203,12 +217,13 @@ class Bed:
             time.sleep(2.0)
             self.send(FLOWS, 10_000)  # the tick that makes nfstream export the measured flows
             time.sleep(2.0)
-        if name in ("netsonde", "nfstream"):
+        if name in ("netsonde", "netsonde-ebpf", "nfstream"):
             assert proc.stdin is not None and proc.stdout is not None
             proc.stdin.write("stop\n")
             proc.stdin.flush()
             res = _last_json(proc.stdout)
             seen = res["packets"]
+            extra = {"bpf_ns": res.get("bpf_ns", 0), "bpf_runs": res.get("bpf_runs", 0)}
             proc.wait(10)
         elif name == "softflowd":
             out = subprocess.run(["softflowctl", "-c", str(d / "sfd.ctl"), "statistics"], capture_output=True,
@@ -229,7 +244,7 @@ class Bed:
         cpu_s = (cpu1 - cpu0) / 1e9
         return {"tool": name, "sent": sent, "seen": seen, "pps": sent / elapsed if elapsed else 0,
                 "cpu_s_per_m": cpu_s / (sent / 1e6) if sent else 0.0,
-                "loss": max(0.0, 1 - (seen or 0) / sent) if sent else 0.0, "rss_mib": rss / 1024}
+                "loss": max(0.0, 1 - (seen or 0) / sent) if sent else 0.0, "rss_mib": rss / 1024, **extra}
 
 
 def _wait_ready(proc: subprocess.Popen) -> None:
@@ -316,9 +331,9 @@ def run(small: bool) -> Result:
     if missing:
         raise RuntimeError(f"capture bench needs {', '.join(missing)} (make bench installs them)")
     if small:
-        plan = [(100_000, 200_000, ["netsonde"])]
+        plan = [(100_000, 200_000, ["netsonde", "netsonde-ebpf"])]
     else:
-        tools = ["netsonde", "softflowd", "pmacctd", "tcpdump"]
+        tools = ["netsonde", "netsonde-ebpf", "softflowd", "pmacctd", "tcpdump"]
         try:
             import nfstream  # noqa: F401
             tools.append("nfstream")
@@ -329,10 +344,13 @@ def run(small: bool) -> Result:
             plan.append((TRAFGEN, 5_000_000, [t for t in tools if t != "nfstream"]))
         else:
             res.notes.append("trafgen (Debian netsniff-ng) is not installed: no run above tcpreplay's rate")
+    stats_sysctl = Path("/proc/sys/kernel/bpf_stats_enabled")
+    stats_before = stats_sysctl.read_text().strip()
+    stats_sysctl.write_text("1")  # run-time statistics of the ebpf capture's TC programs (kernel CPU it adds)
     with Bed() as bed:
         for pps, packets, tools in plan:
             for tool in tools:
-                if tool != "netsonde" and tool != "nfstream" and shutil.which(tool) is None:
+                if tool not in ("netsonde", "netsonde-ebpf", "nfstream") and shutil.which(tool) is None:
                     res.notes.append(f"{tool} is not installed: not measured")
                     continue
                 try:
@@ -343,6 +361,12 @@ def run(small: bool) -> Result:
                 label = "max (trafgen, 1 CPU)" if pps == TRAFGEN else pps or "max (tcpreplay --topspeed)"
                 res.rows.append([tool, label, round(r["pps"]), r["sent"],
                                  round(r["cpu_s_per_m"], 3), f"{r['loss'] * 100:.2f}%", round(r["rss_mib"], 1)])
+                if r.get("bpf_runs"):
+                    kernel = r["bpf_ns"] / 1e9 / (r["sent"] / 1e6)
+                    res.notes.append(f"netsonde-ebpf at {label} pkt/s: the TC programs ran {r['bpf_runs']} times, "
+                                     f"{r['bpf_ns'] / r['bpf_runs']:.0f} ns each = {kernel:.3f} CPU-s per M packets "
+                                     f"of kernel time (total {r['cpu_s_per_m'] + kernel:.3f} with the probe's).")
+    stats_sysctl.write_text(stats_before)
     res.notes.append(f"Flow-table memory: {per_flow:.0f} bytes per flow (tracemalloc over {n_mem:,} UDP flows, the "
                      f"C key table included). In-process hot path (process_frames, 1000 known flows, no socket): "
                      f"{ns_pkt:.0f} ns per packet.")
@@ -354,7 +378,7 @@ def run(small: bool) -> Result:
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "tool":
-        _tool_main(sys.argv[2])
+        _tool_main(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "afpacket")
     elif len(sys.argv) >= 3 and sys.argv[1] == "nfstream":
         _nfstream_main(sys.argv[2])
     else:

@@ -33,6 +33,8 @@ KEY_SIZE = 114
 """sizeof(struct flow_key) in flow.bpf.c."""
 SAMPLE_LEN = 128
 MAX_FLOWS = 65536
+BATCH = 1024
+"""Map entries read per bpf_map_lookup_batch call."""
 _VAL = struct.Struct(f"=QQQQII{SAMPLE_LEN}s")
 _RING = struct.Struct(f"={KEY_SIZE}s6xQII{SAMPLE_LEN}s")
 STAT_RINGBUF, STAT_LOST = 0, 1
@@ -94,6 +96,7 @@ def libbpf() -> Any:
             "bpf_map_lookup_elem": (i, [i, vp, vp]),
             "bpf_map_lookup_and_delete_elem": (i, [i, vp, vp]),
             "bpf_map_delete_elem": (i, [i, vp]),
+            "bpf_map_lookup_batch": (i, [i, vp, vp, vp, vp, ctypes.POINTER(ctypes.c_uint32), vp]),
             "bpf_tc_hook_create": (i, [vp]),
             "bpf_tc_hook_destroy": (i, [vp]),
             "bpf_tc_attach": (i, [vp, vp]),
@@ -220,17 +223,26 @@ class FlowProgram:
 
     # --- reading the maps -----------------------------------------------------------------------------
     def entries(self) -> Iterator[tuple[bytes, FlowValue]]:
-        """Every (key, value) of the flow map (two syscalls per entry; the map holds flows, not packets)."""
+        """Every (key, value) of the flow map, read BATCH entries per syscall (bpf_map_lookup_batch)."""
         lib = libbpf()
-        key = ctypes.create_string_buffer(KEY_SIZE)
-        nxt = ctypes.create_string_buffer(KEY_SIZE)
-        val = ctypes.create_string_buffer(_VAL.size)
-        prev: Any = None
-        while lib.bpf_map_get_next_key(self.map_fd, prev, nxt) == 0:
-            ctypes.memmove(key, nxt, KEY_SIZE)
-            prev = key
-            if lib.bpf_map_lookup_elem(self.map_fd, key, val) == 0:
-                yield key.raw, _value(val.raw)
+        keys = ctypes.create_string_buffer(KEY_SIZE * BATCH)
+        vals = ctypes.create_string_buffer(_VAL.size * BATCH)
+        token_in = ctypes.create_string_buffer(8)
+        token_out = ctypes.create_string_buffer(8)
+        first = True
+        while True:
+            count = ctypes.c_uint32(BATCH)
+            rc = lib.bpf_map_lookup_batch(self.map_fd, None if first else token_in, token_out, keys, vals,
+                                          ctypes.byref(count), None)
+            if rc and rc != -errno.ENOENT:
+                raise _err("read the flow map", rc)
+            kraw, vraw = keys.raw, vals.raw
+            for j in range(count.value):
+                yield kraw[j * KEY_SIZE:(j + 1) * KEY_SIZE], _value(vraw[j * _VAL.size:(j + 1) * _VAL.size])
+            if rc:  # -ENOENT: the last batch
+                return
+            ctypes.memmove(token_in, token_out, 8)
+            first = False
 
     def take(self, key: bytes) -> FlowValue | None:
         """Remove an entry, returning its last counts (packets counted up to the removal are not lost)."""
@@ -245,6 +257,18 @@ class FlowProgram:
             libbpf().ring_buffer__consume(self._ring)
         out, self._ring_records = self._ring_records, []
         return out
+
+    def run_stats(self) -> tuple[int, int]:
+        """(run_time_ns, run_cnt) of both programs, from /proc/self/fdinfo: the kernel time the TC programs
+        cost. Counted only while `sysctl kernel.bpf_stats_enabled=1` (the capture bench turns it on)."""
+        t = n = 0
+        for name in (b"netsonde_ingress", b"netsonde_egress"):
+            fd = libbpf().bpf_program__fd(libbpf().bpf_object__find_program_by_name(self._obj, name))
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                info = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+            t += int(info.get("run_time_ns", "0"))
+            n += int(info.get("run_cnt", "0"))
+        return t, n
 
     def stat(self, idx: int) -> int:
         """A counter of the per-CPU stats array, summed over CPUs."""
