@@ -43,10 +43,13 @@ async def connect(
     `config`: the service's settings, for NATS credentials and TLS (`auth_options`)."""
 
     refused = asyncio.Event()
+    reasons: list[str] = []
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error: %r", exc)
-        if "authorization violation" in str(exc).lower() or "authentication" in str(exc).lower():
+        reason = _refusal(exc)
+        if reason:
+            reasons.append(reason)
             refused.set()
 
     async def on_disconnect() -> None:
@@ -79,10 +82,23 @@ async def connect(
     connecting.cancel()
     with contextlib.suppress(BaseException):
         await connecting
-    raise PermissionError(
-        f"NATS at {_without_credentials(url)} refused the credentials (Authorization "
-        "Violation): check nats_user/nats_password, nats_token or nats_creds_file"
-    )
+    raise PermissionError(f"NATS at {_without_credentials(url)}: {reasons[0]}")
+
+
+def _refusal(exc: Exception) -> str:
+    """Why the server and this client will never agree (wrong credentials, untrusted certificate), or "" for
+    errors a retry can cure. nats-py retries all of them forever at start-up."""
+    text = str(exc).lower()
+    if "authorization violation" in text or "authentication" in text:
+        return ("the server refused the credentials (Authorization Violation): check nats_user/nats_password, "
+                "nats_token or nats_creds_file")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"the server's TLS certificate is not trusted ({exc.verify_message}): check nats_tls_ca (the CA "
+                "that signed the server's certificate) and that the URL's host is in the certificate")
+    if isinstance(exc, ssl.SSLError) and "certificate" in text:
+        return (f"the server refused this client's TLS certificate ({exc.reason or exc}): check nats_tls_cert and "
+                "nats_tls_key (a certificate signed by a CA the server trusts, required when it verifies clients)")
+    return ""
 
 
 def _without_credentials(url: str) -> str:
