@@ -309,7 +309,10 @@ static __always_inline int account(struct __sk_buff *skb)
 	__u32 zero = 0;
 
 	__builtin_memset(&k, 0, sizeof(k));
-	bpf_skb_pull_data(skb, 0);
+	/* headers outside the linear part (rare at TC): pull them in, only then (the pull costs) */
+	__u32 linear = skb->data_end - skb->data;
+	if (linear < skb->len && linear < SAMPLE_LEN)
+		bpf_skb_pull_data(skb, skb->len < SAMPLE_LEN ? skb->len : SAMPLE_LEN);
 	if (parse(skb, &k) < 0)
 		return TC_ACT_OK;
 
