@@ -247,9 +247,9 @@ async def test_cli_alert_create_list_get_delete(alerting: Any, unique: str) -> N
     assert json.loads(out.stdout)["Expression"] == "G.V().Has('Type','host')"
     assert (await asyncio.to_thread(_cli, s.port, "delete", made["UUID"])).returncode == 0
     out = await asyncio.to_thread(_cli, s.port, "get", made["UUID"])
-    assert out.returncode == 1 and "error 404" in out.stderr
+    assert out.returncode == 1 and f"Error: 404 Not Found: Alert '{made['UUID']}' not found" in out.stderr
     out = await asyncio.to_thread(_cli, s.port, "create", "--expression", "G.V(")
-    assert out.returncode == 1 and "error 400: Expression: syntax error" in out.stderr
+    assert out.returncode == 1 and "Error: 400 Bad Request: Expression: syntax error" in out.stderr
 
 
 @pytest.fixture

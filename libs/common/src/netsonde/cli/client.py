@@ -1,177 +1,298 @@
-"""`netsonde client ...`: talk to query-api over HTTP (Skydive's `skydive client` verbs)."""
+"""`netsonde client ...`: talk to query-api over HTTP (Skydive's `skydive client` verbs), on click + rich.
+
+Answers print as JSON by default (as Skydive's client), or `--format yaml|table`; a refused request prints the
+server's message on stderr and exits 1; an unreachable API exits 2.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
+import click
 import httpx
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from . import output
+
+FORMAT = click.Choice(output.FORMATS)
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("client", help="query and control a running Netsonde through its API")
-    p.add_argument("--analyzer", default=os.environ.get("NETSONDE_ANALYZER", "127.0.0.1:8082"),
-                   help="query-api address host:port (default 127.0.0.1:8082)")
-    csub = p.add_subparsers(dest="client_command", required=True)
+@dataclass
+class ClientContext:
+    """What every client command shares: the API address and the output format chosen on `client`."""
 
-    topo = csub.add_parser("topology", help="the graph").add_subparsers(dest="verb", required=True)
-    q = topo.add_parser("query", help="run a Gremlin query")
-    q.add_argument("--gremlin", required=True, help="e.g. \"G.V().Has('Type','veth')\"")
-    q.add_argument("--output", choices=["json", "pcap"], default="json")
+    analyzer: str
+    format: str | None
 
-    csub.add_parser("status", help="the API's status")
-
-    cap = csub.add_parser("capture", help="flow captures").add_subparsers(dest="verb", required=True)
-    c = cap.add_parser("create", help="start capturing on the nodes a Gremlin query selects")
-    c.add_argument("--gremlin", required=True)
-    c.add_argument("--type", default="", help="afpacket, pcap, ovssflow, sflow ...")
-    c.add_argument("--bpf", default="", help="BPF filter applied in the kernel")
-    c.add_argument("--name", default="")
-    c.add_argument("--description", default="")
-    c.add_argument("--header-size", type=int, default=0)
-    c.add_argument("--sampling-rate", type=int, default=1)
-    c.add_argument("--polling-interval", type=int, default=10)
-    c.add_argument("--layer-key-mode", default="L2", choices=["L2", "L3"])
-    c.add_argument("--extra-tcp-metric", action="store_true")
-    c.add_argument("--ndpi", action="store_true", help="deep packet inspection (nDPI application names)")
-    c.add_argument("--ip-defrag", action="store_true", help="reassemble IPv4/IPv6 fragments before keying flows")
-    c.add_argument("--reassemble-tcp", "--reassamble-tcp", action="store_true",
-                   help="reassemble TCP streams (TCPMetric reassembly counters, DNS over TCP)")
-    c.add_argument("--extra-layer", action="append", default=[], choices=["DNS", "DHCPv4", "VRRP"],
-                   help="decode this application layer into the flow (repeatable)")
-    c.add_argument("--target", default="", help="collector address for --target-type (host:port)")
-    c.add_argument("--target-type", default="", choices=["", "netflowv5", "erspanv1"],
-                   help="also export the flows as NetFlow v5 / mirror the packets as ERSPAN to --target")
-    cap.add_parser("list", help="list captures")
-    g = cap.add_parser("get", help="show one capture")
-    g.add_argument("id")
-    d = cap.add_parser("delete", help="stop and remove a capture")
-    d.add_argument("id")
-
-    df = csub.add_parser("diff", help="what changed in the graph (and flows) between two instants")
-    df.add_argument("--from", dest="since", default="-1h", help="an instant: -1h, now, Unix s/ms, ISO 8601")
-    df.add_argument("--to", default="now")
-    df.add_argument("--scope", default="", help="a Gremlin query selecting the nodes to look at")
-    df.add_argument("--no-flows", action="store_true", help="leave out the flow changes")
-    df.add_argument("--json", action="store_true", help="print the API's JSON answer")
-    pa = csub.add_parser("path", help="a TrackingID's capture points along its path, loss between hops")
-    pa.add_argument("trackingid")
-    pa.add_argument("--settle", default="10s", help="updates this close to now count as uncertainty")
-    pa.add_argument("--json", action="store_true")
-    lo = csub.add_parser("loss", help="where packets are lost: links ranked by packets lost")
-    lo.add_argument("--window", default="5m")
-    lo.add_argument("--settle", default="10s")
-    lo.add_argument("--json", action="store_true")
-
-    alert = csub.add_parser("alert", help="alerts: Gremlin expressions watched by alert-evaluator")
-    al = alert.add_subparsers(dest="verb", required=True)
-    a = al.add_parser("create", help="fire when the expression returns something (a node, a non-zero count ...)")
-    a.add_argument("--expression", required=True, help="e.g. \"G.V().Has('Name','eth0','State','DOWN')\"")
-    a.add_argument("--trigger", default="graph", help="graph (default), periodic:<duration> or duration:<duration>")
-    a.add_argument("--action", default="", help="webhook URL called with each firing/resolved event")
-    a.add_argument("--name", default="")
-    a.add_argument("--description", default="")
-    al.add_parser("list", help="list alerts with their state")
-    ag = al.add_parser("get", help="show one alert")
-    ag.add_argument("id")
-    ad = al.add_parser("delete", help="remove an alert")
-    ad.add_argument("id")
-
-    pcap = csub.add_parser("pcap", help="turn a pcap file into flows (stored like captured ones)")
-    pcap.add_argument("file")
-    pcap.add_argument("--node-tid", default="", help="NodeTID to give the flows")
-    when = pcap.add_mutually_exclusive_group()
-    when.add_argument("--keep-time", action="store_true",
-                      help="flows carry the packets' own timestamps (the default)")
-    when.add_argument("--replay", action="store_true",
-                      help="replay the file now at capture speed: times shifted so its first packet is now")
+    def url(self, path: str) -> str:
+        base = self.analyzer if self.analyzer.startswith("http") else f"http://{self.analyzer}"
+        return base.rstrip("/") + path
 
 
-def _url(args: argparse.Namespace, path: str) -> str:
-    base = args.analyzer if args.analyzer.startswith("http") else f"http://{args.analyzer}"
-    return base.rstrip("/") + path
+def format_option(default: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--format` on a leaf command (overrides the one given to `client`)."""
+    return click.option("--format", "-o", "fmt", type=FORMAT, default=default,
+                        help="json (default), yaml, or a table")
 
 
-def _show(resp: httpx.Response) -> int:
-    if resp.status_code >= 400:
-        print(f"error {resp.status_code}: {resp.text.strip()}", file=sys.stderr)
-        return 1
-    if resp.content:
-        try:
-            print(json.dumps(resp.json(), indent=2))
-        except ValueError:
-            print(resp.text)
-    return 0
-
-
-def run(args: argparse.Namespace) -> int:
+def _call(ctx: ClientContext, request: Callable[[httpx.Client], httpx.Response], fmt: str | None) -> None:
+    """Send one request, print its answer in the chosen format; exit 1 with the server's message on refusal."""
     try:
         with httpx.Client(timeout=60) as http:
-            return _run(args, http)
+            resp = request(http)
     except httpx.HTTPError as exc:
-        print(f"cannot reach the API at {args.analyzer}: {exc}", file=sys.stderr)
-        return 2
+        output.stderr().print(f"Error: cannot reach the API at {ctx.analyzer}: {exc}", markup=False)
+        sys.exit(2)
+    if resp.status_code >= 400:
+        sys.exit(output.report_error(resp))
+    if resp.content:
+        try:
+            data = resp.json()
+        except ValueError:
+            sys.stdout.write(resp.text)
+            return
+        output.emit(data, fmt or ctx.format or "json")
 
 
-def _run(args: argparse.Namespace, http: httpx.Client) -> int:
-    cmd = args.client_command
-    if cmd == "status":
-        return _show(http.get(_url(args, "/api/status")))
-    if cmd == "topology":
-        headers = {"Accept": "application/vnd.tcpdump.pcap"} if args.output == "pcap" else {}
-        resp = http.post(_url(args, "/api/topology"), json={"GremlinQuery": args.gremlin}, headers=headers)
-        if args.output == "pcap" and resp.status_code == 200:
-            sys.stdout.buffer.write(resp.content)
-            return 0
-        return _show(resp)
-    if cmd == "capture":
-        if args.verb == "create":
-            body = {"GremlinQuery": args.gremlin, "Type": args.type, "BPFFilter": args.bpf, "Name": args.name,
-                    "Description": args.description, "HeaderSize": args.header_size,
-                    "SamplingRate": args.sampling_rate, "PollingInterval": args.polling_interval,
-                    "LayerKeyMode": args.layer_key_mode, "ExtraTCPMetric": args.extra_tcp_metric, "NDPI": args.ndpi,
-                    "IPDefrag": args.ip_defrag, "ReassembleTCP": args.reassemble_tcp,
-                    "ExtraLayers": args.extra_layer, "Target": args.target, "TargetType": args.target_type}
-            return _show(http.post(_url(args, "/api/capture"), json=body))
-        if args.verb == "list":
-            return _show(http.get(_url(args, "/api/capture")))
-        if args.verb == "get":
-            return _show(http.get(_url(args, f"/api/capture/{args.id}")))
-        if args.verb == "delete":
-            return _show(http.delete(_url(args, f"/api/capture/{args.id}")))
-    if cmd in ("diff", "path", "loss"):
-        from .diff_tables import render_diff, render_loss, render_path
-        if cmd == "diff":
-            params = {"from": args.since, "to": args.to, "flows": "0" if args.no_flows else "1"}
-            if args.scope:
-                params["scope"] = args.scope
-            resp, render = http.get(_url(args, "/api/diff"), params=params), render_diff
-        elif cmd == "path":
-            resp = http.get(_url(args, f"/api/flowpath/{args.trackingid}"), params={"settle": args.settle})
-            render = render_path
-        else:
-            resp = http.get(_url(args, "/api/loss"), params={"window": args.window, "settle": args.settle})
-            render = render_loss
-        if args.json or resp.status_code >= 400:
-            return _show(resp)
-        print(render(resp.json()))
-        return 0
-    if cmd == "alert":
-        if args.verb == "create":
-            body = {"Expression": args.expression, "Trigger": args.trigger, "Action": args.action,
-                    "Name": args.name, "Description": args.description}
-            return _show(http.post(_url(args, "/api/alert"), json=body))
-        if args.verb == "list":
-            return _show(http.get(_url(args, "/api/alert")))
-        path = _url(args, f"/api/alert/{args.id}")
-        return _show(http.get(path) if args.verb == "get" else http.delete(path))
-    if cmd == "pcap":
-        with open(args.file, "rb") as f:
-            resp = http.post(_url(args, "/api/pcap"), content=f.read(),
-                             params={"NodeTID": args.node_tid, "KeepTime": "0" if args.replay else "1"},
-                             headers={"Content-Type": "application/vnd.tcpdump.pcap"})
-        return _show(resp)
-    return 2
+@click.group("client", help="query and control a running Netsonde through its API")
+@click.option("--analyzer", default=lambda: os.environ.get("NETSONDE_ANALYZER", "127.0.0.1:8082"),
+              show_default="127.0.0.1:8082, or $NETSONDE_ANALYZER", help="query-api address host:port")
+@click.option("--format", "-o", "fmt", type=FORMAT, default=None, help="output of every command: json (default), "
+              "yaml, or a table")
+@click.pass_context
+def client(ctx: click.Context, analyzer: str, fmt: str | None) -> None:
+    ctx.obj = ClientContext(analyzer, fmt)
+
+
+pass_client = click.make_pass_decorator(ClientContext)
+
+
+@client.group(help="the graph")
+def topology() -> None:
+    pass
+
+
+@topology.command("query", help="run a Gremlin query")
+@click.option("--gremlin", "-q", "query", required=True, help="e.g. \"G.V().Has('Type','veth')\"")
+@click.option("--output", "out_kind", type=click.Choice(["json", "pcap"]), default="json",
+              help="pcap: the flows' packets as a pcap file on stdout")
+@format_option()
+@pass_client
+def topology_query(ctx: ClientContext, query: str, out_kind: str, fmt: str | None) -> None:
+    if out_kind == "pcap":
+        headers = {"Accept": "application/vnd.tcpdump.pcap"}
+        with httpx.Client(timeout=60) as http:
+            resp = http.post(ctx.url("/api/topology"), json={"GremlinQuery": query}, headers=headers)
+        if resp.status_code >= 400:
+            sys.exit(output.report_error(resp))
+        sys.stdout.buffer.write(resp.content)
+        return
+    _call(ctx, lambda http: http.post(ctx.url("/api/topology"), json={"GremlinQuery": query}), fmt)
+
+
+@client.command(help="the API's status")
+@format_option()
+@pass_client
+def status(ctx: ClientContext, fmt: str | None) -> None:
+    _call(ctx, lambda http: http.get(ctx.url("/api/status")), fmt)
+
+
+@client.group(help="flow captures")
+def capture() -> None:
+    pass
+
+
+@capture.command("create", help="start capturing on the nodes a Gremlin query selects")
+@click.option("--gremlin", "-q", required=True)
+@click.option("--type", "type_", default="", help="afpacket, pcap, ovssflow, sflow ...")
+@click.option("--bpf", default="", help="BPF filter applied in the kernel")
+@click.option("--name", default="")
+@click.option("--description", default="")
+@click.option("--header-size", type=int, default=0)
+@click.option("--sampling-rate", type=int, default=1)
+@click.option("--polling-interval", type=int, default=10)
+@click.option("--layer-key-mode", type=click.Choice(["L2", "L3"]), default="L2")
+@click.option("--extra-tcp-metric", is_flag=True)
+@click.option("--ndpi", is_flag=True, help="deep packet inspection (nDPI application names)")
+@click.option("--ip-defrag", is_flag=True, help="reassemble IPv4/IPv6 fragments before keying flows")
+@click.option("--reassemble-tcp", "--reassamble-tcp", is_flag=True,
+              help="reassemble TCP streams (TCPMetric reassembly counters, DNS over TCP)")
+@click.option("--extra-layer", multiple=True, type=click.Choice(["DNS", "DHCPv4", "VRRP"]),
+              help="decode this application layer into the flow (repeatable)")
+@click.option("--target", default="", help="collector address for --target-type (host:port)")
+@click.option("--target-type", type=click.Choice(["", "netflowv5", "erspanv1"]), default="",
+              help="also export the flows as NetFlow v5 / mirror the packets as ERSPAN to --target")
+@format_option()
+@pass_client
+def capture_create(ctx: ClientContext, gremlin: str, type_: str, bpf: str, name: str, description: str,
+                   header_size: int, sampling_rate: int, polling_interval: int, layer_key_mode: str,
+                   extra_tcp_metric: bool, ndpi: bool, ip_defrag: bool, reassemble_tcp: bool,
+                   extra_layer: tuple[str, ...], target: str, target_type: str, fmt: str | None) -> None:
+    body = {"GremlinQuery": gremlin, "Type": type_, "BPFFilter": bpf, "Name": name, "Description": description,
+            "HeaderSize": header_size, "SamplingRate": sampling_rate, "PollingInterval": polling_interval,
+            "LayerKeyMode": layer_key_mode, "ExtraTCPMetric": extra_tcp_metric, "NDPI": ndpi,
+            "IPDefrag": ip_defrag, "ReassembleTCP": reassemble_tcp, "ExtraLayers": list(extra_layer),
+            "Target": target, "TargetType": target_type}
+    _call(ctx, lambda http: http.post(ctx.url("/api/capture"), json=body), fmt)
+
+
+@capture.command("list", help="list captures")
+@format_option()
+@pass_client
+def capture_list(ctx: ClientContext, fmt: str | None) -> None:
+    _call(ctx, lambda http: http.get(ctx.url("/api/capture")), fmt)
+
+
+@capture.command("get", help="show one capture")
+@click.argument("id_", metavar="ID")
+@format_option()
+@pass_client
+def capture_get(ctx: ClientContext, id_: str, fmt: str | None) -> None:
+    _call(ctx, lambda http: http.get(ctx.url(f"/api/capture/{id_}")), fmt)
+
+
+@capture.command("delete", help="stop and remove a capture")
+@click.argument("id_", metavar="ID")
+@format_option()
+@pass_client
+def capture_delete(ctx: ClientContext, id_: str, fmt: str | None) -> None:
+    _call(ctx, lambda http: http.delete(ctx.url(f"/api/capture/{id_}")), fmt)
+
+
+def _rendered(ctx: ClientContext, request: Callable[[httpx.Client], httpx.Response], json_flag: bool,
+              fmt: str | None, render: Callable[[Any], str]) -> None:
+    """diff/path/loss: their own text table by default; --json or --format json/yaml/table otherwise."""
+    chosen = "json" if json_flag else (fmt or ctx.format)
+    if chosen is not None:
+        _call(ctx, request, chosen)
+        return
+    try:
+        with httpx.Client(timeout=60) as http:
+            resp = request(http)
+    except httpx.HTTPError as exc:
+        output.stderr().print(f"Error: cannot reach the API at {ctx.analyzer}: {exc}", markup=False)
+        sys.exit(2)
+    if resp.status_code >= 400:
+        sys.exit(output.report_error(resp))
+    print(render(resp.json()))
+
+
+@client.command(help="what changed in the graph (and flows) between two instants")
+@click.option("--from", "since", default="-1h", help="an instant: -1h, now, Unix s/ms, ISO 8601")
+@click.option("--to", "until", default="now")
+@click.option("--scope", default="", help="a Gremlin query selecting the nodes to look at")
+@click.option("--no-flows", is_flag=True, help="leave out the flow changes")
+@click.option("--json", "json_flag", is_flag=True, help="print the API's JSON answer")
+@format_option()
+@pass_client
+def diff(ctx: ClientContext, since: str, until: str, scope: str, no_flows: bool, json_flag: bool,
+         fmt: str | None) -> None:
+    from .diff_tables import render_diff
+
+    params = {"from": since, "to": until, "flows": "0" if no_flows else "1"}
+    if scope:
+        params["scope"] = scope
+    _rendered(ctx, lambda http: http.get(ctx.url("/api/diff"), params=params), json_flag, fmt, render_diff)
+
+
+@client.command(help="a TrackingID's capture points along its path, loss between hops")
+@click.argument("trackingid")
+@click.option("--settle", default="10s", help="updates this close to now count as uncertainty")
+@click.option("--json", "json_flag", is_flag=True)
+@format_option()
+@pass_client
+def path(ctx: ClientContext, trackingid: str, settle: str, json_flag: bool, fmt: str | None) -> None:
+    from .diff_tables import render_path
+
+    _rendered(ctx, lambda http: http.get(ctx.url(f"/api/flowpath/{trackingid}"), params={"settle": settle}),
+              json_flag, fmt, render_path)
+
+
+@client.command(help="where packets are lost: links ranked by packets lost")
+@click.option("--window", default="5m")
+@click.option("--settle", default="10s")
+@click.option("--json", "json_flag", is_flag=True)
+@format_option()
+@pass_client
+def loss(ctx: ClientContext, window: str, settle: str, json_flag: bool, fmt: str | None) -> None:
+    from .diff_tables import render_loss
+
+    _rendered(ctx, lambda http: http.get(ctx.url("/api/loss"), params={"window": window, "settle": settle}),
+              json_flag, fmt, render_loss)
+
+
+@client.group(help="alerts: Gremlin expressions watched by alert-evaluator")
+def alert() -> None:
+    pass
+
+
+@alert.command("create", help="fire when the expression returns something (a node, a non-zero count ...)")
+@click.option("--expression", required=True, help="e.g. \"G.V().Has('Name','eth0','State','DOWN')\"")
+@click.option("--trigger", default="graph", help="graph (default), periodic:<duration> or duration:<duration>")
+@click.option("--action", default="", help="webhook URL called with each firing/resolved event")
+@click.option("--name", default="")
+@click.option("--description", default="")
+@format_option()
+@pass_client
+def alert_create(ctx: ClientContext, expression: str, trigger: str, action: str, name: str, description: str,
+                 fmt: str | None) -> None:
+    body = {"Expression": expression, "Trigger": trigger, "Action": action, "Name": name,
+            "Description": description}
+    _call(ctx, lambda http: http.post(ctx.url("/api/alert"), json=body), fmt)
+
+
+@alert.command("list", help="list alerts with their state")
+@format_option()
+@pass_client
+def alert_list(ctx: ClientContext, fmt: str | None) -> None:
+    _call(ctx, lambda http: http.get(ctx.url("/api/alert")), fmt)
+
+
+@alert.command("get", help="show one alert")
+@click.argument("id_", metavar="ID")
+@format_option()
+@pass_client
+def alert_get(ctx: ClientContext, id_: str, fmt: str | None) -> None:
+    _call(ctx, lambda http: http.get(ctx.url(f"/api/alert/{id_}")), fmt)
+
+
+@alert.command("delete", help="remove an alert")
+@click.argument("id_", metavar="ID")
+@format_option()
+@pass_client
+def alert_delete(ctx: ClientContext, id_: str, fmt: str | None) -> None:
+    _call(ctx, lambda http: http.delete(ctx.url(f"/api/alert/{id_}")), fmt)
+
+
+def _upload(file: Path, progress: Progress) -> Iterator[bytes]:
+    """The file in 1 MiB chunks, advancing the progress bar as httpx sends them."""
+    task = progress.add_task(f"upload {file.name}", total=file.stat().st_size)
+    with file.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            yield chunk
+            progress.advance(task, len(chunk))
+
+
+@client.command(help="turn a pcap file into flows (stored like captured ones)")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--node-tid", default="", help="NodeTID to give the flows")
+@click.option("--keep-time", is_flag=True, help="flows carry the packets' own timestamps (the default)")
+@click.option("--replay", is_flag=True, help="replay the file now at capture speed: times shifted so its first "
+              "packet is now")
+@format_option()
+@pass_client
+def pcap(ctx: ClientContext, file: Path, node_tid: str, keep_time: bool, replay: bool, fmt: str | None) -> None:
+    if keep_time and replay:
+        raise click.UsageError("--keep-time and --replay exclude each other")
+    err = output.stderr()
+    progress = Progress(*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        console=err, transient=True, disable=not err.is_terminal)
+    params = {"NodeTID": node_tid, "KeepTime": "0" if replay else "1"}
+    headers = {"Content-Type": "application/vnd.tcpdump.pcap", "Content-Length": str(file.stat().st_size)}
+    with progress:
+        _call(ctx, lambda http: http.post(ctx.url("/api/pcap"), content=_upload(file, progress), params=params,
+                                          headers=headers), fmt)

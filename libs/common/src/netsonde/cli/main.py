@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
+
+import click
 
 from .registry import by_command, command_names
 
@@ -17,47 +20,87 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in SERVICES:
         # Run one service in this process (same as `python -m netsonde.<package>`), passing its flags on.
         os.execv(sys.executable, [sys.executable, "-m", by_command(argv[0]).module, *argv[1:]])
-
-    args = build_parser().parse_args(argv)
-    if args.command == "allinone":
-        from .allinone import run_allinone
-
-        sys.exit(run_allinone(args))
-    if args.command == "client":
-        from . import client
-
-        sys.exit(client.run(args))
-    if args.command == "config":
-        sys.exit(print_config(args.service))
+    cli.main(args=argv, prog_name="netsonde")
 
 
-def build_parser() -> argparse.ArgumentParser:
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             help="Netsonde real-time network analyzer. Shell completion: see docs/operations.md.")
+def cli() -> None:
+    pass
+
+
+def _service_command(name: str) -> click.Command:
+    command = by_command(name).command
+    what = f"the {name} service" if name == command else f"old name of {command}"
+
+    @click.pass_context
+    def run(ctx: click.Context) -> None:  # reached only through `cli` directly: main() execs before parsing
+        os.execv(sys.executable, [sys.executable, "-m", by_command(name).module, *ctx.args])
+
+    return click.Command(name, callback=run, help=f"run {what} (flags go to the service)", add_help_option=False,
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+
+
+for _name in SERVICES:
+    cli.add_command(_service_command(_name))
+
+
+@cli.command(help="run NATS, the ClickHouse store and every service on this host")
+@click.option("--state-dir", default=lambda: os.environ.get("NETSONDE_STATE_DIR", ".netsonde"),
+              show_default="./.netsonde", help="where NATS, the store and the logs keep their files")
+@click.option("--api-port", type=int, default=lambda: int(os.environ.get("NETSONDE_API_PORT", "8082")),
+              show_default="8082")
+@click.option("--nats-port", type=int, default=lambda: int(os.environ.get("NETSONDE_NATS_PORT", "4222")),
+              show_default="4222")
+@click.option("--store-port", type=int, default=lambda: int(os.environ.get("NETSONDE_STORE_PORT", "8123")),
+              show_default="8123")
+@click.option("--only", default="", help="comma-separated services to run (default: all)")
+def allinone(**options: Any) -> None:
+    from .allinone import run_allinone
+
+    sys.exit(run_allinone(argparse.Namespace(**options)))
+
+
+@cli.command(help="list every setting of a service with its default")
+@click.argument("service", type=click.Choice(list(SERVICES)))
+def config(service: str) -> None:
+    sys.exit(print_config(service))
+
+
+from .client import client as _client  # noqa: E402  (after `cli`: the client group is one of its commands)
+
+cli.add_command(_client)
+
+
+class CommandLine:
+    """`build_parser()`'s answer: parses a whole command line the way `netsonde` would, running nothing."""
+
+    def parse_args(self, argv: list[str]) -> click.Context:
+        """The innermost command's context; SystemExit(2) with click's message if the line is refused."""
+        try:
+            ctx = cli.make_context("netsonde", list(argv), resilient_parsing=False)
+            command: click.Command = cli
+            while isinstance(command, click.Group) and _remaining(ctx):
+                name, sub, rest = command.resolve_command(ctx, _remaining(ctx))
+                assert sub is not None and name is not None
+                ctx = sub.make_context(name, rest, parent=ctx)
+                command = sub
+            if isinstance(command, click.Group):
+                raise click.UsageError("missing command", ctx)
+            return ctx
+        except click.ClickException as exc:
+            exc.show()
+            raise SystemExit(2) from exc
+
+
+def _remaining(ctx: click.Context) -> list[str]:
+    """The words a group left for its subcommand (click < 9 keeps the subcommand's name apart)."""
+    return [*getattr(ctx, "_protected_args", []), *ctx.args]
+
+
+def build_parser() -> CommandLine:
     """The whole command line (services, allinone, client, config), without running anything."""
-    parser = argparse.ArgumentParser(prog="netsonde", description="Netsonde real-time network analyzer")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in SERVICES:
-        command = by_command(name).command
-        what = f"the {name} service" if name == command else f"old name of {command}"
-        sub.add_parser(name, help=f"run {what} (flags go to the service)")
-
-    p_all = sub.add_parser("allinone", help="run NATS, the ClickHouse store and every service on this host")
-    p_all.add_argument(
-        "--state-dir",
-        default=os.environ.get("NETSONDE_STATE_DIR", ".netsonde"),
-        help="where NATS, the store and the logs keep their files (default: ./.netsonde)",
-    )
-    p_all.add_argument("--api-port", type=int, default=int(os.environ.get("NETSONDE_API_PORT", "8082")))
-    p_all.add_argument("--nats-port", type=int, default=int(os.environ.get("NETSONDE_NATS_PORT", "4222")))
-    p_all.add_argument("--store-port", type=int, default=int(os.environ.get("NETSONDE_STORE_PORT", "8123")))
-    p_all.add_argument("--only", default="", help="comma-separated services to run (default: all)")
-
-    from . import client
-
-    client.add_parser(sub)
-
-    p_cfg = sub.add_parser("config", help="list every setting of a service with its default")
-    p_cfg.add_argument("service", choices=list(SERVICES))
-    return parser
+    return CommandLine()
 
 
 def print_config(service: str) -> int:
