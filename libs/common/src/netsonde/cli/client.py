@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import click
 import httpx
@@ -35,20 +36,14 @@ class ClientContext:
 
 def format_option(default: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """`--format` on a leaf command (overrides the one given to `client`)."""
-    return click.option("--format", "-o", "fmt", type=FORMAT, default=default,
-                        help="json (default), yaml, or a table")
+    return click.option(
+        "--format", "-o", "fmt", type=FORMAT, default=default, help="json (default), yaml, or a table"
+    )
 
 
 def _call(ctx: ClientContext, request: Callable[[httpx.Client], httpx.Response], fmt: str | None) -> None:
-    """Send one request, print its answer in the chosen format; exit 1 with the server's message on refusal."""
-    try:
-        with httpx.Client(timeout=60) as http:
-            resp = request(http)
-    except httpx.HTTPError as exc:
-        output.stderr().print(f"Error: cannot reach the API at {ctx.analyzer}: {exc}", markup=False)
-        sys.exit(2)
-    if resp.status_code >= 400:
-        sys.exit(output.report_error(resp))
+    """Send one request and print its answer in the chosen format (exits as `_send` does)."""
+    resp = _send(ctx, request)
     if resp.content:
         try:
             data = resp.json()
@@ -58,11 +53,34 @@ def _call(ctx: ClientContext, request: Callable[[httpx.Client], httpx.Response],
         output.emit(data, fmt or ctx.format or "json")
 
 
+def _send(ctx: ClientContext, request: Callable[[httpx.Client], httpx.Response]) -> httpx.Response:
+    """The answer of one request; exits 2 if the API cannot be reached, 1 (server's message) if it refuses."""
+    try:
+        with httpx.Client(timeout=60) as http:
+            resp = request(http)
+    except httpx.HTTPError as exc:
+        output.stderr().print(f"Error: cannot reach the API at {ctx.analyzer}: {exc}", markup=False)
+        sys.exit(2)
+    if resp.status_code >= 400:
+        sys.exit(output.report_error(resp))
+    return resp
+
+
 @click.group("client", help="query and control a running Netsonde through its API")
-@click.option("--analyzer", default=lambda: os.environ.get("NETSONDE_ANALYZER", "127.0.0.1:8082"),
-              show_default="127.0.0.1:8082, or $NETSONDE_ANALYZER", help="query-api address host:port")
-@click.option("--format", "-o", "fmt", type=FORMAT, default=None, help="output of every command: json (default), "
-              "yaml, or a table")
+@click.option(
+    "--analyzer",
+    default=lambda: os.environ.get("NETSONDE_ANALYZER", "127.0.0.1:8082"),
+    show_default="127.0.0.1:8082, or $NETSONDE_ANALYZER",
+    help="query-api address host:port",
+)
+@click.option(
+    "--format",
+    "-o",
+    "fmt",
+    type=FORMAT,
+    default=None,
+    help="output of every command: json (default), yaml, or a table",
+)
 @click.pass_context
 def client(ctx: click.Context, analyzer: str, fmt: str | None) -> None:
     ctx.obj = ClientContext(analyzer, fmt)
@@ -78,17 +96,22 @@ def topology() -> None:
 
 @topology.command("query", help="run a Gremlin query")
 @click.option("--gremlin", "-q", "query", required=True, help="e.g. \"G.V().Has('Type','veth')\"")
-@click.option("--output", "out_kind", type=click.Choice(["json", "pcap"]), default="json",
-              help="pcap: the flows' packets as a pcap file on stdout")
+@click.option(
+    "--output",
+    "out_kind",
+    type=click.Choice(["json", "pcap"]),
+    default="json",
+    help="pcap: the flows' packets as a pcap file on stdout",
+)
 @format_option()
 @pass_client
 def topology_query(ctx: ClientContext, query: str, out_kind: str, fmt: str | None) -> None:
     if out_kind == "pcap":
         headers = {"Accept": "application/vnd.tcpdump.pcap"}
-        with httpx.Client(timeout=60) as http:
-            resp = http.post(ctx.url("/api/topology"), json={"GremlinQuery": query}, headers=headers)
-        if resp.status_code >= 400:
-            sys.exit(output.report_error(resp))
+        resp = _send(
+            ctx,
+            lambda http: http.post(ctx.url("/api/topology"), json={"GremlinQuery": query}, headers=headers),
+        )
         sys.stdout.buffer.write(resp.content)
         return
     _call(ctx, lambda http: http.post(ctx.url("/api/topology"), json={"GremlinQuery": query}), fmt)
@@ -119,24 +142,65 @@ def capture() -> None:
 @click.option("--extra-tcp-metric", is_flag=True)
 @click.option("--ndpi", is_flag=True, help="deep packet inspection (nDPI application names)")
 @click.option("--ip-defrag", is_flag=True, help="reassemble IPv4/IPv6 fragments before keying flows")
-@click.option("--reassemble-tcp", "--reassamble-tcp", is_flag=True,
-              help="reassemble TCP streams (TCPMetric reassembly counters, DNS over TCP)")
-@click.option("--extra-layer", multiple=True, type=click.Choice(["DNS", "DHCPv4", "VRRP"]),
-              help="decode this application layer into the flow (repeatable)")
+@click.option(
+    "--reassemble-tcp",
+    "--reassamble-tcp",
+    is_flag=True,
+    help="reassemble TCP streams (TCPMetric reassembly counters, DNS over TCP)",
+)
+@click.option(
+    "--extra-layer",
+    multiple=True,
+    type=click.Choice(["DNS", "DHCPv4", "VRRP"]),
+    help="decode this application layer into the flow (repeatable)",
+)
 @click.option("--target", default="", help="collector address for --target-type (host:port)")
-@click.option("--target-type", type=click.Choice(["", "netflowv5", "erspanv1"]), default="",
-              help="also export the flows as NetFlow v5 / mirror the packets as ERSPAN to --target")
+@click.option(
+    "--target-type",
+    type=click.Choice(["", "netflowv5", "erspanv1"]),
+    default="",
+    help="also export the flows as NetFlow v5 / mirror the packets as ERSPAN to --target",
+)
 @format_option()
 @pass_client
-def capture_create(ctx: ClientContext, gremlin: str, type_: str, bpf: str, name: str, description: str,
-                   header_size: int, sampling_rate: int, polling_interval: int, layer_key_mode: str,
-                   extra_tcp_metric: bool, ndpi: bool, ip_defrag: bool, reassemble_tcp: bool,
-                   extra_layer: tuple[str, ...], target: str, target_type: str, fmt: str | None) -> None:
-    body = {"GremlinQuery": gremlin, "Type": type_, "BPFFilter": bpf, "Name": name, "Description": description,
-            "HeaderSize": header_size, "SamplingRate": sampling_rate, "PollingInterval": polling_interval,
-            "LayerKeyMode": layer_key_mode, "ExtraTCPMetric": extra_tcp_metric, "NDPI": ndpi,
-            "IPDefrag": ip_defrag, "ReassembleTCP": reassemble_tcp, "ExtraLayers": list(extra_layer),
-            "Target": target, "TargetType": target_type}
+def capture_create(
+    ctx: ClientContext,
+    gremlin: str,
+    type_: str,
+    bpf: str,
+    name: str,
+    description: str,
+    header_size: int,
+    sampling_rate: int,
+    polling_interval: int,
+    layer_key_mode: str,
+    extra_tcp_metric: bool,
+    ndpi: bool,
+    ip_defrag: bool,
+    reassemble_tcp: bool,
+    extra_layer: tuple[str, ...],
+    target: str,
+    target_type: str,
+    fmt: str | None,
+) -> None:
+    body = {
+        "GremlinQuery": gremlin,
+        "Type": type_,
+        "BPFFilter": bpf,
+        "Name": name,
+        "Description": description,
+        "HeaderSize": header_size,
+        "SamplingRate": sampling_rate,
+        "PollingInterval": polling_interval,
+        "LayerKeyMode": layer_key_mode,
+        "ExtraTCPMetric": extra_tcp_metric,
+        "NDPI": ndpi,
+        "IPDefrag": ip_defrag,
+        "ReassembleTCP": reassemble_tcp,
+        "ExtraLayers": list(extra_layer),
+        "Target": target,
+        "TargetType": target_type,
+    }
     _call(ctx, lambda http: http.post(ctx.url("/api/capture"), json=body), fmt)
 
 
@@ -163,22 +227,19 @@ def capture_delete(ctx: ClientContext, id_: str, fmt: str | None) -> None:
     _call(ctx, lambda http: http.delete(ctx.url(f"/api/capture/{id_}")), fmt)
 
 
-def _rendered(ctx: ClientContext, request: Callable[[httpx.Client], httpx.Response], json_flag: bool,
-              fmt: str | None, render: Callable[[Any], str]) -> None:
+def _rendered(
+    ctx: ClientContext,
+    request: Callable[[httpx.Client], httpx.Response],
+    json_flag: bool,
+    fmt: str | None,
+    render: Callable[[Any], str],
+) -> None:
     """diff/path/loss: their own text table by default; --json or --format json/yaml/table otherwise."""
     chosen = "json" if json_flag else (fmt or ctx.format)
     if chosen is not None:
         _call(ctx, request, chosen)
         return
-    try:
-        with httpx.Client(timeout=60) as http:
-            resp = request(http)
-    except httpx.HTTPError as exc:
-        output.stderr().print(f"Error: cannot reach the API at {ctx.analyzer}: {exc}", markup=False)
-        sys.exit(2)
-    if resp.status_code >= 400:
-        sys.exit(output.report_error(resp))
-    print(render(resp.json()))
+    print(render(_send(ctx, request).json()))
 
 
 @client.command(help="what changed in the graph (and flows) between two instants")
@@ -189,8 +250,9 @@ def _rendered(ctx: ClientContext, request: Callable[[httpx.Client], httpx.Respon
 @click.option("--json", "json_flag", is_flag=True, help="print the API's JSON answer")
 @format_option()
 @pass_client
-def diff(ctx: ClientContext, since: str, until: str, scope: str, no_flows: bool, json_flag: bool,
-         fmt: str | None) -> None:
+def diff(
+    ctx: ClientContext, since: str, until: str, scope: str, no_flows: bool, json_flag: bool, fmt: str | None
+) -> None:
     from .diff_tables import render_diff
 
     params = {"from": since, "to": until, "flows": "0" if no_flows else "1"}
@@ -208,8 +270,13 @@ def diff(ctx: ClientContext, since: str, until: str, scope: str, no_flows: bool,
 def path(ctx: ClientContext, trackingid: str, settle: str, json_flag: bool, fmt: str | None) -> None:
     from .diff_tables import render_path
 
-    _rendered(ctx, lambda http: http.get(ctx.url(f"/api/flowpath/{trackingid}"), params={"settle": settle}),
-              json_flag, fmt, render_path)
+    _rendered(
+        ctx,
+        lambda http: http.get(ctx.url(f"/api/flowpath/{trackingid}"), params={"settle": settle}),
+        json_flag,
+        fmt,
+        render_path,
+    )
 
 
 @client.command(help="where packets are lost: links ranked by packets lost")
@@ -221,8 +288,13 @@ def path(ctx: ClientContext, trackingid: str, settle: str, json_flag: bool, fmt:
 def loss(ctx: ClientContext, window: str, settle: str, json_flag: bool, fmt: str | None) -> None:
     from .diff_tables import render_loss
 
-    _rendered(ctx, lambda http: http.get(ctx.url("/api/loss"), params={"window": window, "settle": settle}),
-              json_flag, fmt, render_loss)
+    _rendered(
+        ctx,
+        lambda http: http.get(ctx.url("/api/loss"), params={"window": window, "settle": settle}),
+        json_flag,
+        fmt,
+        render_loss,
+    )
 
 
 @client.group(help="alerts: Gremlin expressions watched by alert-evaluator")
@@ -232,16 +304,30 @@ def alert() -> None:
 
 @alert.command("create", help="fire when the expression returns something (a node, a non-zero count ...)")
 @click.option("--expression", required=True, help="e.g. \"G.V().Has('Name','eth0','State','DOWN')\"")
-@click.option("--trigger", default="graph", help="graph (default), periodic:<duration> or duration:<duration>")
+@click.option(
+    "--trigger", default="graph", help="graph (default), periodic:<duration> or duration:<duration>"
+)
 @click.option("--action", default="", help="webhook URL called with each firing/resolved event")
 @click.option("--name", default="")
 @click.option("--description", default="")
 @format_option()
 @pass_client
-def alert_create(ctx: ClientContext, expression: str, trigger: str, action: str, name: str, description: str,
-                 fmt: str | None) -> None:
-    body = {"Expression": expression, "Trigger": trigger, "Action": action, "Name": name,
-            "Description": description}
+def alert_create(
+    ctx: ClientContext,
+    expression: str,
+    trigger: str,
+    action: str,
+    name: str,
+    description: str,
+    fmt: str | None,
+) -> None:
+    body = {
+        "Expression": expression,
+        "Trigger": trigger,
+        "Action": action,
+        "Name": name,
+        "Description": description,
+    }
     _call(ctx, lambda http: http.post(ctx.url("/api/alert"), json=body), fmt)
 
 
@@ -281,18 +367,35 @@ def _upload(file: Path, progress: Progress) -> Iterator[bytes]:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--node-tid", default="", help="NodeTID to give the flows")
 @click.option("--keep-time", is_flag=True, help="flows carry the packets' own timestamps (the default)")
-@click.option("--replay", is_flag=True, help="replay the file now at capture speed: times shifted so its first "
-              "packet is now")
+@click.option(
+    "--replay",
+    is_flag=True,
+    help="replay the file now at capture speed: times shifted so its first packet is now",
+)
 @format_option()
 @pass_client
-def pcap(ctx: ClientContext, file: Path, node_tid: str, keep_time: bool, replay: bool, fmt: str | None) -> None:
+def pcap(
+    ctx: ClientContext, file: Path, node_tid: str, keep_time: bool, replay: bool, fmt: str | None
+) -> None:
     if keep_time and replay:
         raise click.UsageError("--keep-time and --replay exclude each other")
     err = output.stderr()
-    progress = Progress(*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                        console=err, transient=True, disable=not err.is_terminal)
+    progress = Progress(
+        *Progress.get_default_columns()[:1],
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
     params = {"NodeTID": node_tid, "KeepTime": "0" if replay else "1"}
     headers = {"Content-Type": "application/vnd.tcpdump.pcap", "Content-Length": str(file.stat().st_size)}
     with progress:
-        _call(ctx, lambda http: http.post(ctx.url("/api/pcap"), content=_upload(file, progress), params=params,
-                                          headers=headers), fmt)
+        _call(
+            ctx,
+            lambda http: http.post(
+                ctx.url("/api/pcap"), content=_upload(file, progress), params=params, headers=headers
+            ),
+            fmt,
+        )

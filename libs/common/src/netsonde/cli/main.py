@@ -23,8 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="netsonde")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]},
-             help="Netsonde real-time network analyzer. Shell completion: see docs/operations.md.")
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Netsonde real-time network analyzer. Shell completion: see docs/operations.md.",
+)
 def cli() -> None:
     pass
 
@@ -37,8 +39,13 @@ def _service_command(name: str) -> click.Command:
     def run(ctx: click.Context) -> None:  # reached only through `cli` directly: main() execs before parsing
         os.execv(sys.executable, [sys.executable, "-m", by_command(name).module, *ctx.args])
 
-    return click.Command(name, callback=run, help=f"run {what} (flags go to the service)", add_help_option=False,
-                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    return click.Command(
+        name,
+        callback=run,
+        help=f"run {what} (flags go to the service)",
+        add_help_option=False,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
 
 
 for _name in SERVICES:
@@ -46,14 +53,30 @@ for _name in SERVICES:
 
 
 @cli.command(help="run NATS, the ClickHouse store and every service on this host")
-@click.option("--state-dir", default=lambda: os.environ.get("NETSONDE_STATE_DIR", ".netsonde"),
-              show_default="./.netsonde", help="where NATS, the store and the logs keep their files")
-@click.option("--api-port", type=int, default=lambda: int(os.environ.get("NETSONDE_API_PORT", "8082")),
-              show_default="8082")
-@click.option("--nats-port", type=int, default=lambda: int(os.environ.get("NETSONDE_NATS_PORT", "4222")),
-              show_default="4222")
-@click.option("--store-port", type=int, default=lambda: int(os.environ.get("NETSONDE_STORE_PORT", "8123")),
-              show_default="8123")
+@click.option(
+    "--state-dir",
+    default=lambda: os.environ.get("NETSONDE_STATE_DIR", ".netsonde"),
+    show_default="./.netsonde",
+    help="where NATS, the store and the logs keep their files",
+)
+@click.option(
+    "--api-port",
+    type=int,
+    default=lambda: int(os.environ.get("NETSONDE_API_PORT", "8082")),
+    show_default="8082",
+)
+@click.option(
+    "--nats-port",
+    type=int,
+    default=lambda: int(os.environ.get("NETSONDE_NATS_PORT", "4222")),
+    show_default="4222",
+)
+@click.option(
+    "--store-port",
+    type=int,
+    default=lambda: int(os.environ.get("NETSONDE_STORE_PORT", "8123")),
+    show_default="8123",
+)
 @click.option("--only", default="", help="comma-separated services to run (default: all)")
 def allinone(**options: Any) -> None:
     from .allinone import run_allinone

@@ -39,9 +39,14 @@ def _service_class(package: str) -> type:
     module = importlib.import_module(f"netsonde.{package}.service")
     from netsonde.common.service import Service
 
-    classes = [v for v in vars(module).values()
-               if isinstance(v, type) and issubclass(v, Service) and v is not Service
-               and v.__module__ == module.__name__]
+    classes = [
+        v
+        for v in vars(module).values()
+        if isinstance(v, type)
+        and issubclass(v, Service)
+        and v is not Service
+        and v.__module__ == module.__name__
+    ]
     if len(classes) != 1:
         raise RuntimeError(f"netsonde.{package}.service: expected one Service class, found {classes}")
     return classes[0]
@@ -51,9 +56,14 @@ def _config_class(package: str) -> type:
     module = importlib.import_module(f"netsonde.{package}.config")
     from netsonde.common.config import BaseConfig
 
-    classes = [v for v in vars(module).values()
-               if isinstance(v, type) and issubclass(v, BaseConfig) and v is not BaseConfig
-               and v.__module__ == module.__name__]
+    classes = [
+        v
+        for v in vars(module).values()
+        if isinstance(v, type)
+        and issubclass(v, BaseConfig)
+        and v is not BaseConfig
+        and v.__module__ == module.__name__
+    ]
     return classes[-1]
 
 
@@ -121,7 +131,9 @@ def markdown_table(metrics: list[MetricInfo]) -> str:
     return "\n".join(rows) + "\n"
 
 
-BEGIN_MARK = "<!-- metric-table:begin (python -m netsonde.cli.metric_catalogue --write docs/operations.md) -->"
+BEGIN_MARK = (
+    "<!-- metric-table:begin (python -m netsonde.cli.metric_catalogue --write docs/operations.md) -->"
+)
 END_MARK = "<!-- metric-table:end -->"
 
 

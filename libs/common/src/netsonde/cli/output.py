@@ -1,5 +1,5 @@
-"""How `netsonde client` prints the API's answers: JSON (the default, as Skydive's client), YAML, or rich tables;
-and how it reports an error (the server's own message, on stderr)."""
+"""How `netsonde client` prints the API's answers: JSON (the default, as Skydive's client), YAML, or rich
+tables; and how it reports an error (the server's own message, on stderr)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 import httpx
-import yaml
+import yaml  # type: ignore[import-untyped]
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -39,9 +39,15 @@ def _cell(value: Any) -> str:
 
 def _graph_row(element: dict[str, Any]) -> dict[str, Any]:
     meta = element.get("Metadata") or {}
-    return {"ID": element.get("ID"), "Name": meta.get("Name"), "Type": meta.get("Type"),
-            "Host": element.get("Host"), "Parent": element.get("Parent"), "Child": element.get("Child"),
-            "RelationType": meta.get("RelationType")}
+    return {
+        "ID": element.get("ID"),
+        "Name": meta.get("Name"),
+        "Type": meta.get("Type"),
+        "Host": element.get("Host"),
+        "Parent": element.get("Parent"),
+        "Child": element.get("Child"),
+        "RelationType": meta.get("RelationType"),
+    }
 
 
 def _rows(data: Any) -> tuple[list[str], list[dict[str, Any]]]:
@@ -60,10 +66,10 @@ def _rows(data: Any) -> tuple[list[str], list[dict[str, Any]]]:
         rows = [_graph_row(r) for r in rows]
         columns = [c for c in GRAPH_COLUMNS if any(r.get(c) not in (None, "") for r in rows)]
         return columns, rows
-    columns: list[str] = []
+    keys: list[str] = []
     for row in rows:
-        columns += [k for k in row if k not in columns]
-    return columns, rows
+        keys += [k for k in row if k not in keys]
+    return keys, rows
 
 
 def table(data: Any) -> Table:
@@ -103,7 +109,10 @@ def server_message(resp: httpx.Response) -> str:
 
 
 def report_error(resp: httpx.Response) -> int:
-    """Print `Error: <status> <reason>: <server's message>` on stderr; the exit status of a refused request."""
-    stderr().print(Text.assemble(("Error:", "bold red"),
-                                 f" {resp.status_code} {resp.reason_phrase}: {server_message(resp)}"))
+    """Print `Error: <status> <reason>: <server's message>` on stderr; the exit status of a refusal."""
+    stderr().print(
+        Text.assemble(
+            ("Error:", "bold red"), f" {resp.status_code} {resp.reason_phrase}: {server_message(resp)}"
+        )
+    )
     return 1
