@@ -1,0 +1,246 @@
+"""Each probe as a whole process with only the Linux capabilities docs/reliability.md lists, as in a container
+that runs as root with `cap_add` (root whose bounding set holds those and nothing else, set with `setpriv`):
+probe-topology reports a veth and its address inside a network namespace, probe-flow captures a ping there with
+exact packet counts. Without CAP_SYS_ADMIN the namespace's interfaces stay invisible; without CAP_NET_RAW the
+capture reports an error state. Real nats-server, graph-builder and query-api (in-process), real namespaces."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import msgpack
+import nats
+import pytest
+
+from netsonde.common.bus import Subjects, encode
+from netsonde.common.bus.captures import Capture
+from netsonde.common.service import wait_for
+from netsonde.common.testing import free_port
+from netsonde.graph_builder.config import GraphBuilderConfig
+from netsonde.graph_builder.service import GraphBuilderService
+from netsonde.query_api.config import QueryApiConfig
+from netsonde.query_api.service import QueryApiService
+from tests.integration.test_probe_flow_capture import Topo, sh
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+PROBE_TOPOLOGY_CAPS = ("net_admin", "sys_admin")
+"""What docs/reliability.md lists for probe-topology (no OVSDB socket, no container namespaces here)."""
+PROBE_FLOW_CAPS = ("net_raw", "sys_admin")
+CAP_BITS = {"net_admin": 12, "net_raw": 13, "sys_admin": 21, "sys_ptrace": 19}
+
+
+@dataclass
+class Probe:
+    """A probe process started under `setpriv` with a bounding set of `caps` only (root, every other
+    capability dropped: what Docker's `cap_add` gives a root container)."""
+
+    package: str
+    caps: tuple[str, ...]
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        bounding = ",".join(["-all", *(f"+{c}" for c in self.caps)])
+        with open(self.log_path, "wb") as log:
+            self.popen = subprocess.Popen(
+                ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--",
+                 sys.executable, "-m", f"netsonde.{self.package}"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def effective_caps(self) -> int:
+        """CapEff of the running probe, read from /proc."""
+        assert self.popen is not None and self.popen.poll() is None, self.log()
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+        raise AssertionError("no CapEff line")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+
+@dataclass
+class Bench:
+    nats_url: str
+    prefix: str
+    host: str
+    api_port: int
+    logdir: Path
+
+    def probe(self, package: str, caps: tuple[str, ...], **settings: str) -> Probe:
+        env = dict(os.environ, NETSONDE_NATS_URL=self.nats_url, NETSONDE_SUBJECT_PREFIX=self.prefix,
+                   NETSONDE_HOST_ID=self.host, NETSONDE_HTTP_PORT=str(free_port()), NETSONDE_OVSDB="",
+                   NETSONDE_LOG_LEVEL="info",
+                   **{f"NETSONDE_{k.upper()}": v for k, v in settings.items()})
+        proc = Probe(package, caps, env, self.logdir / f"{package}-{'-'.join(caps)}.log")
+        proc.start()
+        return proc
+
+    async def gremlin(self, query: str) -> object:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.api_port}", timeout=10) as http:
+            r = await http.post("/api/topology", json={"GremlinQuery": query})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+
+@pytest.fixture
+async def bench(nats_url: str, unique: str, tmp_path: Path) -> AsyncIterator[Bench]:
+    prefix, host = f"pc{unique}", f"hc{unique}"
+    gb = GraphBuilderService(GraphBuilderConfig.load(env={}, nats_url=nats_url, subject_prefix=prefix,
+                                                     history=False))
+    await gb.start()
+    api = QueryApiService(QueryApiConfig.load(env={}, nats_url=nats_url, subject_prefix=prefix,
+                                              http_port=free_port(), history=False, flows=False))
+    await api.start()
+    try:
+        yield Bench(nats_url, prefix, host, api.http_port, tmp_path)
+    finally:
+        await api.stop()
+        await gb.stop()
+
+
+@pytest.fixture
+def namespaces(unique: str) -> Iterator[tuple[Topo, str, str, str, str]]:
+    """Two namespaces joined by a veth pair, 10.79.0.1/24 <-> 10.79.0.2/24."""
+    topo = Topo(unique)
+    try:
+        a, b = topo.ns("a"), topo.ns("b")
+        ia, ib = f"ca{topo.u}", f"cb{topo.u}"
+        topo.veth(a, ia, b, ib)
+        sh(f"ip -n {a} addr add 10.79.0.1/24 dev {ia} && ip -n {b} addr add 10.79.0.2/24 dev {ib}")
+        yield topo, a, ia, b, ib
+    finally:
+        topo.close()
+
+
+def _mask(caps: tuple[str, ...]) -> int:
+    return sum(1 << CAP_BITS[c] for c in caps)
+
+
+async def _addresses(bench: Bench, name: str, timeout: float) -> list[str]:
+    """IPV4 of the interface named `name` in the API's graph once it shows ([] if it never does)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = await bench.gremlin(f"G.V().Has('Name', '{name}').Values('IPV4')")
+        if found:
+            return [ip for ips in found for ip in ips]  # type: ignore[union-attr]
+        await asyncio.sleep(0.3)
+    return []
+
+
+async def test_probe_topology_with_only_its_capabilities(bench: Bench, namespaces) -> None:
+    topo, a, ia, b, ib = namespaces
+    probe = bench.probe("probe_topology", PROBE_TOPOLOGY_CAPS, process_netns="false", netns_scan_interval_s="0.5")
+    try:
+        seen = await _addresses(bench, ib, 30)
+        assert probe.effective_caps() == _mask(PROBE_TOPOLOGY_CAPS), probe.log()
+        print(f"\nprobe-topology with {PROBE_TOPOLOGY_CAPS} only: {ib} in netns {b}: IPV4 {seen}")
+        assert seen == ["10.79.0.2/24"], probe.log()
+        assert await bench.gremlin(f"G.V().Has('Name', '{b}', 'Type', 'netns').Count()") == 1
+    finally:
+        probe.stop()
+    assert "Traceback" not in probe.log(), probe.log()
+
+
+async def test_probe_topology_without_sys_admin_cannot_enter_namespaces(bench: Bench, namespaces) -> None:
+    topo, a, ia, b, ib = namespaces
+    probe = bench.probe("probe_topology", ("net_admin",), process_netns="false", netns_scan_interval_s="0.5")
+    try:
+        seen = await _addresses(bench, ib, 8)
+        print(f"\nprobe-topology with net_admin only: {ib} in graph: {seen}")
+        assert seen == []
+    finally:
+        probe.stop()
+    assert "setns" in probe.log() or "Operation not permitted" in probe.log(), probe.log()
+
+
+async def _capture_ping(bench: Bench, probe: Probe, a: str, b: str, ib: str, unique: str,
+                        count: int) -> tuple[list[dict], tuple[int, int]]:
+    """Capture ICMP on `ib` (selected by a Gremlin query in the graph), ping `count` times from `a`; returns
+    the capture statuses and the (AB, BA) packets of the ping's flow read from the flow stream."""
+    subjects = Subjects(bench.prefix)
+    nc = await nats.connect(bench.nats_url)
+    js = nc.jetstream()
+    statuses: list[dict] = []
+
+    async def on_status(m) -> None:
+        statuses.append(msgpack.unpackb(m.data))
+
+    await nc.subscribe(subjects.capture_status, cb=on_status)
+    kv = await js.key_value(subjects.capture_bucket)
+    cap = Capture(UUID=f"cap-{unique}", GremlinQuery=f"G.V().Has('Name', '{ib}')", BPFFilter="icmp")
+    await kv.put(cap.UUID, encode(cap))
+    try:
+        await wait_for(lambda: any(s["state"] in ("active", "error") for s in statuses), 30)
+        if not any(s["state"] == "active" for s in statuses):
+            return statuses, (0, 0)
+        sh(f"ip netns exec {a} ping -c {count} -i 0.2 -W 1 10.79.0.2")
+        sub = await js.pull_subscribe(subjects.flows(bench.host), durable=f"w{unique}", stream=subjects.flow_stream)
+        ab = ba = 0
+        deadline = time.monotonic() + 15
+        while (ab, ba) != (count, count) and time.monotonic() < deadline:
+            try:
+                msgs = await sub.fetch(10, timeout=1)
+            except nats.errors.TimeoutError:
+                continue
+            for m in msgs:
+                for f in msgpack.unpackb(m.data)["flows"]:
+                    if f.get("Application") == "ICMPv4" or f.get("ICMP"):
+                        ab += f["LastUpdateMetric"].get("ABPackets", 0)
+                        ba += f["LastUpdateMetric"].get("BAPackets", 0)
+                await m.ack()
+        return statuses, (ab, ba)
+    finally:
+        await kv.delete(cap.UUID)
+        await nc.close()
+
+
+async def test_probe_flow_with_only_its_capabilities(bench: Bench, namespaces, unique: str) -> None:
+    topo, a, ia, b, ib = namespaces
+    topology = bench.probe("probe_topology", PROBE_TOPOLOGY_CAPS, process_netns="false", netns_scan_interval_s="0.5")
+    flow = bench.probe("probe_flow", PROBE_FLOW_CAPS, update_interval_s="0.5", reconcile_interval_s="0.5")
+    try:
+        assert await _addresses(bench, ib, 30) == ["10.79.0.2/24"], topology.log()
+        assert flow.effective_caps() == _mask(PROBE_FLOW_CAPS), flow.log()
+        statuses, (ab, ba) = await _capture_ping(bench, flow, a, b, ib, unique, 4)
+        print(f"\nprobe-flow with {PROBE_FLOW_CAPS} only: capture {[s['state'] for s in statuses]}, "
+              f"ping -c 4 captured AB {ab} BA {ba} packets")
+        assert (ab, ba) == (4, 4), (statuses, flow.log())
+    finally:
+        flow.stop()
+        topology.stop()
+    assert "Traceback" not in flow.log(), flow.log()
+
+
+async def test_probe_flow_without_net_raw_reports_an_error(bench: Bench, namespaces, unique: str) -> None:
+    topo, a, ia, b, ib = namespaces
+    topology = bench.probe("probe_topology", PROBE_TOPOLOGY_CAPS, process_netns="false", netns_scan_interval_s="0.5")
+    flow = bench.probe("probe_flow", ("sys_admin",), update_interval_s="0.5", reconcile_interval_s="0.5")
+    try:
+        assert await _addresses(bench, ib, 30) == ["10.79.0.2/24"], topology.log()
+        statuses, counts = await _capture_ping(bench, flow, a, b, ib, unique, 1)
+        print(f"\nprobe-flow with sys_admin only: {statuses}")
+        assert [s["state"] for s in statuses][-1] == "error" and counts == (0, 0)
+        assert "not permitted" in str(statuses[-1]).lower(), statuses
+    finally:
+        flow.stop()
+        topology.stop()
