@@ -2,7 +2,7 @@
 that runs as root with `cap_add` (root whose bounding set holds those and nothing else, set with `setpriv`):
 probe-topology reports a veth and its address inside a network namespace, probe-flow captures a ping there with
 exact packet counts. Without CAP_SYS_ADMIN the namespace's interfaces stay invisible; without CAP_NET_RAW the
-capture reports an error state. Real nats-server, graph-builder and query-api (in-process), real namespaces."""
+capture reports an error state; a namespace held only by a process (a container's) needs CAP_SYS_PTRACE. Real nats-server, graph-builder and query-api (in-process), real namespaces."""
 
 from __future__ import annotations
 
@@ -244,3 +244,37 @@ async def test_probe_flow_without_net_raw_reports_an_error(bench: Bench, namespa
     finally:
         flow.stop()
         topology.stop()
+
+
+@pytest.fixture
+def process_namespace(unique: str) -> Iterator[str]:
+    """A namespace held only by a process (as a container's is), with a veth end addressed 10.79.1.2/24 in it;
+    yields that end's name."""
+    holder = subprocess.Popen(["unshare", "-n", "sleep", "300"])
+    outside, inside = f"po{unique[:6]}", f"pi{unique[:6]}"
+    try:
+        deadline = time.monotonic() + 5
+        while os.readlink(f"/proc/{holder.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+            assert time.monotonic() < deadline, "unshare did not make a namespace"
+            time.sleep(0.02)
+        sh(f"ip link add {outside} type veth peer name {inside} netns {holder.pid}")
+        sh(f"nsenter -t {holder.pid} -n ip addr add 10.79.1.2/24 dev {inside}")
+        sh(f"nsenter -t {holder.pid} -n ip link set {inside} up")
+        yield inside
+    finally:
+        subprocess.run(["ip", "link", "del", outside], capture_output=True)
+        holder.kill()
+        holder.wait(5)
+
+
+async def test_container_namespaces_need_sys_ptrace(bench: Bench, process_namespace: str) -> None:
+    """/proc/<pid>/ns/net of a process with more capabilities than the probe is refused without SYS_PTRACE."""
+    seen: dict[str, list[str]] = {}
+    for caps in (PROBE_TOPOLOGY_CAPS, (*PROBE_TOPOLOGY_CAPS, "sys_ptrace")):
+        probe = bench.probe("probe_topology", caps, process_netns="true", netns_scan_interval_s="0.5")
+        try:
+            seen["+".join(caps)] = await _addresses(bench, process_namespace, 8 if len(caps) == 2 else 30)
+        finally:
+            probe.stop()
+    print(f"\n{process_namespace} in a process-held namespace, as probe-topology saw it: {seen}")
+    assert seen == {"net_admin+sys_admin": [], "net_admin+sys_admin+sys_ptrace": ["10.79.1.2/24"]}
