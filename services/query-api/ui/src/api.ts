@@ -16,7 +16,7 @@ export interface GraphElement {
 export interface Graph { Nodes: GraphElement[]; Edges: GraphElement[] }
 
 export interface GroupSummary {
-  ID: string; Name: string; Type: "host" | "netns"; Host: string; Group: string; Nodes: number;
+  ID: string; Name: string; Type: "host" | "container" | "netns"; Host: string; Group: string; Nodes: number;
   Types: Record<string, number>;
 }
 

@@ -7,7 +7,9 @@ import * as api from "./api";
 import type { GraphElement, Summary } from "./api";
 import { colourOf, shapeOf, STYLE } from "./style";
 
-const GROUP_TYPES = new Set(["host", "netns"]);
+/** Drawn as groups: a host holds its containers and namespaces, a container holds its namespace. */
+const GROUP_TYPES = new Set(["host", "container", "netns"]);
+const GROUP_DEPTH: Record<string, number> = { host: 0, container: 1, netns: 2 };
 const CELL_W = 96, CELL_H = 64, GAP = 46;
 export type Mark = "added" | "removed" | "changed";
 
@@ -217,7 +219,7 @@ export class TopologyMap {
       try {
         const chain: GraphElement[] = await api.gremlin(`${ctx}.V().Has('@ID', ${api.q(id)}).Ascendants(0)`);
         const owners = chain.filter((n) => GROUP_TYPES.has(n.Metadata.Type) && n.ID !== id);
-        owners.sort((a, b) => (a.Metadata.Type === "host" ? -1 : 1) - (b.Metadata.Type === "host" ? -1 : 1));
+        owners.sort((a, b) => GROUP_DEPTH[a.Metadata.Type] - GROUP_DEPTH[b.Metadata.Type]);
         for (const o of owners) await this.expand(o.ID, false);
         if (!owners.length) {
           const n = chain.find((c) => c.ID === id);
@@ -275,7 +277,7 @@ export class TopologyMap {
         data: { id: g.id, label, name: g.name, colour: colourOf(g.type), shape: "round-rectangle", type: g.type, host: g.host,
           size: Math.round(34 + 10 * Math.log2(1 + count)) },
         classes: ["group", g.type, g.expanded ? "expanded" : "collapsed", mark ?? "", ...(n ? stateClasses(n) : [])].join(" ") + this.extra(g.id),
-        parent: this.groupParent(g), group: true, collapsed: !g.expanded, sortKey: `0${g.type === "host" ? 0 : 1}${g.name}`,
+        parent: this.groupParent(g), group: true, collapsed: !g.expanded, sortKey: `0${GROUP_DEPTH[g.type] ?? 3}${g.name}`,
       });
     }
     for (const n of this.nodes.values()) {
@@ -316,7 +318,8 @@ export class TopologyMap {
       meta.set(key, m);
     };
     for (const e of this.edges.values()) {
-      const rel = String(e.Metadata.RelationType ?? "");
+      // graph-builder's cross-host tunnel edges are `RelationType: layer2, Type: tunnel`: drawn as tunnels
+      const rel = e.Metadata.Type === "tunnel" ? "tunnel" : String(e.Metadata.RelationType ?? "");
       if (rel === "ownership" && this.groups.has(e.Parent!)) continue;
       const a = this.visibleEnd(e.Parent!, want), b = this.visibleEnd(e.Child!, want);
       if (!a || !b || a === b) continue;
@@ -333,7 +336,7 @@ export class TopologyMap {
     }
     for (const [key, m] of meta) {
       wantEdges.set(key, { data: { id: key, source: m.a, target: m.b, rel: [...m.rels].join(","),
-        label: m.count > 1 ? String(m.count) : "", width: Math.min(8, 1 + Math.log2(m.count)) }, classes: "meta" });
+        label: m.count > 1 ? String(m.count) : "", width: Math.min(8, 1 + Math.log2(m.count)) }, classes: ["meta", ...m.rels].join(" ") });
     }
 
     const cy = this.cy;

@@ -3,7 +3,7 @@
 import type cytoscape from "cytoscape";
 
 const TYPE_COLOURS: Record<string, string> = {
-  host: "#e8eef7", netns: "#f3f0e6", device: "#4e79a7", veth: "#59a14f", bridge: "#f28e2b", ovsbridge: "#e15759",
+  host: "#e8eef7", netns: "#f3f0e6", container: "#e6f3ee", device: "#4e79a7", veth: "#59a14f", bridge: "#f28e2b", ovsbridge: "#e15759",
   ovsport: "#ff9da7", internal: "#b07aa1", vlan: "#76b7b2", bond: "#9c755f", tun: "#bab0ac", tap: "#bab0ac",
   vxlan: "#edc948", gre: "#edc948", geneve: "#edc948", patch: "#b07aa1", loopback: "#999999", switch: "#4e79a7",
 };
@@ -36,6 +36,7 @@ export const STYLE: cytoscape.StylesheetJson = [
     "font-size": 12, "font-weight": "bold", "border-color": "#6e7781", padding: "14px", "text-margin-y": -4,
   } },
   { selector: "node.group.netns", style: { "border-style": "dashed" } },
+  { selector: "node.group.container", style: { "border-color": "#1f883d", "border-width": 2 } },
   { selector: "node.group.collapsed", style: {
     width: "data(size)", height: "data(size)", "text-valign": "center", "font-size": 11, "text-wrap": "wrap",
     "background-opacity": 1, "border-width": 2,
@@ -50,6 +51,8 @@ export const STYLE: cytoscape.StylesheetJson = [
   { selector: "edge.tunnel", style: { "line-color": "#bf8700", "line-style": "dashed", width: 3 } },
   { selector: "edge.meta", style: { "line-color": "#8c959f", width: "data(width)", label: "data(label)",
     "font-size": 9, "text-background-color": "#fff", "text-background-opacity": 0.8 } },
+  { selector: "edge.meta.tunnel", style: { "line-color": "#bf8700", "line-style": "dashed" } },
+  { selector: "edge.meta.patch", style: { "line-color": "#8250df", "line-style": "dotted" } },
   { selector: ".added", style: { "overlay-color": "#2da44e", "overlay-opacity": 0.35, "overlay-padding": 6 } },
   { selector: ".changed", style: { "overlay-color": "#d4a72c", "overlay-opacity": 0.4, "overlay-padding": 6 } },
   { selector: ".removed", style: { opacity: 0.35, "border-style": "dashed", "border-color": "#cf222e",

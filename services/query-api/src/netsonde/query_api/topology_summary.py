@@ -2,8 +2,9 @@
 
 A 10 000-node graph is too much to draw on page load; the UI draws hosts and namespaces as collapsed groups
 from `GET /api/topology/summary` and fetches a group's members with `GET /api/topology/group/{id}` when the
-user expands it. A node's group is its nearest `netns` owner over ownership edges, else its host (the `host`
-node owning it, else the `host` node of its `Host`). Both endpoints take `?at=<instant>` (any `Context()`
+user expands it. A node's group is its nearest `netns` or `container` owner over ownership edges, else its
+host (the `host` node owning it, else the `host` node of its `Host`); a container's namespace (owned by the
+container, not the host, docs/containers.md) is a group inside the container's group. Both endpoints take `?at=<instant>` (any `Context()`
 time: epoch ms, ISO 8601, `-1h` ...) for the graph of a past instant.
 """
 
@@ -23,7 +24,7 @@ from netsonde.common.graph import element_to_json
 if TYPE_CHECKING:
     from .service import QueryApiService
 
-GROUP_TYPES = ("host", "netns")
+GROUP_TYPES = ("host", "container", "netns")
 """Node types drawn as groups (compound nodes) holding the nodes they own."""
 MAX_GROUP_NODES = 5000
 """A group larger than this answers its first MAX_GROUP_NODES members by name and says `Truncated`."""
@@ -122,7 +123,7 @@ class Grouping:
             )
         links: Counter[tuple[str, str, str]] = Counter()
         for e in self.edges:
-            rel = str(e.Metadata.get("RelationType", ""))
+            rel = link_kind(e.Metadata)
             if rel == "ownership":
                 continue
             a, b = self._outer(e.Parent), self._outer(e.Child)
@@ -144,6 +145,12 @@ class Grouping:
         if n is None:
             return ""
         return n.ID if n.Metadata.get("Type") in GROUP_TYPES else self.group.get(node_id, "")
+
+
+def link_kind(md: Mapping[str, Any]) -> str:
+    """How a link is drawn: its RelationType, but `tunnel` for graph-builder's cross-host tunnel edges
+    (`RelationType: layer2, Type: tunnel`, docs/demo.md)."""
+    return "tunnel" if md.get("Type") == "tunnel" else str(md.get("RelationType", ""))
 
 
 class TopologySummaryApi:
@@ -197,7 +204,7 @@ class TopologySummaryApi:
         gid = request.match_info["id"]
         grouping, past = await self._grouping(request)
         if gid not in grouping.nodes or grouping.nodes[gid].Metadata.get("Type") not in GROUP_TYPES:
-            raise web.HTTPNotFound(text=f"Group '{gid}' does not exist (a host or netns node ID)")
+            raise web.HTTPNotFound(text=f"Group '{gid}' does not exist (a host, container or netns node ID)")
         body = self._members(grouping, past, gid)
         return web.json_response(body, dumps=lambda d: json.dumps(d, default=str))
 
