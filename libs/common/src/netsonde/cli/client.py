@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ class ClientContext:
 
     analyzer: str
     format: str | None
+    busy: bool = False
+    """A progress bar is on screen (no spinner on top of it)."""
 
     def url(self, path: str) -> str:
         base = self.analyzer if self.analyzer.startswith("http") else f"http://{self.analyzer}"
@@ -54,12 +57,21 @@ def _call(ctx: ClientContext, request: Callable[[httpx.Client], httpx.Response],
 
 
 def _send(ctx: ClientContext, request: Callable[[httpx.Client], httpx.Response]) -> httpx.Response:
-    """The answer of one request; exits 2 if the API cannot be reached, 1 (server's message) if it refuses."""
+    """The answer of one request; exits 2 if the API cannot be reached, 1 (server's message) if it refuses.
+
+    On a terminal a spinner shows while the API works (a long Gremlin query, a diff over hours), unless a
+    progress bar (pcap upload) is already shown."""
+    err = output.stderr()
+    waiting: AbstractContextManager[object] = (
+        err.status(f"waiting for {ctx.analyzer}") if err.is_terminal and not ctx.busy else nullcontext()
+    )
     try:
-        with httpx.Client(timeout=60) as http:
+        with waiting, httpx.Client(timeout=60) as http:
             resp = request(http)
     except httpx.HTTPError as exc:
-        output.stderr().print(f"Error: cannot reach the API at {ctx.analyzer}: {exc}", markup=False)
+        output.stderr().print(
+            f"Error: cannot reach the API at {ctx.analyzer}: {exc}", markup=False, highlight=False
+        )
         sys.exit(2)
     if resp.status_code >= 400:
         sys.exit(output.report_error(resp))
@@ -391,6 +403,7 @@ def pcap(
     )
     params = {"NodeTID": node_tid, "KeepTime": "0" if replay else "1"}
     headers = {"Content-Type": "application/vnd.tcpdump.pcap", "Content-Length": str(file.stat().st_size)}
+    ctx.busy = True
     with progress:
         _call(
             ctx,

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard, prometheus, table, timeseries
 from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, GridPos
 
 CLICKHOUSE = DataSourceRef(type_val="grafana-clickhouse-datasource", uid="netsonde-clickhouse")
@@ -171,6 +173,23 @@ def drop_queries() -> list[tuple[str, str]]:
     return out
 
 
+def _time_series() -> timeseries.Panel:
+    """A time-series panel with its options set (legend as a table below, tooltip on every series)."""
+    legend = (
+        common_builders.VizLegendOptions()
+        .show_legend(True)
+        .display_mode(common.LegendDisplayMode.TABLE)
+        .placement(common.LegendPlacement.BOTTOM)
+        .calcs(["sum", "max"])
+    )
+    tooltip = (
+        common_builders.VizTooltipOptions()
+        .mode(common.TooltipDisplayMode.MULTI)
+        .sort(common.SortOrder.DESCENDING)
+    )
+    return timeseries.Panel().legend(legend).tooltip(tooltip)
+
+
 def build_dashboard() -> dict[str, Any]:
     """The overview dashboard as Grafana's JSON model."""
     board = (
@@ -183,7 +202,7 @@ def build_dashboard() -> dict[str, Any]:
     )
     for index, p in enumerate(SQL_PANELS):
         pos = GridPos(h=8, w=12, x=12 * (index % 2), y=8 * (index // 2))
-        builder: Any = table.Panel() if p.format == FORMAT_TABLE else timeseries.Panel()
+        builder: Any = table.Panel().show_header(True) if p.format == FORMAT_TABLE else _time_series()
         builder = (
             builder.title(p.title)
             .description(p.description)
@@ -194,7 +213,7 @@ def build_dashboard() -> dict[str, Any]:
         )
         board = board.with_panel(builder)
     drops = (
-        timeseries.Panel()
+        _time_series()
         .title("Drops per stage")
         .datasource(PROMETHEUS)
         .unit("ops")
