@@ -205,8 +205,8 @@ def test_end_to_end_through_gremlin_equals_afpacket(stack: tuple[int, int], pair
                 return flows[0]
             return None
 
-        f_eb = wait_until(lambda: ping_flow(pair.va), 30, "the ping in the ebpf capture")
-        f_af = wait_until(lambda: ping_flow(pair.vb), 30, "the ping in the afpacket capture")
+        f_eb = wait_until(lambda: ping_flow(pair.va), 60, "the ping in the ebpf capture")
+        f_af = wait_until(lambda: ping_flow(pair.vb), 60, "the ping in the afpacket capture")
         for f, cap in ((f_eb, eb), (f_af, af)):
             m = f["Metric"]
             assert (m["ABPackets"], m["BAPackets"], m["ABBytes"], m["BABytes"]) == (5, 5, 490, 490)

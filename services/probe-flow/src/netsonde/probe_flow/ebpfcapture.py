@@ -95,8 +95,8 @@ class EbpfCapture(BaseCapture):
                 done = self._seen.pop(key, (0, 0))
             else:
                 done = self._seen.get(key, (0, 0))
-                self._seen[key] = (v.packets, v.bytes)
-            dp, db = v.packets - done[0], v.bytes - done[1]
+                self._seen[key] = (v.packets, v.byte_count)
+            dp, db = v.packets - done[0], v.byte_count - done[1]
             if dp > 0:
                 aggs.append((key, _frame(v.sample, v.wire_len), dp, db, v.first_ns + off, v.last_ns + off))
                 packets += dp

@@ -51,7 +51,7 @@ class EbpfError(Exception):
 @dataclass
 class FlowValue:
     packets: int
-    bytes: int
+    byte_count: int
     first_ns: int
     last_ns: int
     wire_len: int
