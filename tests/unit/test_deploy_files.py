@@ -126,6 +126,12 @@ def test_compose_files_are_valid() -> None:
     assert ref["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:25.")
     assert ref["nats"]["image"].startswith("nats:")
     assert ref["query-api"]["ports"] == [{"published": "8082-8085", "target": 8082}]
+    for probe, caps in (("probe-topology", ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN"]),
+                        ("probe-flow", ["NET_RAW", "SYS_ADMIN", "SYS_PTRACE"])):
+        assert "privileged" not in ref[probe] and ref[probe]["cap_drop"] == ["ALL"]
+        assert ref[probe]["cap_add"] == caps
+    assert ref["query-api"]["environment"]["NETSONDE_USERS_FILE"] == "/run/secrets/api-users"
+    assert ref["query-api"]["secrets"] == [{"source": "api-users"}]
     podman = _compose_config("deploy/compose.yml", "deploy/compose.podman.yml")["services"]
     assert isinstance(podman, dict)
     assert podman["clickhouse"]["command"][:1] == ["clickhouse-store"] and podman["nats"]["entrypoint"] == ["nats-server"]
@@ -179,8 +185,10 @@ def test_kubernetes_resources_validate() -> None:
     probes = by_name[("DaemonSet", "probes")]["spec"]["template"]["spec"]  # type: ignore[index]
     assert probes["hostNetwork"] is True and probes["hostPID"] is True
     assert {v["hostPath"]["path"] for v in probes["volumes"]} == {"/run/netns", "/var/run/openvswitch"}
-    for c in probes["containers"]:
-        assert c["securityContext"]["privileged"] is True
+    caps = {c["name"]: c["securityContext"]["capabilities"] for c in probes["containers"]}
+    assert caps == {"probe-topology": {"drop": ["ALL"], "add": ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN"]},
+                    "probe-flow": {"drop": ["ALL"], "add": ["NET_RAW", "SYS_ADMIN", "SYS_PTRACE"]}}
+    assert not any(c["securityContext"].get("privileged") for c in probes["containers"])
     for kind, name in [("Deployment", n) for n in ("graph-builder", "query-api", "flow-enricher",
                                                    "sflow-collector")] + [("DaemonSet", "probes")]:
         for c in by_name[(kind, name)]["spec"]["template"]["spec"]["containers"]:  # type: ignore[index]
