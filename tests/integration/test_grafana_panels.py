@@ -8,6 +8,7 @@ Grafana's macros are expanded as the ClickHouse data source expands them (`$__ti
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -159,3 +160,42 @@ def test_committed_dashboards_equal_the_generated_ones() -> None:
         assert committed == text, f"deploy/grafana/dashboards/{name} is stale: python -m netsonde.cli.grafana " \
                                   "deploy/grafana"
         assert json.loads(committed)["uid"] == grafana.DASHBOARD_UID
+
+
+def test_preview_picture(clickhouse_url: str, database: str) -> None:
+    """With NETSONDE_GRAFANA_PREVIEW=<png>, draw what the ClickHouse panels return on the test data (matplotlib,
+    requirements-dev.txt): the picture of docs/grafana.md. Not a Grafana screenshot: no Grafana server runs here."""
+    target = os.environ.get("NETSONDE_GRAFANA_PREVIEW")
+    results = {p.title: run_panel(clickhouse_url, database, p.title) for p in grafana.SQL_PANELS}
+    assert all(results.values()), f"a panel returned nothing: {results}"
+    if not target:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
+    fig.suptitle("Netsonde overview panels: the rows their SQL returns on the embedded store (test data; "
+                 "not a Grafana screenshot)", fontsize=11)
+    t0 = T0 // 1000
+    for ax, panel in zip(axes.flat, grafana.SQL_PANELS, strict=True):
+        rows = results[panel.title]
+        ax.set_title(panel.title, fontsize=10)
+        if panel.format == grafana.FORMAT_TIME_SERIES:
+            names = sorted({r[1] for r in rows})
+            width = 0.8 / len(names)
+            for i, series in enumerate(names):  # one bar per series in each 60 s bucket
+                points = [((r[0] - t0) // 60 + i * width, r[2]) for r in rows if r[1] == series]
+                bars = ax.bar([p[0] for p in points], [p[1] for p in points], width=width, label=series)
+                ax.bar_label(bars, fontsize=8)
+            ax.set_xticks([0 + 0.4 - width / 2, 1 + 0.4 - width / 2], ["T0", "T0 + 60 s"])
+            ax.legend(fontsize=8)
+        else:
+            labels = [str(r[0]) for r in rows]
+            ax.barh(labels, [r[1] for r in rows])
+            ax.invert_yaxis()
+            for y, r in enumerate(rows):
+                ax.text(r[1], y, " " + ", ".join(str(v) for v in r[1:]), va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(target, dpi=80)
