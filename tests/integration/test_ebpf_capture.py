@@ -146,6 +146,31 @@ def test_full_map_goes_through_the_ring_buffer(veths: Veths) -> None:
     assert cap.program is None and cap.packets_dropped == 0
 
 
+def test_map_pressure_evicts_the_oldest_down_to_half(veths: Veths) -> None:
+    """A 16-entry map holding more than 12 keys: the oldest go until 8 are left, no count lost."""
+    table = FlowTable("tid-va", "c-eb")
+    cap = EbpfCapture(veths.va, table, veths.ns_path, poll_s=3600, idle_s=3600, max_flows=16)
+    cap.start()
+    try:
+        veths.udp(range(42000, 42014))
+        time.sleep(0.2)
+        before = sum(1 for _ in cap.program.entries())  # type: ignore[union-attr]
+        assert before > 12
+        folded = cap.poll()
+        assert sum(1 for _ in cap.program.entries()) == 8 and cap.evicted == before - 8  # type: ignore[union-attr]
+        veths.udp(range(42000, 42014))
+        time.sleep(0.2)
+        folded += cap.poll(drain=True)
+    finally:
+        cap.stop()
+    per_port: dict[int, int] = {}
+    for f in table.flush():
+        if f.LayersPath == "Ethernet/IPv4/UDP":  # each round is a new socket: a new source port, a new flow
+            per_port[f.Transport.B] = per_port.get(f.Transport.B, 0) + f.Metric.ABPackets
+    assert per_port == {p: 2 for p in range(42000, 42014)}
+    assert folded == table.stats.packets
+
+
 def test_idle_entries_leave_the_map_without_losing_counts(veths: Veths) -> None:
     table = FlowTable("tid-va", "c-eb")
     cap = EbpfCapture(veths.va, table, veths.ns_path, poll_s=3600, idle_s=0.2)
