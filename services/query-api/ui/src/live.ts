@@ -6,6 +6,8 @@ export class LiveFeed {
   private ws: WebSocket | null = null;
   private closed = false;
   onEvent: (ev: Envelope) => void = () => {};
+  /** Events of the `Alert` namespace (an alert fired or resolved). */
+  onAlert: (ev: Envelope) => void = () => {};
   onState: (connected: boolean, reconnected: boolean) => void = () => {};
   private everConnected = false;
 
@@ -18,6 +20,7 @@ export class LiveFeed {
       let ev: Envelope;
       try { ev = JSON.parse(m.data); } catch { return; }
       if (ev && ev.Namespace === "Graph") this.onEvent(ev);
+      else if (ev && ev.Namespace === "Alert") this.onAlert(ev);
     };
     ws.onclose = () => {
       this.onState(false, false);

@@ -3,6 +3,8 @@
 import "./app.css";
 import * as api from "./api";
 import type { Graph, GraphElement, Summary } from "./api";
+import { AlertsPanel, type AlertEvent } from "./alerts";
+import { ChangesView } from "./changes";
 import { GremlinConsole } from "./console";
 import { byId, fill, h } from "./dom";
 import { LiveFeed, type Envelope } from "./live";
@@ -12,6 +14,7 @@ import { Timeline } from "./timeline";
 
 /** Up to this many nodes the whole graph is loaded and drawn expanded; above, groups start collapsed. */
 const FULL_GRAPH_MAX = 1500;
+const TABS = ["node", "captures", "gremlin", "alerts", "changes"];
 
 declare global {
   interface Window {
@@ -27,6 +30,7 @@ function shell(): void {
       h("button", { type: "button", id: "fit" }, "Fit"),
       h("button", { type: "button", id: "relayout" }, "Re-layout"),
       h("button", { type: "button", id: "collapse-all" }, "Collapse all"),
+      h("button", { type: "button", id: "alert-badge", class: "link", "aria-label": "Active alerts" }, "alerts..."),
       h("span", { id: "status", role: "status" }, "loading...")),
     h("nav", { id: "side", "aria-label": "Node list" },
       h("h2", { id: "node-count" }, "Nodes"),
@@ -34,16 +38,18 @@ function shell(): void {
     h("main", { id: "map", "aria-label": "Topology map" }),
     h("aside", { id: "panel" },
       h("div", { class: "tabs", role: "tablist" },
-        ...["node", "captures", "gremlin"].map((t, i) => h("button", { type: "button", role: "tab", id: `tab-${t}`,
+        ...TABS.map((t, i) => h("button", { type: "button", role: "tab", id: `tab-${t}`,
           "aria-selected": i === 0 ? "true" : "false", "data-tab": t }, t[0].toUpperCase() + t.slice(1)))),
       h("div", { id: "pane-node", role: "tabpanel" }),
       h("div", { id: "pane-captures", role: "tabpanel", hidden: true }),
-      h("div", { id: "pane-gremlin", role: "tabpanel", hidden: true })),
+      h("div", { id: "pane-gremlin", role: "tabpanel", hidden: true }),
+      h("div", { id: "pane-alerts", role: "tabpanel", hidden: true }),
+      h("div", { id: "pane-changes", role: "tabpanel", hidden: true })),
     h("footer", { id: "timebar", "aria-label": "Time slider" }));
 }
 
 function showTab(name: string): void {
-  for (const t of ["node", "captures", "gremlin"]) {
+  for (const t of TABS) {
     byId(`pane-${t}`).hidden = t !== name;
     byId(`tab-${t}`).setAttribute("aria-selected", String(t === name));
   }
@@ -201,7 +207,13 @@ async function main(): Promise<void> {
     map.highlight(ids, "found");
   });
   timeline = new Timeline(byId("timebar"));
-  timeline.onInstant = async (at, before) => { await load(at, before); };
+  const changes = new ChangesView(byId("pane-changes"), (id) => void map.revealMany([id]).then(() => { map.select(id); void select(id); }));
+  timeline.onInstant = async (at, before) => {
+    if (at === undefined) changes.live(); else void changes.since(at);
+    await load(at, before);
+  };
+  const alerts = new AlertsPanel(byId("pane-alerts"), byId("alert-badge"));
+  byId("alert-badge").onclick = () => showTab("alerts");
   for (const b of document.querySelectorAll<HTMLButtonElement>("[data-tab]")) b.onclick = () => showTab(b.dataset.tab!);
   byId("fit").onclick = () => map.cy.fit(undefined, 30);
   byId("relayout").onclick = () => map.relayout();
@@ -219,8 +231,10 @@ async function main(): Promise<void> {
     if (!loaded) { queued.push(ev); return; }
     if (timeline.current === undefined) onEvent(ev);
   };
+  feed.onAlert = (ev) => alerts.apply(ev.Obj as AlertEvent);
   feed.onState = (connected, reconnected) => {
     byId("status").classList.toggle("offline", !connected);
+    if (connected) void alerts.load();  // events missed while disconnected: read the states again
     if (reconnected && timeline.current === undefined) void load();
   };
   feed.start();

@@ -4,6 +4,7 @@ import * as api from "./api";
 import type { GraphElement } from "./api";
 import { rates, sparkline } from "./charts";
 import { fill, fmtNum, fmtTime, h, text } from "./dom";
+import { fetchPath, renderPath } from "./flowpath";
 
 export interface PanelHost {
   at: () => number | undefined;
@@ -138,8 +139,13 @@ export class NodePanel {
       const end = at === undefined ? "NOW" : String(Math.round(at));
       const m = await api.gremlin(`G.Context(${end}, 3600).Flows().Has('UUID', ${api.q(f.UUID)}).Metrics()`);
       const series: any[] = (m && m[0] && m[0][f.UUID]) || [];
+      const pathBox = h("div", { "data-section": "flowpath" }, f.TrackingID ? "loading the per-hop counts..." : "");
       fill(chart, h("p", {}, `path: ${(hops || []).map((n) => n.Metadata?.Name ?? n.ID).join(" → ") || "no capture node"}`),
-        sparkline("Bytes A→B /s", rates(series, "ABBytes")), sparkline("Bytes B→A /s", rates(series, "BABytes")));
+        pathBox, sparkline("Bytes A→B /s", rates(series, "ABBytes")), sparkline("Bytes B→A /s", rates(series, "BABytes")));
+      if (f.TrackingID) {
+        fetchPath(f.TrackingID, at).then((p) => renderPath(pathBox, p),
+          (e) => fill(pathBox, h("p", { class: "err" }, (e as Error).message)));
+      }
     } catch (e) {
       fill(chart, h("p", { class: "err" }, (e as Error).message));
     }
