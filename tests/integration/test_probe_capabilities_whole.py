@@ -2,7 +2,8 @@
 that runs as root with `cap_add` (root whose bounding set holds those and nothing else, set with `setpriv`):
 probe-topology reports a veth and its address inside a network namespace, probe-flow captures a ping there with
 exact packet counts. Without CAP_SYS_ADMIN the namespace's interfaces stay invisible; without CAP_NET_RAW the
-capture reports an error state; a namespace held only by a process (a container's) needs CAP_SYS_PTRACE. Real nats-server, graph-builder and query-api (in-process), real namespaces."""
+capture reports an error state; a namespace held only by a process (a container's) needs CAP_SYS_PTRACE.
+Real nats-server, graph-builder and query-api (in-process), real namespaces."""
 
 from __future__ import annotations
 
