@@ -2,7 +2,8 @@
 that runs as root with `cap_add` (root whose bounding set holds those and nothing else, set with `setpriv`):
 probe-topology reports a veth and its address inside a network namespace, probe-flow captures a ping there with
 exact packet counts. Without CAP_SYS_ADMIN the namespace's interfaces stay invisible; without CAP_NET_RAW the
-capture reports an error state; a namespace held only by a process (a container's) needs CAP_SYS_PTRACE.
+capture reports an error state; a namespace held only by a process (a container's) needs CAP_SYS_PTRACE,
+for probe-topology to see it and for probe-flow to capture in it.
 Real nats-server, graph-builder and query-api (in-process), real namespaces."""
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ async def test_probe_topology_without_sys_admin_cannot_enter_namespaces(bench: B
 
 
 async def _capture_ping(bench: Bench, probe: Probe, a: str, b: str, ib: str, unique: str,
-                        count: int) -> tuple[list[dict], tuple[int, int]]:
+                        count: int, target: str = "10.79.0.2") -> tuple[list[dict], tuple[int, int]]:
     """Capture ICMP on `ib` (selected by a Gremlin query in the graph), ping `count` times from `a`; returns
     the capture statuses and the (AB, BA) packets of the ping's flow read from the flow stream."""
     subjects = Subjects(bench.prefix)
@@ -194,7 +195,7 @@ async def _capture_ping(bench: Bench, probe: Probe, a: str, b: str, ib: str, uni
         await wait_for(lambda: any(s["state"] in ("active", "error") for s in statuses), 30)
         if not any(s["state"] == "active" for s in statuses):
             return statuses, (0, 0)
-        sh(f"ip netns exec {a} ping -c {count} -i 0.2 -W 1 10.79.0.2")
+        sh(f"ip netns exec {a} ping -c {count} -i 0.2 -W 1 {target}")
         sub = await js.pull_subscribe(subjects.flows(bench.host), durable=f"w{unique}", stream=subjects.flow_stream)
         ab = ba = 0
         deadline = time.monotonic() + 15
@@ -279,3 +280,52 @@ async def test_container_namespaces_need_sys_ptrace(bench: Bench, process_namesp
             probe.stop()
     print(f"\n{process_namespace} in a process-held namespace, as probe-topology saw it: {seen}")
     assert seen == {"net_admin+sys_admin": [], "net_admin+sys_admin+sys_ptrace": ["10.79.1.2/24"]}
+
+
+@pytest.fixture
+def container_pair(unique: str) -> Iterator[tuple[str, str]]:
+    """A named namespace (yielded first) joined by a veth pair to a namespace held only by a process, as a
+    container's is (its end's name yielded second): 10.79.3.1/24 <-> 10.79.3.2/24."""
+    topo = Topo(unique)
+    holder = subprocess.Popen(["unshare", "-n", "sleep", "300"])
+    try:
+        a = topo.ns("p")
+        deadline = time.monotonic() + 5
+        while os.readlink(f"/proc/{holder.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+            assert time.monotonic() < deadline, "unshare did not make a namespace"
+            time.sleep(0.02)
+        outside, inside = f"qo{unique[:6]}", f"qi{unique[:6]}"
+        sh(f"ip link add {outside} netns {a} type veth peer name {inside} netns {holder.pid}")
+        sh(f"ip -n {a} addr add 10.79.3.1/24 dev {outside} && ip -n {a} link set {outside} up")
+        sh(f"nsenter -t {holder.pid} -n sh -c 'ip addr add 10.79.3.2/24 dev {inside} && ip link set {inside} up "
+           "&& ip link set lo up'")
+        yield a, inside
+    finally:
+        holder.kill()
+        holder.wait(5)
+        topo.close()
+
+
+async def test_probe_flow_in_a_container_namespace_needs_sys_ptrace(bench: Bench, container_pair,
+                                                                     unique: str) -> None:
+    """Capturing on an interface whose namespace only a process holds (a container's) opens
+    /proc/<pid>/ns/net: refused without CAP_SYS_PTRACE, exact with it."""
+    a, inside = container_pair
+    topology = bench.probe("probe_topology", (*PROBE_TOPOLOGY_CAPS, "sys_ptrace"), process_netns="true",
+                           netns_scan_interval_s="0.5")
+    results: dict[str, tuple[str, tuple[int, int]]] = {}
+    try:
+        assert await _addresses(bench, inside, 30) == ["10.79.3.2/24"], topology.log()
+        for n, caps in enumerate((PROBE_FLOW_CAPS, (*PROBE_FLOW_CAPS, "sys_ptrace"))):
+            flow = bench.probe("probe_flow", caps, update_interval_s="0.5", reconcile_interval_s="0.5")
+            try:
+                statuses, counts = await _capture_ping(bench, flow, a, "", inside, f"{unique}{n}", 3,
+                                                       target="10.79.3.2")
+                results["+".join(caps)] = (statuses[-1]["state"] if statuses else "none", counts)
+            finally:
+                flow.stop()
+    finally:
+        topology.stop()
+    print(f"\nprobe-flow on {inside} in a process-held namespace (state, (AB, BA) of ping -c 3): {results}")
+    assert results == {"net_raw+sys_admin": ("error", (0, 0)),
+                       "net_raw+sys_admin+sys_ptrace": ("active", (3, 3))}
