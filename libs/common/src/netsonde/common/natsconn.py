@@ -90,14 +90,20 @@ def _refusal(exc: Exception) -> str:
     errors a retry can cure. nats-py retries all of them forever at start-up."""
     text = str(exc).lower()
     if "authorization violation" in text or "authentication" in text:
-        return ("the server refused the credentials (Authorization Violation): check nats_user/nats_password, "
-                "nats_token or nats_creds_file")
+        return (
+            "the server refused the credentials (Authorization Violation): check nats_user/nats_password, "
+            "nats_token or nats_creds_file"
+        )
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return (f"the server's TLS certificate is not trusted ({exc.verify_message}): check nats_tls_ca (the CA "
-                "that signed the server's certificate) and that the URL's host is in the certificate")
+        return (
+            f"the server's TLS certificate is not trusted ({exc.verify_message}): check nats_tls_ca (the CA "
+            "that signed the server's certificate) and that the URL's host is in the certificate"
+        )
     if isinstance(exc, ssl.SSLError) and "certificate" in text:
-        return (f"the server refused this client's TLS certificate ({exc.reason or exc}): check nats_tls_cert and "
-                "nats_tls_key (a certificate signed by a CA the server trusts, required when it verifies clients)")
+        return (
+            f"the server refused this client's TLS certificate ({exc.reason or exc}): check nats_tls_cert and "
+            "nats_tls_key (a certificate signed by a CA the server trusts, required when it verifies clients)"
+        )
     return ""
 
 
