@@ -101,8 +101,9 @@ def _refusal(exc: Exception) -> str:
         )
     if isinstance(exc, ssl.SSLError) and "certificate" in text:
         return (
-            f"the server refused this client's TLS certificate ({exc.reason or exc}): check nats_tls_cert and "
-            "nats_tls_key (a certificate signed by a CA the server trusts, required when it verifies clients)"
+            f"the server refused this client's TLS certificate ({exc.reason or exc}): check nats_tls_cert "
+            "and nats_tls_key (a certificate signed by a CA the server trusts, required when it verifies "
+            "clients)"
         )
     return ""
 
