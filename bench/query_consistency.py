@@ -28,7 +28,7 @@ from typing import Any
 from netsonde.common.bus.graph import GraphElement, GraphEvent
 from netsonde.common.graph import Graph
 from netsonde.gremlin import GremlinEngine
-from netsonde.gremlin import testdata as td
+from tests import gremlin_testdata as td
 from netsonde.query_api.consistency import CowGraph, SnapshotCache
 
 QUERIES = ("G.V().Has('Type','veth').Count()", "G.V().Has('Name','intf-42').Out().Out()",

@@ -22,7 +22,7 @@ from netsonde.common.flowschema import COMPONENT as FLOW_COMPONENT
 from netsonde.common.flowschema import migrations as flow_migrations
 from netsonde.common.testing import start_store
 from netsonde.gremlin import FlowStore, GremlinEngine, HistoryStore, QueryLimits
-from netsonde.gremlin import testdata as td
+from tests import gremlin_testdata as td
 from netsonde.gremlin.path import flow_path, loss_report
 from netsonde.gremlin.traversal import GraphView
 

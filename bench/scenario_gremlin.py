@@ -22,7 +22,7 @@ from typing import Any, Callable
 from netsonde.common.clickhouse import connect, run_migrations
 from netsonde.common.testing import start_store
 from netsonde.gremlin import GremlinEngine, HistoryStore, QueryLimits
-from netsonde.gremlin import testdata as td
+from tests import gremlin_testdata as td
 
 from .result import Result
 

@@ -14,7 +14,7 @@ from netsonde.common.clickhouse import connect, run_migrations
 from netsonde.common.flowschema import COMPONENT as FLOW_COMPONENT
 from netsonde.common.flowschema import migrations as flow_migrations
 from netsonde.gremlin import FlowStore, GremlinEngine, HistoryStore
-from netsonde.gremlin import testdata as td
+from tests import gremlin_testdata as td
 from netsonde.gremlin.diff import flatten, format_change
 from netsonde.graph_builder.schema import MIGRATIONS
 

@@ -1,7 +1,7 @@
 """Conformance suite of the Gremlin dialect: a table of queries over a fixed topology, its revision history and
 a fixed flow set, all stored in a real ClickHouse (the `clickhouse_url` fixture) and a live graph.
 
-The data is `netsonde.gremlin.testdata` (see its docstring for the topology and the timeline). Each case is
+The data is `tests/gremlin_testdata.py` (see its docstring for the topology and the timeline). Each case is
 (query, expectation); expectations compare real values: counts, sorted values, node IDs, or an error status.
 """
 
@@ -18,7 +18,7 @@ from netsonde.common import flowschema as fs
 from netsonde.common.clickhouse import connect, run_migrations
 from netsonde.graph_builder.schema import MIGRATIONS as HISTORY_MIGRATIONS
 from netsonde.gremlin import FlowStore, GremlinEngine, GremlinError, HistoryStore, QueryLimits
-from netsonde.gremlin import testdata as td
+from tests import gremlin_testdata as td
 
 T0 = td.T0
 

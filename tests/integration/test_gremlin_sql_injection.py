@@ -1,7 +1,7 @@
 """Gremlin cannot reach SQL outside its parameterised queries: injection attempts in every flow field, every
 predicate and the key names themselves, run against the real store (the `clickhouse_url` fixture).
 
-The flows of `netsonde.gremlin.testdata` are stored with a canary table next to them. Every attempt gives the
+The flows of `tests/gremlin_testdata.py` are stored with a canary table next to them. Every attempt gives the
 correct result (no flow has the hostile value: an empty result, or for Ne/Without the same result as a
 harmless value that matches nothing) or a 400 naming the problem; the canary rows and the table list are
 unchanged; and the SQL text sent never contains the hostile value (it only travels as a typed parameter).
@@ -18,7 +18,7 @@ import pytest
 from netsonde.common import flowschema as fs
 from netsonde.common.clickhouse import connect, run_migrations
 from netsonde.gremlin import FlowStore, GremlinEngine, GremlinError, QueryLimits
-from netsonde.gremlin import testdata as td
+from tests import gremlin_testdata as td
 
 PAYLOADS = [
     "x' OR 1=1 --",

@@ -2,7 +2,7 @@
 queries give a result or a GremlinError (a parse error names its position), never another exception and never
 a hang.
 
-The engine runs on the fixed live graph of `netsonde.gremlin.testdata` with a 1 s time limit; queries that need
+The engine runs on the fixed live graph of `tests/gremlin_testdata.py` with a 1 s time limit; queries that need
 ClickHouse (Flows, Context/At) answer their GremlinError here (tests/integration/test_gremlin_sql_injection.py
 runs flow queries against the real store). Each query must come back within 3 s.
 """
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netsonde.gremlin import GremlinEngine, GremlinError, QueryLimits
-from netsonde.gremlin import testdata as td
+from tests import gremlin_testdata as td
 from netsonde.gremlin.lexer import tokenize
 from netsonde.gremlin.parser import parse
 

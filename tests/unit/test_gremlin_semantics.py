@@ -9,7 +9,7 @@ from netsonde.common.bus.graph import GraphElement
 from netsonde.common.graph import Graph
 from netsonde.gremlin import GremlinEngine, GremlinError, QueryLimits
 from netsonde.gremlin import ast
-from netsonde.gremlin import testdata as td
+from tests import gremlin_testdata as td
 from netsonde.gremlin.extensions import aggregate
 from netsonde.gremlin.fields import element_values, path_values
 from netsonde.gremlin.predicates import make_predicate
