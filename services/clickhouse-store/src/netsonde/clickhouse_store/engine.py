@@ -21,39 +21,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chdb import _chdb
-
-from . import errors, sql
+from . import errors, sql, staging
+from .conn import Conn, Outcome, Request
 from .errors import StoreError
+from .quoting import quote_ident, quote_string
+from .staging import STAGING_DB, InsertSpec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-STAGING_DB = "_netsonde_store"
-TABLE_INFO_TTL = 10.0
 DDL_KINDS = frozenset(
     {"CREATE", "DROP", "ALTER", "RENAME", "EXCHANGE", "TRUNCATE", "DETACH", "ATTACH", "UNDROP"}
 )
-SELF_DESCRIBING_FORMATS = {
-    "native": "Native",
-    "arrow": "Arrow",
-    "arrowstream": "ArrowStream",
-    "parquet": "Parquet",
-}
-_SETTING_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 # Squash the whole batch into one block per partition before writing anything.
 ATOMIC_INSERT_SETTINGS = {
     "min_insert_block_size_rows": "18446744073709551615",
@@ -61,364 +51,6 @@ ATOMIC_INSERT_SETTINGS = {
     "max_insert_block_size": "18446744073709551615",
     "max_insert_threads": "1",
 }
-
-
-def quote_string(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def quote_ident(name: str) -> str:
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
-
-
-@dataclass
-class Outcome:
-    """What one statement produced, for the response body and the X-ClickHouse-Summary header."""
-
-    body: bytes = b""
-    read_rows: int = 0
-    read_bytes: int = 0
-    written_rows: int = 0
-    written_bytes: int = 0
-    result_rows: int = 0
-    elapsed_ns: int = 0
-
-    def summary(self) -> dict[str, str]:
-        return {
-            "read_rows": str(self.read_rows),
-            "read_bytes": str(self.read_bytes),
-            "written_rows": str(self.written_rows),
-            "written_bytes": str(self.written_bytes),
-            "total_rows_to_read": str(self.read_rows),
-            "result_rows": str(self.result_rows),
-            "result_bytes": str(len(self.body)),
-            "elapsed_ns": str(self.elapsed_ns),
-        }
-
-
-@dataclass
-class Request:
-    """One statement to run: SQL, output format, `{name:Type}` parameters, settings, database."""
-
-    sql: str
-    fmt: str = "TabSeparated"
-    params: dict[str, str] = field(default_factory=dict)
-    settings: dict[str, str] = field(default_factory=dict)
-    database: str = "default"
-    insert_file: str | None = None  # set for inserts whose data was spooled to a file
-    insert: InsertSpec | None = None
-
-
-@dataclass(frozen=True)
-class InsertSpec:
-    """An insert of a spooled batch into `database.table`: `columns` is the optional column list and
-    `source` the `FROM INFILE ... SETTINGS ... FORMAT ...` tail."""
-
-    database: str
-    table: str
-    columns: str
-    source: str
-    journal_dir: Path
-    statement: str  # the insert as the client wrote it, with the source: the plain, non-staged way
-    explicit_database: bool = True
-    stages: dict[tuple[str, str], tuple[str, str]] = field(
-        default_factory=dict
-    )  # target -> (stage, signature)
-    path: str = ""  # the spooled batch
-    fmt: str = ""
-    table_info: dict[tuple[str, str], tuple[list[str], float]] = field(default_factory=dict)
-
-
-class Conn:
-    """A chdb connection plus what the store has applied to it."""
-
-    def __init__(self, path: str) -> None:
-        self.raw = _chdb.connect(path)  # type: ignore[attr-defined]  # the C module, no stub
-        self.in_session = False
-        self.applied: dict[str, str] = {}
-        self.database = "default"
-        self.broken = False
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.raw.close()
-
-    def _run(self, sql: str, fmt: str = "TabSeparated", params: dict[str, str] | None = None) -> Any:
-        try:
-            return self.raw.query(sql, fmt, params=params or {})
-        except Exception as exc:  # chdb raises RuntimeError with the ClickHouse text
-            raise StoreError.from_engine(str(exc)) from None
-
-    def prepare(self, database: str, settings: dict[str, str]) -> None:
-        """Switch database and settings to what the request asks for (only the differences)."""
-        if database != self.database:
-            self._run(f"USE {quote_ident(database)}")
-            self.database = database
-        changes = []
-        for name, value in settings.items():
-            if not name or not set(name) <= _SETTING_NAME_OK:
-                raise StoreError("UNKNOWN_SETTING", f"Unknown setting '{name}'")
-            if self.applied.get(name) != value:
-                changes.append(f"{name} = {quote_string(value)}")
-        resets = [f"{name} = DEFAULT" for name in self.applied if name not in settings]
-        if not changes and not resets:
-            return
-        try:
-            self._run("SET " + ", ".join(changes + resets))
-        except StoreError:
-            # The SET may have been applied partly: bring every setting we know of back to its default.
-            for name in set(self.applied) | set(settings):
-                with contextlib.suppress(StoreError):
-                    self._run(f"SET {name} = DEFAULT")
-            self.applied = {}
-            raise
-        self.applied = dict(settings)
-
-    def _rows(self, query: str, params: dict[str, str] | None = None) -> list[list[str]]:
-        body = self._run(query, "TabSeparated", params).bytes().decode()
-        return [line.split("\t") for line in body.splitlines()]
-
-    def execute(self, req: Request) -> Outcome:
-        self.prepare(req.database, req.settings)
-        t0 = time.perf_counter_ns()
-        if req.insert is not None:
-            out = self._insert_batch(req.insert)
-            out.elapsed_ns = time.perf_counter_ns() - t0
-            return out
-        res = self._run(req.sql, req.fmt, req.params)
-        body = res.bytes() if res is not None else b""
-        out = Outcome(body=body or b"", elapsed_ns=time.perf_counter_ns() - t0)
-        with contextlib.suppress(Exception):
-            out.read_rows = int(res.rows_read())
-            out.read_bytes = int(res.bytes_read())
-            out.written_rows = int(res.rows_written())
-            out.written_bytes = int(res.bytes_written())
-        if req.insert_file is None and body:
-            out.result_rows = out.read_rows
-        return out
-
-    def start_stream(self, req: Request) -> Any:
-        self.prepare(req.database, req.settings)
-        try:
-            return self.raw.send_query(req.sql, req.fmt, params=req.params or {})
-        except Exception as exc:
-            raise StoreError.from_engine(str(exc)) from None
-
-    def fetch(self, handle: Any) -> tuple[bytes, int] | None:
-        """The next chunk of a streamed result and its row count, or None at the end."""
-        try:
-            res = self.raw.streaming_fetch_result(handle)
-        except Exception as exc:
-            raise StoreError.from_engine(str(exc)) from None
-        if res is None:
-            return None
-        data = res.bytes() or b""
-        rows = int(res.rows_read())
-        if rows == 0 and not data:
-            return None
-        return data, rows
-
-    def cancel(self, handle: Any) -> None:
-        with contextlib.suppress(Exception):
-            self.raw.streaming_cancel_query(handle)
-
-    def _insert_statement(self, sql_text: str) -> Outcome:
-        res = self._run(sql_text)
-        out = Outcome()
-        with contextlib.suppress(Exception):
-            out.written_rows = int(res.rows_written())
-            out.written_bytes = int(res.bytes_written())
-            out.read_rows = int(res.rows_read())
-            out.read_bytes = int(res.bytes_read())
-        return out
-
-    def _insert_batch(self, spec: InsertSpec) -> Outcome:
-        """Insert one spooled batch so that it becomes visible all at once, even across partitions.
-
-        A batch into a partitioned MergeTree table is first inserted into a staging copy of the table,
-        then its partitions are moved to the target (`MOVE PARTITION ... TO TABLE`, atomic per partition,
-        hard links). When there are several partitions, a journal written (and fsynced) before the first
-        attach lets the next start finish the attaches a crash interrupted: a batch is all or nothing.
-        The staging copy is kept per target (the moves empty it) and remade when the target's
-        definition changes. Tables it cannot stand in for (other engines, materialized views reading the
-        table, temporary tables) take the batch in one plain INSERT, atomic per partition like a server.
-        """
-        target = f"{quote_ident(spec.database)}.{quote_ident(spec.table)}"
-        direct = spec.statement
-        t0 = time.perf_counter()
-        if not spec.explicit_database and self.in_session:
-            exists = self._rows(f"EXISTS TEMPORARY TABLE {quote_ident(spec.table)}")
-            if exists and exists[0][0] == "1":
-                return self._insert_statement(direct)  # the session's temporary table
-        key = (spec.database, spec.table)
-        cached = spec.table_info.get(key)
-        if cached is not None and time.monotonic() - cached[1] < TABLE_INFO_TTL:
-            info = [cached[0]]
-        else:
-            info = self._rows(
-                "SELECT is_temporary, engine, partition_key, length(dependencies_table), "
-                "toString(metadata_modification_time), toString(cityHash64(create_table_query)) "
-                "FROM system.tables WHERE database = {d:String} AND name = {t:String}",
-                {"d": spec.database, "t": spec.table},
-            )
-            if info and len(info[0]) >= 6:
-                spec.table_info[key] = (info[0], time.monotonic())
-        if not info or len(info[0]) < 6:
-            return self._insert_statement(direct)  # let the engine report the unknown table
-        _, engine, partition_key, dependents, mtime, create_hash = info[0]
-        if (
-            not engine.endswith("MergeTree")
-            or engine.startswith(("Replicated", "Shared"))
-            or not partition_key
-            or dependents != "0"
-        ):
-            return self._insert_statement(direct)
-        if self._single_partition(spec, partition_key):
-            # One partition: a plain INSERT writes one part (the batch is squashed into one block), which
-            # appears atomically; the staging detour is only needed when a batch spans partitions.
-            return self._insert_statement(direct)
-        signature = f"{mtime}/{create_hash}"
-        stage_cached = spec.stages.get(key)
-        if stage_cached is None or stage_cached[1] != signature:
-            if stage_cached is not None:
-                self._drop_stage(stage_cached[0])
-                spec.stages.pop(key, None)
-            stage_table = "stage_" + uuid.uuid4().hex
-            self._run(f"CREATE TABLE {quote_ident(STAGING_DB)}.{quote_ident(stage_table)} AS {target}")
-            spec.stages[key] = (stage_table, signature)
-        else:
-            stage_table = stage_cached[0]
-        stage = f"{quote_ident(STAGING_DB)}.{quote_ident(stage_table)}"
-        ok = False
-        try:
-            t1 = time.perf_counter()
-            out = self._insert_statement(f"INSERT INTO {stage} {spec.columns} {spec.source}")
-            t2 = time.perf_counter()
-            partitions = [
-                r[0]
-                for r in self._rows(
-                    "SELECT DISTINCT partition_id FROM system.parts "
-                    "WHERE database = {d:String} AND table = {t:String} "
-                    "AND active ORDER BY partition_id",
-                    {"d": STAGING_DB, "t": stage_table},
-                )
-            ]
-            if len(partitions) == 1:
-                self._run(
-                    f"ALTER TABLE {stage} MOVE PARTITION ID {quote_string(partitions[0])} TO TABLE {target}"
-                )
-            elif partitions:
-                watermark = self._rows(
-                    "SELECT max(max_block_number) FROM system.parts "
-                    "WHERE database = {d:String} AND table = {t:String}",
-                    {"d": spec.database, "t": spec.table},
-                )[0][0]
-                journal = spec.journal_dir / f"{stage_table}.json"
-                _write_durably(
-                    journal,
-                    json.dumps(
-                        {
-                            "database": spec.database,
-                            "table": spec.table,
-                            "stage": stage_table,
-                            "watermark": int(watermark or 0),
-                            "partitions": partitions,
-                        }
-                    ).encode(),
-                )
-                for pid in partitions:
-                    self._run(f"ALTER TABLE {stage} MOVE PARTITION ID {quote_string(pid)} TO TABLE {target}")
-                journal.unlink()
-            ok = True
-            log.debug(
-                "staged insert",
-                extra={
-                    "prepare_s": round(t1 - t0, 4),
-                    "insert_s": round(t2 - t1, 4),
-                    "publish_s": round(time.perf_counter() - t2, 4),
-                },
-            )
-            return out
-        finally:
-            if not ok:  # after any failure start the next batch from a fresh staging table
-                self._drop_stage(stage_table)
-                spec.stages.pop(key, None)
-
-    def _single_partition(self, spec: InsertSpec, partition_key: str) -> bool:
-        """Whether a batch in a self-describing format (column names and types in the data: Native, Arrow,
-        Parquet) falls in one partition of the target: the partition key evaluated over the spooled file.
-        Anything uncertain answers False."""
-        fmt = SELF_DESCRIBING_FORMATS.get(spec.fmt.lower())
-        if fmt is None or not spec.path:
-            return False
-        try:
-            rows = self._rows(
-                f"SELECT uniqExact(tuple({partition_key})) FROM file({quote_string(spec.path)}, '{fmt}')"
-            )
-        except StoreError as exc:  # e.g. the batch lacks a column the key needs (it takes its default)
-            log.debug("partition check of a batch failed; staging it", extra={"error": exc.message[:200]})
-            return False
-        return bool(rows) and rows[0][0] in ("0", "1")
-
-    def _drop_stage(self, stage_table: str) -> None:
-        with contextlib.suppress(StoreError):
-            self._run(f"DROP TABLE IF EXISTS {quote_ident(STAGING_DB)}.{quote_ident(stage_table)} SYNC")
-
-    def recover(self, journal_dir: Path) -> int:
-        """Finish the multi-partition inserts a crash interrupted (see `_insert_batch`); drop stages."""
-        finished = 0
-        for journal in sorted(journal_dir.glob("*.json")):
-            try:
-                j = json.loads(journal.read_text())
-                target = f"{quote_ident(j['database'])}.{quote_ident(j['table'])}"
-                stage = f"{quote_ident(STAGING_DB)}.{quote_ident(j['stage'])}"
-                for pid in j["partitions"]:
-                    # Block numbers only grow and the store serialises inserts per table, so a part of this
-                    # partition above the watermark (merged or not) means the attach already happened.
-                    done = self._rows(
-                        "SELECT count() FROM system.parts WHERE database = {d:String} AND table = {t:String} "
-                        "AND partition_id = {p:String} AND max_block_number > {w:Int64}",
-                        {"d": j["database"], "t": j["table"], "p": pid, "w": str(j["watermark"])},
-                    )[0][0]
-                    if done == "0":
-                        self._run(
-                            f"ALTER TABLE {target} ATTACH PARTITION ID {quote_string(pid)} FROM {stage}"
-                        )
-                finished += 1
-                log.warning(
-                    "finished an insert interrupted by a crash",
-                    extra={"table": f"{j['database']}.{j['table']}", "partitions": len(j["partitions"])},
-                )
-            except (StoreError, KeyError, ValueError) as exc:
-                log.error(
-                    "cannot finish an interrupted insert; its staging table is kept",
-                    extra={"journal": str(journal), "error": str(exc)},
-                )
-                journal.rename(journal.with_suffix(".failed"))
-                continue
-            journal.unlink()
-        kept = {p.stem for p in journal_dir.glob("*.failed")}
-        for (name,) in self._rows(
-            "SELECT name FROM system.tables WHERE database = {d:String}", {"d": STAGING_DB}
-        ):
-            if name not in kept:
-                with contextlib.suppress(StoreError):
-                    self._run(f"DROP TABLE IF EXISTS {quote_ident(STAGING_DB)}.{quote_ident(name)} SYNC")
-        return finished
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass
@@ -477,11 +109,11 @@ class Engine:
                 stale.unlink()
         loop = asyncio.get_running_loop()
         first = await loop.run_in_executor(self._executor, self._open)
-        res = first._run("SELECT version(), timezone()", "TabSeparated").bytes().decode().strip().split("\t")
+        res = first.run("SELECT version(), timezone()", "TabSeparated").bytes().decode().strip().split("\t")
         self.version, self.timezone = res[0], res[1]
         StoreError.version = self.version
         names = (
-            first._run(
+            first.run(
                 "SELECT number, errorCodeToName(number) FROM numbers(2000) "
                 "WHERE errorCodeToName(number) != ''",
                 "TabSeparated",
@@ -492,8 +124,8 @@ class Engine:
         for line in names.splitlines():
             code, _, name = line.partition("\t")
             errors.NAMES_BY_CODE[int(code)] = name
-        first._run(f"CREATE DATABASE IF NOT EXISTS {quote_ident(STAGING_DB)}")
-        recovered = await loop.run_in_executor(self._executor, first.recover, self.journal_dir)
+        first.run(f"CREATE DATABASE IF NOT EXISTS {quote_ident(STAGING_DB)}")
+        recovered = await loop.run_in_executor(self._executor, staging.recover, first, self.journal_dir)
         if recovered:
             log.warning("recovered interrupted inserts", extra={"inserts": recovered})
         self._query_pool = asyncio.Queue()

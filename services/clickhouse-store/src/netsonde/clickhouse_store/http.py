@@ -30,7 +30,8 @@ from netsonde.common.metrics import Metrics
 
 from . import codec, sql
 from .config import StoreConfig
-from .engine import Engine, Request
+from .conn import Request
+from .engine import Engine
 from .errors import StoreError
 
 log = logging.getLogger(__name__)
