@@ -22,89 +22,21 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from typing import IO
 
 from aiohttp import web
 
 from netsonde.common.metrics import Metrics
 
 from . import codec, sql
+from .body import RequestBody
 from .config import StoreConfig
 from .conn import Request
 from .engine import Engine
 from .errors import StoreError
+from .protocol import CONTENT_TYPES, HTTP_PARAMS, RESULT_KINDS, STREAMABLE_FORMATS
 
 log = logging.getLogger(__name__)
 
-# URL parameters the HTTP layer consumes itself (everything else is a setting, `param_*` are parameters).
-HTTP_PARAMS = frozenset(
-    {
-        "query",
-        "database",
-        "default_format",
-        "query_id",
-        "session_id",
-        "session_timeout",
-        "session_check",
-        "compress",
-        "decompress",
-        "user",
-        "password",
-        "quota_key",
-        "buffer_size",
-        "wait_end_of_query",
-        "client_protocol_version",
-        "enable_http_compression",
-        "http_zlib_compression_level",
-        "send_progress_in_http_headers",
-        "http_headers_progress_interval_ms",
-        "cancel_http_readonly_queries_on_client_close",
-        "add_http_cors_header",
-        "role",
-        "stacktrace",
-        "http_native_compression_disable_checksumming_on_decompress",
-        "http_response_buffer_size",
-        "http_wait_end_of_query",
-        "http_write_exception_in_output_format",
-    }
-)
-
-CONTENT_TYPES = {
-    "tabseparated": "text/tab-separated-values; charset=UTF-8",
-    "tsv": "text/tab-separated-values; charset=UTF-8",
-    "tabseparatedwithnames": "text/tab-separated-values; charset=UTF-8",
-    "tabseparatedwithnamesandtypes": "text/tab-separated-values; charset=UTF-8",
-    "csv": "text/csv; charset=UTF-8; header=absent",
-    "csvwithnames": "text/csv; charset=UTF-8; header=present",
-    "json": "application/json; charset=UTF-8",
-    "jsoncompact": "application/json; charset=UTF-8",
-    "jsoneachrow": "application/x-ndjson; charset=UTF-8",
-    "jsoncompacteachrow": "application/x-ndjson; charset=UTF-8",
-    "pretty": "text/plain; charset=UTF-8",
-    "prettycompact": "text/plain; charset=UTF-8",
-    "values": "text/plain; charset=UTF-8",
-    "xml": "application/xml; charset=UTF-8",
-}
-# Formats whose engine chunks concatenate into one valid result (no per-chunk header or footer).
-STREAMABLE_FORMATS = frozenset(
-    {
-        "native",
-        "tabseparated",
-        "tsv",
-        "tabseparatedraw",
-        "tsvraw",
-        "csv",
-        "jsoneachrow",
-        "jsonlines",
-        "ndjson",
-        "jsoncompacteachrow",
-        "jsonstringseachrow",
-        "jsoncompactstringseachrow",
-        "rowbinary",
-        "values",
-    }
-)
-RESULT_KINDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "CHECK", "("})
 _COMPRESS_IN_THREAD = 256 * 1024
 _MAX_QUERY_TEXT = 256 * 1024 * 1024
 
@@ -242,7 +174,7 @@ class ClickHouseHTTP:
                 f"{user}: Authentication failed: password is incorrect, or there is no user with such name",
             )
 
-    async def _read(self, request: web.Request) -> tuple[dict[str, str], _Body]:
+    async def _read(self, request: web.Request) -> tuple[dict[str, str], RequestBody]:
         """URL (or multipart form) parameters, and the request body as a decoded stream."""
         params: dict[str, str] = {k: v for k, v in request.query.items()}
         ctype = request.headers.get("Content-Type", "")
@@ -262,12 +194,12 @@ class ClickHouseHTTP:
                 value = (await part.read(decode=True)).decode()  # type: ignore[union-attr]
                 if name:
                     params[name] = value
-            return params, _Body(None, "")
+            return params, RequestBody(None, "")
         has_body = request.method == "POST" and request.can_read_body
-        return params, _Body(request if has_body else None, encoding, self.config.max_body_bytes)
+        return params, RequestBody(request if has_body else None, encoding, self.config.max_body_bytes)
 
     async def _dispatch(
-        self, request: web.Request, params: dict[str, str], body: _Body, query_id: str
+        self, request: web.Request, params: dict[str, str], body: RequestBody, query_id: str
     ) -> tuple[str, web.StreamResponse]:
         settings: dict[str, str] = {}
         qparams: dict[str, str] = {}
@@ -546,74 +478,3 @@ class ClickHouseHTTP:
         if exc.status == 401:
             headers["WWW-Authenticate"] = 'Basic realm="ClickHouse"'
         return web.Response(status=exc.status, body=exc.body().encode(), headers=headers)
-
-
-class _Body:
-    """The request body as a stream of decoded (decompressed) chunks, read once."""
-
-    def __init__(self, request: web.Request | None, encoding: str, limit: int = 0) -> None:
-        self._request = request
-        self._limit = limit
-        self._total = 0
-        self._decoder = codec.StreamDecoder(encoding) if request is not None else None
-        self._buffer = bytearray()
-        self._done = request is None
-
-    async def _next(self) -> bytes | None:
-        if self._done:
-            return None
-        assert self._request is not None and self._decoder is not None
-        while True:
-            chunk = await self._request.content.readany()
-            if not chunk:
-                self._done = True
-                self._decoder.finish()
-                return None
-            out = self._decoder.feed(chunk)
-            if out:
-                self._total += len(out)
-                if self._limit and self._total > self._limit:
-                    raise StoreError(
-                        "QUERY_IS_TOO_LARGE", f"Request body is larger than max_body_bytes ({self._limit})"
-                    )
-                return out
-
-    async def read_prefix(self, n: int) -> bytes:
-        """At least `n` bytes (fewer only at the end); they are consumed."""
-        while len(self._buffer) < n:
-            chunk = await self._next()
-            if chunk is None:
-                break
-            self._buffer += chunk
-        out = bytes(self._buffer)
-        self._buffer.clear()
-        return out
-
-    async def read_all(self, limit: int) -> bytes:
-        while True:
-            chunk = await self._next()
-            if chunk is None:
-                break
-            self._buffer += chunk
-            if len(self._buffer) > limit:
-                raise StoreError(
-                    "QUERY_IS_TOO_LARGE", f"Query is too large ({len(self._buffer)} bytes > {limit})"
-                )
-        out = bytes(self._buffer)
-        self._buffer.clear()
-        return out
-
-    async def spool(self, first: bytes, f: IO[bytes]) -> int:
-        """Write `first` and the rest of the body to `f`; returns the byte count."""
-        size = len(first)
-        f.write(first)
-        if self._buffer:
-            f.write(self._buffer)
-            size += len(self._buffer)
-            self._buffer.clear()
-        while True:
-            chunk = await self._next()
-            if chunk is None:
-                return size
-            f.write(chunk)
-            size += len(chunk)
