@@ -9,6 +9,8 @@ from typing import Any
 from netsonde.common.graph import Graph
 
 from . import core as _core  # noqa: F401  (registers the core steps)
+from . import shaping as _shaping  # noqa: F401  (registers Dedup, Count, Sort, Values ...)
+from . import paths as _paths  # noqa: F401  (registers ShortestPathTo, SubGraph)
 from . import extensions as _extensions  # noqa: F401  (registers Skydive's extension steps)
 from . import flows as _flows  # noqa: F401  (registers the flow steps)
 from .flows import RawPacketsT
