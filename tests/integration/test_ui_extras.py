@@ -5,7 +5,8 @@ headless Chromium against Netsonde's services as processes (alert-evaluator incl
 - the time slider at a past instant lists what changed since, `MTU: 1500 -> 1400` as text (GET /api/diff);
 - a ping across a bridge with two afpacket capture points: the flow's path view shows both hops with 3/3;
 - a container (synthetic probe state) is a group holding its namespace group holding its interface, and a
-  tunnel between two hosts is drawn as a tunnel edge, also between the collapsed host groups.
+  tunnel between two hosts is drawn as a tunnel edge, also between the collapsed host groups;
+- a real podman container (deploy/podman-setup.sh, busybox) is drawn host > container > netns > eth0.
 
 Screenshots go to the directory test_ui.py prints (NETSONDE_UI_SHOTS to choose it).
 """
@@ -21,6 +22,7 @@ import pytest
 
 from bench.services import ServiceProcs
 from netsonde.common.bus import topology as topo
+from tests.integration.test_containers import ENGINE, Podman, engine  # noqa: F401 (fixture)
 from tests.integration.test_ui import (  # noqa: F401 (fixtures)
     CHROMIUM,
     Page,
@@ -37,8 +39,9 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def stack(nats_url: str, clickhouse_url: str) -> Iterator[tuple[int, str]]:
-    """graph-builder, probe-topology, query-api, flow-enricher, probe-flow and alert-evaluator as processes."""
+def stack(nats_url: str, clickhouse_url: str, engine: str) -> Iterator[tuple[int, str]]:
+    """graph-builder, probe-topology (with podman's Docker API, set up by deploy/podman-setup.sh), query-api,
+    flow-enricher, probe-flow and alert-evaluator as processes."""
     bundle = (
         Path(__file__).resolve().parents[2]
         / "services/query-api/src/netsonde/query_api/static/ui/manifest.json"
@@ -51,7 +54,9 @@ def stack(nats_url: str, clickhouse_url: str) -> Iterator[tuple[int, str]]:
     procs.env["NETSONDE_CLICKHOUSE_DATABASE"] = f"uix_{tag}"
     try:
         procs.start("graph_builder", history_flush_interval_s="0.2")
-        procs.start("probe_topology", ovsdb="", process_netns="false", metrics_interval_s="1")
+        procs.start(
+            "probe_topology", ovsdb="", process_netns="false", metrics_interval_s="1", docker_socket=engine
+        )
         api = procs.start("query_api")
         procs.start("flow_enricher")
         procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1")
@@ -379,3 +384,44 @@ def test_container_group_and_tunnel_between_hosts(
         assert page.errors == [], page.errors
     finally:
         page.page.close()
+
+
+def test_real_container_is_a_group_holding_its_interfaces(
+    stack: tuple[int, str], browser: Any, shots: Path, unique: str
+) -> None:
+    api, _ = stack
+    pm = Podman(unique)
+    name = f"uic-{unique}"
+    page = Page(browser, api)
+    try:
+        started = time.perf_counter()
+        pm.run(name)
+        ran = time.perf_counter()
+        web = f"G.V().Has('Type','container','Name','{name}')"
+        wait_until(lambda: gremlin(api, f"{web}.Out().Out().Count()") == 2, 30, "the container's interfaces")
+        print(f"podman run {ran - started:.1f} s, in the API {time.perf_counter() - ran:.1f} s later")
+        [ctr] = gremlin(api, f"{web}.Values('@ID')")
+        [host] = gremlin(api, f"{web}.In().Has('Type','host').Values('@ID')")
+        [ns] = gremlin(api, f"{web}.Out().Has('Type','netns').Values('@ID')")
+        [eth0] = gremlin(api, f"{web}.Out().Out().Has('Name','eth0').Values('@ID')")
+        status, s = api_call(api, "/api/topology/summary")
+        assert status == 200, s
+        groups = {g["ID"]: g for g in s["Groups"]}
+        assert (groups[ctr]["Type"], groups[ctr]["Group"], groups[ns]["Group"]) == ("container", host, ctr)
+        assert groups[ns]["Types"] == {"device": 1, "veth": 1}  # lo and eth0
+
+        page.open()
+        parent = "id => window.netsonde.map.cy.getElementById(id).parent().map(p => p.id())[0] || ''"
+        page.wait(
+            lambda: page.page.evaluate(parent, eth0) == ns, 10, "eth0 in the container's namespace group"
+        )
+        assert page.page.evaluate(parent, ns) == ctr
+        assert page.page.evaluate(parent, ctr) == host
+        click_listed(page, name)
+        page.page.locator("#pane-node table.metadata").wait_for()
+        assert page.page.locator("#pane-node h2").inner_text() == name
+        page.shot(shots, "x07-real-container.png")  # (zooming onto the group first: slow on a CPU renderer)
+        assert page.errors == [], page.errors
+    finally:
+        page.page.close()
+        pm.cleanup()
