@@ -37,11 +37,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from netsonde.common.netns import run_in_netns
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x04000000, 0x20000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 1 << 18
@@ -226,21 +227,7 @@ def _launch(name: str, state_dir: Path, nats_port: int) -> int:
 
 def _socket_in_netns(fd: int) -> socket.socket:
     """A TCP socket made in the network namespace `fd` designates (setns is per thread)."""
-    out: list[socket.socket | BaseException] = []
-
-    def make() -> None:
-        try:
-            _check(_libc.setns(fd, CLONE_NEWNET), "setns")
-            out.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
-            out.append(exc)
-
-    t = threading.Thread(target=make, name="setns-root")
-    t.start()
-    t.join()
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
+    return run_in_netns(fd, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

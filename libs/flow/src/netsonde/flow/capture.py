@@ -27,6 +27,8 @@ import threading
 import time
 from typing import Any
 
+from netsonde.common.netns import SetnsError, enter_netns
+
 from .table import FlowTable
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,6 @@ TPACKET_V3 = 2
 SO_ATTACH_FILTER = 26
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
-CLONE_NEWNET = 0x40000000
 DLT_EN10MB = 1
 
 DEFAULT_SNAPLEN = 256
@@ -138,19 +139,12 @@ def attach_bpf(sock: socket.socket, insns: list[tuple[int, int, int, int]]) -> N
 
 
 # --- namespaces ---------------------------------------------------------------------------------------
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def setns(path_or_fd: str | int) -> None:
     """Move the calling thread into a network namespace (path like /var/run/netns/x or /proc/PID/ns/net)."""
-    fd = os.open(path_or_fd, os.O_RDONLY) if isinstance(path_or_fd, str) else path_or_fd
     try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise CaptureError(f"cannot enter network namespace {path_or_fd}: {os.strerror(err)}")
-    finally:
-        if isinstance(path_or_fd, str):
-            os.close(fd)
+        enter_netns(path_or_fd)
+    except SetnsError as exc:
+        raise CaptureError(f"cannot enter network namespace {path_or_fd}: {os.strerror(exc.errno or 0)}") from None
 
 
 # --- captures -----------------------------------------------------------------------------------------

@@ -14,15 +14,13 @@ import ctypes.util
 import os
 import socket
 import struct
-import threading
 from dataclasses import dataclass
-from typing import Callable, TypeVar
 
-CLONE_NEWNET = 0x40000000
+from netsonde.common.netns import run_in_netns as run_in_netns  # the one setns; imported from here too
+
 NETNS_DIRS: tuple[str, ...] = ("/var/run/netns", "/run/netns")
 """`ip netns` (iproute2) names its namespaces under /var/run/netns: the first directory gives `Path`, as in Skydive."""
 
-T = TypeVar("T")
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
@@ -104,32 +102,6 @@ def scan_processes(exclude: set[int]) -> dict[int, NetNs]:
             comm = "proc"
         found[ino] = NetNs(ino, path, f"{comm}-{pid}", "process")
     return found
-
-
-def run_in_netns(path: str, fn: Callable[[], T]) -> T:
-    """Run `fn` in a short-lived thread that has entered the namespace at `path` (setns is per thread)."""
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({path}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            error.append(exc)
-
-    thread = threading.Thread(target=target, name=f"setns {path}", daemon=True)
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
 
 
 def netlink_socket(path: str | None, groups: int, rcvbuf: int) -> socket.socket:
