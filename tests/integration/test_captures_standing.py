@@ -18,6 +18,7 @@ import pytest
 from scapy.all import ICMP, IP, UDP, Ether, wrpcap
 
 from bench.services import ServiceProcs
+from netsonde.common.testing import wait_until as _wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -47,17 +48,7 @@ def gremlin(port: int, q: str) -> Any:
 
 
 def wait_until(fn: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except (OSError, AssertionError) as exc:
-            last = exc
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    return _wait_until(fn, timeout, what, retry_on=(OSError, AssertionError))
 
 
 @pytest.fixture(scope="module")

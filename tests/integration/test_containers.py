@@ -25,6 +25,7 @@ import pytest
 
 from bench.services import ServiceProcs
 from netsonde.probe_topology.testing import Mirror, sh, start_probe, until
+from netsonde.common.testing import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -287,18 +288,6 @@ def api_get(port: int, path: str) -> Any:
         return json.loads(r.read())
 
 
-def wait_until(fn: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except OSError as exc:
-            last = exc
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def test_gremlin_and_flows_of_a_container(engine: str, nats_url: str, clickhouse_url: str, unique: str,

@@ -27,6 +27,7 @@ from netsonde.common.service import wait_for
 from netsonde.gremlin.diff import format_change
 
 from test_time_travel import gremlin, services  # tests/integration/test_time_travel.py
+from netsonde.common.testing import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -157,18 +158,6 @@ def api_gremlin(port: int, q: str) -> Any:
     return json.loads(body) if body else None
 
 
-def wait_until(fn: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except OSError as exc:
-            last = exc
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ import urllib.request
 import pytest
 
 from tests.integration.fault_pipeline import Services
+from netsonde.common.testing import wait_until as _wait_until
+from typing import Any
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -31,18 +33,8 @@ def ids_and_mtu(port: int, va: str, vb: str) -> dict[str, tuple[str, int]]:
     return {n["Metadata"]["Name"]: (n["ID"], n["Metadata"].get("MTU")) for n in nodes}
 
 
-def wait_until(fn, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except OSError as exc:
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+def wait_until(fn: Any, timeout: float, what: str) -> Any:
+    return _wait_until(fn, timeout, what, interval=0.2)
 
 
 @pytest.fixture

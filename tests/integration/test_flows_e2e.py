@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from bench.services import ServiceProcs
+from netsonde.common.testing import wait_until
 
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -31,18 +31,6 @@ def gremlin(port: int, q: str):
     return json.loads(body) if body else None
 
 
-def wait_until(fn, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except OSError as exc:
-            last = exc
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture

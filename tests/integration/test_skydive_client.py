@@ -21,17 +21,11 @@ from skydive.rules import EdgeRule, NodeRule
 from skydive.websocket.client import WSClient, WSClientDefaultProtocol
 
 from bench.services import ServiceProcs
+from netsonde.common.testing import wait_until as _wait_until
 
 
-def wait_until(fn: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+def wait_until(fn: Any, timeout: float, what: str) -> Any:
+    return _wait_until(fn, timeout, what, interval=0.1, retry_on=())
 
 
 class Subscriber:

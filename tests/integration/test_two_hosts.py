@@ -18,6 +18,7 @@ import pytest
 from bench.services import ServiceProcs
 from netsonde.cli import demo as D
 from netsonde.common.simhost import start_host
+from netsonde.common.testing import wait_until as _wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.ovs, pytest.mark.slow]
 
@@ -30,18 +31,8 @@ def gremlin(port: int, q: str) -> Any:
     return D.gremlin(f"127.0.0.1:{port}", q)
 
 
-def wait_until(fn, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except OSError as exc:
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+def wait_until(fn: Any, timeout: float, what: str) -> Any:
+    return _wait_until(fn, timeout, what, interval=0.2)
 
 
 def where(node: dict) -> tuple[str, str]:

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 
 def free_port() -> int:
@@ -23,6 +24,30 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def wait_until(
+    fn: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.3,
+    retry_on: tuple[type[BaseException], ...] = (OSError,),
+) -> Any:
+    """Poll `fn` until it returns something truthy; fail with the last answer (or error) after `timeout` s.
+
+    Errors of the `retry_on` types count as "not yet" (a service still starting refuses connections).
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except retry_on as exc:
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def find_nats_server() -> str:
