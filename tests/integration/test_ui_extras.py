@@ -123,6 +123,10 @@ def test_alerts_panel_and_changes_since(
         assert row.locator("td.name").inner_text() == name
         assert row.locator("td.state").inner_text() == "firing"
         assert vb in row.inner_text()  # ReasonData: the node that matched
+        row.get_by_role("button", name="show on map").click()  # the expression's nodes, highlighted
+        found = "() => window.netsonde.map.cy.nodes('.found').map(n => n.data('name'))"
+        page.wait(lambda: page.page.evaluate(found) == [vb], 10, f"{vb} highlighted on the map")
+        assert page.page.locator("#alert-show").inner_text() == f"{name}: 1 node(s) on the map"
         page.shot(shots, "x01-alert-firing.png")
         # a reload reads the firing state from GET /api/alert (not only from events)
         page.open()

@@ -1,5 +1,6 @@
 // Active alerts: a header badge with the count of firing alerts and the Alerts tab listing them. Loaded from
 // GET /api/alert, then kept current by the WebSocket's `Alert` namespace (one event per fire/resolve).
+import * as api from "./api";
 import { fill, fmtTime, h, text } from "./dom";
 
 export interface AlertEvent {
@@ -12,7 +13,8 @@ interface Active { uuid: string; name: string; expression: string; since: number
 export class AlertsPanel {
   private active = new Map<string, Active>();
 
-  constructor(private root: HTMLElement, private badge: HTMLElement, private onChange: () => void = () => {}) {}
+  /** `showNodes`: reveal and highlight node IDs on the map (a row's "show on map"). */
+  constructor(private root: HTMLElement, private badge: HTMLElement, private showNodes: (ids: string[]) => Promise<void>) {}
 
   /** Every alert of GET /api/alert whose Status.State is firing (or error: shown, as it is not evaluated). */
   async load(): Promise<void> {
@@ -57,12 +59,26 @@ export class AlertsPanel {
     const rows = [...this.active.values()].sort((a, b) => b.since - a.since);
     fill(this.root, h("h3", {}, `${n} firing`),
       rows.length ? h("table", { class: "grid", id: "alert-list" },
-        h("tr", {}, ...["Alert", "State", "Since", "Expression", "Matching"].map((c) => h("th", {}, c))),
+        h("tr", {}, ...["Alert", "State", "Since", "Expression", "Matching", ""].map((c) => h("th", {}, c))),
         ...rows.map((a) => h("tr", { class: `alert-${a.state}`, "data-uuid": a.uuid },
           h("td", { class: "name" }, a.name), h("td", { class: "state" }, a.state), h("td", {}, fmtTime(a.since)),
-          h("td", { class: "mono" }, a.expression), h("td", {}, a.error || a.reasons))))
-        : h("p", { class: "hint" }, "No alert is firing. Alerts are defined with POST /api/alert (docs/alerts.md)."));
-    this.onChange();
+          h("td", { class: "mono" }, a.expression), h("td", {}, a.error || a.reasons),
+          h("td", {}, h("button", { type: "button", class: "link", onclick: () => void this.show(a) }, "show on map")))))
+        : h("p", { class: "hint" }, "No alert is firing. Alerts are defined with POST /api/alert (docs/alerts.md)."),
+      h("p", { class: "result", id: "alert-show", role: "status" }));
+  }
+
+  /** Run the alert's expression now and put the nodes it answers on the map (edges, flows or a count: said). */
+  private async show(a: Active): Promise<void> {
+    const out = this.root.querySelector("#alert-show")!;
+    try {
+      const r = await api.gremlin(a.expression);
+      const nodes = (Array.isArray(r) ? r : []).filter((x: any) => x && typeof x.ID === "string" && x.Metadata && !("Parent" in x));
+      out.textContent = nodes.length ? `${a.name}: ${nodes.length} node(s) on the map` : `${a.name}: the expression answers no node now`;
+      if (nodes.length) await this.showNodes(nodes.map((n: any) => n.ID));
+    } catch (e) {
+      out.textContent = `${a.name}: ${(e as Error).message}`;
+    }
   }
 }
 

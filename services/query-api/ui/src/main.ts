@@ -212,7 +212,10 @@ async function main(): Promise<void> {
     if (at === undefined) changes.live(); else void changes.since(at);
     await load(at, before);
   };
-  const alerts = new AlertsPanel(byId("pane-alerts"), byId("alert-badge"));
+  const alerts = new AlertsPanel(byId("pane-alerts"), byId("alert-badge"), async (ids) => {
+    await map.revealMany(ids.slice(0, 50));
+    map.highlight(ids, "found");
+  });
   byId("alert-badge").onclick = () => showTab("alerts");
   for (const b of document.querySelectorAll<HTMLButtonElement>("[data-tab]")) b.onclick = () => showTab(b.dataset.tab!);
   byId("fit").onclick = () => map.cy.fit(undefined, 30);
