@@ -27,6 +27,11 @@ import threading
 import time
 from typing import Any
 
+from netsonde.common.libpcap import BpfInsn as _BpfInsn
+from netsonde.common.libpcap import BpfProgram as _BpfProgram
+from netsonde.common.libpcap import PcapPkthdr as _PcapPkthdr
+from netsonde.common.libpcap import SockFprog as _SockFprog
+from netsonde.common.libpcap import libpcap as libpcap
 from netsonde.common.netns import SetnsError, enter_netns
 
 from .table import FlowTable
@@ -58,59 +63,7 @@ class BPFError(CaptureError):
     """The BPF filter does not compile."""
 
 
-# --- BPF through libpcap ------------------------------------------------------------------------------
-class _BpfInsn(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint32)]
-
-
-class _BpfProgram(ctypes.Structure):
-    _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.POINTER(_BpfInsn))]
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_BpfInsn))]
-
-
-class _PcapPkthdr(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long), ("caplen", ctypes.c_uint32),
-                ("len", ctypes.c_uint32)]
-
-
-_libpcap: Any = None
-
-
-def libpcap() -> Any:
-    """The libpcap shared library (ctypes), loaded once."""
-    global _libpcap
-    if _libpcap is None:
-        name = ctypes.util.find_library("pcap") or "libpcap.so.0.8"
-        lib = ctypes.CDLL(name)
-        lib.pcap_open_dead.restype = ctypes.c_void_p
-        lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
-        lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.POINTER(_BpfProgram), ctypes.c_char_p, ctypes.c_int,
-                                     ctypes.c_uint32]
-        lib.pcap_geterr.restype = ctypes.c_char_p
-        lib.pcap_geterr.argtypes = [ctypes.c_void_p]
-        lib.pcap_close.argtypes = [ctypes.c_void_p]
-        lib.pcap_freecode.argtypes = [ctypes.POINTER(_BpfProgram)]
-        lib.pcap_create.restype = ctypes.c_void_p
-        lib.pcap_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-        for fn in ("pcap_set_snaplen", "pcap_set_promisc", "pcap_set_timeout", "pcap_set_immediate_mode",
-                   "pcap_set_buffer_size"):
-            getattr(lib, fn).argtypes = [ctypes.c_void_p, ctypes.c_int]
-        lib.pcap_activate.argtypes = [ctypes.c_void_p]
-        lib.pcap_setfilter.argtypes = [ctypes.c_void_p, ctypes.POINTER(_BpfProgram)]
-        lib.pcap_next_ex.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.POINTER(_PcapPkthdr)),
-                                     ctypes.POINTER(ctypes.POINTER(ctypes.c_ubyte))]
-        lib.pcap_breakloop.argtypes = [ctypes.c_void_p]
-        lib.pcap_statustostr.restype = ctypes.c_char_p
-        lib.pcap_setnonblock.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
-        lib.pcap_get_selectable_fd.argtypes = [ctypes.c_void_p]
-        lib.pcap_stats.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        _libpcap = lib
-    return _libpcap
-
-
+# --- BPF through libpcap (the binding: netsonde.common.libpcap) ------------------------------------
 def compile_bpf(expr: str, snaplen: int = DEFAULT_SNAPLEN) -> list[tuple[int, int, int, int]]:
     """Compile a tcpdump filter expression for Ethernet into (code, jt, jf, k) instructions.
 

@@ -22,6 +22,8 @@ from typing import Any, Callable
 from netsonde.common import flowschema as fs
 from netsonde.common.bus.graph import GraphElement
 from netsonde.common.capture_types import CAPTURABLE_NODE_TYPES
+from netsonde.common.libpcap import BpfProgram as PcapProgram
+from netsonde.common.libpcap import PcapPkthdr, libpcap
 
 from . import ast
 
@@ -511,32 +513,14 @@ class BpfProgram:
 
     _lib: Any = None
 
-    class _Prog(ctypes.Structure):
-        _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
-
-    class _Hdr(ctypes.Structure):
-        _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long), ("caplen", ctypes.c_uint32),
-                    ("len", ctypes.c_uint32)]
-
     def __init__(self, expr: str, step: Step) -> None:
         self.expr = expr
         self.step = step
         self.progs: dict[int, Any] = {}
         if BpfProgram._lib is None:
-            path = ctypes.util.find_library("pcap")
-            if path is None:
+            if ctypes.util.find_library("pcap") is None:
                 raise GremlinError("BPF(): libpcap is not installed (apt-get install libpcap0.8)", status=501)
-            lib = ctypes.CDLL(path)
-            lib.pcap_open_dead.restype = ctypes.c_void_p
-            lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
-            lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
-                                         ctypes.c_uint32]
-            lib.pcap_geterr.restype = ctypes.c_char_p
-            lib.pcap_geterr.argtypes = [ctypes.c_void_p]
-            lib.pcap_offline_filter.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p]
-            lib.pcap_close.argtypes = [ctypes.c_void_p]
-            lib.pcap_freecode.argtypes = [ctypes.c_void_p]
-            BpfProgram._lib = lib
+            BpfProgram._lib = libpcap()
         self.prog(1)  # validate the expression now (Ethernet)
 
     def prog(self, linktype: int) -> Any:
@@ -544,7 +528,7 @@ class BpfProgram:
         if prog is None:
             lib = self._lib
             handle = lib.pcap_open_dead(linktype, 65535)
-            prog = BpfProgram._Prog()
+            prog = PcapProgram()
             rc = lib.pcap_compile(handle, ctypes.byref(prog), self.expr.encode(), 1, 0xFFFFFFFF)
             if rc != 0:
                 err = lib.pcap_geterr(handle).decode(errors="replace")
@@ -555,7 +539,7 @@ class BpfProgram:
         return prog
 
     def match(self, data: bytes, linktype: int) -> bool:
-        hdr = BpfProgram._Hdr(0, 0, len(data), len(data))
+        hdr = PcapPkthdr(0, 0, len(data), len(data))
         return self._lib.pcap_offline_filter(ctypes.byref(self.prog(linktype)), ctypes.byref(hdr), data) != 0
 
 

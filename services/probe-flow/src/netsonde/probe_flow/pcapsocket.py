@@ -14,7 +14,10 @@ import logging
 import socket
 from typing import Any, BinaryIO
 
-from netsonde.flow.capture import BaseCapture, BPFError, _BpfProgram, _PcapPkthdr, libpcap
+from netsonde.common.libpcap import BpfProgram as _BpfProgram
+from netsonde.common.libpcap import PcapPkthdr as _PcapPkthdr
+from netsonde.common.libpcap import libpcap
+from netsonde.flow.capture import BaseCapture, BPFError
 from netsonde.flow.pcap import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
@@ -62,12 +65,7 @@ class _OfflineFilter:
     def __init__(self, expr: str, snaplen: int) -> None:
         self.expr = expr
         self.snaplen = snaplen
-        self.lib = libpcap()
-        self.lib.pcap_offline_filter.argtypes = [
-            ctypes.POINTER(_BpfProgram),
-            ctypes.POINTER(_PcapPkthdr),
-            ctypes.c_char_p,
-        ]
+        self.lib = libpcap()  # pcap_offline_filter(bpf_program *, pcap_pkthdr *, bytes)
         self.programs: dict[int, _BpfProgram] = {}
 
     def _program(self, linktype: int) -> _BpfProgram:
