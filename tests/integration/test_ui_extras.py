@@ -429,3 +429,50 @@ def test_real_container_is_a_group_holding_its_interfaces(
     finally:
         page.page.close()
         pm.cleanup()
+
+
+def test_two_simulated_hosts_with_the_tunnel_between_them(
+    stack: tuple[int, str], browser: Any, shots: Path, nats_url: str, unique: str, tmp_path: Path
+) -> None:
+    """The demo's two simulated hosts (netsonde.cli.demo: own namespaces, OVS and probes each, a VXLAN tunnel
+    over an underlay veth): two host groups, graph-builder's tunnel edge between them, drawn as a tunnel."""
+    from netsonde.cli import demo as D
+
+    api, prefix = stack
+    u = unique[:6]
+    env = {"NETSONDE_SUBJECT_PREFIX": prefix, "NETSONDE_LOG_LEVEL": "warning"}
+    demo = D.start(
+        tmp_path / "hosts", int(nats_url.rsplit(":", 1)[1]), env=env, underlay_ends=(f"uu{u}a", f"uu{u}b")
+    )
+    page = Page(browser, api)
+    try:
+        [edge] = wait_until(
+            lambda: gremlin(api, "G.V().Has('Host','host-a','Type','vxlan').BothE().Has('Type','tunnel')"),
+            30,
+            "the tunnel edge between host-a and host-b",
+        )
+        hosts = {h: gremlin(api, f"G.V().Has('Type','host','Host','{h}').Values('@ID')")[0] for h in D.HOSTS}
+        status, s = api_call(api, "/api/topology/summary")
+        assert status == 200, s
+        ends = sorted(hosts.values())
+        assert {"A": ends[0], "B": ends[1], "RelationType": "tunnel", "Count": 1} in s["Links"]
+
+        page.open()
+        tunnels = (
+            "() => window.netsonde.map.cy.edges('.tunnel')"
+            ".map(e => [e.source().id(), e.target().id()].sort().join(' '))"
+        )
+        pair = " ".join(sorted([edge["Parent"], edge["Child"]]))
+        page.wait(lambda: pair in page.page.evaluate(tunnels), 10, "the tunnel edge on the map")
+        top = "id => { let n = window.netsonde.map.cy.getElementById(id); while (n.parent().length) n = n.parent(); return n.id(); }"
+        assert {page.page.evaluate(top, edge[k]) for k in ("Parent", "Child")} == set(hosts.values())
+        page.shot(shots, "x08-two-hosts-tunnel.png")
+        page.page.click("#collapse-all")
+        page.wait(
+            lambda: " ".join(ends) in page.page.evaluate(tunnels), 5, "the tunnel between collapsed hosts"
+        )
+        page.shot(shots, "x09-two-hosts-collapsed.png")
+        assert page.errors == [], page.errors
+    finally:
+        page.page.close()
+        D.stop(demo)
