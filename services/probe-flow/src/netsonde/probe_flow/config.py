@@ -25,7 +25,8 @@ class ProbeFlowConfig(BaseConfig):
     """Most flows per FlowUpdateBatch message."""
     publish_retry_s: float = 60.0
     """How long one flow batch is retried while NATS is unreachable before it is dropped (and counted in
-    flow_updates_dropped_total). Meanwhile the publisher waits: flows accumulate in the bounded flow tables."""
+    flow_updates_dropped_total). Meanwhile the publisher waits: flows accumulate in the bounded flow
+    tables."""
     use_graph: bool = True
     """Select capture nodes with the graph replica + Gremlin engine (off: no capture starts by query)."""
     stream_max_bytes: int = 1 << 30

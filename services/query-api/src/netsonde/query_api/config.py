@@ -26,7 +26,8 @@ class QueryApiConfig(BaseConfig):
     max_pcap_bytes: int = 16 * 1024 * 1024
     """Largest pcap file `POST /api/pcap` accepts (413 above, before it is read whole)."""
     auth: str = "auto"
-    """API authentication: on, off, or auto (on unless http_host is a loopback address). docs/reliability.md."""
+    """API authentication: on, off, or auto (on unless http_host is a loopback address).
+    docs/reliability.md."""
     users_file: str = ""
     """TOML file of API users and tokens (hashed secrets, roles reader/admin); see docs/reliability.md."""
     tls_cert: str = ""
@@ -34,7 +35,8 @@ class QueryApiConfig(BaseConfig):
     tls_key: str = ""
     """PEM private key matching tls_cert."""
     ws_queue_max: int = 10_000
-    """Messages queued for one WebSocket subscriber; a subscriber that falls further behind is disconnected."""
+    """Messages queued for one WebSocket subscriber; a subscriber that falls further behind is
+    disconnected."""
 
     def validate(self) -> None:
         super().validate()

@@ -27,10 +27,10 @@ from .consistency import CowGraph, SnapshotCache
 from . import openapi
 from .routes import VERSION, Routes
 from .static_api import StaticApi
-from .topology_summary import TopologySummaryApi
-from .ui import WebUi
 from .alerts_api import AlertApi
 from .diff_api import DiffApi
+from .topology_summary import TopologySummaryApi
+from .ui import WebUi
 from .websocket import SubscriberHub
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ class QueryApiService(Service):
         self.replica: GraphReplica | None = None
         self.engine: Any = None
         self.captures: CaptureStore | None = None
-        self.hub = SubscriberHub()
+        self.hub = SubscriberHub(config.ws_queue_max, self.metrics.counter(
+            "websocket_disconnects_total", "WebSocket subscribers disconnected by the server", ["kind", "reason"]))
         self.drops = DropBoard(self.inbound)
         m = self.metrics
         self.m_queries = m.counter("queries_total", "Gremlin queries answered", ["status"])
@@ -73,10 +74,10 @@ class QueryApiService(Service):
         app.middlewares.append(nesting_guard)
         Routes(self).register(app)
         StaticApi(self).register(app)
-        TopologySummaryApi(self).register(app)
-        WebUi().register(app)
         AlertApi(self).register(app)
+        TopologySummaryApi(self).register(app)
         DiffApi(self).register(app)
+        WebUi().register(app)
         openapi.register(app, VERSION)
 
     def client_factory(self) -> Any:

@@ -4,8 +4,8 @@ A 10 000-node graph is too much to draw on page load; the UI draws hosts and nam
 from `GET /api/topology/summary` and fetches a group's members with `GET /api/topology/group/{id}` when the
 user expands it. A node's group is its nearest `netns` or `container` owner over ownership edges, else its
 host (the `host` node owning it, else the `host` node of its `Host`); a container's namespace (owned by the
-container, not the host, docs/containers.md) is a group inside the container's group. Both endpoints take `?at=<instant>` (any `Context()`
-time: epoch ms, ISO 8601, `-1h` ...) for the graph of a past instant.
+container, not the host, docs/containers.md) is a group inside the container's group. Both endpoints take
+`?at=<instant>` (any `Context()` time: epoch ms, ISO 8601, `-1h` ...) for the graph of a past instant.
 """
 
 from __future__ import annotations
