@@ -11,6 +11,8 @@ UI_APT_PACKAGES := chromium
 UI_DIR := services/query-api/ui
 UI_BUNDLE := services/query-api/src/netsonde/query_api/static/ui/manifest.json
 STAMP := $(VENV)/.installed
+# the eBPF flow capture's TC program (docs/ebpf.md), compiled for this kernel's BPF target
+EBPF_OBJ := libs/flow/src/netsonde/flow/ebpf/flow.bpf.o
 RATCHET_RULES := E,W,F,I,UP,B
 
 .PHONY: help deps deps-bench install ui allinone demo demo-down test test-unit test-compose compose-deps bench lint clean
@@ -40,8 +42,6 @@ $(STAMP): $(foreach p,$(PACKAGES),$(p)/pyproject.toml) requirements-dev.txt
 
 install: deps $(STAMP) ui $(EBPF_OBJ) ## Create the venv in .venv and install every package (editable), build the web UI
 
-# the eBPF flow capture's TC program (docs/ebpf.md), compiled for this kernel's BPF target
-EBPF_OBJ := libs/flow/src/netsonde/flow/ebpf/flow.bpf.o
 $(EBPF_OBJ): libs/flow/src/netsonde/flow/ebpf/flow.bpf.c
 	clang -O2 -g -Wall -target bpf -I/usr/include/$$(gcc -dumpmachine) -c $< -o $@
 

@@ -148,12 +148,17 @@ def test_block_parses_in_bash(block: Block) -> None:
     assert res.returncode == 0, f"{block}: bash -n: {res.stderr}"
 
 
+def _exists(path: str) -> bool:
+    """A repository path, or a glob the shell expands to at least one."""
+    return any(ROOT.glob(path)) if "*" in path else (ROOT / path).exists()
+
+
 def _problems(argv: list[str], targets: set[str]) -> list[str]:
     """What in one command does not exist (empty: all of it does)."""
     found: list[str] = []
     for word in argv:
         path = word.lstrip("@").split("::")[0]
-        if path.startswith(REPO_DIRS) and not (ROOT / path).exists():
+        if path.startswith(REPO_DIRS) and not _exists(path):
             found.append(f"no such path {path!r}")
     head = argv[0]
     if head.startswith(".venv/bin/") and not (ROOT / head).exists():
