@@ -210,7 +210,8 @@ def test_map_panel_capture_and_time_slider(
         mac = json.loads(sh("ip", "-j", "link", "show", vb))[0]["address"]
         page.page.locator("#node-list li button", has_text=vb).first.click()
         panel = page.page.locator("#pane-node")
-        panel.locator("table.metadata").wait_for()
+        # the previous node's panel also has a metadata table: wait for this node's panel, by its title
+        page.wait(lambda: panel.locator("h2").inner_text() == vb, 5, f"the panel of {vb}")
         assert mac in panel.locator("table.metadata").inner_text()
         metrics = panel.locator('[data-section="metrics"]')
         page.wait(

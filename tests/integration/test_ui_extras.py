@@ -422,8 +422,8 @@ def test_real_container_is_a_group_holding_its_interfaces(
         assert page.page.evaluate(parent, ns) == ctr
         assert page.page.evaluate(parent, ctr) == host
         click_listed(page, name)
+        page.wait(lambda: page.page.locator("#pane-node h2").inner_text() == name, 5, f"the panel of {name}")
         page.page.locator("#pane-node table.metadata").wait_for()
-        assert page.page.locator("#pane-node h2").inner_text() == name
         page.shot(shots, "x07-real-container.png")  # (zooming onto the group first: slow on a CPU renderer)
         assert page.errors == [], page.errors
     finally:
