@@ -236,7 +236,12 @@ def test_capture_options_and_target_through_the_services(nats_url: str, clickhou
         assert sum(m["t"] for m in mirrored) == 12
 
         # no IPDefrag on that capture: 9 fragments each way, IP bytes 1500 + 1500 + 68 per echo
-        assert totals == {(veth["ip"], veth["peer_ip"], "icmp"): (9, 3 * 3068),
-                          (veth["peer_ip"], veth["ip"], "icmp"): (9, 3 * 3068)}
+        expected = {(veth["ip"], veth["peer_ip"], "icmp"): (9, 3 * 3068),
+                    (veth["peer_ip"], veth["ip"], "icmp"): (9, 3 * 3068)}
+        if totals != expected:  # say which purges and which probe counters disagree before failing
+            with urllib.request.urlopen(f"http://127.0.0.1:{probe}/metrics", timeout=10) as r:
+                counters = [x for x in r.read().decode().splitlines() if "netflow" in x or "option_events" in x]
+            raise AssertionError(f"nfacctd totals {totals} != {expected}\nnfacctd CSV:\n{nf_out.read_text()}\n"
+                                 f"probe counters:\n" + "\n".join(counters))
     finally:
         procs.stop()
