@@ -8,7 +8,7 @@ any option on, each packet takes the table's per-frame path and goes through her
   datagram (one packet, `IPMetric.Fragments` = the fragments it was made of);
 - after the packet is counted in its flow, `packet()` feeds TCP segments to the reassembler and decodes
   DNS / DHCPv4 / VRRPv2 into the flow's extra layers;
-- `flow_fields()` gives what `_to_flow` adds to a Flow (extra layers, reassembly TCPMetric fields).
+- `flow_fields()` gives what `_to_flow` (`flowreport.py`) adds to a Flow (extra layers, reassembly TCPMetric fields).
 
 Counters land in `TableStats.events` (the probe exports them as `netsonde_probe_flow_option_events_total`).
 """
@@ -24,7 +24,8 @@ from .tcpstream import TCPStreams
 
 if TYPE_CHECKING:
     from .decode import Segment
-    from .table import FlowState, FlowTable
+    from .flowstate import FlowState
+    from .table import FlowTable
 
 _DNS_TCP_MAX = 64 << 10
 """Bytes of a DNS-over-TCP stream kept while waiting for the rest of a message."""

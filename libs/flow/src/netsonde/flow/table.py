@@ -5,7 +5,8 @@ reference path, also used for sFlow samples and pcap import), `process_block` / 
 path: a whole TPACKET_V3 block or a list of frames counted in C, see `_fastpath.c`) or
 `process_aggregates` (packets the caller already folded per header, e.g. sFlow samples). `updates(now_ms)`
 returns the flows touched since the previous call with `LastUpdateMetric` = delta, plus the flows that
-expired; `flush()` empties the table.
+expired; `flush()` empties the table. The batch intake is `fastfold.py`, the output side `flowreport.py`,
+the per-flow state `flowstate.py`.
 
 Keys follow Skydive (`flow/flow.go`, `flow/hash.go`): xxHash64 over the network pair, the transport pair (for
 a tunnel's UDP: the VNI and destination port only), ICMP type/code/id -> L3 key; then the MACs and VLANs ->
@@ -17,18 +18,17 @@ key over Start (ms, int64 big-endian) and the NodeTID.
 
 from __future__ import annotations
 
-import socket
 import struct
-from dataclasses import dataclass, field
-from typing import Iterable
 
-import msgspec
 import xxhash
 
+from netsonde.common.bus.flows import RawPacket
 from netsonde.common.native import slow_path_allowed
-from netsonde.common.bus.flows import Flow, FlowLayer, FlowMetric, ICMPLayer, IPMetric, RawPacket, TCPMetric
 
 from .decode import ACK, FIN, ICMP_REQUESTS, RST, SYN, DecodeError, Segment, decode_ethernet, decode_ip
+from .fastfold import FastFold
+from .flowreport import FlowReport
+from .flowstate import DEFAULT_APP_TIMEOUTS_MS, FlowState, TableStats
 
 try:
     from . import _fastpath
@@ -43,68 +43,14 @@ _ICMP_KINDS = {"": 0, "UNKNOWN": 1, "ECHO": 2, "DESTINATION_UNREACHABLE": 3, "SO
 _NET_CODES = {"": b"\x00", "IPV4": b"\x04", "IPV6": b"\x06"}
 _TR_CODES = {"": 0, "TCP": 6, "UDP": 17, "SCTP": 132}
 
-DEFAULT_APP_TIMEOUTS_MS = {"ARP": 10_000, "DNS": 10_000}
-"""Early expiry per Application (Skydive's `flow.application_timeout`)."""
+__all__ = ["DEFAULT_APP_TIMEOUTS_MS", "FlowState", "FlowTable", "TableStats"]
 
 
-@dataclass
-class TableStats:
-    """Counters of one table; the probe exports them as metrics and in CaptureStatus."""
+class FlowTable(FastFold, FlowReport):
+    """Aggregates packets into flows keyed like Skydive; see the module docstring.
 
-    packets: int = 0
-    bytes: int = 0
-    flows_created: int = 0
-    flows_expired: int = 0
-    flows_dropped: int = 0
-    """New flows refused because the table was full (`max_entries`)."""
-    decode_errors: dict[str, int] = field(default_factory=dict)
-    """Frames that could not be decoded, by kind (truncated, malformed ...); each is counted, none raises."""
-    events: dict[str, int] = field(default_factory=dict)
-    """Capture option counters (`options.py`): defrag_reassembled, defrag_timeouts, defrag_evicted,
-    defrag_errors, tcp_buffer_overflows, layer_errors."""
-
-    @property
-    def bad_packets(self) -> int:
-        return sum(self.decode_errors.values())
-
-
-class FlowState:
-    """Mutable per-flow state (kept small: __slots__, ints and bytes only until an update is built)."""
-
-    __slots__ = ("key", "uuid", "tracking_id", "l3_tracking_id", "parent_uuid", "layers_path", "application",
-                 "mac_a", "mac_b", "vlan", "net_proto", "ip_a", "ip_b", "net_id", "tr_proto", "port_a",
-                 "port_b", "tr_id", "tunnel", "icmp_type", "icmp_code", "icmp_id", "ab_p", "ab_b", "ba_p",
-                 "ba_b", "start", "last", "rtt", "rtt_t0", "sent", "tcp", "frags", "frag_err", "finish",
-                 "touched", "raw", "raw_count", "fastkeys", "sampling", "dpi", "extra")
-
-    def __init__(self) -> None:
-        self.ab_p = self.ab_b = self.ba_p = self.ba_b = 0
-        self.rtt = 0
-        self.rtt_t0 = 0
-        self.sent = (0, 0, 0, 0)
-        self.tcp: list[int] | None = None
-        self.frags = self.frag_err = 0
-        self.finish = "NOT_FINISHED"
-        self.touched = True
-        self.raw: list[RawPacket] | None = None
-        self.raw_count = 0
-        self.fastkeys: list[bytes] | None = None
-        self.sampling = 0
-        self.dpi: tuple[str, str] | None = None
-        """(application, category) once nDPI decided; None while undecided or without DPI."""
-        self.extra: dict | None = None
-        """Extra layers (DNS, DHCPv4, VRRPv2) decoded by the ExtraLayers option."""
-
-    def is_ab(self, seg: Segment) -> bool:
-        if self.net_proto and self.ip_a != self.ip_b:
-            return seg.ip_src == self.ip_a
-        if self.net_proto and not self.tunnel and self.port_a != self.port_b:
-            return seg.sport == self.port_a
-        return seg.mac_src == self.mac_a
-
-
-class FlowTable:
-    """Aggregates packets into flows keyed like Skydive; see the module docstring."""
+    The batch intake (C fold, aggregates, harvest) is in `fastfold.py`, the Flow updates out in
+    `flowreport.py`; the per-frame accounting and the keys are here."""
 
     def __init__(self, node_tid: str, capture_id: str = "", layer_key_mode: str = "L2",
                  extra_tcp_metric: bool = False, *, expire_ms: int = 600_000, finished_hold_ms: int = 5_000,
@@ -191,182 +137,6 @@ class FlowTable:
             return False
         self._account(segs, packet, ts_ms, None, sampling_rate)
         return True
-
-    def process_frames(self, frames: list[tuple[bytes, int, int]]) -> None:
-        """The batch hot path: account (frame, ts_ns, wire_len) tuples (pcap replay, libpcap captures)."""
-        if self._per_frame:  # raw packets, nDPI or packet options need every frame
-            self.process_frames_reference(frames)
-            return
-        fresh, slow, _ = self._acc.fold_frames(frames)
-        self._merge(fresh, slow)
-
-    process_batch = process_frames
-
-    def process_frames_reference(self, frames: Iterable[tuple[bytes, int, int]]) -> None:
-        """Account (frame, ts_ns, wire_len) tuples one by one through the full decoder (the reference)."""
-        pf = self.process_frame
-        for frame, ts_ns, wire_len in frames:
-            pf(frame, ts_ns // 1_000_000, wire_len, 1, ts_ns)
-
-    def process_aggregates(self, aggs: Iterable[tuple[bytes, bytes, int, int, int, int]]) -> None:
-        """Account packets the caller already folded per header (the sFlow collector's scanner does).
-
-        Each item is (key, sample_frame, packets, bytes, first_ts_ns, last_ts_ns), `key` being any bytes
-        that identify every header field the flow table looks at. The first sight of a key is decoded in
-        full from `sample_frame` (encapsulated packets give one flow per level, linked by ParentUUID);
-        later ones hit a cache, so per-packet Python work disappears."""
-        cache = self._agg
-        flows = self.flows
-        stats = self.stats
-        for fk, sample, npk, nby, t0, t1 in aggs:
-            chain = cache.get(fk)
-            if chain is None or chain[0][0].key not in flows:
-                chain = self._agg_miss(fk, sample, t0)
-                if chain is None:
-                    continue
-            stats.packets += npk
-            stats.bytes += nby
-            ms1 = t1 // 1_000_000
-            for fs, ab, flags, ttl, icmp, hdr in chain:
-                b = nby - npk * hdr
-                if ab:
-                    fs.ab_p += npk
-                    fs.ab_b += b
-                else:
-                    fs.ba_p += npk
-                    fs.ba_b += b
-                if ms1 > fs.last:
-                    fs.last = ms1
-                fs.touched = True
-                if flags > 0:
-                    if flags & (SYN | FIN | RST):
-                        self._tcp_flags(fs, ab, flags, ttl, t0)
-                elif icmp >= 0 and not fs.rtt:
-                    if icmp in ICMP_REQUESTS:
-                        if ab and not fs.rtt_t0:
-                            fs.rtt_t0 = t0
-                    elif fs.rtt_t0 and not ab:
-                        fs.rtt = max(1, t0 - fs.rtt_t0)
-
-    def _agg_miss(self, fk: bytes, sample: bytes, ts_ns: int) -> list | None:
-        try:
-            segs = decode_ethernet(sample)
-        except (DecodeError, IndexError, struct.error) as e:
-            self._bad(e.kind if isinstance(e, DecodeError) else "malformed")
-            return None
-        chain = []
-        parent = ""
-        outer = segs[0].length
-        for seg in segs:
-            fs = self._lookup(seg, parent, ts_ns // 1_000_000)
-            if fs is None:
-                return None
-            chain.append((fs, fs.is_ab(seg), seg.tcp_flags, seg.ttl, seg.icmp_raw_type, outer - seg.length))
-            if fs.fastkeys is None:
-                fs.fastkeys = []
-            fs.fastkeys.append(fk)
-            parent = fs.uuid
-        self._agg[fk] = chain
-        return chain
-
-    def process_block(self, block: memoryview | bytes) -> int:
-        """Account one TPACKET_V3 ring block; returns its packet count.
-
-        With the C extension, packets whose headers are plain (no tunnel, fragment, VLAN tag or IPv6
-        extension header) are counted in C against a per-header key ("fastkey"); Python only builds the
-        flow the first time a fastkey appears and collects the counters at each `updates()`. Other packets
-        go through the full decoder, in timestamp order with the new fastkeys."""
-        if self._per_frame:  # raw packets, nDPI or packet options need every frame
-            slow = _walk_block(block)
-            self._process_slow(slow)
-            return len(slow)
-        fresh, slow, n = self._acc.fold_block(block)
-        self._merge(fresh, slow)
-        return n
-
-    def _merge(self, fresh: list, slow: list) -> None:
-        """Handle new fastkeys and slow frames in the order of their timestamps, so that the packet that
-        creates a flow (its Start and A side) is the same as on the per-frame path."""
-        if not slow:
-            for item in fresh:
-                self._fast_new(*item)
-            return
-        if not fresh:
-            self._process_slow(slow)
-            return
-        i = j = 0
-        na, ns = len(fresh), len(slow)
-        while i < na or j < ns:
-            if j >= ns or (i < na and fresh[i][2] <= slow[j][1]):
-                self._fast_new(*fresh[i])
-                i += 1
-            else:
-                self._process_slow(slow[j:j + 1])
-                j += 1
-
-    def _fast_new(self, fk: bytes, sample: bytes, ts_ns: int, wire: int) -> None:
-        """First packet of a fastkey (already counted in C): find or create its flow, note TCP/ICMP events."""
-        try:
-            segs = decode_ethernet(sample, wire)
-        except (DecodeError, IndexError, struct.error) as e:  # cannot happen: C checked the headers
-            self._bad(e.kind if isinstance(e, DecodeError) else "malformed")
-            return
-        seg = segs[0]
-        fs = self._lookup(seg, "", ts_ns // 1_000_000)
-        if fs is None:
-            return
-        ab = fs.is_ab(seg)
-        self._fast[fk] = (fs, ab)
-        if fs.fastkeys is None:
-            fs.fastkeys = []
-        fs.fastkeys.append(fk)
-        fs.touched = True
-        if seg.tcp_flags > 0:
-            if seg.tcp_flags & (SYN | FIN | RST):
-                self._tcp_flags(fs, ab, seg.tcp_flags, seg.ttl, ts_ns)
-        elif seg.icmp_raw_type >= 0 and not fs.rtt:
-            if seg.icmp_raw_type in ICMP_REQUESTS:
-                if ab and not fs.rtt_t0:
-                    fs.rtt_t0 = ts_ns
-            elif fs.rtt_t0 and not ab:
-                fs.rtt = max(1, ts_ns - fs.rtt_t0)
-
-    def harvest(self) -> None:
-        """Move the counters gathered in C since the previous call into the flows (done by updates())."""
-        if self._acc is None:
-            return
-        fast = self._fast
-        stats = self.stats
-        orphans = []
-        for fk, npk, nby, tl in self._acc.drain():
-            stats.packets += npk
-            stats.bytes += nby
-            hit = fast.get(fk)
-            if hit is None:  # its flow was refused (table full): let the key come back as new
-                orphans.append(fk)
-                continue
-            fs, ab = hit
-            if ab:
-                fs.ab_p += npk
-                fs.ab_b += nby
-            else:
-                fs.ba_p += npk
-                fs.ba_b += nby
-            ms = tl // 1_000_000
-            if ms > fs.last:
-                fs.last = ms
-            fs.touched = True
-        if orphans:
-            self._acc.forget(orphans)
-
-    def _process_slow(self, slow: list[tuple[bytes, int, int, int]]) -> None:
-        pf = self.process_frame
-        for frame, ts_ns, wire, vlan in slow:
-            if vlan >= 0:  # the kernel stripped the outermost tag into metadata: put it back
-                tag = struct.pack("!HH", vlan >> 16, vlan & 0xFFFF)
-                frame = frame[:12] + tag + frame[12:]
-                wire += 4
-            pf(frame, ts_ns // 1_000_000, wire, 1, ts_ns)
 
     def _bad(self, kind: str) -> None:
         errs = self.stats.decode_errors
@@ -547,150 +317,3 @@ class FlowTable:
             return l3, h.intdigest()
         return l3, l3
 
-    # --- updates out ----------------------------------------------------------------------------------
-    def updates(self, now_ms: int) -> list[Flow]:
-        """Flows touched since the previous call (LastUpdateMetric = delta over the window), then the
-        flows that expire at `now_ms` (FinishType TIMEOUT unless already finished)."""
-        self.harvest()
-        if self._opts is not None:
-            self._opts.expire(now_ms * 1_000_000)
-        start = self._last_update_ms
-        out = []
-        for fs in self.flows.values():
-            if fs.touched:
-                out.append(self._to_flow(fs, start, now_ms))
-        self._last_update_ms = now_ms
-        out.extend(self.expire(now_ms))
-        return out
-
-    def expire(self, now_ms: int) -> list[Flow]:
-        """Remove flows idle longer than their timeout (or finished and held long enough); return them."""
-        self.harvest()
-        out = []
-        dead = []
-        start = self._last_update_ms
-        for key, fs in self.flows.items():
-            idle = now_ms - fs.last
-            if fs.finish != "NOT_FINISHED":
-                if idle >= self.finished_hold_ms:
-                    dead.append(key)
-                    if fs.touched:
-                        out.append(self._to_flow(fs, start, now_ms))
-                continue
-            limit = self.app_timeouts_ms.get(fs.application, self.expire_ms)
-            if idle >= limit:
-                fs.finish = "TIMEOUT"
-                dead.append(key)
-                out.append(self._to_flow(fs, start, now_ms))
-        for key in dead:
-            self._remove(key)
-        self.stats.flows_expired += len(dead)
-        return out
-
-    def flush(self) -> list[Flow]:
-        """Every flow with what it has not reported yet; the table is emptied (capture stop)."""
-        self.harvest()
-        if self._opts is not None:
-            self._opts.flush()  # fragments of incomplete datagrams are counted as fragments
-        now = max((fs.last for fs in self.flows.values()), default=0)
-        start = self._last_update_ms
-        out = [self._to_flow(fs, start, max(now, start)) for fs in self.flows.values()]
-        if self._dpi is not None:
-            for key in self.flows:
-                self._dpi.forget(key)
-        if self._opts is not None:
-            for key in self.flows:
-                self._opts.forget(key)
-        self.flows.clear()
-        self._fast.clear()
-        self._agg.clear()
-        if self._acc is not None:
-            self._acc.clear()
-        self._frag_owner.clear()
-        return out
-
-    def _remove(self, key: tuple[int, str]) -> None:
-        fs = self.flows.pop(key)
-        if self._dpi is not None:
-            self._dpi.forget(key)
-        if self._opts is not None:
-            self._opts.forget(key)
-        if fs.fastkeys:
-            for fk in fs.fastkeys:
-                self._fast.pop(fk, None)
-                self._agg.pop(fk, None)
-            if self._acc is not None:
-                self._acc.forget(fs.fastkeys)
-        if fs.frags and self._frag_owner:
-            for k in [k for k, v in self._frag_owner.items() if v is fs]:
-                del self._frag_owner[k]
-
-    def snapshot(self) -> list[Flow]:
-        """Every flow's current state without touching update bookkeeping (live table queries)."""
-        self.harvest()
-        now = self._last_update_ms
-        return [self._to_flow(fs, now, now, consume=False) for fs in self.flows.values()]
-
-    def _to_flow(self, fs: FlowState, win_start: int, win_end: int, consume: bool = True) -> Flow:
-        sab_p, sab_b, sba_p, sba_b = fs.sent
-        metric = FlowMetric(ABPackets=fs.ab_p, ABBytes=fs.ab_b, BAPackets=fs.ba_p, BABytes=fs.ba_b,
-                            Start=fs.start, Last=fs.last, RTT=fs.rtt)
-        lum = FlowMetric(ABPackets=fs.ab_p - sab_p, ABBytes=fs.ab_b - sab_b, BAPackets=fs.ba_p - sba_p,
-                         BABytes=fs.ba_b - sba_b, Start=max(win_start, fs.start), Last=win_end, RTT=fs.rtt)
-        link = FlowLayer(Protocol="ETHERNET", A=_mac(fs.mac_a), B=_mac(fs.mac_b), ID=fs.vlan) if fs.mac_a else None
-        net = None
-        if fs.net_proto:
-            fam = socket.AF_INET if fs.net_proto == "IPV4" else socket.AF_INET6
-            net = FlowLayer(Protocol=fs.net_proto, A=socket.inet_ntop(fam, fs.ip_a),
-                            B=socket.inet_ntop(fam, fs.ip_b), ID=fs.net_id)
-        elif fs.net_id:
-            net = FlowLayer(Protocol="MPLS", A="", B="", ID=fs.net_id)
-        tr = FlowLayer(Protocol=fs.tr_proto, A=fs.port_a, B=fs.port_b, ID=fs.tr_id) if fs.tr_proto else None
-        icmp = ICMPLayer(Type=fs.icmp_type, Code=fs.icmp_code, ID=fs.icmp_id) if fs.icmp_type else None
-        tcpm = None
-        if fs.tcp is not None:
-            t = fs.tcp
-            tcpm = TCPMetric(ABSynStart=t[0], BASynStart=t[1], ABSynTTL=t[2], BASynTTL=t[3], ABFinStart=t[4],
-                             BAFinStart=t[5], ABRstStart=t[6], BARstStart=t[7])
-        elif self.extra_tcp_metric and fs.tr_proto == "TCP":
-            tcpm = TCPMetric()
-        ipm = IPMetric(Fragments=fs.frags, FragmentErrors=fs.frag_err) if fs.frags else None
-        extra: dict = {"NDPI": {"Protocol": fs.dpi[0], "Category": fs.dpi[1]}} if fs.dpi else {}
-        if self._opts is not None:
-            layers, reasm = self._opts.flow_fields(fs)
-            extra.update(layers)
-            if reasm:
-                tcpm = msgspec.structs.replace(tcpm or TCPMetric(), **reasm)
-        raw = fs.raw or []
-        flow = Flow(UUID=fs.uuid, LayersPath=fs.layers_path, Application=fs.application,
-                    TrackingID=fs.tracking_id, L3TrackingID=fs.l3_tracking_id, NodeTID=self.node_tid,
-                    Start=fs.start, Last=fs.last, Metric=metric, LastUpdateMetric=lum, Link=link, Network=net,
-                    Transport=tr, ICMP=icmp, TCPMetric=tcpm, IPMetric=ipm, ParentUUID=fs.parent_uuid,
-                    CaptureID=self.capture_id, FinishType=fs.finish, RawPacketsCaptured=fs.raw_count,
-                    LastRawPackets=raw, SamplingRate=fs.sampling, Extra=extra)
-        if consume:
-            fs.sent = (fs.ab_p, fs.ab_b, fs.ba_p, fs.ba_b)
-            fs.touched = False
-            fs.raw = None
-        return flow
-
-
-def _mac(b: bytes) -> str:
-    return b.hex(":")
-
-
-_TP3 = struct.Struct("=IIIIIIHHIIHH")
-
-
-def _walk_block(block: memoryview | bytes) -> list[tuple[bytes, int, int, int]]:
-    """Pure Python TPACKET_V3 block walk (used when the C extension is missing)."""
-    num, off = struct.unpack_from("=II", block, 12)
-    out = []
-    for _ in range(num):
-        nxt, sec, nsec, snap, ln, status, mac, _net, _rxh, tci, tpid, _pad = _TP3.unpack_from(block, off)
-        vlan = (tci & 0xFFFF) | ((tpid or 0x8100) << 16) if status & 0x10 else -1
-        out.append((bytes(block[off + mac:off + mac + snap]), sec * 1_000_000_000 + nsec, ln, vlan))
-        if not nxt:
-            break
-        off += nxt
-    return out
