@@ -13,6 +13,8 @@ UI_BUNDLE := services/query-api/src/netsonde/query_api/static/ui/manifest.json
 STAMP := $(VENV)/.installed
 # the eBPF flow capture's TC program (docs/ebpf.md), compiled for this kernel's BPF target
 EBPF_OBJ := libs/flow/src/netsonde/flow/ebpf/flow.bpf.o
+# the kernel drop reasons program (capture option DropReasons), CO-RE against this kernel's BTF (vmlinux.h)
+EBPF_DROPS_OBJ := libs/flow/src/netsonde/flow/ebpf/drops.bpf.o
 RATCHET_RULES := E,W,F,I,UP,B
 
 .PHONY: help deps deps-bench install ui allinone demo demo-down test test-unit test-compose compose-deps bench lint clean
@@ -40,10 +42,17 @@ $(STAMP): $(foreach p,$(PACKAGES),$(p)/pyproject.toml) requirements-dev.txt
 	$(PY) -m netsonde.flow_enricher.ctables
 	@touch $(STAMP)
 
-install: deps $(STAMP) ui $(EBPF_OBJ) ## Create the venv in .venv and install every package (editable), build the web UI
+install: deps $(STAMP) ui $(EBPF_OBJ) $(EBPF_DROPS_OBJ) ## Create the venv in .venv and install every package (editable), build the web UI
 
 $(EBPF_OBJ): libs/flow/src/netsonde/flow/ebpf/flow.bpf.c
 	clang -O2 -g -Wall -target bpf -I/usr/include/$$(gcc -dumpmachine) -c $< -o $@
+
+build/ebpf/vmlinux.h:
+	@mkdir -p build/ebpf
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(EBPF_DROPS_OBJ): libs/flow/src/netsonde/flow/ebpf/drops.bpf.c build/ebpf/vmlinux.h
+	clang -O2 -g -Wall -target bpf -D__TARGET_ARCH_$$(uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/') -Ibuild/ebpf -c $< -o $@
 
 ui: $(UI_BUNDLE) ## Build the web UI bundle (npm ci + esbuild in services/query-api/ui; nothing fetched at run time)
 
