@@ -252,3 +252,50 @@ async def test_subscriber_filter(stack: Stack) -> None:
             r = await http.delete("/api/node/f-y")
             msg = json.loads((await ws.receive(timeout=5)).data)
             assert (msg["Type"], msg["Obj"]["ID"]) == ("NodeDeleted", "f-y")
+
+
+async def test_subscriber_partial_update_policy(stack: Stack, unique: str) -> None:
+    """Skydive's X-Update-Policy: partial: updates arrive as NodePartiallyUpdated with the changed keys as ops
+    (Type 1 add/change, Type 2 delete), additions and deletions whole; a full subscriber at the same time still
+    gets NodeUpdated; an unknown policy refuses the connection; the filter and the policy combine."""
+    url = f"ws://127.0.0.1:{stack.port}/ws/subscriber"
+    nid = f"p-{unique}"
+    async with aiohttp.ClientSession() as session, client(stack) as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+            await session.ws_connect(url, headers={"X-Update-Policy": "some"})
+        assert exc.value.status == 400
+        async with session.ws_connect(url, headers={"X-Update-Policy": "partial"}) as part, \
+                session.ws_connect(url) as full, \
+                session.ws_connect(f"{url}?x-update-policy=Partial&x-gremlin-filter=G.V().Has('Name','pn')") as filt:
+            r = await http.post("/api/node", json={"ID": nid, "Metadata": {"Name": "pn", "Type": "box", "Rack": 1}})
+            assert r.status_code == 201, r.text
+            r = await http.patch(f"/api/node/{nid}", json=[{"op": "replace", "path": "/Metadata/Rack", "value": 2},
+                                                          {"op": "add", "path": "/Metadata/Zone", "value": "red"}])
+            assert r.status_code == 200, r.text
+            r = await http.patch(f"/api/node/{nid}", json=[{"op": "remove", "path": "/Metadata/Zone"}])
+            assert r.status_code == 200, r.text
+            r = await http.delete(f"/api/node/{nid}")
+            assert r.status_code == 200, r.text
+
+            async def mine(ws: aiohttp.ClientWebSocketResponse, n: int) -> list[dict]:
+                out: list[dict] = []
+                while len(out) < n:
+                    msg = json.loads((await ws.receive(timeout=5)).data)
+                    if msg["Obj"].get("ID") == nid:
+                        out.append(msg)
+                return out
+
+            got = await mine(part, 4)
+            assert [m["Type"] for m in got] == ["NodeAdded", "NodePartiallyUpdated", "NodePartiallyUpdated",
+                                                "NodeDeleted"]
+            assert got[0]["Obj"]["Metadata"] == {"Name": "pn", "Type": "box", "Rack": 1}
+            assert got[1]["Obj"]["Ops"] == [{"Type": 1, "Key": "Rack", "Value": 2},
+                                            {"Type": 1, "Key": "Zone", "Value": "red"}]
+            assert got[2]["Obj"]["Ops"] == [{"Type": 2, "Key": "Zone", "Value": None}]
+            assert (got[1]["Obj"]["Revision"], got[2]["Obj"]["Revision"]) == (2, 3)
+            assert set(got[1]["Obj"]) == {"ID", "UpdatedAt", "Revision", "Ops"}
+            assert [m["Type"] for m in await mine(full, 4)] == ["NodeAdded", "NodeUpdated", "NodeUpdated",
+                                                                 "NodeDeleted"]
+            fgot = await mine(filt, 4)
+            assert [m["Type"] for m in fgot] == [m["Type"] for m in got]
+            assert [m["Obj"].get("Ops") for m in fgot] == [m["Obj"].get("Ops") for m in got]

@@ -46,6 +46,8 @@ class GraphReplica:
         self.snapshot_timeout = snapshot_timeout
         self.listeners: list[EventListener] = []
         """Called with each batch of applied events (after the graph changed)."""
+        self.before_apply: list[Callable[[GraphEvent, Graph], None]] = []
+        """Called with each event and the graph just before the event changes it (to see what it replaces)."""
         self.snapshot_listeners: list[SnapshotListener] = []
         """Called with the graph each time a snapshot replaced it (before the events buffered meanwhile)."""
         self.resnapshots = 0
@@ -157,12 +159,15 @@ class GraphReplica:
             self._lose_sync("new graph-builder epoch")
             return
         applied: list[GraphEvent] = []
+        hooks = self.before_apply
         for ev in batch.events:
             if ev.seq <= self.seq:
                 continue
             if ev.seq != self.seq + 1:
                 self._lose_sync(f"gap: expected seq {self.seq + 1}, got {ev.seq}")
                 return
+            for hook in hooks:
+                hook(ev, self.graph)
             self.graph.apply(ev)
             self.seq = ev.seq
             applied.append(ev)

@@ -91,6 +91,7 @@ class QueryApiService(Service):
         replica.graph = CowGraph()  # queries read O(1) copy-on-write snapshots of it (consistency.py)
         self.snapshots = SnapshotCache(replica.graph, lambda: (replica.epoch, replica.seq, replica.resnapshots))
         self.replica.listeners.append(self.hub.on_graph_events)
+        self.replica.before_apply.append(self.hub.previous.remember)
         await self.replica.start(wait=False)
         try:
             await asyncio.wait_for(self.replica.synced.wait(), self.cfg.snapshot_timeout_s)

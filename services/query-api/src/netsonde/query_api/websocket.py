@@ -23,6 +23,7 @@ from netsonde.common.bus.graph import GraphEvent
 from netsonde.common.graph import element_to_json
 
 from .ws_filter import FilteredView, FilterError, SubGraph, subgraph
+from .ws_partial import PARTIAL, PARTIAL_TYPE, PolicyError, PreviousMetadata, update_policy
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class Subscriber:
         self.overflowed = False
         self.view: FilteredView | None = None
         """Set when the client subscribed with a Gremlin filter (ws_filter.py)."""
+        self.partial = False
+        """X-Update-Policy: partial (ws_partial.py): updates as the metadata keys that changed."""
         self.on_slow = on_slow
         self.transport = transport
         self.writer_task: asyncio.Task[None] | None = None
@@ -99,15 +102,23 @@ class SubscriberHub:
         self.sent = 0
         self.run_query: Any = None
         """Runs a Gremlin query on the live graph (set by the service once its engine exists): for filters."""
+        self.previous = PreviousMetadata()
+        """What each update replaced, for partial subscribers (the replica's before-apply hook feeds it)."""
 
     def on_graph_events(self, events: list[GraphEvent]) -> None:
         if not self.graph_clients:
             return
         plain = [c for c in self.graph_clients if c.view is None]
+        partial = self.previous.messages(events) if self.previous.wanted else {}
         for ev in events:
             text = envelope("Graph", ev.type, element_to_json(ev.obj))
+            ptext = text
+            if partial and ev.type in PARTIAL_TYPE:
+                msg = partial.get((ev.obj.ID, ev.obj.Revision))
+                if msg is not None:
+                    ptext = envelope("Graph", PARTIAL_TYPE[ev.type], msg)
             for client in plain:
-                client.send(text)
+                client.send(ptext if client.partial else text)
                 self.sent += 1
         filtered: dict[str, SubGraph | None] = {}
         for client in [c for c in self.graph_clients if c.view is not None]:
@@ -123,6 +134,9 @@ class SubscriberHub:
             if now is None:
                 continue
             for type_, obj in view.changes(events, now):
+                msg = partial.get((obj["ID"], obj["Revision"])) if client.partial and type_ in PARTIAL_TYPE else None
+                if msg is not None:
+                    type_, obj = PARTIAL_TYPE[type_], msg
                 client.send(envelope("Graph", type_, obj))
                 self.sent += 1
 
@@ -148,6 +162,10 @@ class SubscriberHub:
     async def serve(self, request: web.Request, kind: str, sync: Any) -> web.WebSocketResponse:
         query = request.headers.get("X-Gremlin-Filter") or request.query.get("x-gremlin-filter", "")
         view = None
+        try:
+            policy = update_policy(request.headers, request.query)
+        except PolicyError as exc:  # refused before the upgrade, as Skydive refuses the connection
+            return web.Response(status=400, text=str(exc))  # type: ignore[return-value]
         if query and kind == "graph":
             try:
                 view = self.make_view(query)
@@ -159,8 +177,10 @@ class SubscriberHub:
         client = Subscriber(ws, self.max_queue, on_slow=counter.labels(kind, "too_slow").inc if counter else None,
                             transport=request.transport)
         client.view = view
+        client.partial = kind == "graph" and policy == PARTIAL
         clients = self.graph_clients if kind == "graph" else self.flow_clients
         clients.add(client)
+        self.previous.wanted = any(c.partial for c in self.graph_clients)
         writer = asyncio.create_task(client.writer(), name="ws-writer")
         client.writer_task = writer
         try:
@@ -188,5 +208,6 @@ class SubscriberHub:
                         client.send(envelope("Graph", "SyncReply", str(exc), uuid=req.get("UUID", ""), status=400))
         finally:
             clients.discard(client)
+            self.previous.wanted = any(c.partial for c in self.graph_clients)
             writer.cancel()
         return ws
