@@ -9,7 +9,7 @@
 
 from .engine import GremlinEngine
 from .errors import GremlinError
-from .flows import FlowStore
+from .flowsql import FlowStore
 from .history import HistoryStore, RevisionGraph
 from .traversal import QueryLimits
 

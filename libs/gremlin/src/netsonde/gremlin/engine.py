@@ -13,7 +13,7 @@ from . import shaping as _shaping  # noqa: F401  (registers Dedup, Count, Sort, 
 from . import paths as _paths  # noqa: F401  (registers ShortestPathTo, SubGraph)
 from . import extensions as _extensions  # noqa: F401  (registers Skydive's extension steps)
 from . import flows as _flows  # noqa: F401  (registers the flow steps)
-from .flows import RawPacketsT
+from .flowvalues import RawPacketsT
 from .parser import parse
 from .steps import Step, lookup_step
 from .traversal import Context, EdgesT, GraphT, GraphView, NodesT, PathsT, QueryLimits, Value, ValuesT

@@ -18,7 +18,7 @@ from netsonde.common import flowschema as fs
 from netsonde.common.capture_types import CAPTURABLE_NODE_TYPES
 
 from .diff import window_args
-from .flows import FlowStore
+from .flowsql import FlowStore
 from .steps import Step, extension_step
 from .timeparse import parse_duration_ms
 from .traversal import Context, GraphT, MapT, NodesT, Value

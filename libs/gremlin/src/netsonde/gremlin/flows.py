@@ -8,199 +8,26 @@ Which flow states are read:
 - live (no Context): each flow's latest update whose `Last` is within the flow expiry (`expire_s`);
 - `Context(t)`: flows alive at t (Start <= t, Last >= t - expiry), each in its last state at or before t;
 - `Context(t, d)`: flows whose activity [Start, Last] overlaps [t-d, t], in their last state at or before t.
+
+The store client and the predicate SQL are in `flowsql.py`; raw packets, BPF() and groups in `flowvalues.py`.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import struct
-import threading
 import time
 from typing import Any, Callable
 
 from netsonde.common import flowschema as fs
 from netsonde.common.bus.graph import GraphElement
 from netsonde.common.capture_types import CAPTURABLE_NODE_TYPES
-from netsonde.common.libpcap import BpfProgram as PcapProgram
-from netsonde.common.libpcap import PcapPkthdr, libpcap
-
-from . import ast
 
 from .core import parse_sort_args
-from .errors import GremlinError
 from .fields import flatten_keys, path_values
-from .predicates import (Between, Eq, Gt, Gte, Inside, Ipv4Range, Lt, Lte, Ne, Nee, Outside, Predicate, Regex,
-                         Within, Without)
-from .steps import HasNotPredicate, HasPredicate, Step, extension_step, parse_pairs
+from .flowsql import IMMUTABLE_COLUMNS, PRESENCE_SQL, SELECT_COLUMNS, FlowStore, SqlParams, columns_for, \
+    predicate_sql, sort_column
+from .flowvalues import RawPacketsT, group_flows
+from .steps import Step, extension_step, parse_pairs
 from .traversal import Context, GraphT, GraphView, MetricsT, NodesT, PathsT, ScalarT, Value, ValuesT
-
-_SELECT_COLUMNS = tuple(c for c in fs.FLOW_COLUMN_NAMES if c != "BatchID")
-_IMMUTABLE = {"UUID", "NodeTID", "TrackingID", "L3TrackingID", "ParentUUID", "CaptureID", "LayersPath",
-              "Application", "LinkProtocol", "LinkA", "LinkB", "LinkID", "NetworkProtocol", "NetworkA", "NetworkB",
-              "NetworkID", "TransportProtocol", "TransportA", "TransportB", "TransportID", "ICMPType", "ICMPCode",
-              "ICMPID", "Start", "NodeID", "Host"}
-"""Columns that never change across a flow's updates: filters on them go into the inner query too."""
-
-
-class FlowStore:
-    """Reads the flow tables (`flowschema`) of the client's database.
-
-    `client_factory()` returns a clickhouse-connect client; one is created lazily and shared under a lock.
-    `expire_s` is the flow expiry: a live flow is one whose last update is at most that old.
-    """
-
-    def __init__(self, client_factory: Callable[[], Any], expire_s: float = 600.0) -> None:
-        self.client_factory = client_factory
-        self.expire_ms = int(expire_s * 1000)
-        self._client: Any = None
-        self._lock = threading.Lock()
-        self.queries = 0
-        self.last_sql = ""
-        """The last SQL sent (for tests and debugging)."""
-
-    def query(self, sql: str, params: dict[str, Any], timeout_s: float,
-              column_formats: dict[str, str] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
-        settings = {"max_execution_time": max(int(timeout_s + 0.999), 1)}
-        try:
-            with self._lock:
-                if self._client is None:
-                    self._client = self.client_factory()
-                self.last_sql = sql
-                r = self._client.query(sql, parameters=params, settings=settings, column_formats=column_formats)
-                self.queries += 1
-                return list(r.column_names), r.result_rows
-        except GremlinError:
-            raise
-        except Exception as e:  # the driver's DatabaseError / OperationalError
-            text = str(e)
-            if "TIMEOUT_EXCEEDED" in text or "Timeout exceeded" in text:
-                raise GremlinError("flow query exceeded the query time limit", status=408) from e
-            if "Code: 427." in text:  # CANNOT_COMPILE_REGEXP: Python's re accepted it, ClickHouse's RE2 does not
-                raise GremlinError("Regex() not accepted by the flow store (RE2 syntax: no lookaround, no "
-                                   "backreferences)", status=400) from e
-            raise GremlinError(f"flow store unavailable: {text.splitlines()[0] if text else e!r}", status=503) from e
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
-
-class _Params:
-    """Numbered server-side parameters: `add(value, type)` returns the `{pN:Type}` placeholder."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    def add(self, value: Any, typ: str) -> str:
-        name = f"p{len(self.values)}"
-        self.values[name] = value
-        return f"{{{name}:{typ}}}"
-
-
-def _columns_for(step: Step, key: str, arg: ast.Arg | None = None) -> tuple[str, ...]:
-    cols = fs.FIELD_TO_COLUMN.get(key)
-    if cols is None:
-        known = ", ".join(sorted(k for k in fs.FIELD_TO_COLUMN if "[" not in k and not k.startswith(("TCPM", "IPM"))))
-        raise step.error(f"unknown flow field {key!r}; known fields: {known}", arg)
-    return cols
-
-
-def _coerce(value: Any, typ: str) -> Any:
-    """A query literal converted to the column's type, or None when it cannot match."""
-    if typ == "String":
-        if isinstance(value, bool):
-            return None
-        return value if isinstance(value, str) else str(value)
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, (int, float)):
-        return int(value) if float(value).is_integer() else None
-    try:
-        return int(str(value), 0)
-    except ValueError:
-        return None
-
-
-def _present_sql(key: str, col: str) -> str:
-    layer = key.split(".", 1)[0]
-    if layer in ("Link", "Network", "Transport"):
-        return f"{layer}Protocol != ''"
-    if layer == "ICMP":
-        return "ICMPType != ''"
-    typ = fs.column_type(col)
-    return f"{col} != ''" if typ == "String" else "1"
-
-
-_PRESENCE = {"ICMP": "ICMPType != ''", "TCPMetric": "notEmpty(TCPMetric)", "IPMetric": "notEmpty(IPMetric)",
-             "Metric": "1", "LastUpdateMetric": "1"}
-"""Flow keys that are whole sub-objects: usable in Has(k) / HasNot(k) only."""
-
-
-def predicate_sql(step: Step, key: str, pred: Predicate, params: _Params) -> str:
-    """SQL condition for `Has(key, pred)` on the flows table; a layer alone means A or B."""
-    if key in _PRESENCE and isinstance(pred, (HasPredicate, HasNotPredicate)):
-        cond = _PRESENCE[key]
-        return cond if isinstance(pred, HasPredicate) else f"NOT ({cond})"
-    cols = _columns_for(step, key)
-    if isinstance(pred, HasPredicate):
-        return _present_sql(key, cols[0])
-    if isinstance(pred, HasNotPredicate):
-        return f"NOT ({_present_sql(key, cols[0])})"
-    negative = isinstance(pred, (Ne, Nee, Without))
-    parts = [_one_column_sql(step, c, pred, params) for c in cols]
-    joiner = " AND " if negative else " OR "
-    cond = "(" + joiner.join(parts) + ")" if len(parts) > 1 else parts[0]
-    if isinstance(pred, Ne):
-        cond = f"({_present_sql(key, cols[0])} AND {cond})"
-    return cond
-
-
-def _one_column_sql(step: Step, col: str, pred: Predicate, params: _Params) -> str:
-    typ = fs.column_type(col)
-    numeric = typ != "String"
-    if isinstance(pred, (Eq, Ne, Nee)):
-        v = _coerce(pred.args[0], typ)
-        if v is None:
-            return "1" if isinstance(pred, (Ne, Nee)) else "0"
-        op = "=" if isinstance(pred, Eq) else "!="
-        return f"{col} {op} {params.add(v, typ)}"
-    if isinstance(pred, (Within, Without)):
-        vals = [x for x in (_coerce(a, typ) for a in pred.args) if x is not None]
-        if not vals:
-            return "1" if isinstance(pred, Without) else "0"
-        op = "IN" if isinstance(pred, Within) else "NOT IN"
-        return f"{col} {op} {params.add(vals, f'Array({typ})')}"
-    if isinstance(pred, (Gt, Gte, Lt, Lte)):
-        if not numeric:
-            raise step.error(f"{pred.NAME}() applies to numeric flow fields, not {col}")
-        p = params.add(pred.args[0], "Float64")
-        return f"{col} {pred.OP} {p}"
-    if isinstance(pred, (Inside, Outside, Between)):
-        if not numeric:
-            raise step.error(f"{pred.NAME}() applies to numeric flow fields, not {col}")
-        a, b = params.add(pred.args[0], "Float64"), params.add(pred.args[1], "Float64")
-        if isinstance(pred, Inside):
-            return f"({col} > {a} AND {col} < {b})"
-        if isinstance(pred, Between):
-            return f"({col} >= {a} AND {col} < {b})"
-        return f"({col} < {a} OR {col} > {b})"
-    if isinstance(pred, Regex):
-        target = f"toString({col})" if numeric else col
-        return f"match({target}, {params.add('^(?:' + pred.args[0] + ')$', 'String')})"
-    if isinstance(pred, Ipv4Range):
-        if numeric:
-            return "0"
-        lo, hi = params.add(pred.lo, "UInt32"), params.add(pred.hi, "UInt32")
-        return (f"(isIPv4String({col}) AND toUInt32(toIPv4OrZero({col})) >= {lo} "
-                f"AND toUInt32(toIPv4OrZero({col})) <= {hi})")
-    raise step.error(f"{pred.NAME}() is not supported on flows")
-
-
-def _sort_columns(step: Step, key: str) -> str:
-    return _columns_for(step, key)[0]
 
 
 class FlowsT(Value):
@@ -212,7 +39,7 @@ class FlowsT(Value):
                  ids: list[str] | None) -> None:
         self.store = store
         self.view = view
-        self.params = _Params()
+        self.params = SqlParams()
         self.stages: list[str] = []
         """Outer stages, each a format string with `{inner}` for the previous SQL."""
         self.inner_where: list[str] = []
@@ -240,7 +67,7 @@ class FlowsT(Value):
             self.inner_where.append("(" + " OR ".join(conds) + ")")
 
     def _base_sql(self) -> str:
-        cols = ", ".join(_SELECT_COLUMNS)
+        cols = ", ".join(SELECT_COLUMNS)
         where = " AND ".join(self.inner_where) or "1"
         if self.hi is None:
             order = "ORDER BY Last DESC LIMIT 1 BY UUID"
@@ -264,7 +91,7 @@ class FlowsT(Value):
             self._rows = None
             return self
         cond = self._cond(step, pairs, any_of)
-        immutable = all(k not in _PRESENCE and all(c in _IMMUTABLE for c in _columns_for(step, k)) for k, _ in pairs)
+        immutable = all(k not in PRESENCE_SQL and all(c in IMMUTABLE_COLUMNS for c in columns_for(step, k)) for k, _ in pairs)
         (self.inner_where if immutable else self.outer_where).append(cond)
         return self
 
@@ -311,14 +138,14 @@ class FlowsT(Value):
 
     def step_dedup(self, step: Step, ctx: Context) -> Value:
         keys = list(step.keys) or ["TrackingID"]  # type: ignore[attr-defined]
-        cols = [c for k in keys for c in _columns_for(step, k)]
+        cols = [c for k in keys for c in columns_for(step, k)]
         self.stages.append(f"SELECT * FROM ({{inner}}) ORDER BY Start ASC, UUID ASC LIMIT 1 BY {', '.join(cols)}")
         self._rows = None
         return self
 
     def step_sort(self, step: Step, ctx: Context) -> Value:
         desc, key = parse_sort_args(step, "Last")
-        col = _sort_columns(step, key)
+        col = sort_column(step, key)
         self.stages.append(f"SELECT * FROM ({{inner}}) ORDER BY {col} {'DESC' if desc else 'ASC'}, UUID ASC")
         self._rows = None
         return self
@@ -341,7 +168,7 @@ class FlowsT(Value):
         key = step.key  # type: ignore[attr-defined]
         if key is None:
             raise step.error("needs a flow field on flows, e.g. Sum('Metric.ABPackets')")
-        cols = _columns_for(step, key)
+        cols = columns_for(step, key)
         if any(fs.column_type(c) == "String" for c in cols):
             raise step.error(f"{key!r} is not a numeric flow field")
         v = self.scalar(" + ".join(f"sum({c})" for c in cols))
@@ -349,7 +176,7 @@ class FlowsT(Value):
 
     def step_values(self, step: Step, ctx: Context) -> Value:
         key = step.key  # type: ignore[attr-defined]
-        _columns_for(step, key)
+        columns_for(step, key)
         out = []
         for f in self.flows():
             present, vals = path_values(f, key)
@@ -435,7 +262,7 @@ class FlowsT(Value):
         uuids = [r["UUID"] for r in rows]
         if not uuids:
             return MetricsT({}, "flows")
-        p = _Params()
+        p = SqlParams()
         cols = ", ".join(c for c in fs.METRIC_COLUMN_NAMES if c != "BatchID")
         sql = (f"SELECT {cols} FROM {fs.METRICS_TABLE} WHERE UUID IN {p.add(uuids, 'Array(String)')} "
                f"AND Start <= {p.add(ctx.at_ms, 'Int64')} AND Last >= {p.add(ctx.at_ms - ctx.window_ms, 'Int64')} "
@@ -451,7 +278,7 @@ class FlowsT(Value):
         uuids = [r["UUID"] for r in self.rows()]
         packets: dict[str, list[dict[str, Any]]] = {}
         if uuids:
-            p = _Params()
+            p = SqlParams()
             sql = (f"SELECT UUID, Timestamp, Index, Data, LinkType FROM {fs.RAW_PACKETS_TABLE} "
                    f"WHERE UUID IN {p.add(uuids, 'Array(String)')} "
                    f"ORDER BY UUID, Timestamp, Index LIMIT 1 BY UUID, Timestamp, Index")
@@ -463,115 +290,6 @@ class FlowsT(Value):
                 packets.setdefault(uuid, []).append({"Timestamp": ts, "Index": idx, "Data": bytes(data),
                                                      "LinkType": lt})
         return RawPacketsT(packets)
-
-
-# --- raw packets --------------------------------------------------------------------------------------------
-class RawPacketsT(Value):
-    """RawPackets(): flow UUID -> packets. JSON: Data base64 (as Go marshals []byte); pcap on request."""
-
-    KIND = "rawpackets"
-
-    def __init__(self, packets: dict[str, list[dict[str, Any]]]) -> None:
-        self.packets = packets
-
-    def to_json(self) -> Any:
-        import base64
-        out = {u: [dict(p, Data=base64.b64encode(p["Data"]).decode()) for p in ps] for u, ps in self.packets.items()}
-        return [out] if out else []
-
-    def pcap_bytes(self) -> bytes:
-        """A pcap file (microsecond timestamps) of every packet, oldest first."""
-        pkts = sorted((p for ps in self.packets.values() for p in ps), key=lambda p: (p["Timestamp"], p["Index"]))
-        linktype = pkts[0]["LinkType"] if pkts else 1
-        out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)]
-        for p in pkts:
-            ts = p["Timestamp"]
-            data = p["Data"]
-            out.append(struct.pack("<IIII", ts // 1000, (ts % 1000) * 1000, len(data), len(data)))
-            out.append(data)
-        return b"".join(out)
-
-    def step_handler(self, step: Step) -> Callable[[Context], Value] | None:
-        if step.NAME == "BPF":
-            return lambda ctx: self.bpf(step)
-        if step.NAME == "Count":
-            return lambda ctx: ScalarT(sum(len(v) for v in self.packets.values()))
-        return None
-
-    def bpf(self, step: Step) -> Value:
-        prog = BpfProgram(step.expr, step)  # type: ignore[attr-defined]
-        out = {}
-        for uuid, ps in self.packets.items():
-            kept = [p for p in ps if prog.match(p["Data"], p["LinkType"])]
-            if kept:
-                out[uuid] = kept
-        return RawPacketsT(out)
-
-
-class BpfProgram:
-    """A tcpdump filter expression compiled by libpcap, run with `pcap_offline_filter` (per link type)."""
-
-    _lib: Any = None
-
-    def __init__(self, expr: str, step: Step) -> None:
-        self.expr = expr
-        self.step = step
-        self.progs: dict[int, Any] = {}
-        if BpfProgram._lib is None:
-            if ctypes.util.find_library("pcap") is None:
-                raise GremlinError("BPF(): libpcap is not installed (apt-get install libpcap0.8)", status=501)
-            BpfProgram._lib = libpcap()
-        self.prog(1)  # validate the expression now (Ethernet)
-
-    def prog(self, linktype: int) -> Any:
-        prog = self.progs.get(linktype)
-        if prog is None:
-            lib = self._lib
-            handle = lib.pcap_open_dead(linktype, 65535)
-            prog = PcapProgram()
-            rc = lib.pcap_compile(handle, ctypes.byref(prog), self.expr.encode(), 1, 0xFFFFFFFF)
-            if rc != 0:
-                err = lib.pcap_geterr(handle).decode(errors="replace")
-                lib.pcap_close(handle)
-                raise self.step.error(f"bad BPF expression {self.expr!r}: {err}", self.step.args[0])
-            lib.pcap_close(handle)
-            self.progs[linktype] = prog
-        return prog
-
-    def match(self, data: bytes, linktype: int) -> bool:
-        hdr = PcapPkthdr(0, 0, len(data), len(data))
-        return self._lib.pcap_offline_filter(ctypes.byref(self.prog(linktype)), ctypes.byref(hdr), data) != 0
-
-
-def group_flows(step: Step, flows: list[dict[str, Any]]) -> Value:
-    key = getattr(step, "key", None) or "TrackingID"
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for f in flows:
-        present, vals = path_values(f, key)
-        k = str(vals[0]) if present and vals else ""
-        groups.setdefault(k, []).append(f)
-    return GroupsT(groups)
-
-
-class GroupsT(Value):
-    """Group(): key -> flows; MoreThan(n) keeps groups of more than n flows."""
-
-    KIND = "groups"
-
-    def __init__(self, groups: dict[str, list[dict[str, Any]]]) -> None:
-        self.groups = groups
-
-    def to_json(self) -> Any:
-        return [self.groups] if self.groups else []
-
-    def step_handler(self, step: Step) -> Callable[[Context], Value] | None:
-        if step.NAME == "MoreThan":
-            n = step.n  # type: ignore[attr-defined]
-            return lambda ctx: GroupsT({k: v for k, v in self.groups.items() if len(v) > n})
-        if step.NAME == "Count":
-            return lambda ctx: ScalarT(len(self.groups))
-        return None
-
 
 # --- the steps ----------------------------------------------------------------------------------------------
 @extension_step("Flows")
@@ -661,4 +379,4 @@ class MoreThan(Step):
         self.n = self.int_arg(0, "a count")
 
 
-__all__ = ["BpfProgram", "FlowStore", "FlowsT", "GroupsT", "RawPacketsT", "predicate_sql"]
+__all__ = ["FlowsT"]

@@ -31,7 +31,8 @@ from netsonde.common import flowschema as fs
 from netsonde.common.bus.graph import GraphElement
 
 from .errors import GremlinError
-from .flows import FlowsT, FlowStore
+from .flows import FlowsT
+from .flowsql import FlowStore
 from .steps import Step, extension_step
 from .timeparse import now_ms, parse_duration_ms
 from .traversal import Context, GraphT, GraphView, MapT, Value
