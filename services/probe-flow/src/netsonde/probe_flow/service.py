@@ -34,8 +34,7 @@ from netsonde.common.capture_types import nodes_in_result
 from netsonde.common.dropreport import report_drops
 from netsonde.common.service import Service
 from netsonde.flow.inject import InjectionError, inject_packets
-from netsonde.flow.pcap import PcapError, feed_pcap
-from netsonde.flow.table import FlowTable
+from netsonde.flow.pcapimport import PcapImport, import_pcap
 
 from .config import ProbeFlowConfig
 from .controller import CaptureController, QueryError, node_netns
@@ -278,19 +277,15 @@ class ProbeFlowService(Service):
     async def _http_pcap(self, request: web.Request) -> web.Response:
         body = await request.read()
         node_tid = request.query.get("node_tid", "pcap")
-        try:
-            table = FlowTable(node_tid, request.query.get("capture_id", ""), request.query.get("layer_key_mode", "L2"),
-                              ndpi=request.query.get("ndpi", "") in ("1", "true"))
+        req = PcapImport(node_tid, request.query.get("capture_id", ""), request.query.get("layer_key_mode", "L2"),
+                         ndpi=request.query.get("ndpi", "") in ("1", "true"))
+        try:  # a file that is not a pcap (PcapError), a bad layer_key_mode, nDPI not installed
+            result = await asyncio.to_thread(import_pcap, body, req)
         except (RuntimeError, ValueError) as e:
             return web.json_response({"error": str(e)}, status=400)
-        try:
-            packets = await asyncio.to_thread(feed_pcap, table, body)
-        except PcapError as e:
-            return web.json_response({"error": str(e)}, status=400)
-        flows = table.flush()
-        await self.publish_flows(flows)
-        return web.json_response({"packets": packets, "flows": len(flows),
-                                  "bad_packets": table.stats.bad_packets})
+        await self.publish_flows(result.flows)
+        return web.json_response({"packets": result.packets, "flows": len(result.flows),
+                                  "bad_packets": result.bad_packets})
 
     async def _http_inject(self, request: web.Request) -> web.Response:
         try:

@@ -151,21 +151,14 @@ class QueryApiService(Service):
         from netsonde.common.bus import encode
         from netsonde.common.bus.flows import FlowUpdateBatch
         from netsonde.common.bus.streams import ensure_flow_stream
-        from netsonde.flow.pcap import PcapError, flows_from_pcap
-        from netsonde.flow.table import FlowTable
+        from netsonde.flow.pcap import PcapError
+        from netsonde.flow.pcapimport import PcapImport, import_pcap, packet_options
 
-        opts = options or {}
-        flags = {k: opts.get(k, "").lower() in ("1", "true") for k in ("IPDefrag", "ReassembleTCP")}
+        ip_defrag, reassemble, layers = packet_options(options or {})
+        req = PcapImport(node_tid, f"pcap-{uuid.uuid4()}", ip_defrag=ip_defrag, reassemble_tcp=reassemble,
+                         extra_layers=layers, replay_at_ns=None if keep_time else time.time_ns())
         try:
-            layers = int(opts.get("ExtraLayers", "0") or 0)
-        except ValueError:
-            raise ValueError(f"ExtraLayers must be a bitmask (VRRP=1, DNS=2, DHCPv4=4, all=255), "
-                             f"not {opts.get('ExtraLayers')!r}") from None
-        table = FlowTable(node_tid, f"pcap-{uuid.uuid4()}", ip_defrag=flags["IPDefrag"],
-                          reassemble_tcp=flags["ReassembleTCP"], extra_layers=layers)
-        replay = None if keep_time else time.time_ns()
-        try:
-            flows = await asyncio.to_thread(flows_from_pcap, data, table=table, replay_at_ns=replay)
+            flows = (await asyncio.to_thread(import_pcap, data, req)).flows
         except PcapError as exc:
             raise ValueError(f"not a pcap file: {exc}") from None
         js = self.nc.jetstream()
