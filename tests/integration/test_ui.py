@@ -259,7 +259,14 @@ def test_map_panel_capture_and_time_slider(
             panel.locator('[data-section="flows"]').wait_for()
         row = flows.locator("table.flows tbody tr", has_text=f"{net}.2").first
         row.wait_for()
-        cells = row.locator("td").all_inner_texts()
+        cells: list[str] = []
+
+        def icmp_row() -> bool:  # the panel refreshes its flows: read the row again if it was just replaced
+            nonlocal cells
+            cells = row.locator("td").all_inner_texts()
+            return len(cells) > 4 and cells[0] == "ICMPv4" and cells[3:5] == ["3", "3"]
+
+        page.wait(icmp_row, 10, "the ICMP flow row with 3 packets each way")
         assert cells[0] == "ICMPv4" and cells[3:5] == ["3", "3"], cells  # packets each way
         header = flows.locator("table.flows th", has_text="Bytes A→B")
         header.click()

@@ -221,11 +221,19 @@ function metadataTable(node: GraphElement): HTMLElement {
   const rows: [string, unknown][] = [["ID", node.ID], ["Host", node.Host], ["Origin", node.Origin],
     ["Revision", node.Revision], ["CreatedAt", fmtTime(node.CreatedAt ?? 0)], ["UpdatedAt", fmtTime(node.UpdatedAt ?? 0)]];
   const walk = (prefix: string, v: unknown): void => {
+    if (typeof v === "number" && v > 1e12 && /(^|\.)(Start|Last|[A-Za-z]*At)$/.test(prefix)) {
+      rows.push([prefix, `${fmtTime(v)} (${v})`]);  // epoch milliseconds (Metric.Start, Metric.Last)
+      return;
+    }
     if (!v || typeof v !== "object" || Array.isArray(v)) { rows.push([prefix, v]); return; }
     const entries = Object.entries(v as object);
     if (entries.length > 12 && entries.every(([, x]) => x === null || typeof x !== "object")) {
-      // a flag set such as ethtool's Features: one row, "key=value" pairs
-      rows.push([prefix, entries.map(([k, x]) => `${k}=${text(x)}`).join(", ")]);
+      // a flag set such as ethtool's Features: one row, folded to a count ("31 on, 24 off"), the pairs inside
+      const on = entries.filter(([, x]) => x === true).length;
+      const off = entries.filter(([, x]) => x === false).length;
+      const summary = on + off === entries.length ? `${on} on, ${off} off` : `${entries.length} keys`;
+      rows.push([prefix, h("details", { class: "flags" }, h("summary", {}, summary),
+        entries.map(([k, x]) => `${k}=${text(x)}`).join(", "))]);
       return;
     }
     for (const [k, x] of entries) walk(prefix ? `${prefix}.${k}` : k, x);
@@ -234,7 +242,8 @@ function metadataTable(node: GraphElement): HTMLElement {
   delete md.RoutingTables; delete md.Neighbors;
   walk("", md);
   return h("table", { class: "kv metadata" }, ...rows.map(([k, v]) =>
-    h("tr", {}, h("th", {}, k), h("td", {}, Array.isArray(v) && v.every((x) => typeof x !== "object") ? v.join(", ") : text(v)))));
+    h("tr", {}, h("th", {}, k), h("td", {}, v instanceof HTMLElement ? v
+      : Array.isArray(v) && v.every((x) => typeof x !== "object") ? v.join(", ") : text(v)))));
 }
 
 function routesTable(tables: any[]): HTMLElement {
