@@ -267,6 +267,10 @@ def test_map_panel_capture_and_time_slider(
             return len(cells) > 4 and cells[0] == "ICMPv4" and cells[3:5] == ["3", "3"]
 
         page.wait(icmp_row, 10, "the ICMP flow row with 3 packets each way")
+        # the veth's routes, the protocol by name: the kernel's route to the /30 it got
+        route = panel.locator('[data-section="routes"] tr', has_text=f"{net}.0/30").first
+        page.wait(lambda: route.count() == 1, 10, f"the route to {net}.0/30 in the panel")
+        assert route.locator("td").all_inner_texts()[1:3] == [f"{net}.0/30", "kernel (2)"]
         assert cells[0] == "ICMPv4" and cells[3:5] == ["3", "3"], cells  # packets each way
         header = flows.locator("table.flows th", has_text="Bytes A→B")
         header.click()

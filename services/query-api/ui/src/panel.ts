@@ -246,10 +246,19 @@ function metadataTable(node: GraphElement): HTMLElement {
       : Array.isArray(v) && v.every((x) => typeof x !== "object") ? v.join(", ") : text(v)))));
 }
 
+/** rtnetlink route protocols (linux/rtnetlink.h RTPROT_*), the numbers Skydive's RoutingTables carry. */
+const RTPROT: Record<number, string> = { 0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated",
+  9: "ra", 10: "mrt", 11: "zebra", 12: "bird", 13: "dnrouted", 14: "xorp", 15: "ntk", 16: "dhcp", 17: "mrouted",
+  18: "keepalived", 42: "babel", 99: "openr", 186: "bgp", 187: "isis", 188: "ospf", 189: "rip", 192: "eigrp" };
+
+function routeProtocol(p: unknown): string {
+  return typeof p === "number" && RTPROT[p] ? `${RTPROT[p]} (${p})` : text(p);
+}
+
 function routesTable(tables: any[]): HTMLElement {
   const rows: HTMLElement[] = [];
   for (const t of tables) for (const r of t.Routes ?? []) {
-    rows.push(h("tr", {}, h("td", {}, text(t.ID)), h("td", {}, text(r.Prefix)), h("td", {}, text(r.Protocol)),
+    rows.push(h("tr", {}, h("td", {}, text(t.ID)), h("td", {}, text(r.Prefix)), h("td", {}, routeProtocol(r.Protocol)),
       h("td", {}, (r.NextHops ?? []).map((n: any) => `${n.IP ?? "direct"} (prio ${n.Priority ?? 0})`).join(", "))));
   }
   return h("table", { class: "grid" }, h("tr", {}, h("th", {}, "Table"), h("th", {}, "Prefix"), h("th", {}, "Protocol"),
