@@ -36,7 +36,7 @@ def test_c_column_tables_match_flowschema() -> None:
     source = ctables.C_SOURCE.read_text()
     tables = ctables.c_tables(source)
     assert set(tables) == {"FLOWCOLS", "METCOLS", "RAWCOLS"}
-    assert len(tables["FLOWCOLS"]) == len(fs.FLOW_COLUMNS) == 50
+    assert len(tables["FLOWCOLS"]) == len(fs.FLOW_COLUMNS) == 55
     assert tables["FLOWCOLS"][1] == ("NodeTID", "String")  # LowCardinality goes as String on the wire
     assert ctables.mismatches(source) == []
 
@@ -47,8 +47,8 @@ def test_the_check_names_what_differs() -> None:
     assert ctables.mismatches(moved) == [
         "FLOWCOLS[11]: C has ('LinkB', 'String'), flowschema has ('LinkA', 'String')",
         "FLOWCOLS[12]: C has ('LinkA', 'String'), flowschema has ('LinkB', 'String')"]
-    shorter = source.replace(', {"Host", "String", S},', ",").replace("#define NFLOWCOLS 50", "#define NFLOWCOLS 49")
+    shorter = source.replace(', {"Host", "String", S},', ",").replace("#define NFLOWCOLS 55", "#define NFLOWCOLS 54")
     problems = ctables.mismatches(shorter)
-    assert problems[0] == "FLOWCOLS[48]: C has ('BatchID', 'String'), flowschema has ('Host', 'String')"
-    assert problems[-1] == "NFLOWCOLS: C defines 49, flowschema has 50"
-    assert ctables.mismatches(source.replace('"RTT"};', '"Rtt"};'))[0].startswith("METRIC_KEYS: C has")
+    assert problems[0] == "FLOWCOLS[53]: C has ('BatchID', 'String'), flowschema has ('Host', 'String')"
+    assert problems[-1] == "NFLOWCOLS: C defines 54, flowschema has 55"
+    assert ctables.mismatches(source.replace('"BADrops"};', '"BaDrops"};'))[0].startswith("METRIC_KEYS: C has")

@@ -154,6 +154,7 @@ def capture() -> None:
 @click.option("--extra-tcp-metric", is_flag=True)
 @click.option("--ndpi", is_flag=True, help="deep packet inspection (nDPI application names)")
 @click.option("--ip-defrag", is_flag=True, help="reassemble IPv4/IPv6 fragments before keying flows")
+@click.option("--drop-reasons", is_flag=True, help="ebpf: count the packets the kernel drops per flow and reason")
 @click.option(
     "--reassemble-tcp",
     "--reassamble-tcp",
@@ -189,6 +190,7 @@ def capture_create(
     extra_tcp_metric: bool,
     ndpi: bool,
     ip_defrag: bool,
+    drop_reasons: bool,
     reassemble_tcp: bool,
     extra_layer: tuple[str, ...],
     target: str,
@@ -208,6 +210,7 @@ def capture_create(
         "ExtraTCPMetric": extra_tcp_metric,
         "NDPI": ndpi,
         "IPDefrag": ip_defrag,
+        "DropReasons": drop_reasons,
         "ReassembleTCP": reassemble_tcp,
         "ExtraLayers": list(extra_layer),
         "Target": target,

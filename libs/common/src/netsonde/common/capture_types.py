@@ -46,7 +46,8 @@ CAPTURE_TYPE_SPECS: dict[str, CaptureTypeSpec] = {s.name: s for s in (
     CaptureTypeSpec("pcapsocket", "probe-flow", _PACKET_TABLE_OPTIONS),
     CaptureTypeSpec("ovsmirror", "probe-flow", _PACKET_TABLE_OPTIONS),
     # counts per header key in the kernel (TC program); the table derives flows from each key's first header
-    CaptureTypeSpec("ebpf", "probe-flow", frozenset({"ExtraTCPMetric", "LayerKeyMode"})),
+    # DropReasons: a kfree_skb tracepoint program counts the kernel's drops per flow and reason
+    CaptureTypeSpec("ebpf", "probe-flow", frozenset({"ExtraTCPMetric", "LayerKeyMode", "DropReasons"})),
     # sFlow samples: OVS samples 1/SamplingRate packets, cut to HeaderSize, counters every PollingInterval s
     CaptureTypeSpec("ovssflow", "sflow-collector", frozenset({"HeaderSize", "SamplingRate", "PollingInterval"})),
     # an external sFlow agent: probe-flow listens on Port (0: a free one) in the node's namespace

@@ -28,6 +28,7 @@ deduplication token would not.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -62,7 +63,10 @@ class Column:
 _METRIC_FIELDS: tuple[str, ...] = FlowMetric.__struct_fields__
 """FlowMetric's fields (the bus schema), in order: the Metric*/LastUpdateMetric* columns and flow_metrics."""
 _METRIC_TYPES = {"ABPackets": "UInt64", "ABBytes": "UInt64", "BAPackets": "UInt64", "BABytes": "UInt64",
-                 "Start": "Int64", "Last": "Int64", "RTT": "Int64"}
+                 "Start": "Int64", "Last": "Int64", "RTT": "Int64", "ABDrops": "UInt64", "BADrops": "UInt64"}
+_DROP_FIELDS = ("ABDrops", "BADrops")
+"""FlowMetric's kernel drop counters (capture option DropReasons): left out of the flow JSON when zero, like
+every other optional field, so flows of captures without the option look exactly as before."""
 
 FLOW_COLUMNS: tuple[Column, ...] = (
     Column("UUID", "String", "UUID"),
@@ -94,6 +98,7 @@ FLOW_COLUMNS: tuple[Column, ...] = (
     *(Column(f"LastUpdateMetric{m}", _METRIC_TYPES[m], f"LastUpdateMetric.{m}") for m in _METRIC_FIELDS),
     Column("TCPMetric", "Map(LowCardinality(String), Int64)", "TCPMetric"),
     Column("IPMetric", "Map(LowCardinality(String), Int64)", "IPMetric"),
+    Column("DropReasons", "Map(LowCardinality(String), Int64)", "DropReasons"),
     Column("Extra", "String", "Extra"),
     Column("FinishType", "LowCardinality(String)", "FinishType"),
     Column("SamplingRate", "UInt32", "SamplingRate"),
@@ -104,7 +109,8 @@ FLOW_COLUMNS: tuple[Column, ...] = (
     Column("Host", "LowCardinality(String)", "Host"),
     Column("BatchID", "String", ""),
 )
-"""Columns of `flows`, in insert order. `Extra` is JSON text; TCPMetric/IPMetric are maps of counters."""
+"""Columns of `flows`, in insert order. `Extra` is JSON text; TCPMetric/IPMetric/DropReasons are maps of
+counters."""
 
 METRIC_COLUMNS: tuple[Column, ...] = (
     Column("UUID", "String", "UUID"),
@@ -187,7 +193,25 @@ EXTRA_FIELDS: dict[str, tuple[str, str]] = _extra_fields()
 """Extra-layer field path -> (SQL expression over `Extra`, ClickHouse type)."""
 _EXPR_TYPES: dict[str, str] = dict(EXTRA_FIELDS.values())
 
-FIELD_TO_COLUMN: dict[str, tuple[str, ...]] = {**_field_map(), **{k: (e,) for k, (e, _) in EXTRA_FIELDS.items()}}
+class _FieldColumns(dict[str, tuple[str, ...]]):
+    """The fixed field paths, plus one family with open keys: `DropReasons.<NAME>` (the kernel's reason names)
+    resolves to a lookup in the DropReasons map (`drop_reason_column`)."""
+
+    def __missing__(self, key: str) -> tuple[str, ...]:
+        col = drop_reason_column(key)
+        if col is None:
+            raise KeyError(key)
+        return (col,)
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
+FIELD_TO_COLUMN: dict[str, tuple[str, ...]] = _FieldColumns(
+    {**_field_map(), **{k: (e,) for k, (e, _) in EXTRA_FIELDS.items()}})
 """Skydive flow field path -> SQL column expressions of `flows` (constants, safe to embed in SQL).
 
 One expression for a plain field (`'Network.A'` -> `('NetworkA',)`); two for a layer named alone, which
@@ -202,9 +226,20 @@ LATEST_BY_UUID = "ORDER BY Last DESC LIMIT 1 BY UUID"
 """Append to a `SELECT ... FROM flows FINAL WHERE ...` to keep only each flow's latest update."""
 
 
+_DROP_REASON = re.compile(r"DropReasons\.([A-Z][A-Z0-9_]{0,63})")
+
+
+def drop_reason_column(key: str) -> str | None:
+    """`DropReasons.NO_SOCKET` -> `"DropReasons['NO_SOCKET']"` (a map lookup: 0 when the flow has no such drop).
+    The reason names are the kernel's, so any upper-case identifier is accepted (and safe to embed: checked
+    by the pattern); None for anything else."""
+    m = _DROP_REASON.fullmatch(key)
+    return f"DropReasons['{m.group(1)}']" if m else None
+
+
 def column_type(expr: str) -> str:
     """ClickHouse type of a `FIELD_TO_COLUMN` expression (for typed `{name:Type}` query parameters)."""
-    if expr.startswith(("TCPMetric[", "IPMetric[")):
+    if expr.startswith(("TCPMetric[", "IPMetric[", "DropReasons[")):
         return "Int64"
     if expr in _EXPR_TYPES:
         return _EXPR_TYPES[expr]
@@ -270,6 +305,11 @@ def migrations(ttl_days: int = DEFAULT_TTL_DAYS) -> list[Migration]:
               for table in (FLOWS_TABLE, METRICS_TABLE, RAW_PACKETS_TABLE)),
             *(f"ALTER TABLE {{db}}.{table} MODIFY {_stored_ttl(ttl_days)}"
               for table in (FLOWS_TABLE, METRICS_TABLE, RAW_PACKETS_TABLE) if ttl_days > 0)]),
+        Migration(6, "kernel drop reasons (capture option DropReasons)", [
+            *(f"ALTER TABLE {{db}}.{FLOWS_TABLE} ADD COLUMN IF NOT EXISTS `{c.name}` {c.type}"
+              for c in FLOW_COLUMNS if c.name == "DropReasons" or c.name.endswith(_DROP_FIELDS)),
+            *(f"ALTER TABLE {{db}}.{METRICS_TABLE} ADD COLUMN IF NOT EXISTS `{c.name}` {c.type}"
+              for c in METRIC_COLUMNS if c.name in _DROP_FIELDS)]),
     ]
 
 
@@ -343,8 +383,11 @@ def flows_to_columns(flows: Sequence[Flow], batch_id: str | Sequence[str] = "") 
         cols[f"{prefix}Start"] = [m.Start for m in ms]
         cols[f"{prefix}Last"] = [m.Last for m in ms]
         cols[f"{prefix}RTT"] = [m.RTT for m in ms]
+        cols[f"{prefix}ABDrops"] = [m.ABDrops for m in ms]
+        cols[f"{prefix}BADrops"] = [m.BADrops for m in ms]
     cols["TCPMetric"] = [_struct_map(f.TCPMetric) for f in fs]
     cols["IPMetric"] = [_struct_map(f.IPMetric) for f in fs]
+    cols["DropReasons"] = [f.DropReasons or _EMPTY for f in fs]
     cols["Extra"] = [_json.encode(f.Extra).decode() if f.Extra else "" for f in fs]
     cols["FinishType"] = [f.FinishType for f in fs]
     cols["SamplingRate"] = [f.SamplingRate for f in fs]
@@ -388,6 +431,8 @@ def metrics_to_columns(flows: Sequence[Flow], batch_id: str | Sequence[str] = ""
         "Start": [m.Start for m in ms],
         "Last": [m.Last for m in ms],
         "RTT": [m.RTT for m in ms],
+        "ABDrops": [m.ABDrops for m in ms],
+        "BADrops": [m.BADrops for m in ms],
         "BatchID": [batch_id] * len(flows) if isinstance(batch_id, str) else list(batch_id),
     }
 
@@ -438,7 +483,8 @@ def batches_to_columns(batches: Iterable[FlowUpdateBatch]) -> InsertColumns:
 # --- rows back to Skydive's JSON -------------------------------------------------------------------------
 
 def _metric(row: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return {m: row.get(f"{prefix}{m}", 0) for m in _METRIC_FIELDS}
+    return {m: row.get(f"{prefix}{m}", 0) for m in _METRIC_FIELDS
+            if m not in _DROP_FIELDS or row.get(f"{prefix}{m}")}
 
 
 def _layer(row: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -469,7 +515,7 @@ def row_to_flow(row: dict[str, Any]) -> dict[str, Any]:
         flow["Metric"] = _metric(row, "Metric")
     if "LastUpdateMetricABPackets" in row:
         flow["LastUpdateMetric"] = _metric(row, "LastUpdateMetric")
-    for key in ("TCPMetric", "IPMetric"):
+    for key in ("TCPMetric", "IPMetric", "DropReasons"):
         if row.get(key):
             flow[key] = dict(row[key])
     if row.get("Extra"):
@@ -485,7 +531,7 @@ def row_to_flow(row: dict[str, Any]) -> dict[str, Any]:
 
 def row_to_metric(row: dict[str, Any]) -> dict[str, Any]:
     """Skydive's FlowMetric JSON from a `flow_metrics` row."""
-    return {m: row[m] for m in _METRIC_FIELDS if m in row}
+    return {m: row[m] for m in _METRIC_FIELDS if m in row and (m not in _DROP_FIELDS or row[m])}
 
 
 __all__ = [
@@ -494,5 +540,5 @@ __all__ = [
     "RAW_PACKET_COLUMN_NAMES", "FLOW_COLUMN_TYPES", "METRIC_COLUMN_TYPES", "FIELD_TO_COLUMN", "EXTRA_FIELDS",
     "METRIC_FIELD_TO_COLUMN", "LATEST_BY_UUID", "column_type", "migrations", "MIGRATIONS", "ttl_statements",
     "flows_to_columns", "metrics_to_columns", "raw_packets_to_columns", "InsertColumns", "batches_to_columns",
-    "row_to_flow", "row_to_metric",
+    "row_to_flow", "row_to_metric", "drop_reason_column",
 ]

@@ -155,12 +155,20 @@ class FlowReport:
             if reasm:
                 tcpm = msgspec.structs.replace(tcpm or TCPMetric(), **reasm)
         raw = fs.raw or []
+        reasons: dict[str, int] = {}
+        if fs.drops is not None:  # kernel drop reasons (kerneldrops.py)
+            d = fs.drops
+            metric.ABDrops, metric.BADrops = d.ab, d.ba
+            lum.ABDrops, lum.BADrops = d.ab - d.sent_ab, d.ba - d.sent_ba
+            reasons = dict(d.reasons)
+            if consume:
+                d.sent_ab, d.sent_ba = d.ab, d.ba
         flow = Flow(UUID=fs.uuid, LayersPath=fs.layers_path, Application=fs.application,
                     TrackingID=fs.tracking_id, L3TrackingID=fs.l3_tracking_id, NodeTID=self.node_tid,
                     Start=fs.start, Last=fs.last, Metric=metric, LastUpdateMetric=lum, Link=link, Network=net,
                     Transport=tr, ICMP=icmp, TCPMetric=tcpm, IPMetric=ipm, ParentUUID=fs.parent_uuid,
                     CaptureID=self.capture_id, FinishType=fs.finish, RawPacketsCaptured=fs.raw_count,
-                    LastRawPackets=raw, SamplingRate=fs.sampling, Extra=extra)
+                    LastRawPackets=raw, SamplingRate=fs.sampling, Extra=extra, DropReasons=reasons)
         if consume:
             fs.sent = (fs.ab_p, fs.ab_b, fs.ba_p, fs.ba_b)
             fs.touched = False

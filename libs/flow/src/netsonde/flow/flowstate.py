@@ -7,10 +7,14 @@ Kept apart from the table so the modules that work on flows (`options.py`, the b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from netsonde.common.bus.flows import RawPacket
 
 from .decode import Segment
+
+if TYPE_CHECKING:
+    from .kerneldrops import FlowDrops
 
 DEFAULT_APP_TIMEOUTS_MS = {"ARP": 10_000, "DNS": 10_000}
 """Early expiry per Application (Skydive's `flow.application_timeout`)."""
@@ -44,7 +48,7 @@ class FlowState:
                  "mac_a", "mac_b", "vlan", "net_proto", "ip_a", "ip_b", "net_id", "tr_proto", "port_a",
                  "port_b", "tr_id", "tunnel", "icmp_type", "icmp_code", "icmp_id", "ab_p", "ab_b", "ba_p",
                  "ba_b", "start", "last", "rtt", "rtt_t0", "sent", "tcp", "frags", "frag_err", "finish",
-                 "touched", "raw", "raw_count", "fastkeys", "sampling", "dpi", "extra")
+                 "touched", "raw", "raw_count", "fastkeys", "sampling", "dpi", "extra", "drops")
 
     def __init__(self) -> None:
         self.ab_p = self.ab_b = self.ba_p = self.ba_b = 0
@@ -63,6 +67,8 @@ class FlowState:
         """(application, category) once nDPI decided; None while undecided or without DPI."""
         self.extra: dict | None = None
         """Extra layers (DNS, DHCPv4, VRRPv2) decoded by the ExtraLayers option."""
+        self.drops: FlowDrops | None = None
+        """Kernel drops of the flow (capture option DropReasons, kerneldrops.py); None without any."""
 
     def is_ab(self, seg: Segment) -> bool:
         if self.net_proto and self.ip_a != self.ip_b:

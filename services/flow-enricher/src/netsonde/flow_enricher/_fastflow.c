@@ -216,11 +216,12 @@ static int to_json(rd_t *r, buf_t *b, int depth) {
 
 /* ---------------------------------------------------------------- columns */
 enum { S, I64, U64, U32, U16, MAP };
+#define NMETRIC 9 /* FlowMetric's fields: METRIC_KEYS */
 typedef struct { const char *name; const char *type; int kind; } col_t;
 
 /* the columns of netsonde.common.flowschema (FLOW_COLUMNS, METRIC_COLUMNS, RAW_PACKET_COLUMNS) as sent on the
  * wire: `python -m netsonde.flow_enricher.ctables` (make install, unit tests) checks these tables against it */
-#define NFLOWCOLS 50
+#define NFLOWCOLS 55
 static const col_t FLOWCOLS[NFLOWCOLS] = {
     {"UUID", "String", S}, {"NodeTID", "String", S}, {"Start", "Int64", I64}, {"Last", "Int64", I64},
     {"TrackingID", "String", S}, {"L3TrackingID", "String", S}, {"ParentUUID", "String", S},
@@ -232,27 +233,30 @@ static const col_t FLOWCOLS[NFLOWCOLS] = {
     {"ICMPType", "String", S}, {"ICMPCode", "Int64", I64}, {"ICMPID", "Int64", I64},
     {"MetricABPackets", "UInt64", U64}, {"MetricABBytes", "UInt64", U64}, {"MetricBAPackets", "UInt64", U64},
     {"MetricBABytes", "UInt64", U64}, {"MetricStart", "Int64", I64}, {"MetricLast", "Int64", I64},
-    {"MetricRTT", "Int64", I64},
+    {"MetricRTT", "Int64", I64}, {"MetricABDrops", "UInt64", U64}, {"MetricBADrops", "UInt64", U64},
     {"LastUpdateMetricABPackets", "UInt64", U64}, {"LastUpdateMetricABBytes", "UInt64", U64},
     {"LastUpdateMetricBAPackets", "UInt64", U64}, {"LastUpdateMetricBABytes", "UInt64", U64},
     {"LastUpdateMetricStart", "Int64", I64}, {"LastUpdateMetricLast", "Int64", I64},
-    {"LastUpdateMetricRTT", "Int64", I64},
-    {"TCPMetric", "Map(String, Int64)", MAP}, {"IPMetric", "Map(String, Int64)", MAP}, {"Extra", "String", S},
+    {"LastUpdateMetricRTT", "Int64", I64}, {"LastUpdateMetricABDrops", "UInt64", U64},
+    {"LastUpdateMetricBADrops", "UInt64", U64},
+    {"TCPMetric", "Map(String, Int64)", MAP}, {"IPMetric", "Map(String, Int64)", MAP},
+    {"DropReasons", "Map(String, Int64)", MAP}, {"Extra", "String", S},
     {"FinishType", "String", S}, {"SamplingRate", "UInt32", U32}, {"RawPacketsCaptured", "UInt64", U64},
     {"NodeID", "String", S}, {"ANodeID", "String", S}, {"BNodeID", "String", S}, {"Host", "String", S},
     {"BatchID", "String", S},
 };
 enum { C_UUID, C_NODETID, C_START, C_LAST, C_TRK, C_L3TRK, C_PARENT, C_CAPTURE, C_LAYERS, C_APP,
        C_LINK, C_NET = C_LINK + 4, C_TR = C_NET + 4, C_ICMPT = C_TR + 4, C_ICMPC, C_ICMPID,
-       C_MET, C_LUM = C_MET + 7, C_TCPM = C_LUM + 7, C_IPM, C_EXTRA, C_FINISH, C_SAMPLING, C_RAWCAP,
+       C_MET, C_LUM = C_MET + NMETRIC, C_TCPM = C_LUM + NMETRIC, C_IPM, C_DROPS, C_EXTRA, C_FINISH, C_SAMPLING,
+       C_RAWCAP,
        C_NODEID, C_ANODE, C_BNODE, C_HOST, C_BATCH };
 
-#define NMETCOLS 11
+#define NMETCOLS 13
 static const col_t METCOLS[NMETCOLS] = {
     {"UUID", "String", S}, {"NodeTID", "String", S}, {"TrackingID", "String", S},
     {"ABPackets", "UInt64", U64}, {"ABBytes", "UInt64", U64}, {"BAPackets", "UInt64", U64},
     {"BABytes", "UInt64", U64}, {"Start", "Int64", I64}, {"Last", "Int64", I64}, {"RTT", "Int64", I64},
-    {"BatchID", "String", S},
+    {"ABDrops", "UInt64", U64}, {"BADrops", "UInt64", U64}, {"BatchID", "String", S},
 };
 #define NRAWCOLS 7
 static const col_t RAWCOLS[NRAWCOLS] = {
@@ -342,25 +346,26 @@ typedef struct {
     int64_t start, last, sampling, rawcap;
     layer_t link, net, tr;
     int icmp; sv_t icmp_type; int64_t icmp_code, icmp_id;
-    int64_t met[7]; int lum_present; int64_t lum[7];
-    const uint8_t *tcp, *ipm, *extra, *rawp;
+    int64_t met[NMETRIC]; int lum_present; int64_t lum[NMETRIC];
+    const uint8_t *tcp, *ipm, *drops, *extra, *rawp;
     int has_enrich_keys;
     const uint8_t *content; size_t content_len; uint32_t nkeys;
     int seen;
 } flow_t;
 
-static const char *METRIC_KEYS[7] = {"ABPackets", "ABBytes", "BAPackets", "BABytes", "Start", "Last", "RTT"};
+static const char *METRIC_KEYS[9] = {"ABPackets", "ABBytes", "BAPackets", "BABytes", "Start", "Last", "RTT", "ABDrops",
+                                     "BADrops"};
 
 static inline int keyeq(sv_t k, const char *s) { size_t n = strlen(s); return k.n == n && memcmp(k.s, s, n) == 0; }
 
-static int rd_metric(rd_t *r, int64_t out[7]) {
+static int rd_metric(rd_t *r, int64_t out[NMETRIC]) {
     uint32_t n; sv_t k;
     if (rd_map(r, &n)) return -1;
     for (uint32_t i = 0; i < n; i++) {
         if (rd_str(r, &k)) return -1;
         int j;
-        for (j = 0; j < 7; j++) if (keyeq(k, METRIC_KEYS[j])) break;
-        if (j < 7) { if (rd_int(r, &out[j])) return -1; }
+        for (j = 0; j < NMETRIC; j++) if (keyeq(k, METRIC_KEYS[j])) break;
+        if (j < NMETRIC) { if (rd_int(r, &out[j])) return -1; }
         else if (skip(r, 1)) return -1;
     }
     return 0;
@@ -444,6 +449,7 @@ static int rd_flow(rd_t *r, flow_t *f) {
             break;
         case 'P': if (keyeq(k, "ParentUUID")) { if (rd_str(r, &f->parent)) return -1; continue; } break;
         case 'C': if (keyeq(k, "CaptureID")) { if (rd_str(r, &f->capture)) return -1; continue; } break;
+        case 'D': if (keyeq(k, "DropReasons")) { if (!rd_nil(r)) { f->drops = v; if (skip(r, 1)) return -1; } continue; } break;
         case 'F': if (keyeq(k, "FinishType")) { if (rd_str(r, &f->finish)) return -1; continue; } break;
         case 'R': if (keyeq(k, "RawPacketsCaptured")) { if (rd_int(r, &f->rawcap)) return -1; continue; } break;
         case 'E': if (keyeq(k, "Extra")) { if (!rd_nil(r)) { f->extra = v; if (skip(r, 1)) return -1; } continue; } break;
@@ -457,7 +463,7 @@ static int rd_flow(rd_t *r, flow_t *f) {
     return 0;
 }
 
-/* counters map (TCPMetric / IPMetric) -> Map(String, Int64) column */
+/* counters map (TCPMetric / IPMetric / DropReasons) -> Map(String, Int64) column */
 static int emit_counter_map(rd_t *r, colbuf_t *c, const uint8_t *at) {
     if (at) {
         rd_t rr = {at, r->end, NULL};
@@ -524,9 +530,10 @@ static int emit_flow(tables_t *t, rd_t *r, flow_t *f, sv_t batch_id, PyObject *n
         put_i64(&c[C_ICMPID].data, f->icmp_id))
         return -1;
     int64_t *lum = f->lum_present ? f->lum : f->met;
-    for (int j = 0; j < 7; j++)
+    for (int j = 0; j < NMETRIC; j++)
         if (put_i64(&c[C_MET + j].data, f->met[j]) || put_i64(&c[C_LUM + j].data, lum[j])) return -1;
-    if (emit_counter_map(r, &c[C_TCPM], f->tcp) || emit_counter_map(r, &c[C_IPM], f->ipm)) return -1;
+    if (emit_counter_map(r, &c[C_TCPM], f->tcp) || emit_counter_map(r, &c[C_IPM], f->ipm) ||
+        emit_counter_map(r, &c[C_DROPS], f->drops)) return -1;
     if (f->extra) {
         /* JSON text, written after a placeholder length: build it aside, then copy */
         buf_t tmp = {0};
@@ -553,8 +560,8 @@ static int emit_flow(tables_t *t, rd_t *r, flow_t *f, sv_t batch_id, PyObject *n
     if (put_str(&m[0].data, f->uuid.s, f->uuid.n) || put_str(&m[1].data, f->nodetid.s, f->nodetid.n) ||
         put_str(&m[2].data, f->trk.s, f->trk.n))
         return -1;
-    for (int j = 0; j < 7; j++) if (put_i64(&m[3 + j].data, lum[j])) return -1;
-    if (put_str(&m[10].data, batch_id.s, batch_id.n)) return -1;
+    for (int j = 0; j < NMETRIC; j++) if (put_i64(&m[3 + j].data, lum[j])) return -1;
+    if (put_str(&m[3 + NMETRIC].data, batch_id.s, batch_id.n)) return -1;
     t->rows++;
     /* raw packets */
     if (f->rawp) {

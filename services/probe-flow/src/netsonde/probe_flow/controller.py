@@ -295,7 +295,7 @@ class CaptureController:
                 reader = PcapSocketCapture(str(md["Name"]), table, cap.BPFFilter, cap.HeaderSize,
                                            address=self.pcapsocket_address)
             elif ctype == "ebpf":  # a TC program counts in the kernel; the thread reads its map (ebpfcapture.py)
-                reader = EbpfCapture(str(md["Name"]), table, node_netns(node))
+                reader = EbpfCapture(str(md["Name"]), table, node_netns(node), drop_reasons=cap.DropReasons)
             elif ctype == "sflow":  # a UDP listener for an external sFlow agent (sflowsocket.py)
                 reader = SFlowSocketCapture(str(md["Name"]), table, node_netns(node), listen_address(node), cap.Port)
             else:

@@ -21,6 +21,7 @@ import time
 
 from netsonde.flow.capture import BaseCapture, CaptureError
 from netsonde.flow.ebpf.loader import MAX_FLOWS, STAT_LOST, EbpfError, FlowProgram, monotonic_to_wall_offset_ns
+from netsonde.flow.kerneldrops import KernelDrops
 from netsonde.flow.table import FlowTable
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class EbpfCapture(BaseCapture):
     kind = "ebpf"
 
     def __init__(self, ifname: str, table: FlowTable, netns_path: str | None = None, *, poll_s: float = 1.0,
-                 idle_s: float = 10.0, max_flows: int = MAX_FLOWS) -> None:
+                 idle_s: float = 10.0, max_flows: int = MAX_FLOWS, drop_reasons: bool = False) -> None:
         super().__init__(ifname, table, netns_path)
         self.poll_s = poll_s
         self.idle_ns = int(idle_s * 1e9)
@@ -50,11 +51,19 @@ class EbpfCapture(BaseCapture):
         self._seen: dict[bytes, tuple[int, int]] = {}
         """key -> (packets, bytes) already folded into the table (the map's counters are cumulative)."""
         self.evicted = 0
+        self.drop_reasons = drop_reasons
+        self.kernel_drops: KernelDrops | None = None
+        """Capture option DropReasons: the kfree_skb program and its attribution to flows (kerneldrops.py)."""
 
     def _open(self) -> None:
         try:
             self.program = FlowProgram.attach(self.ifname, self.max_flows)
+            if self.drop_reasons:
+                self.kernel_drops = KernelDrops.attach(self.table, self.program.ifindex)
         except EbpfError as e:
+            if self.program is not None:  # DropReasons refused: nothing stays attached
+                self.program.close()
+                self.program = None
             raise CaptureError(f"ebpf on {self.ifname}: {e}") from e
 
     def _run(self) -> None:
@@ -67,6 +76,9 @@ class EbpfCapture(BaseCapture):
         try:
             self.poll(drain=True)
         finally:
+            if self.kernel_drops is not None:
+                self.kernel_drops.close()
+                self.kernel_drops = None
             self.program.close()  # filters and the clsact qdisc we created leave the interface
             self.program = None
 
@@ -106,6 +118,9 @@ class EbpfCapture(BaseCapture):
         if aggs:
             with self.lock:
                 self.table.process_aggregates(aggs)
+        if self.kernel_drops is not None:  # after the counts: a dropped packet's flow exists by now
+            with self.lock:
+                self.kernel_drops.poll()
         self.packets_received += packets
         self.packets_dropped = prog.stat(STAT_LOST)
         return packets

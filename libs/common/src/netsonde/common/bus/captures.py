@@ -29,6 +29,9 @@ class Capture(msgspec.Struct):
     ExtraLayers: int = 0
     NDPI: bool = False
     """Deep packet inspection (nDPI protocol/category names as Application)."""
+    DropReasons: bool = False
+    """`ebpf` only: count the packets of each flow the kernel drops, per drop reason (skb:kfree_skb), in
+    Metric.ABDrops/BADrops and DropReasons (docs/ebpf.md)."""
     SamplingRate: int = 1
     PollingInterval: int = 10
     Port: int = 0

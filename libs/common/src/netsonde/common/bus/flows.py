@@ -39,6 +39,9 @@ class FlowMetric(msgspec.Struct, omit_defaults=True):
     Start: int = 0
     Last: int = 0
     RTT: int = 0
+    ABDrops: int = 0
+    """Packets of the flow the kernel dropped (capture option DropReasons, eBPF `kfree_skb`), A to B."""
+    BADrops: int = 0
 
 
 class TCPMetric(msgspec.Struct, omit_defaults=True):
@@ -108,6 +111,10 @@ class Flow(msgspec.Struct, omit_defaults=True):
     """Non-zero for sFlow: counts were scaled by this rate (the flow is sampled)."""
     Extra: dict[str, Any] = {}
     """Decoded application layers (DNS, DHCPv4, NDPI ...) keyed by layer name."""
+    DropReasons: dict[str, int] = {}
+    """Kernel drop reason (this kernel's `enum skb_drop_reason` name without `SKB_DROP_REASON_`, e.g.
+    NO_SOCKET, NETFILTER_DROP) -> packets of the flow dropped for it, both directions (capture option
+    DropReasons); totals, like Metric."""
     # Enrichment, filled by flow-enricher (empty in raw updates)
     NodeID: str = ""
     """Graph node ID of the capture interface (NodeTID resolved)."""

@@ -146,8 +146,10 @@ class DropProgram:
         self.names = drop_reason_names()
 
     @classmethod
-    def attach(cls, object_path: Path = OBJECT_PATH) -> DropProgram:
-        """Load the object (CO-RE relocated against this kernel's BTF) and attach it to skb:kfree_skb."""
+    def attach(cls, object_path: Path | None = None) -> DropProgram:
+        """Load the object (CO-RE relocated against this kernel's BTF; default `OBJECT_PATH`) and attach it to
+        skb:kfree_skb."""
+        object_path = object_path or OBJECT_PATH
         if not object_path.exists():
             raise EbpfError(f"{object_path} not built (run `make install`: clang compiles {SOURCE_PATH.name})")
         lib = _signatures(libbpf())
