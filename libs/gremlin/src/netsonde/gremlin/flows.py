@@ -15,7 +15,8 @@ The store client and the predicate SQL are in `flowsql.py`; raw packets, BPF() a
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from netsonde.common import flowschema as fs
 from netsonde.common.bus.graph import GraphElement
@@ -23,8 +24,16 @@ from netsonde.common.capture_types import CAPTURABLE_NODE_TYPES
 
 from .core import parse_sort_args
 from .fields import flatten_keys, path_values
-from .flowsql import IMMUTABLE_COLUMNS, PRESENCE_SQL, SELECT_COLUMNS, FlowStore, SqlParams, columns_for, \
-    predicate_sql, sort_column
+from .flowsql import (
+    IMMUTABLE_COLUMNS,
+    PRESENCE_SQL,
+    SELECT_COLUMNS,
+    FlowStore,
+    SqlParams,
+    columns_for,
+    predicate_sql,
+    sort_column,
+)
 from .flowvalues import RawPacketsT, group_flows
 from .steps import Step, extension_step, parse_pairs
 from .traversal import Context, GraphT, GraphView, MetricsT, NodesT, PathsT, ScalarT, Value, ValuesT
@@ -35,8 +44,9 @@ class FlowsT(Value):
 
     KIND = "flows"
 
-    def __init__(self, ctx: Context, store: FlowStore, view: GraphView, tids: list[str] | None,
-                 ids: list[str] | None) -> None:
+    def __init__(
+        self, ctx: Context, store: FlowStore, view: GraphView, tids: list[str] | None, ids: list[str] | None
+    ) -> None:
         self.store = store
         self.view = view
         self.params = SqlParams()
@@ -85,13 +95,16 @@ class FlowsT(Value):
             sql = stage.replace("{inner}", sql)
         return sql
 
-    def add_filter(self, step: Step, pairs: Any, any_of: bool) -> "FlowsT":
+    def add_filter(self, step: Step, pairs: Any, any_of: bool) -> FlowsT:
         if self._rows is not None or self.stages:
             self.stages.append("SELECT * FROM ({inner}) WHERE " + self._cond(step, pairs, any_of))
             self._rows = None
             return self
         cond = self._cond(step, pairs, any_of)
-        immutable = all(k not in PRESENCE_SQL and all(c in IMMUTABLE_COLUMNS for c in columns_for(step, k)) for k, _ in pairs)
+        immutable = all(
+            k not in PRESENCE_SQL and all(c in IMMUTABLE_COLUMNS for c in columns_for(step, k))
+            for k, _ in pairs
+        )
         (self.inner_where if immutable else self.outer_where).append(cond)
         return self
 
@@ -106,15 +119,16 @@ class FlowsT(Value):
             sql = f"SELECT * FROM ({self.sql()}) LIMIT {limit + 1}"
             names, rows = self.store.query(sql, self.params.values, self.ctx.remaining_s())
             self.ctx.check_size(len(rows), "flows")
-            self._rows = [dict(zip(names, r)) for r in rows]
+            self._rows = [dict(zip(names, r, strict=False)) for r in rows]
         return self._rows
 
     def flows(self) -> list[dict[str, Any]]:
         return [fs.row_to_flow(r) for r in self.rows()]
 
     def scalar(self, expr: str) -> Any:
-        names, rows = self.store.query(f"SELECT {expr} FROM ({self.sql()})", self.params.values,
-                                       self.ctx.remaining_s())
+        names, rows = self.store.query(
+            f"SELECT {expr} FROM ({self.sql()})", self.params.values, self.ctx.remaining_s()
+        )
         return rows[0][0] if rows else 0
 
     def to_json(self) -> Any:
@@ -139,7 +153,9 @@ class FlowsT(Value):
     def step_dedup(self, step: Step, ctx: Context) -> Value:
         keys = list(step.keys) or ["TrackingID"]  # type: ignore[attr-defined]
         cols = [c for k in keys for c in columns_for(step, k)]
-        self.stages.append(f"SELECT * FROM ({{inner}}) ORDER BY Start ASC, UUID ASC LIMIT 1 BY {', '.join(cols)}")
+        self.stages.append(
+            f"SELECT * FROM ({{inner}}) ORDER BY Start ASC, UUID ASC LIMIT 1 BY {', '.join(cols)}"
+        )
         self._rows = None
         return self
 
@@ -264,13 +280,16 @@ class FlowsT(Value):
             return MetricsT({}, "flows")
         p = SqlParams()
         cols = ", ".join(c for c in fs.METRIC_COLUMN_NAMES if c != "BatchID")
-        sql = (f"SELECT {cols} FROM {fs.METRICS_TABLE} WHERE UUID IN {p.add(uuids, 'Array(String)')} "
-               f"AND Start <= {p.add(ctx.at_ms, 'Int64')} AND Last >= {p.add(ctx.at_ms - ctx.window_ms, 'Int64')} "
-               f"ORDER BY UUID, Start, Last LIMIT 1 BY UUID, Start, Last")
+        sql = (
+            f"SELECT {cols} FROM {fs.METRICS_TABLE} WHERE UUID IN {p.add(uuids, 'Array(String)')} "
+            f"AND Start <= {p.add(ctx.at_ms, 'Int64')} "
+            f"AND Last >= {p.add(ctx.at_ms - ctx.window_ms, 'Int64')} "
+            f"ORDER BY UUID, Start, Last LIMIT 1 BY UUID, Start, Last"
+        )
         names, mrows = self.store.query(sql, p.values, ctx.remaining_s())
         ctx.check_size(len(mrows), "metrics")
         for row in mrows:
-            d = dict(zip(names, row))
+            d = dict(zip(names, row, strict=False))
             out.setdefault(d["UUID"], []).append(fs.row_to_metric(d))
         return MetricsT(out, "flows")
 
@@ -279,17 +298,21 @@ class FlowsT(Value):
         packets: dict[str, list[dict[str, Any]]] = {}
         if uuids:
             p = SqlParams()
-            sql = (f"SELECT UUID, Timestamp, Index, Data, LinkType FROM {fs.RAW_PACKETS_TABLE} "
-                   f"WHERE UUID IN {p.add(uuids, 'Array(String)')} "
-                   f"ORDER BY UUID, Timestamp, Index LIMIT 1 BY UUID, Timestamp, Index")
+            sql = (
+                f"SELECT UUID, Timestamp, Index, Data, LinkType FROM {fs.RAW_PACKETS_TABLE} "
+                f"WHERE UUID IN {p.add(uuids, 'Array(String)')} "
+                f"ORDER BY UUID, Timestamp, Index LIMIT 1 BY UUID, Timestamp, Index"
+            )
             names, prow = self.store.query(sql, p.values, ctx.remaining_s(), column_formats={"Data": "bytes"})
             ctx.check_size(len(prow), "raw packets")
             for uuid, ts, idx, data, lt in prow:
                 if isinstance(data, str):
                     data = data.encode("latin-1")
-                packets.setdefault(uuid, []).append({"Timestamp": ts, "Index": idx, "Data": bytes(data),
-                                                     "LinkType": lt})
+                packets.setdefault(uuid, []).append(
+                    {"Timestamp": ts, "Index": idx, "Data": bytes(data), "LinkType": lt}
+                )
         return RawPacketsT(packets)
+
 
 # --- the steps ----------------------------------------------------------------------------------------------
 @extension_step("Flows")

@@ -9,21 +9,61 @@ these conditions into one query.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from netsonde.common import flowschema as fs
 
 from . import ast
 from .errors import GremlinError
-from .predicates import (Between, Eq, Gt, Gte, Inside, Ipv4Range, Lt, Lte, Ne, Nee, Outside, Predicate, Regex,
-                         Within, Without)
+from .predicates import (
+    Between,
+    Eq,
+    Gt,
+    Gte,
+    Inside,
+    Ipv4Range,
+    Lt,
+    Lte,
+    Ne,
+    Nee,
+    Outside,
+    Predicate,
+    Regex,
+    Within,
+    Without,
+)
 from .steps import HasNotPredicate, HasPredicate, Step
 
 SELECT_COLUMNS = tuple(c for c in fs.FLOW_COLUMN_NAMES if c != "BatchID")
-IMMUTABLE_COLUMNS = {"UUID", "NodeTID", "TrackingID", "L3TrackingID", "ParentUUID", "CaptureID", "LayersPath",
-              "Application", "LinkProtocol", "LinkA", "LinkB", "LinkID", "NetworkProtocol", "NetworkA", "NetworkB",
-              "NetworkID", "TransportProtocol", "TransportA", "TransportB", "TransportID", "ICMPType", "ICMPCode",
-              "ICMPID", "Start", "NodeID", "Host"}
+IMMUTABLE_COLUMNS = {
+    "UUID",
+    "NodeTID",
+    "TrackingID",
+    "L3TrackingID",
+    "ParentUUID",
+    "CaptureID",
+    "LayersPath",
+    "Application",
+    "LinkProtocol",
+    "LinkA",
+    "LinkB",
+    "LinkID",
+    "NetworkProtocol",
+    "NetworkA",
+    "NetworkB",
+    "NetworkID",
+    "TransportProtocol",
+    "TransportA",
+    "TransportB",
+    "TransportID",
+    "ICMPType",
+    "ICMPCode",
+    "ICMPID",
+    "Start",
+    "NodeID",
+    "Host",
+}
 """Columns that never change across a flow's updates: filters on them go into the inner query too."""
 
 
@@ -43,15 +83,18 @@ class FlowStore:
         self.last_sql = ""
         """The last SQL sent (for tests and debugging)."""
 
-    def query(self, sql: str, params: dict[str, Any], timeout_s: float,
-              column_formats: dict[str, str] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def query(
+        self, sql: str, params: dict[str, Any], timeout_s: float, column_formats: dict[str, str] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
         settings = {"max_execution_time": max(int(timeout_s + 0.999), 1)}
         try:
             with self._lock:
                 if self._client is None:
                     self._client = self.client_factory()
                 self.last_sql = sql
-                r = self._client.query(sql, parameters=params, settings=settings, column_formats=column_formats)
+                r = self._client.query(
+                    sql, parameters=params, settings=settings, column_formats=column_formats
+                )
                 self.queries += 1
                 return list(r.column_names), r.result_rows
         except GremlinError:
@@ -60,10 +103,16 @@ class FlowStore:
             text = str(e)
             if "TIMEOUT_EXCEEDED" in text or "Timeout exceeded" in text:
                 raise GremlinError("flow query exceeded the query time limit", status=408) from e
-            if "Code: 427." in text:  # CANNOT_COMPILE_REGEXP: Python's re accepted it, ClickHouse's RE2 does not
-                raise GremlinError("Regex() not accepted by the flow store (RE2 syntax: no lookaround, no "
-                                   "backreferences)", status=400) from e
-            raise GremlinError(f"flow store unavailable: {text.splitlines()[0] if text else e!r}", status=503) from e
+            if (
+                "Code: 427." in text
+            ):  # CANNOT_COMPILE_REGEXP: Python's re accepted it, ClickHouse's RE2 does not
+                raise GremlinError(
+                    "Regex() not accepted by the flow store (RE2 syntax: no lookaround, no backreferences)",
+                    status=400,
+                ) from e
+            raise GremlinError(
+                f"flow store unavailable: {text.splitlines()[0] if text else e!r}", status=503
+            ) from e
 
     def close(self) -> None:
         with self._lock:
@@ -87,7 +136,9 @@ class SqlParams:
 def columns_for(step: Step, key: str, arg: ast.Arg | None = None) -> tuple[str, ...]:
     cols = fs.FIELD_TO_COLUMN.get(key)
     if cols is None:
-        known = ", ".join(sorted(k for k in fs.FIELD_TO_COLUMN if "[" not in k and not k.startswith(("TCPM", "IPM"))))
+        known = ", ".join(
+            sorted(k for k in fs.FIELD_TO_COLUMN if "[" not in k and not k.startswith(("TCPM", "IPM")))
+        )
         raise step.error(f"unknown flow field {key!r}; known fields: {known}", arg)
     return cols
 
@@ -118,8 +169,13 @@ def _present_sql(key: str, col: str) -> str:
     return f"{col} != ''" if typ == "String" else "1"
 
 
-PRESENCE_SQL = {"ICMP": "ICMPType != ''", "TCPMetric": "notEmpty(TCPMetric)", "IPMetric": "notEmpty(IPMetric)",
-             "Metric": "1", "LastUpdateMetric": "1"}
+PRESENCE_SQL = {
+    "ICMP": "ICMPType != ''",
+    "TCPMetric": "notEmpty(TCPMetric)",
+    "IPMetric": "notEmpty(IPMetric)",
+    "Metric": "1",
+    "LastUpdateMetric": "1",
+}
 """Flow keys that are whole sub-objects: usable in Has(k) / HasNot(k) only."""
 
 
@@ -178,11 +234,12 @@ def _one_column_sql(step: Step, col: str, pred: Predicate, params: SqlParams) ->
         if numeric:
             return "0"
         lo, hi = params.add(pred.lo, "UInt32"), params.add(pred.hi, "UInt32")
-        return (f"(isIPv4String({col}) AND toUInt32(toIPv4OrZero({col})) >= {lo} "
-                f"AND toUInt32(toIPv4OrZero({col})) <= {hi})")
+        return (
+            f"(isIPv4String({col}) AND toUInt32(toIPv4OrZero({col})) >= {lo} "
+            f"AND toUInt32(toIPv4OrZero({col})) <= {hi})"
+        )
     raise step.error(f"{pred.NAME}() is not supported on flows")
 
 
 def sort_column(step: Step, key: str) -> str:
     return columns_for(step, key)[0]
-

@@ -9,7 +9,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from netsonde.common.libpcap import BpfProgram as PcapProgram
 from netsonde.common.libpcap import PcapPkthdr, libpcap
@@ -30,12 +31,18 @@ class RawPacketsT(Value):
 
     def to_json(self) -> Any:
         import base64
-        out = {u: [dict(p, Data=base64.b64encode(p["Data"]).decode()) for p in ps] for u, ps in self.packets.items()}
+
+        out = {
+            u: [dict(p, Data=base64.b64encode(p["Data"]).decode()) for p in ps]
+            for u, ps in self.packets.items()
+        }
         return [out] if out else []
 
     def pcap_bytes(self) -> bytes:
         """A pcap file (microsecond timestamps) of every packet, oldest first."""
-        pkts = sorted((p for ps in self.packets.values() for p in ps), key=lambda p: (p["Timestamp"], p["Index"]))
+        pkts = sorted(
+            (p for ps in self.packets.values() for p in ps), key=lambda p: (p["Timestamp"], p["Index"])
+        )
         linktype = pkts[0]["LinkType"] if pkts else 1
         out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)]
         for p in pkts:
@@ -94,7 +101,9 @@ class BpfProgram:
 
     def match(self, data: bytes, linktype: int) -> bool:
         hdr = PcapPkthdr(0, 0, len(data), len(data))
-        return self._lib.pcap_offline_filter(ctypes.byref(self.prog(linktype)), ctypes.byref(hdr), data) != 0
+        return bool(
+            self._lib.pcap_offline_filter(ctypes.byref(self.prog(linktype)), ctypes.byref(hdr), data) != 0
+        )
 
 
 def group_flows(step: Step, flows: list[dict[str, Any]]) -> Value:
@@ -125,4 +134,3 @@ class GroupsT(Value):
         if step.NAME == "Count":
             return lambda ctx: ScalarT(len(self.groups))
         return None
-
