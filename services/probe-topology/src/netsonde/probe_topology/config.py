@@ -29,6 +29,8 @@ class ProbeTopologyConfig(BaseConfig):
     (`[probe_topology.metadata]`), or JSON in `NETSONDE_METADATA`. Nested tables and arrays are kept as is."""
     flush_interval_s: float = 0.02
     """A change is published at most this long after it was seen (a burst is coalesced in one delta)."""
+    flush_quiet_s: float = 0.001
+    """...and as soon as no other change came for this long (the events of one command arrive within it)."""
     neighbor_flush_interval_s: float = 1.0
     """Changes of neighbour entries alone (ARP/NDP state churn) are published at most this often."""
     delta_max_items: int = 500
@@ -66,7 +68,8 @@ class ProbeTopologyConfig(BaseConfig):
         reserved = sorted(set(self.metadata) & RESERVED_HOST_KEYS)
         if reserved:
             raise ConfigError(f"setting 'metadata': {', '.join(reserved)} belong to the probe and cannot be set")
-        for name in ("digest_interval_s", "metrics_interval_s", "flush_interval_s", "netns_scan_interval_s",
+        for name in ("digest_interval_s", "metrics_interval_s", "flush_interval_s", "flush_quiet_s",
+                     "netns_scan_interval_s",
                      "neighbor_flush_interval_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"setting {name!r} must be > 0")

@@ -61,6 +61,11 @@ class NsWatcher:
         self.drv: dict[int, tuple[str, dict[str, Any]]] = {}
         """ifindex -> (name, Driver/BusInfo/Speed/Duplex/Features)."""
         self.rt = RouteState()
+        self.dirty: set[int] = set()
+        """ifindexes whose link, addresses, ethtool data or counters changed since `incremental.py` last
+        took them (routes and neighbours it compares itself)."""
+        self.dirty_all = True
+        """Set when a change cannot be pinned on interfaces (an nsid learnt or forgotten)."""
         self._last_refresh_ms = 0
         self.synced = False
         self.neighbours_only = False
@@ -163,6 +168,7 @@ class NsWatcher:
         self._last_unknown = frozenset()
         for nsid in [k for k, v in self.nsids.items() if v == inode]:
             del self.nsids[nsid]
+            self.dirty_all = True
 
     async def wait_synced(self, timeout: float) -> bool:
         try:
@@ -204,6 +210,9 @@ class NsWatcher:
         changed = False
         if kind == "link":
             changed = self._dump_links != self.links
+            if changed:
+                self.dirty.update(i for i in self._dump_links.keys() | self.links.keys()
+                                  if self._dump_links.get(i) != self.links.get(i))
             self.links = self._dump_links
             changed |= self._refresh_metrics(self._dump_stats)
             for d in (self.metrics, self.metric_ts, self.first_seen, self.drv, self.addrs, self.last_update):
@@ -212,6 +221,8 @@ class NsWatcher:
         elif kind == "addr":
             addrs = {i: a for i, a in self._dump_addrs.items() if i in self.links}
             changed = addrs != self.addrs
+            if changed:
+                self.dirty.update(i for i in addrs.keys() | self.addrs.keys() if addrs.get(i) != self.addrs.get(i))
             self.addrs = addrs
         elif kind == "route":
             changed = self.rt.replace_routes(self._dump_routes)
@@ -293,6 +304,7 @@ class NsWatcher:
             nsid = parse_nsid_at(buf, off, end)
             if inode is not None and nsid is not None:
                 self.nsids[nsid] = inode
+                self.dirty_all = True
                 return True
             return False
         if mtype == NLMSG_ERROR:
@@ -326,6 +338,7 @@ class NsWatcher:
             if old == stats:
                 continue
             changed = True
+            self.dirty.add(index)
             self.metrics[index] = stats
             self.metric_ts[index] = now
             if old is not None and previous_refresh:
@@ -379,6 +392,7 @@ class NsWatcher:
             return False
         dumping_links = self._dump_kind == "link"
         old = self.links.get(index)
+        self.dirty.add(index)
         if not new:
             self.rt.drop_interface(index)
             self.links.pop(index, None)
@@ -433,6 +447,7 @@ class NsWatcher:
             info["Features"] = feats
         if cached is None or cached != (name, info):
             self.drv[index] = (name, info)
+            self.dirty.add(index)
             if self._dump_kind == "link":
                 self._chain_changed = True
 
@@ -445,6 +460,7 @@ class NsWatcher:
             self._dump_addrs.setdefault(index, set()).add((family, cidr))
             return False
         targets = [self.addrs]
+        self.dirty.add(index)
         if self._dump_kind == "addr":
             targets.append(self._dump_addrs)
         for t in targets:

@@ -43,6 +43,26 @@ def diff(prev: HostState, cur: HostState) -> Delta:
     return d
 
 
+def diff_touched(prev: HostState, cur: HostState, node_ids: set[str], edge_ids: set[str]) -> Delta:
+    """`diff` restricted to the nodes and edges an incremental update touched (the others are the same
+    objects in both states)."""
+    d = Delta()
+    for nid in node_ids:
+        node, old = cur.nodes.get(nid), prev.nodes.get(nid)
+        if node is not None and (old is None or old.Metadata != node.Metadata):
+            d.nodes.append(node)
+        elif node is None and old is not None:
+            d.deleted_nodes.append(nid)
+    for eid in edge_ids:
+        edge, old_e = cur.edges.get(eid), prev.edges.get(eid)
+        if edge is not None and (old_e is None or old_e.Metadata != edge.Metadata or old_e.Parent != edge.Parent
+                                 or old_e.Child != edge.Child):
+            d.edges.append(edge)
+        elif edge is None and old_e is not None:
+            d.deleted_edges.append(eid)
+    return d
+
+
 def split(delta: Delta, max_items: int, max_bytes: int) -> list[Delta]:
     """Cut into messages of at most `max_items` items and about `max_bytes` bytes, keeping the order
     node upserts, edge upserts, edge deletions, node deletions (an edge never precedes its nodes)."""

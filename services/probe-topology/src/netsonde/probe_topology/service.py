@@ -1,8 +1,10 @@
 """ProbeTopologyService: watchers (netlink per namespace, netns discovery, OVSDB) -> host state -> NATS.
 
 Change detection is event-driven (netlink multicast groups, inotify on the netns dirs, OVSDB update
-notifications). After a change the service waits `flush_interval_s` (so a burst becomes one delta),
-rebuilds the host state, and publishes its difference with the last published state. Polling is used only
+notifications). After a change the service waits until no other change came for `flush_quiet_s` (at most
+`flush_interval_s`, so a burst becomes one delta), updates the host state (only the interfaces that changed,
+`incremental.py`; a full rebuild when namespaces, OVS or containers changed) and publishes its difference
+with the last published state. Polling is used only
 for link counters (`metrics_interval_s`) and for namespaces held only by processes (`netns_scan_interval_s`).
 """
 
@@ -26,13 +28,17 @@ from netsonde.common.natsconn import connect
 from netsonde.common.service import Service
 
 from . import netns as netns_mod
+from netsonde.common import ids
+from netsonde.common.bus.topology import ProbeNode
+
 from .builder import HostState, build
+from .incremental import IncrementalBuilder, Update
 from .config import ProbeTopologyConfig
 from .docker import ContainerWatcher
 from .netns import Inotify, NetNs
 from .nswatch import NsWatcher
 from .ovsdb import OvsdbWatcher, OvsState
-from .publish import Delta, diff, split
+from .publish import Delta, diff, diff_touched, split
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,11 @@ class ProbeTopologyService(Service):
         self.published = HostState()
         """What receivers hold: the state as of the last published message."""
         self._dirty = asyncio.Event()
+        self._changes_seen = 0
+        """Change notifications so far (the flush waits until it stops moving)."""
+        self.tracker = IncrementalBuilder(self.host, self.hostname, config.metadata)
+        self._structure_changed = False
+        """Namespaces, OVS or containers changed: the next update is a full build."""
         self._need_full = False
         self._full_reason = ""
         self._inotify: Inotify | None = None
@@ -68,7 +79,7 @@ class ProbeTopologyService(Service):
         self._once = OnceLogger(log)
         self._flush_lock = asyncio.Lock()
         self._last_build_s = 0.0
-        self._last_flush = 0.0
+        self._last_flush_end = 0.0
         self._backoff_s = 0.0
         """1 s after a failed publish, 0 once one succeeds."""
         m = self.metrics
@@ -76,6 +87,8 @@ class ProbeTopologyService(Service):
         self.m_items = m.counter("items_total", "Node/edge upserts and deletions published", ["what"])
         self.m_overruns = m.counter("netlink_overruns_total", "Netlink receive buffer overruns (ENOBUFS)")
         self.m_build = m.histogram("build_seconds", "Time to rebuild the host state after changes")
+        self.m_builds = m.counter("builds_total", "Host state updates, by kind (full rebuild or incremental)",
+                                  ["kind"])
         self.m_nodes = m.gauge("nodes", "Nodes in the host state")
         self.m_edges = m.gauge("edges", "Edges in the host state")
         self.m_namespaces = m.gauge("namespaces", "Network namespaces watched (root included)")
@@ -155,6 +168,7 @@ class ProbeTopologyService(Service):
             return
         self.watchers[ns.inode] = w
         self.m_namespaces.set(len(self.watchers))
+        self._structure_changed = True
         paths = {inode: x.ns.path for inode, x in self.watchers.items()}
         for other in self.watchers.values():
             if other is not w:
@@ -169,6 +183,7 @@ class ProbeTopologyService(Service):
             for other in self.watchers.values():
                 other.forget_namespace(inode)
             self.m_namespaces.set(len(self.watchers))
+            self._structure_changed = True
             self._mark_dirty()
 
     def _reconcile_ns(self) -> None:
@@ -243,6 +258,7 @@ class ProbeTopologyService(Service):
 
     # --- changes -------------------------------------------------------------------------------------
     def _on_ns_change(self, watcher: NsWatcher, overrun: bool) -> None:
+        self._changes_seen += 1
         watcher.query_nsids({inode: w.ns.path for inode, w in self.watchers.items()})
         if overrun:
             self.m_overruns.inc()
@@ -263,6 +279,7 @@ class ProbeTopologyService(Service):
 
     def _on_ovs(self, state: OvsState) -> None:
         self.ovs_state = state
+        self._structure_changed = True
         self._mark_dirty()
 
     def _on_containers(self) -> None:
@@ -270,9 +287,11 @@ class ProbeTopologyService(Service):
         self._rescan_named()
         if self.config.process_netns:
             self._scan_processes()
+        self._structure_changed = True
         self._mark_dirty()
 
     def _mark_dirty(self) -> None:
+        self._changes_seen += 1
         self._dirty.set()
 
     def current_state(self) -> HostState:
@@ -284,16 +303,46 @@ class ProbeTopologyService(Service):
         self.m_build.observe(self._last_build_s)
         return state
 
+    def _update_state(self, full: bool = False) -> Update:
+        """The state after the changes since the last update: only the changed interfaces redone when it can be
+        (`incremental.py`), a full build when namespaces, OVS or containers changed (or `full`)."""
+        t0 = time.perf_counter()
+        full = full or self._structure_changed or bool(self.containers is not None and self.containers.containers)
+        self._structure_changed = False
+        up = self.tracker.update(self.watchers.values(), self.ovs_state, full=full)
+        if self.containers is not None:
+            if up.full:
+                self.containers.add_to(up.state, self.host, netns_mod.root_netns().inode)
+            else:  # no container: only the host's ContainerEngine status can differ
+                host_id = ids.host_node_id(self.host)
+                host = up.state.nodes[host_id]
+                status = self.containers.status.metadata()
+                if host.Metadata.get("ContainerEngine") != status:
+                    up.state.nodes[host_id] = ProbeNode(ID=host_id, Metadata={**host.Metadata,
+                                                                             "ContainerEngine": status})
+                    up.nodes.add(host_id)
+        self._last_build_s = time.perf_counter() - t0
+        self.m_build.observe(self._last_build_s)
+        self.m_builds.labels("full" if up.full else "incremental").inc()
+        return up
+
     async def _flush_loop(self) -> None:
         while True:
             await self._dirty.wait()
-            # A change after a quiet period goes out after 2 ms (the events of one command arrive together);
-            # during a burst, one flush per flush_interval_s, and never sooner than the last rebuild took, so
-            # a long burst on a big host costs at most about half a core instead of back-to-back rebuilds.
-            quiet = time.monotonic() - self._last_flush >= self.config.flush_interval_s
-            delay = min(0.002, self.config.flush_interval_s) if quiet else self.config.flush_interval_s
-            await asyncio.sleep(max(delay, self._last_build_s, self._backoff_s))
-            self._last_flush = time.monotonic()
+            # Coalesce: wait until no change came for flush_quiet_s (the events of one command arrive within
+            # it), at most flush_interval_s after the first one, so a burst becomes one delta per interval.
+            deadline = time.monotonic() + self.config.flush_interval_s
+            seen = self._changes_seen
+            while True:
+                await asyncio.sleep(self.config.flush_quiet_s)
+                if self._changes_seen == seen or time.monotonic() >= deadline:
+                    break
+                seen = self._changes_seen
+            # Never sooner after the previous flush than the last update took, so a long burst on a big host
+            # costs at most about half a core instead of back-to-back rebuilds.
+            pause = max(self._last_build_s, self._backoff_s) - (time.monotonic() - self._last_flush_end)
+            if pause > 0:
+                await asyncio.sleep(pause)
             if any(w._dump_kind for w in self.watchers.values()) and self._need_full:
                 continue  # a resync dump is in flight: publish the full once it completed
             self._dirty.clear()
@@ -309,11 +358,14 @@ class ProbeTopologyService(Service):
                 self._backoff_s = 1.0
                 self._need_full = True
                 self._dirty.set()
+            self._last_flush_end = time.monotonic()
 
     async def publish_changes(self) -> None:
         async with self._flush_lock:
-            state = self.current_state()
-            delta = diff(self.published, state)
+            up = self._update_state()
+            state = up.state
+            delta = diff(self.published, state) if up.full else diff_touched(self.published, state, up.nodes,
+                                                                              up.edges)
             try:
                 if len(delta):
                     for part in split(delta, self.config.delta_max_items, self.config.message_max_bytes):
@@ -327,7 +379,7 @@ class ProbeTopologyService(Service):
     async def publish_full(self, reason: str) -> None:
         async with self._flush_lock:
             self._need_full = False
-            state = self.current_state()
+            state = self._update_state(full=True).state
             whole = Delta(list(state.nodes.values()), list(state.edges.values()))
             parts = split(whole, 1 << 30, self.config.message_max_bytes) or [Delta()]
             digest = state_digest(state.nodes.values(), state.edges.values())
