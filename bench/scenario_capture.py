@@ -4,9 +4,16 @@ softflowd, pmacctd and nfstream, all capturing the same traffic on one veth.
 Method (as in the project's peer baselines): two namespaces joined by a veth pair; 60-byte UDP frames over 1000
 flows whose destination MAC is not the receiver's (its kernel drops them right after the capture taps).
 tcpreplay (and, for the top rate, trafgen on one CPU) sends from the first namespace pinned to CPU0; each
-tool runs alone in the receiving namespace pinned to CPU1. Tool CPU = se.sum_exec_runtime of every thread of the tool's process tree over the traffic
-window (start-up excluded); loss = 1 - seen/sent with sent = rx_packets of the receiving veth and seen =
-the tool's own packet count; RSS = VmHWM summed over the tree.
+tool runs alone in the receiving namespace pinned to CPU1. Tool CPU = se.sum_exec_runtime of every thread of
+the tool's process tree over the traffic window (start-up excluded); loss = 1 - seen/sent with sent =
+rx_packets of the receiving veth and seen = the tool's own packet count; RSS = VmHWM summed over the tree.
+
+Kernel time a capture adds (the same method for every tool): the receiving veth's softirq (netif_receive_skb,
+the TC programs, AF_PACKET's copy into a ring) runs on the sender's CPU, in the sender's system calls or in
+ksoftirqd/0. CPU0 time of a run = the sender's CPU time (wait4 rusage, exact; softirq work done in its system
+calls is included: this kernel has no IRQ_TIME_ACCOUNTING) + ksoftirqd/0's over the window; added kernel
+time = that figure per packet minus the same figure of a run of the same traffic with no tool attached,
+measured just before (the sender's own user time is the same in both).
 
     python -m bench capture                     # via the runner
     python -m bench.scenario_capture tool IF    # (internal) the Netsonde capture process
@@ -37,8 +44,8 @@ PY = sys.executable
 # --- the Netsonde tool process ------------------------------------------------------------------------
 def _tool_main(ifname: str, kind: str = "afpacket") -> None:
     """Capture on `ifname` (current namespace) until a line arrives on stdin; print counters as JSON.
-    `kind` ebpf: the ebpf capture (TC program + map reads) instead of AF_PACKET; its JSON adds the kernel
-    time of the BPF programs (`bpf_ns`, from the programs' run-time statistics)."""
+    `kind` ebpf: the ebpf capture (TC program + map reads) instead of AF_PACKET. `updates_s`: CPU seconds of
+    building flow updates every 2 s (what the probe does before publishing), the fixed part of the cost."""
     import threading
 
     from netsonde.flow.capture import AfPacketCapture, BaseCapture
@@ -54,26 +61,25 @@ def _tool_main(ifname: str, kind: str = "afpacket") -> None:
     cap.start()
     stop = threading.Event()
     updates = [0]
+    updates_cpu = [0.0]
 
     def updater() -> None:  # what the probe does every update interval (publishing excluded)
         while not stop.wait(2.0):
+            t0 = time.thread_time()
             with cap.lock:
                 updates[0] += len(table.updates(int(time.time() * 1000)))
+            updates_cpu[0] += time.thread_time() - t0
 
     t = threading.Thread(target=updater, daemon=True)
     t.start()
     print("ready", flush=True)
     sys.stdin.readline()
     stop.set()
-    bpf_ns = bpf_runs = 0
-    program = getattr(cap, "program", None)
-    if program is not None:
-        bpf_ns, bpf_runs = program.run_stats()
     cap.stop()
     with cap.lock:
         updates[0] += len(table.updates(int(time.time() * 1000)))
     print(json.dumps({"packets": table.stats.packets, "drops": cap.packets_dropped, "flows": len(table),
-                      "updates": updates[0], "bpf_ns": bpf_ns, "bpf_runs": bpf_runs}), flush=True)
+                      "updates": updates[0], "updates_s": updates_cpu[0]}), flush=True)
 
 
 def _nfstream_main(ifname: str) -> None:
@@ -159,27 +165,35 @@ class Bed:
                              capture_output=True, text=True, check=True).stdout
         return int(out)
 
-    def send(self, packets: int, pps: int | str | None) -> float:
+    def send(self, packets: int, pps: int | str | None) -> tuple[float, float]:
+        """Send `packets` at `pps` from the sender namespace on CPU0: (elapsed s, CPU s on CPU0 = the sender's
+        CPU time + ksoftirqd/0's). The sender's own user time does not depend on the tool, so the difference
+        between two runs is kernel time."""
         if pps == TRAFGEN:  # netsniff-ng's trafgen on one CPU (mmap TX ring): the fastest single-core sender here
             cfg = self.dir / "traffic.trafgen"
             cfg.write_text("{ eth(da=02:00:00:00:00:99, sa=02:00:00:00:00:01), ipv4(sa=198.18.0.1, da=198.18.0.2, "
                            f"ttl=64), udp(sp=dinc(10000, {10000 + FLOWS - 1}), dp=9), fill(0x00, 18) }}\n")
-            t0 = time.monotonic()
-            subprocess.run(["ip", "netns", "exec", self.gen, "trafgen", "--cpus", "1", "-i", str(cfg), "-o", self.gif,
-                            "-n", str(packets), "-q", "-b", "0"], check=True, capture_output=True)
-            return time.monotonic() - t0
-        loops = max(1, packets // FLOWS)
-        rate = ["--topspeed"] if not pps else ["--pps", str(pps)]
+            cmd = ["trafgen", "--cpus", "1", "-i", str(cfg), "-o", self.gif, "-n", str(packets), "-q", "-b", "0"]
+        else:
+            rate = ["--topspeed"] if not pps else ["--pps", str(pps)]
+            cmd = ["tcpreplay", "-q", "-i", self.gif, *rate, "--loop", str(max(1, packets // FLOWS)),
+                   "--preload-pcap", str(self.pcap)]
+        ksoft0 = _ksoftirqd_ns()
         t0 = time.monotonic()
-        subprocess.run(["ip", "netns", "exec", self.gen, "taskset", "-c", "0", "tcpreplay", "-q", "-i", self.gif,
-                        *rate, "--loop", str(loops), "--preload-pcap", str(self.pcap)], check=True,
-                       capture_output=True)
-        return time.monotonic() - t0
+        proc = subprocess.Popen(["ip", "netns", "exec", self.gen, "taskset", "-c", "0", *cmd],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.monotonic() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}")
+        return elapsed, usage.ru_utime + usage.ru_stime + (_ksoftirqd_ns() - ksoft0) / 1e9
 
     def run_tool(self, name: str, packets: int, pps: int | None) -> dict[str, Any]:
         """Start one tool on CPU1 in the receiving namespace, push traffic, collect its figures."""
         rcv = ["ip", "netns", "exec", self.rcv, "taskset", "-c", "1"]
         d = self.dir
+        rx_start = self.rx_packets()
         seen: int | None = None
         extra: dict[str, Any] = {}
         if name in ("netsonde", "netsonde-ebpf"):
@@ -197,18 +211,30 @@ class Bed:
             proc = subprocess.Popen([*rcv, "softflowd", "-d", "-i", self.rif, "-n", "127.0.0.1:9995", "-c",
                                      str(d / "sfd.ctl")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         elif name == "pmacctd":
-            proc = subprocess.Popen([*rcv, "pmacctd", "-i", self.rif, "-P", "memory", "-c",
-                                     "src_host,dst_host,src_port,dst_port,proto", "-p", str(d / "pm.pipe")],
+            # the buffers pmacct's CONFIG-KEYS / QUICKSTART give for heavy traffic (as sfacctd gets in the sflow
+            # bench): a 32 MiB capture buffer (pmacctd_pipe_size), a 100 MiB core-to-plugin queue
+            # (plugin_pipe_size) in 100 KiB chunks (plugin_buffer_size, the 1:1000 ratio the docs advise)
+            (d / "pmacctd.conf").write_text(
+                f"daemonize: false\npcap_interface: {self.rif}\nplugins: memory\n"
+                "aggregate: src_host,dst_host,src_port,dst_port,proto\n"
+                f"imt_path: {d / 'pm.pipe'}\npmacctd_pipe_size: 33554432\nplugin_pipe_size: 104857600\n"
+                "plugin_buffer_size: 102400\n")
+            proc = subprocess.Popen([*rcv, "pmacctd", "-f", str(d / "pmacctd.conf")],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         elif name == "tcpdump":
             proc = subprocess.Popen([*rcv, "tcpdump", "-n", "-i", self.rif, "-B", "32768", "-w", "/dev/null"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        elif name == "none":  # the traffic alone: the kernel-time reference of the others
+            elapsed, kernel_s = self.send(packets, pps)
+            sent = self.rx_packets() - rx_start
+            return {"tool": name, "sent": sent, "pps": sent / elapsed if elapsed else 0,
+                    "kernel_ns_pkt": kernel_s * 1e9 / sent if sent else 0.0}
         else:
             raise ValueError(name)
         time.sleep(1.5)  # let the tool finish starting (its start-up CPU is not counted)
         rx0 = self.rx_packets()
         cpu0 = cpu_ns(proc.pid)
-        elapsed = self.send(packets, pps)
+        elapsed, kernel_s = self.send(packets, pps)
         time.sleep(3.0 if name in ("pmacctd", "nfstream") else 1.0)  # let the tool drain its buffers
         cpu1 = cpu_ns(proc.pid)
         rss = peak_rss_kib(proc.pid)
@@ -223,7 +249,7 @@ class Bed:
             proc.stdin.flush()
             res = _last_json(proc.stdout)
             seen = res["packets"]
-            extra = {"bpf_ns": res.get("bpf_ns", 0), "bpf_runs": res.get("bpf_runs", 0)}
+            extra = {k: res[k] for k in ("poll_s", "updates_s") if k in res}
             proc.wait(10)
         elif name == "softflowd":
             out = subprocess.run(["softflowctl", "-c", str(d / "sfd.ctl"), "statistics"], capture_output=True,
@@ -244,7 +270,8 @@ class Bed:
         cpu_s = (cpu1 - cpu0) / 1e9
         return {"tool": name, "sent": sent, "seen": seen, "pps": sent / elapsed if elapsed else 0,
                 "cpu_s_per_m": cpu_s / (sent / 1e6) if sent else 0.0,
-                "loss": max(0.0, 1 - (seen or 0) / sent) if sent else 0.0, "rss_mib": rss / 1024, **extra}
+                "loss": max(0.0, 1 - (seen or 0) / sent) if sent else 0.0, "rss_mib": rss / 1024,
+                "kernel_ns_pkt": kernel_s * 1e9 / sent if sent else 0.0, **extra}
 
 
 def _wait_ready(proc: subprocess.Popen) -> None:
@@ -277,6 +304,18 @@ def _pmacct_packets(out: str) -> int:
         if len(cols) == len(header) and cols[idx].isdigit():
             total += int(cols[idx])
     return total
+
+
+def _ksoftirqd_ns() -> int:
+    """CPU ns of ksoftirqd/0 (the softirq work the kernel defers from the sender's CPU)."""
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if (p / "comm").read_text().strip() == "ksoftirqd/0":
+                    return int((p / "schedstat").read_text().split()[0])
+            except OSError:
+                continue
+    return 0
 
 
 def _sh(cmd: str) -> None:
@@ -323,8 +362,10 @@ def table_memory_per_flow(n: int) -> tuple[float, float]:
 
 
 def run(small: bool) -> Result:
-    res = Result("Flow capture: tool CPU per million packets, loss, RSS (60-byte UDP, 1000 flows, one veth)",
-                 ["tool", "target pkt/s", "sent pkt/s", "packets", "CPU-s per M pkts", "loss", "RSS MiB"])
+    res = Result("Flow capture: CPU per million packets (tool + kernel time it adds), loss, RSS "
+                 "(60-byte UDP, 1000 flows, one veth)",
+                 ["tool", "target pkt/s", "sent pkt/s", "packets", "tool CPU-s per M pkts",
+                  "kernel added CPU-s per M", "total CPU-s per M", "loss", "RSS MiB"])
     n_mem = 20_000 if small else 200_000
     per_flow, ns_pkt = table_memory_per_flow(n_mem)
     missing = [t for t in ("tcpreplay", "taskset") if shutil.which(t) is None]
@@ -344,11 +385,20 @@ def run(small: bool) -> Result:
             plan.append((TRAFGEN, 5_000_000, [t for t in tools if t != "nfstream"]))
         else:
             res.notes.append("trafgen (Debian netsniff-ng) is not installed: no run above tcpreplay's rate")
-    stats_sysctl = Path("/proc/sys/kernel/bpf_stats_enabled")
-    stats_before = stats_sysctl.read_text().strip()
-    stats_sysctl.write_text("1")  # run-time statistics of the ebpf capture's TC programs (kernel CPU it adds)
+    totals: dict[tuple[str, str], tuple[float, float]] = {}
     with Bed() as bed:
         for pps, packets, tools in plan:
+            label = "max (trafgen, 1 CPU)" if pps == TRAFGEN else f"{pps:,}" if pps else "max (tcpreplay --topspeed)"
+            try:
+                ref = bed.run_tool("none", packets, pps)
+            except Exception as e:
+                res.notes.append(f"the reference run (no tool) at {label} pkt/s failed: {e!r}")
+                continue
+            if isinstance(pps, int) and ref["pps"] < 0.95 * pps:
+                res.notes.append(f"Target {label} pkt/s: the sender (tcpreplay, one CPU) reached only "
+                                 f"{ref['pps']:,.0f} pkt/s with no tool attached: that is its ceiling here, "
+                                 "not a tool's limit.")
+            res.rows.append(["(no tool: reference)", label, round(ref["pps"]), ref["sent"], 0.0, 0.0, 0.0, "-", "-"])
             for tool in tools:
                 if tool not in ("netsonde", "netsonde-ebpf", "nfstream") and shutil.which(tool) is None:
                     res.notes.append(f"{tool} is not installed: not measured")
@@ -356,23 +406,34 @@ def run(small: bool) -> Result:
                 try:
                     r = bed.run_tool(tool, packets, pps)
                 except Exception as e:  # one tool failing does not lose the others' figures
-                    res.notes.append(f"{tool} at {pps or 'max'} pkt/s failed: {e!r}")
+                    res.notes.append(f"{tool} at {label} pkt/s failed: {e!r}")
                     continue
-                label = "max (trafgen, 1 CPU)" if pps == TRAFGEN else pps or "max (tcpreplay --topspeed)"
-                res.rows.append([tool, label, round(r["pps"]), r["sent"],
-                                 round(r["cpu_s_per_m"], 3), f"{r['loss'] * 100:.2f}%", round(r["rss_mib"], 1)])
-                if r.get("bpf_runs"):
-                    kernel = r["bpf_ns"] / 1e9 / (r["sent"] / 1e6)
-                    res.notes.append(f"netsonde-ebpf at {label} pkt/s: the TC programs ran {r['bpf_runs']} times, "
-                                     f"{r['bpf_ns'] / r['bpf_runs']:.0f} ns each = {kernel:.3f} CPU-s per M packets "
-                                     f"of kernel time (total {r['cpu_s_per_m'] + kernel:.3f} with the probe's).")
-    stats_sysctl.write_text(stats_before)
+                kernel = (r["kernel_ns_pkt"] - ref["kernel_ns_pkt"]) / 1e3  # ns per packet -> CPU-s per M
+                total = r["cpu_s_per_m"] + kernel
+                totals[(tool, label)] = (r["cpu_s_per_m"], total)
+                res.rows.append([tool, label, round(r["pps"]), r["sent"], round(r["cpu_s_per_m"], 3),
+                                 round(kernel, 3), round(total, 3), f"{r['loss'] * 100:.2f}%",
+                                 round(r["rss_mib"], 1)])
+                if "updates_s" in r and r["sent"]:
+                    res.notes.append(f"{tool} at {label} pkt/s: {r['updates_s'] / (r['sent'] / 1e6):.3f} of its "
+                                     "CPU-s per M packets is building flow updates every 2 s (a fixed cost per "
+                                     "flow and interval, not per packet).")
+    for (tool, label), (user, total) in totals.items():
+        af = totals.get(("netsonde", label))
+        if tool == "netsonde-ebpf" and af and user > 0 and total > 0:
+            res.notes.append(f"At {label} pkt/s, same run: ebpf probe CPU {af[0] / user:.1f}x below the AF_PACKET "
+                             f"probe's; total with the kernel time added {af[1] / total:.2f}x below "
+                             f"({total:.3f} vs {af[1]:.3f} CPU-s per M packets).")
+    res.notes.append("Kernel added = CPU time on the sender's CPU (the sender's CPU time + ksoftirqd/0's: the "
+                     "receiving veth's softirq, TC programs and AF_PACKET copies run there) per packet with the "
+                     "tool minus the same without any tool, on the same traffic just before (the reference "
+                     "row). On a shared machine ksoftirqd/0 also serves others' softirqs: differences under "
+                     "~0.1 CPU-s per M packets are noise, and a negative figure means none was measurable.")
     res.notes.append(f"Flow-table memory: {per_flow:.0f} bytes per flow (tracemalloc over {n_mem:,} UDP flows, the "
                      f"C key table included). In-process hot path (process_frames, 1000 known flows, no socket): "
                      f"{ns_pkt:.0f} ns per packet.")
-    res.notes.append("Baselines (baselines.md): tcpdump 0.07, softflowd 0.23, pmacctd ~2.0, Python recv() 2.8, "
-                     "naive Python TPACKET_V3 1.75, nfstream 3.1 CPU-s per M packets.")
-    res.notes.append("Netsonde's figure includes building flow updates every 2 s (not publishing them).")
+    res.notes.append("The Netsonde probes' figures include building flow updates every 2 s (not publishing them).")
+    res.notes.append(f"1-min load average at the end of the run: {os.getloadavg()[0]:.2f}.")
     return res
 
 

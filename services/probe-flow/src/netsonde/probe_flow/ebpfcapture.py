@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import logging
 import time
+from operator import itemgetter
+
+import numpy as np
 
 from netsonde.flow.capture import BaseCapture, CaptureError
-from netsonde.flow.ebpf.loader import MAX_FLOWS, STAT_LOST, EbpfError, FlowProgram, monotonic_to_wall_offset_ns
+from netsonde.flow.ebpf.loader import (MAX_FLOWS, STAT_LOST, EbpfError, FlowProgram, MapRead,
+                                      monotonic_to_wall_offset_ns)
 from netsonde.flow.kerneldrops import KernelDrops
 from netsonde.flow.table import FlowTable
 
@@ -29,6 +33,9 @@ log = logging.getLogger(__name__)
 __all__ = ["EbpfCapture"]
 
 Aggregate = tuple[bytes, bytes, int, int, int, int]
+_RACE_MARGIN_NS = 50_000_000
+"""An entry whose last packet is older than the previous read minus this did not change since that read (a
+TC program run takes well under a microsecond between taking its timestamp and adding its count)."""
 
 
 def _frame(sample: bytes, wire_len: int) -> bytes:
@@ -48,8 +55,11 @@ class EbpfCapture(BaseCapture):
         self.idle_ns = int(idle_s * 1e9)
         self.max_flows = max_flows
         self.program: FlowProgram | None = None
-        self._seen: dict[bytes, tuple[int, int]] = {}
-        """key -> (packets, bytes) already folded into the table (the map's counters are cumulative)."""
+        self._seen: dict[bytes, tuple[int, int, bytes]] = {}
+        """key -> (packets, bytes) already folded into the table (the map's counters are cumulative), and the
+        entry's sample frame (the table decodes it again only if it expired the flow meanwhile)."""
+        self._read_ns = 0
+        """CLOCK_MONOTONIC when the previous read of the maps started."""
         self.evicted = 0
         self.drop_reasons = drop_reasons
         self.kernel_drops: KernelDrops | None = None
@@ -89,33 +99,18 @@ class EbpfCapture(BaseCapture):
         assert prog is not None
         off = monotonic_to_wall_offset_ns()
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        entries = list(prog.entries())
-        if drain:
-            evict = {k for k, _ in entries}
-        else:
-            evict = {k for k, v in entries if now - v.last_ns > self.idle_ns}
-            live = len(entries) - len(evict)
-            if live > self.max_flows * 3 // 4:  # map pressure: the oldest go until it is half full
-                oldest = sorted((v.last_ns, k) for k, v in entries if k not in evict)
-                evict.update(k for _, k in oldest[:live - self.max_flows // 2])
         aggs: list[Aggregate] = []
         packets = 0
-        for key, v in entries:
-            if key in evict:
-                v = prog.take(key) or v
-                self.evicted += 1
-                done = self._seen.pop(key, (0, 0))
-            else:
-                done = self._seen.get(key, (0, 0))
-                self._seen[key] = (v.packets, v.byte_count)
-            dp, db = v.packets - done[0], v.byte_count - done[1]
-            if dp > 0:
-                aggs.append((key, _frame(v.sample, v.wire_len), dp, db, v.first_ns + off, v.last_ns + off))
-                packets += dp
+        for m in prog.read_maps():
+            packets += self._fold(prog, m, now, off, drain, aggs)
+        self._read_ns = now
         for key, ts, wire, sample in prog.overflow():
             aggs.append((key, _frame(sample, wire), 1, wire, ts + off, ts + off))
             packets += 1
         if aggs:
+            # in the order of the entries' first packets, as AF_PACKET sees them: an echo request before its
+            # reply (RTT), a SYN before its SYN-ACK (the map's order is its hash buckets')
+            aggs.sort(key=itemgetter(4))
             with self.lock:
                 self.table.process_aggregates(aggs)
         if self.kernel_drops is not None:  # after the counts: a dropped packet's flow exists by now
@@ -123,4 +118,54 @@ class EbpfCapture(BaseCapture):
                 self.kernel_drops.poll()
         self.packets_received += packets
         self.packets_dropped = prog.stat(STAT_LOST)
+        return packets
+
+    def _fold(self, prog: FlowProgram, m: MapRead, now: int, off: int, drain: bool, aggs: list[Aggregate]) -> int:
+        """Append the new counts of one map read to `aggs`; take evicted entries out of the map.
+
+        Vectorized first: only entries whose last packet came after the previous read (minus a margin for a
+        packet counted while that read ran) or that are evicted reach Python. An entry skipped by mistake
+        loses nothing: its counters are cumulative, the next change or its eviction folds the difference."""
+        n = len(m.vals)
+        if n == 0:
+            return 0
+        last = m.vals["last_ns"].astype(np.int64)
+        if drain:
+            evict = np.ones(n, dtype=bool)
+        else:
+            evict = now - last > self.idle_ns
+            live = n - int(evict.sum())
+            if live > self.max_flows * 3 // 4:  # map pressure: the oldest go until it is half full
+                cand = np.flatnonzero(~evict)
+                evict[cand[np.argsort(last[cand], kind="stable")[:live - self.max_flows // 2]]] = True
+        idx = np.flatnonzero(evict | (last >= self._read_ns - _RACE_MARGIN_NS))
+        if not len(idx):
+            return 0
+        sub = m.vals[idx]
+        pk, by, t0s, t1s = (sub[f].tolist() for f in ("packets", "bytes", "first_ns", "last_ns"))
+        ev = evict[idx].tolist()
+        seen, ks, kb = self._seen, m.key_size, m.keys
+        packets = 0
+        for j, i in enumerate(idx.tolist()):
+            key = kb[i * ks:(i + 1) * ks]
+            p, b, t1 = pk[j], by[j], t1s[j]
+            if ev[j]:
+                v = prog.take(key)  # the counts up to the removal
+                if v is not None:
+                    p, b, t1 = v.packets, v.byte_count, v.last_ns
+                self.evicted += 1
+                done = seen.pop(key, None)
+            else:
+                done = seen.get(key)
+            if done is None:  # first sight: the sample, padded to the packet's length, decoded once
+                frame = _frame(bytes(sub["sample"][j])[:int(sub["sample_len"][j])], int(sub["wire_len"][j]))
+                dp, db = p, b
+            else:
+                frame = done[2]
+                dp, db = p - done[0], b - done[1]
+            if not ev[j]:
+                seen[key] = (p, b, frame)
+            if dp > 0:
+                aggs.append((key, frame, dp, db, t0s[j] + off, t1 + off))
+                packets += dp
         return packets

@@ -3,7 +3,8 @@
  * into a bounded hash map keyed by the header fields the user-space flow table looks at (MACs, VLANs,
  * EtherType, IPs, protocol, ports, ICMP type/code/id, TCP flags). Each entry keeps packets, bytes, first/last
  * time (bpf_ktime_get_ns, CLOCK_MONOTONIC) and the first SAMPLE_LEN bytes of its first packet, from which user
- * space derives the flow exactly as from a captured packet. When the map is full the packet goes to a ring
+ * space derives the flow exactly as from a captured packet. Plain packets go to `flows` (64-byte key),
+ * tunnelled ones to `tunnel_flows` (the key plus the inner headers). When the map is full the packet goes to a ring
  * buffer instead (one record per packet); when that is full too, it is only counted (stats[STAT_LOST]).
  * The program never drops or changes a packet (always TC_ACT_OK).
  * Built by `make install` (clang -target bpf); loaded by netsonde.flow.ebpf.loader. */
@@ -23,6 +24,7 @@
 #define STAT_LOST 1    /* packets neither in the map nor in the ring buffer */
 #define STAT_NEW_FAIL 2
 
+/* 64 bytes (a multiple of 4: the kernel hashes it with jhash2 and compares it in words) */
 struct flow_key {
 	__u8 mac_src[6];
 	__u8 mac_dst[6];
@@ -40,14 +42,20 @@ struct flow_key {
 	__u8 ttl;            /* only for SYN packets (ExtraTCPMetric) */
 	__u8 frag;           /* 1: a fragment */
 	__u8 ext_hdrs;       /* IPv6 extension headers skipped, in order (base-3 code) */
-	__u8 pad;
-	/* the inner packet of a tunnel (IPIP, 6in4, GRE, VXLAN, Geneve): the table derives inner flows from the
-	 * sample, so they must be part of the key too. A finer key is never wrong, only more entries. */
+	__u8 tunnel;         /* 1: the inner fields below are set (the entry lives in tunnel_flows) */
+};
+
+/* the key of a tunnelled packet (IPIP, 6in4, GRE, VXLAN, Geneve): the table derives inner flows from the
+ * sample, so the inner headers are part of the key too. Plain packets (nearly all) use only `outer` in the
+ * `flows` map: half the bytes to hash and compare per packet. */
+struct tunnel_key {
+	struct flow_key outer;
 	__u8 in_mac[12];
 	__u8 in_addr[32];
 	__u8 in_l4[4];       /* ports, or ICMP type, code, id */
 	__u8 in_proto;
 	__u8 in_tcp_flags;
+	__u8 pad[2];
 };
 
 struct flow_val {
@@ -61,7 +69,7 @@ struct flow_val {
 };
 
 struct ring_rec {
-	struct flow_key key;
+	struct tunnel_key key;
 	__u64 ts_ns;
 	__u32 wire_len;
 	__u32 sample_len;
@@ -74,6 +82,13 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct flow_val);
 } flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_FLOWS);
+	__type(key, struct tunnel_key);
+	__type(value, struct flow_val);
+} tunnel_flows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -104,7 +119,7 @@ static __always_inline void count_stat(__u32 idx)
 
 #define ETH_P_TEB 0x6558 /* transparent Ethernet bridging: an Ethernet frame inside */
 
-static __always_inline void parse_inner(void *data, void *end, __u32 off, __u16 proto, struct flow_key *k)
+static __always_inline void parse_inner(void *data, void *end, __u32 off, __u16 proto, struct tunnel_key *k)
 {
 	if (off > 512)
 		return;
@@ -114,6 +129,7 @@ static __always_inline void parse_inner(void *data, void *end, __u32 off, __u16 
 			return;
 		__builtin_memcpy(k->in_mac, e->h_source, 6);
 		__builtin_memcpy(k->in_mac + 6, e->h_dest, 6);
+		k->outer.tunnel = 1;
 		proto = e->h_proto;
 		off += sizeof(*e);
 	}
@@ -123,6 +139,7 @@ static __always_inline void parse_inner(void *data, void *end, __u32 off, __u16 
 			return;
 		__builtin_memcpy(k->in_addr, &ip->saddr, 8);
 		k->in_proto = ip->protocol;
+		k->outer.tunnel = 1;
 		off += (ip->ihl & 0xf) * 4;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = data + off;
@@ -130,6 +147,7 @@ static __always_inline void parse_inner(void *data, void *end, __u32 off, __u16 
 			return;
 		__builtin_memcpy(k->in_addr, &ip6->saddr, 32);
 		k->in_proto = ip6->nexthdr;
+		k->outer.tunnel = 1;
 		off += sizeof(*ip6);
 	} else {
 		return;
@@ -150,7 +168,7 @@ static __always_inline void parse_inner(void *data, void *end, __u32 off, __u16 
 }
 
 /* the tunnel a packet's L4 payload carries: where its inner header starts and what it is (0: none) */
-static __always_inline void parse_tunnel(void *data, void *end, __u32 off, __u8 l4proto, struct flow_key *k)
+static __always_inline void parse_tunnel(void *data, void *end, __u32 off, __u8 l4proto, struct tunnel_key *k)
 {
 	__u8 *h = data + off;
 	if (off > 256)
@@ -176,8 +194,9 @@ static __always_inline void parse_tunnel(void *data, void *end, __u32 off, __u8 
 	}
 }
 
-static __always_inline int parse(struct __sk_buff *skb, struct flow_key *k)
+static __always_inline int parse(struct __sk_buff *skb, struct tunnel_key *t)
 {
+	struct flow_key *k = &t->outer;
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
@@ -256,7 +275,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow_key *k)
 		return 0;
 	}
 
-	parse_tunnel(data, end, off, l4proto, k);
+	parse_tunnel(data, end, off, l4proto, t);
 	if (l4proto == IPPROTO_TCP) {
 		__u8 *t = data + off;
 		if ((void *)(t + 14) > end)
@@ -302,21 +321,14 @@ static __always_inline __u32 sample_into(struct __sk_buff *skb, __u8 *buf)
 	return n;
 }
 
-static __always_inline int account(struct __sk_buff *skb)
+/* count the packet in `map` under `key` (a flow_key in flows, a tunnel_key in tunnel_flows); a new entry
+ * keeps the packet's first bytes; a full map sends the packet (its full key `t`) to the ring buffer. */
+static __always_inline int count_in(void *map, void *key, struct tunnel_key *t, struct __sk_buff *skb)
 {
-	struct flow_key k;
 	__u64 now = bpf_ktime_get_ns();
 	__u32 zero = 0;
-
-	__builtin_memset(&k, 0, sizeof(k));
-	/* headers outside the linear part (rare at TC): pull them in, only then (the pull costs) */
-	__u32 linear = skb->data_end - skb->data;
-	if (linear < skb->len && linear < SAMPLE_LEN)
-		bpf_skb_pull_data(skb, skb->len < SAMPLE_LEN ? skb->len : SAMPLE_LEN);
-	if (parse(skb, &k) < 0)
-		return TC_ACT_OK;
-
-	struct flow_val *v = bpf_map_lookup_elem(&flows, &k);
+	/* an existing entry (nearly every packet): one lookup, no update call, no lock */
+	struct flow_val *v = bpf_map_lookup_elem(map, key);
 	if (v) {
 		__sync_fetch_and_add(&v->packets, 1);
 		__sync_fetch_and_add(&v->bytes, skb->len);
@@ -332,10 +344,10 @@ static __always_inline int account(struct __sk_buff *skb)
 	nv->last_ns = now;
 	nv->wire_len = skb->len;
 	nv->sample_len = sample_into(skb, nv->sample);
-	if (bpf_map_update_elem(&flows, &k, nv, BPF_NOEXIST) == 0)
+	if (bpf_map_update_elem(map, key, nv, BPF_NOEXIST) == 0)
 		return TC_ACT_OK;
 	/* another CPU created it meanwhile, or the map is full */
-	v = bpf_map_lookup_elem(&flows, &k);
+	v = bpf_map_lookup_elem(map, key);
 	if (v) {
 		__sync_fetch_and_add(&v->packets, 1);
 		__sync_fetch_and_add(&v->bytes, skb->len);
@@ -347,7 +359,7 @@ static __always_inline int account(struct __sk_buff *skb)
 		count_stat(STAT_LOST);
 		return TC_ACT_OK;
 	}
-	__builtin_memcpy(&r->key, &k, sizeof(k));
+	__builtin_memcpy(&r->key, t, sizeof(*t));
 	r->ts_ns = now;
 	r->wire_len = skb->len;
 	r->sample_len = nv->sample_len;
@@ -355,6 +367,22 @@ static __always_inline int account(struct __sk_buff *skb)
 	bpf_ringbuf_submit(r, 0);
 	count_stat(STAT_RINGBUF);
 	return TC_ACT_OK;
+}
+
+static __always_inline int account(struct __sk_buff *skb)
+{
+	struct tunnel_key k;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	/* headers outside the linear part (rare at TC): pull them in, only then (the pull costs) */
+	__u32 linear = skb->data_end - skb->data;
+	if (linear < skb->len && linear < SAMPLE_LEN)
+		bpf_skb_pull_data(skb, skb->len < SAMPLE_LEN ? skb->len : SAMPLE_LEN);
+	if (parse(skb, &k) < 0)
+		return TC_ACT_OK;
+	if (k.outer.tunnel)
+		return count_in(&tunnel_flows, &k, &k, skb);
+	return count_in(&flows, &k.outer, &k, skb);
 }
 
 SEC("tc")

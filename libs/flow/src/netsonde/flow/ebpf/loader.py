@@ -7,7 +7,8 @@ capture thread enters the node's namespace first). A clsact qdisc this loader cr
 one that was there before stays, only our filters leave it.
 
     prog = FlowProgram.attach("veth0")      # raises EbpfError with the kernel's / libbpf's reason
-    for key, val in prog.entries(): ...
+    for m in prog.read_maps(): ...          # whole maps, decoded in one numpy pass (the probe's hot path)
+    for key, val in prog.entries(): ...     # the same as Python objects (tests, tools)
     prog.close()
 """
 
@@ -24,19 +25,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["EbpfError", "FlowProgram", "FlowValue", "OBJECT_PATH", "KEY_SIZE", "SAMPLE_LEN", "MAX_FLOWS",
-           "monotonic_to_wall_offset_ns"]
+import numpy as np
+
+__all__ = ["EbpfError", "FlowProgram", "FlowValue", "MapRead", "OBJECT_PATH", "KEY_SIZE", "TUNNEL_KEY_SIZE",
+           "SAMPLE_LEN", "MAX_FLOWS", "monotonic_to_wall_offset_ns"]
 
 OBJECT_PATH = Path(__file__).with_name("flow.bpf.o")
 SOURCE_PATH = Path(__file__).with_name("flow.bpf.c")
-KEY_SIZE = 114
-"""sizeof(struct flow_key) in flow.bpf.c."""
+KEY_SIZE = 64
+"""sizeof(struct flow_key) in flow.bpf.c: the key of the `flows` map (plain packets)."""
+TUNNEL_KEY_SIZE = 116
+"""sizeof(struct tunnel_key): the key of `tunnel_flows` (the outer key plus the inner headers)."""
 SAMPLE_LEN = 128
 MAX_FLOWS = 65536
-BATCH = 1024
+BATCH = 4096
 """Map entries read per bpf_map_lookup_batch call."""
+VAL_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8"), ("first_ns", "<u8"), ("last_ns", "<u8"),
+                      ("wire_len", "<u4"), ("sample_len", "<u4"), ("sample", f"V{SAMPLE_LEN}")])
+"""struct flow_val, for decoding a whole batch of values in one pass."""
 _VAL = struct.Struct(f"=QQQQII{SAMPLE_LEN}s")
-_RING = struct.Struct(f"={KEY_SIZE}s6xQII{SAMPLE_LEN}s")
+_RING = struct.Struct(f"={TUNNEL_KEY_SIZE}s4xQII{SAMPLE_LEN}s")
 STAT_RINGBUF, STAT_LOST = 0, 1
 
 BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
@@ -46,6 +54,19 @@ _HANDLE, _PRIORITY = 0x4E53, 0x4E53  # "NS": our filters' handle / priority on t
 
 class EbpfError(Exception):
     """The eBPF program cannot be loaded or attached; the message gives libbpf's / the kernel's reason."""
+
+
+@dataclass
+class MapRead:
+    """One read of a flow map: `count` entries, keys as one bytes string (`key_size` bytes each, in the
+    order of `vals`), values as a numpy structured array (VAL_DTYPE)."""
+
+    key_size: int
+    keys: bytes
+    vals: np.ndarray
+
+    def key(self, i: int) -> bytes:
+        return self.keys[i * self.key_size:(i + 1) * self.key_size]
 
 
 @dataclass
@@ -134,6 +155,9 @@ class FlowProgram:
         self._obj = obj
         lib = libbpf()
         self.map_fd = lib.bpf_object__find_map_fd_by_name(obj, b"flows")
+        self.tunnel_map_fd = lib.bpf_object__find_map_fd_by_name(obj, b"tunnel_flows")
+        self._maps = ((self.map_fd, KEY_SIZE), (self.tunnel_map_fd, TUNNEL_KEY_SIZE))
+        self._bufs: dict[int, tuple[Any, np.ndarray]] = {}
         self.stats_fd = lib.bpf_object__find_map_fd_by_name(obj, b"stats")
         self._ring_fd = lib.bpf_object__find_map_fd_by_name(obj, b"overflow")
         self._hooks: list[_TcHook] = []
@@ -158,7 +182,8 @@ class FlowProgram:
         obj = lib.bpf_object__open_file(str(object_path).encode(), None)
         if not obj:
             raise _err(f"open {object_path.name}")
-        lib.bpf_map__set_max_entries(lib.bpf_object__find_map_by_name(obj, b"flows"), max_flows)
+        for name in (b"flows", b"tunnel_flows"):
+            lib.bpf_map__set_max_entries(lib.bpf_object__find_map_by_name(obj, name), max_flows)
         rc = lib.bpf_object__load(obj)
         if rc:
             lib.bpf_object__close(obj)
@@ -222,32 +247,51 @@ class FlowProgram:
             self._obj = None
 
     # --- reading the maps -----------------------------------------------------------------------------
-    def entries(self) -> Iterator[tuple[bytes, FlowValue]]:
-        """Every (key, value) of the flow map, read BATCH entries per syscall (bpf_map_lookup_batch)."""
+    def read_maps(self) -> list[MapRead]:
+        """Both flow maps (plain, tunnels), each read BATCH entries per syscall (bpf_map_lookup_batch) into
+        reused buffers and decoded in one numpy pass: no Python object per entry."""
+        return [self._read(fd, ksize) for fd, ksize in self._maps]
+
+    def _read(self, fd: int, ksize: int) -> MapRead:
         lib = libbpf()
-        keys = ctypes.create_string_buffer(KEY_SIZE * BATCH)
-        vals = ctypes.create_string_buffer(_VAL.size * BATCH)
+        if fd not in self._bufs:
+            self._bufs[fd] = (ctypes.create_string_buffer(ksize * BATCH), np.empty(BATCH, VAL_DTYPE))
+        kbuf, vbuf = self._bufs[fd]
         token_in = ctypes.create_string_buffer(8)
         token_out = ctypes.create_string_buffer(8)
+        keys: list[bytes] = []
+        vals: list[np.ndarray] = []
         first = True
         while True:
             count = ctypes.c_uint32(BATCH)
-            rc = lib.bpf_map_lookup_batch(self.map_fd, None if first else token_in, token_out, keys, vals,
-                                          ctypes.byref(count), None)
+            rc = lib.bpf_map_lookup_batch(fd, None if first else token_in, token_out, kbuf,
+                                          vbuf.ctypes.data, ctypes.byref(count), None)
             if rc and rc != -errno.ENOENT:
                 raise _err("read the flow map", rc)
-            kraw, vraw = keys.raw, vals.raw
-            for j in range(count.value):
-                yield kraw[j * KEY_SIZE:(j + 1) * KEY_SIZE], _value(vraw[j * _VAL.size:(j + 1) * _VAL.size])
+            n = count.value
+            if n:
+                keys.append(kbuf.raw[:n * ksize])
+                vals.append(vbuf[:n].copy())
             if rc:  # -ENOENT: the last batch
-                return
+                break
             ctypes.memmove(token_in, token_out, 8)
             first = False
+        if len(vals) == 1:
+            return MapRead(ksize, keys[0], vals[0])
+        return MapRead(ksize, b"".join(keys), np.concatenate(vals) if vals else np.empty(0, VAL_DTYPE))
+
+    def entries(self) -> Iterator[tuple[bytes, FlowValue]]:
+        """Every (key, value) of both flow maps, as Python objects."""
+        for m in self.read_maps():
+            for i, v in enumerate(m.vals.tolist()):
+                p, b, t0, t1, wire, slen, sample = v
+                yield m.key(i), FlowValue(p, b, t0, t1, wire, bytes(sample[:slen]))
 
     def take(self, key: bytes) -> FlowValue | None:
         """Remove an entry, returning its last counts (packets counted up to the removal are not lost)."""
         val = ctypes.create_string_buffer(_VAL.size)
-        if libbpf().bpf_map_lookup_and_delete_elem(self.map_fd, key, val) != 0:
+        fd = self.map_fd if len(key) == KEY_SIZE else self.tunnel_map_fd
+        if libbpf().bpf_map_lookup_and_delete_elem(fd, key, val) != 0:
             return None
         return _value(val.raw)
 
