@@ -170,6 +170,11 @@ def test_end_to_end_drops_through_gremlin(stack: tuple[int, int], pair: Pair) ->
         assert f["DropReasons"] == {"NO_SOCKET": 3}
         assert [x["UUID"] for x in gremlin(api, f"{base}.Has('DropReasons.NO_SOCKET', 3)")] == [f["UUID"]]
         assert gremlin(api, f"{base}.Has('DropReasons.NETFILTER_DROP', 3)") == []
+        # the flow's path: its one hop (vb) carries the kernel's reasons
+        status, path = api_call(api, f"/api/flowpath/{f['TrackingID']}?settle=1s")
+        assert status == 200, path
+        assert [(h["Name"], h["ABPackets"], h["DropReasons"]) for h in path["Hops"]] == [
+            (pair.vb, 3, {"NO_SOCKET": 3})]
         # flows without drops carry none of the fields
         others = gremlin(api, f"{base}.Has('Metric.ABDrops', 0)") or []
         assert all("DropReasons" not in o and "ABDrops" not in o["Metric"] for o in others)

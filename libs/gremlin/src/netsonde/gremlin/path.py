@@ -17,8 +17,9 @@ Uncertainty: packets in flight at a window edge can be counted at one hop inside
 outside it; the hops' update rows within `settle_ms` of an edge are that uncertainty (0 when the stream is
 idle at both edges: it started after lo and its last update is more than `settle_ms` before hi).
 
-Kernel drop reasons (eBPF `kfree_skb` reasons) are not captured yet: each hop carries `DropReasons: null`,
-the hook `drop_reasons()` fills once a capture type reports them.
+Kernel drop reasons: a hop seen by an `ebpf` capture with the option `DropReasons` carries its flow's
+`DropReasons` (reason -> packets the kernel dropped there, `drop_reasons()`); other hops, and hops with no
+drop, carry null.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ GROUP BY NodeTID
 
 _STREAM_FLOWS_SQL = f"""
 SELECT UUID, TrackingID, L3TrackingID, NodeTID, NodeID, Host, LinkA, LinkB, NetworkA, NetworkB, Start, Last,
-       MetricRTT, Application, LayersPath
+       MetricRTT, Application, LayersPath, DropReasons
 FROM {fs.FLOWS_TABLE}
 PREWHERE TrackingID = {{tid:String}} OR L3TrackingID = {{tid:String}}
    OR L3TrackingID IN (SELECT L3TrackingID FROM {fs.FLOWS_TABLE}
@@ -83,7 +84,7 @@ letting the OR with a subquery stay a WHERE)."""
 
 _FLOW_SQL = f"""
 SELECT UUID, TrackingID, NodeTID, NodeID, Host, LinkA, LinkB, NetworkA, NetworkB, Start, Last, MetricRTT,
-       Application, LayersPath
+       Application, LayersPath, DropReasons
 FROM {fs.FLOWS_TABLE}
 WHERE UUID IN {{uuids:Array(String)}}
 ORDER BY Last DESC LIMIT 1 BY UUID
@@ -91,8 +92,9 @@ ORDER BY Last DESC LIMIT 1 BY UUID
 
 
 def drop_reasons(flow: dict[str, Any]) -> dict[str, int] | None:
-    """Kernel drop reasons of a hop (reason -> packets): None until a capture type reports them."""
-    return None
+    """Kernel drop reasons of a hop's flow (reason -> packets, capture option DropReasons); None if none."""
+    reasons = flow.get("DropReasons")
+    return {str(k): int(v) for k, v in reasons.items()} if reasons else None
 
 
 class PathFinder:
