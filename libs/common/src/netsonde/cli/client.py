@@ -101,6 +101,30 @@ def client(ctx: click.Context, analyzer: str, fmt: str | None) -> None:
 pass_client = click.make_pass_decorator(ClientContext)
 
 
+def crud_commands(group: click.Group, path: str, listed: str, shown: str, deleted: str) -> None:
+    """`list`, `get ID` and `delete ID` of a group whose objects live at `/api/<path>[/<ID>]`."""
+
+    @group.command("list", help=listed)
+    @format_option()
+    @pass_client
+    def list_all(ctx: ClientContext, fmt: str | None) -> None:
+        _call(ctx, lambda http: http.get(ctx.url(f"/api/{path}")), fmt)
+
+    @group.command("get", help=shown)
+    @click.argument("id_", metavar="ID")
+    @format_option()
+    @pass_client
+    def get_one(ctx: ClientContext, id_: str, fmt: str | None) -> None:
+        _call(ctx, lambda http: http.get(ctx.url(f"/api/{path}/{id_}")), fmt)
+
+    @group.command("delete", help=deleted)
+    @click.argument("id_", metavar="ID")
+    @format_option()
+    @pass_client
+    def delete_one(ctx: ClientContext, id_: str, fmt: str | None) -> None:
+        _call(ctx, lambda http: http.delete(ctx.url(f"/api/{path}/{id_}")), fmt)
+
+
 @client.group(help="the graph")
 def topology() -> None:
     pass
@@ -154,7 +178,9 @@ def capture() -> None:
 @click.option("--extra-tcp-metric", is_flag=True)
 @click.option("--ndpi", is_flag=True, help="deep packet inspection (nDPI application names)")
 @click.option("--ip-defrag", is_flag=True, help="reassemble IPv4/IPv6 fragments before keying flows")
-@click.option("--drop-reasons", is_flag=True, help="ebpf: count the packets the kernel drops per flow and reason")
+@click.option(
+    "--drop-reasons", is_flag=True, help="ebpf: count the packets the kernel drops per flow and reason"
+)
 @click.option(
     "--reassemble-tcp",
     "--reassamble-tcp",
@@ -219,27 +245,7 @@ def capture_create(
     _call(ctx, lambda http: http.post(ctx.url("/api/capture"), json=body), fmt)
 
 
-@capture.command("list", help="list captures")
-@format_option()
-@pass_client
-def capture_list(ctx: ClientContext, fmt: str | None) -> None:
-    _call(ctx, lambda http: http.get(ctx.url("/api/capture")), fmt)
-
-
-@capture.command("get", help="show one capture")
-@click.argument("id_", metavar="ID")
-@format_option()
-@pass_client
-def capture_get(ctx: ClientContext, id_: str, fmt: str | None) -> None:
-    _call(ctx, lambda http: http.get(ctx.url(f"/api/capture/{id_}")), fmt)
-
-
-@capture.command("delete", help="stop and remove a capture")
-@click.argument("id_", metavar="ID")
-@format_option()
-@pass_client
-def capture_delete(ctx: ClientContext, id_: str, fmt: str | None) -> None:
-    _call(ctx, lambda http: http.delete(ctx.url(f"/api/capture/{id_}")), fmt)
+crud_commands(capture, "capture", "list captures", "show one capture", "stop and remove a capture")
 
 
 def _rendered(
@@ -346,27 +352,7 @@ def alert_create(
     _call(ctx, lambda http: http.post(ctx.url("/api/alert"), json=body), fmt)
 
 
-@alert.command("list", help="list alerts with their state")
-@format_option()
-@pass_client
-def alert_list(ctx: ClientContext, fmt: str | None) -> None:
-    _call(ctx, lambda http: http.get(ctx.url("/api/alert")), fmt)
-
-
-@alert.command("get", help="show one alert")
-@click.argument("id_", metavar="ID")
-@format_option()
-@pass_client
-def alert_get(ctx: ClientContext, id_: str, fmt: str | None) -> None:
-    _call(ctx, lambda http: http.get(ctx.url(f"/api/alert/{id_}")), fmt)
-
-
-@alert.command("delete", help="remove an alert")
-@click.argument("id_", metavar="ID")
-@format_option()
-@pass_client
-def alert_delete(ctx: ClientContext, id_: str, fmt: str | None) -> None:
-    _call(ctx, lambda http: http.delete(ctx.url(f"/api/alert/{id_}")), fmt)
+crud_commands(alert, "alert", "list alerts with their state", "show one alert", "remove an alert")
 
 
 def _upload(file: Path, progress: Progress) -> Iterator[bytes]:
