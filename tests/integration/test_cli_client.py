@@ -109,3 +109,28 @@ async def test_error_shows_the_server_message(api: int) -> None:
 
     usage = await cli(api, "topology", "query")  # no query: click's usage error names the option
     assert usage.returncode == 2 and "Missing option '--gremlin' / '-q'" in usage.stderr
+
+
+async def test_capture_and_alert_list_get_delete(api: int, unique: str) -> None:
+    """The list/get/delete commands both groups share (cli/client.py `crud_commands`), on a real API."""
+    for group, create, field, value in (
+        ("capture", ["--gremlin", f"G.V().Has('Name','none-{unique}')", "--type", "pcap"], "GremlinQuery",
+         f"G.V().Has('Name','none-{unique}')"),
+        ("alert", ["--expression", f"G.V().Has('Name','none-{unique}').Count()", "--name", f"a{unique}"], "Name",
+         f"a{unique}"),
+    ):
+        made = await cli(api, group, "create", *create)
+        assert made.returncode == 0, made.stderr
+        uuid = json.loads(made.stdout)["UUID"]
+        listed = await cli(api, group, "list")
+        assert listed.returncode == 0, listed.stderr
+        entries = json.loads(listed.stdout)
+        ids = list(entries) if isinstance(entries, dict) else [e["UUID"] for e in entries]
+        assert uuid in ids
+        got = await cli(api, group, "get", uuid, "--format", "yaml")
+        assert got.returncode == 0, got.stderr
+        assert yaml.safe_load(got.stdout)[field] == value
+        gone = await cli(api, group, "delete", uuid)
+        assert gone.returncode == 0, gone.stderr
+        missing = await cli(api, group, "get", uuid)
+        assert missing.returncode == 1 and "404" in missing.stderr, (missing.stdout, missing.stderr)
