@@ -19,8 +19,9 @@ class SFlowCollectorConfig(BaseConfig):
     """SO_RCVBUF of the socket: room for bursts (the kernel caps it at net.core.rmem_max unless root)."""
     recvmmsg: bool = True
     """Read the socket with recvmmsg in the C extension (64 datagrams per system call); false: recvfrom loop."""
-    read_coalesce_s: float = 0.002
-    """After reading the socket, wait this long before the next wake-up (fewer, larger reads; 0: read at once)."""
+    read_coalesce_s: float = 0.02
+    """While datagrams keep coming, read the socket this often (fewer, larger reads; shortened when the socket
+    buffer would fill first; 0: read at every epoll wake-up)."""
     process_interval_s: float = 0.05
     """How often pending samples go through the flow tables (also after every `process_datagrams`)."""
     process_datagrams: int = 2000

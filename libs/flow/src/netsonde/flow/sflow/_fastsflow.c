@@ -1,13 +1,20 @@
 /* Hot path of the sFlow collector: validate an sFlow v5 datagram and aggregate its flow samples.
  *
- * scan(data, agg) checks the whole datagram first (the same rules as decode.py: every length and count
+ * scan(data, agg, ts_ns) checks the whole datagram first (the same rules as decode.py: every length and count
  * against the bytes left, known records at least their fixed size), so a bad datagram is rejected before
  * anything is counted. Then each flow sample that carries an Ethernet raw-packet-header record is keyed
  * by (agent, source, input, output, sampling rate, frame length, the header's L2/L3/L4 flow fields and
- * TCP flags) and counted in `agg`, a dict key -> [samples, header, rate, frame_length, input, output,
- * agent, source_index, stripped, header_protocol]. IPv4/IPv6 raw headers (protocols 11/12) are keyed by the
- * whole header. Samples with the same key are the same packet for the flow logic, so Python only
- * runs the flow logic once per distinct key and scales by the number of samples.
+ * TCP flags) and counted in `agg`. IPv4/IPv6 raw headers (protocols 11/12) are keyed by the whole header.
+ * Samples with the same key are the same packet for the flow logic, so Python only runs the flow logic once
+ * per distinct key and scales by the number of samples.
+ *
+ * `agg` is either
+ * - a SampleFold (the collector's hot path): a hash table in C, no Python object per sample; drain() hands
+ *   Python one row per distinct key, in the order the keys were first seen:
+ *   (key, samples, header, rate, frame_length, input, output, agent, source_index, stripped,
+ *    header_protocol, first_ts_ns, last_ts_ns), the timestamps being the ts_ns given to scan/recv_scan; or
+ * - a dict key -> [samples, header, rate, frame_length, input, output, agent, source_index, stripped,
+ *   header_protocol] (the readable form, tests and tools; the reference for the fold is fold.py).
  *
  * Returns (reason or None, flow_samples, counter_samples, agent_address_bytes).
  */
@@ -17,6 +24,7 @@
 #include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 
 #define MAX_COUNT 4096
@@ -121,17 +129,24 @@ static const char *check_records(const uint8_t *b, Py_ssize_t off, Py_ssize_t en
     return NULL;
 }
 
-/* Walk the samples. With agg == NULL only validate; else aggregate flow samples. */
+/* Walk the samples. With sink == NULL only validate; else aggregate flow samples into the sink. */
 typedef struct {
     uint32_t flow_samples, counter_samples;
     Py_ssize_t agent_off, agent_len;
 } walk_out;
 
-static int aggregate_sample(PyObject *agg, const uint8_t *b, Py_ssize_t agent_off, Py_ssize_t agent_len,
+typedef struct FoldObject FoldObject;
+typedef struct {
+    PyObject *dict; /* the dict form, or */
+    FoldObject *fold;
+    int64_t ts_ns; /* the fold's timestamp of these samples */
+} sink_t;
+
+static int aggregate_sample(const sink_t *agg, const uint8_t *b, Py_ssize_t agent_off, Py_ssize_t agent_len,
                             uint32_t src_type, uint32_t src_idx, uint32_t rate, uint32_t in_fmt, uint32_t in_val,
                             uint32_t out_fmt, uint32_t out_val, Py_ssize_t roff, Py_ssize_t end, uint32_t nrec);
 
-static const char *walk(const uint8_t *b, Py_ssize_t end, PyObject *agg, walk_out *w, int *pyerr) {
+static const char *walk(const uint8_t *b, Py_ssize_t end, const sink_t *agg, walk_out *w, int *pyerr) {
     const char *e;
     if (end < 8) return R_TRUNC;
     if (rd32(b) != 5) return R_VERSION;
@@ -272,7 +287,181 @@ static Py_ssize_t header_key(const uint8_t *h, Py_ssize_t n, uint8_t *k) {
     return kl;
 }
 
-static int aggregate_sample(PyObject *agg, const uint8_t *b, Py_ssize_t agent_off, Py_ssize_t agent_len,
+/* --- SampleFold: the aggregates in a C hash table ------------------------------------------------------
+ * Entries in insertion order (drain() keeps the order in which keys were first seen, as a dict does) and an
+ * open-addressing index of entry numbers. Keys are hashed with a per-process random seed. One allocation per
+ * new key holds the key bytes followed by the first sample's header. */
+typedef struct {
+    uint64_t hash;
+    uint8_t *mem; /* klen key bytes, then hlen header bytes */
+    uint32_t klen, hlen;
+    uint64_t samples;
+    int64_t first_ns, last_ns;
+    uint32_t rate, frame_len, in_val, out_val, src_idx, stripped, proto;
+    uint8_t agent[16];
+    uint8_t agent_len;
+} fold_entry;
+
+struct FoldObject {
+    PyObject_HEAD
+    fold_entry *e;
+    Py_ssize_t n, cap;
+    int32_t *slots; /* -1: empty; else an index into e */
+    size_t mask;    /* slots - 1 (a power of two, at least 2 * cap) */
+};
+
+#define FOLD_MIN_CAP 1024
+static uint64_t hash_seed;
+
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+static inline uint64_t hash_more(uint64_t h, const uint8_t *p, size_t n) {
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = rotl64(h ^ (w * 0x87c37b91114253d5ULL), 31) * 0x4cf5ad432745937fULL;
+        p += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    memcpy(&w, p, n);
+    return rotl64(h ^ (w * 0x87c37b91114253d5ULL) ^ n, 31) * 0x4cf5ad432745937fULL;
+}
+
+static inline uint64_t hash_end(uint64_t h) {
+    h ^= h >> 33; h *= 0xff51afd7ed558ccdULL; h ^= h >> 33; h *= 0xc4ceb9fe1a85ec53ULL; h ^= h >> 33;
+    return h;
+}
+
+static int fold_grow(FoldObject *f) {
+    Py_ssize_t cap = f->cap ? f->cap * 2 : FOLD_MIN_CAP;
+    fold_entry *e = PyMem_Realloc(f->e, (size_t)cap * sizeof(fold_entry));
+    if (!e) { PyErr_NoMemory(); return -1; }
+    f->e = e;
+    size_t nslots = (size_t)cap * 2;
+    int32_t *slots = PyMem_Malloc(nslots * sizeof(int32_t));
+    if (!slots) { PyErr_NoMemory(); return -1; }
+    memset(slots, 0xff, nslots * sizeof(int32_t));
+    size_t mask = nslots - 1;
+    for (Py_ssize_t i = 0; i < f->n; i++) {
+        size_t j = (size_t)f->e[i].hash & mask;
+        while (slots[j] >= 0) j = (j + 1) & mask;
+        slots[j] = (int32_t)i;
+    }
+    PyMem_Free(f->slots);
+    f->slots = slots;
+    f->mask = mask;
+    f->cap = cap;
+    return 0;
+}
+
+/* Count one sample whose key is prefix + tail (tail: the whole header of an opaque key, else empty). */
+static int fold_add(FoldObject *f, int64_t ts_ns, const uint8_t *prefix, size_t plen, const uint8_t *tail,
+                    size_t tlen, const uint8_t *h, uint32_t hlen, uint32_t rate, uint32_t frame_len,
+                    uint32_t in_val, uint32_t out_val, const uint8_t *agent, Py_ssize_t agent_len,
+                    uint32_t src_idx, uint32_t stripped, uint32_t proto) {
+    uint64_t hv = hash_more(hash_seed, prefix, plen);
+    if (tlen) hv = hash_more(hv, tail, tlen);
+    hv = hash_end(hv);
+    size_t klen = plen + tlen;
+    if (f->cap) {
+        for (size_t j = (size_t)hv & f->mask;; j = (j + 1) & f->mask) {
+            int32_t i = f->slots[j];
+            if (i < 0) break;
+            fold_entry *x = &f->e[i];
+            if (x->hash == hv && x->klen == klen && !memcmp(x->mem, prefix, plen) &&
+                (!tlen || !memcmp(x->mem + plen, tail, tlen))) {
+                x->samples++;
+                if (ts_ns > x->last_ns) x->last_ns = ts_ns;
+                return 0;
+            }
+        }
+    }
+    if (f->n == f->cap && fold_grow(f) < 0) return -1;
+    uint8_t *mem = PyMem_Malloc(klen + hlen ? klen + hlen : 1);
+    if (!mem) { PyErr_NoMemory(); return -1; }
+    memcpy(mem, prefix, plen);
+    if (tlen) memcpy(mem + plen, tail, tlen);
+    memcpy(mem + klen, h, hlen);
+    fold_entry *x = &f->e[f->n];
+    x->hash = hv; x->mem = mem; x->klen = (uint32_t)klen; x->hlen = hlen;
+    x->samples = 1; x->first_ns = x->last_ns = ts_ns;
+    x->rate = rate; x->frame_len = frame_len; x->in_val = in_val; x->out_val = out_val;
+    x->src_idx = src_idx; x->stripped = stripped; x->proto = proto;
+    memcpy(x->agent, agent, (size_t)agent_len);
+    x->agent_len = (uint8_t)agent_len;
+    size_t j = (size_t)hv & f->mask;
+    while (f->slots[j] >= 0) j = (j + 1) & f->mask;
+    f->slots[j] = (int32_t)f->n++;
+    return 0;
+}
+
+static void fold_clear(FoldObject *f) {
+    for (Py_ssize_t i = 0; i < f->n; i++) PyMem_Free(f->e[i].mem);
+    f->n = 0;
+    if (f->cap > 64 * FOLD_MIN_CAP) { /* a burst of keys: give the memory back */
+        PyMem_Free(f->e); PyMem_Free(f->slots);
+        f->e = NULL; f->slots = NULL; f->cap = 0; f->mask = 0;
+    } else if (f->slots) {
+        memset(f->slots, 0xff, (f->mask + 1) * sizeof(int32_t));
+    }
+}
+
+static PyObject *fold_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    if (PyTuple_GET_SIZE(args) || (kw && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "SampleFold() takes no arguments");
+        return NULL;
+    }
+    return type->tp_alloc(type, 0);
+}
+
+static void fold_dealloc(FoldObject *f) {
+    fold_clear(f);
+    PyMem_Free(f->e);
+    PyMem_Free(f->slots);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
+static Py_ssize_t fold_len(FoldObject *f) { return f->n; }
+
+static PyObject *fold_drain(FoldObject *f, PyObject *unused) {
+    PyObject *out = PyList_New(f->n);
+    if (!out) return NULL;
+    for (Py_ssize_t i = 0; i < f->n; i++) {
+        fold_entry *x = &f->e[i];
+        PyObject *row = Py_BuildValue("(y#Ky#IIIIy#IIILL)", (const char *)x->mem, (Py_ssize_t)x->klen,
+                                      (unsigned long long)x->samples, (const char *)(x->mem + x->klen),
+                                      (Py_ssize_t)x->hlen, x->rate, x->frame_len, x->in_val, x->out_val,
+                                      (const char *)x->agent, (Py_ssize_t)x->agent_len, x->src_idx, x->stripped,
+                                      x->proto, (long long)x->first_ns, (long long)x->last_ns);
+        if (!row) { Py_DECREF(out); return NULL; }
+        PyList_SET_ITEM(out, i, row);
+    }
+    fold_clear(f);
+    return out;
+}
+
+static PyMethodDef fold_methods[] = {
+    {"drain", (PyCFunction)fold_drain, METH_NOARGS,
+     "drain() -> [(key, samples, header, rate, frame_length, input, output, agent, source_index, stripped,\n"
+     "header_protocol, first_ts_ns, last_ts_ns)] in first-seen order; the fold is emptied."},
+    {NULL, NULL, 0, NULL}};
+
+static PySequenceMethods fold_as_sequence = {.sq_length = (lenfunc)fold_len};
+
+static PyTypeObject FoldType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "netsonde.flow.sflow._fastsflow.SampleFold",
+    .tp_basicsize = sizeof(FoldObject),
+    .tp_dealloc = (destructor)fold_dealloc,
+    .tp_as_sequence = &fold_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Flow samples aggregated per key (see _fastsflow.c and the reference, fold.SampleFold).",
+    .tp_methods = fold_methods,
+    .tp_new = fold_new,
+};
+
+static int aggregate_sample(const sink_t *agg, const uint8_t *b, Py_ssize_t agent_off, Py_ssize_t agent_len,
                             uint32_t src_type, uint32_t src_idx, uint32_t rate, uint32_t in_fmt, uint32_t in_val,
                             uint32_t out_fmt, uint32_t out_val, Py_ssize_t off, Py_ssize_t end, uint32_t nrec) {
     for (uint32_t i = 0; i < nrec; i++) {
@@ -291,21 +480,19 @@ static int aggregate_sample(PyObject *agg, const uint8_t *b, Py_ssize_t agent_of
                 key[kl++] = f[j] >> 24; key[kl++] = f[j] >> 16; key[kl++] = f[j] >> 8; key[kl++] = f[j];
             }
             Py_ssize_t hk = hp == 1 ? header_key(h, hlen, key + kl + 1) : -1;
-            PyObject *k;
-            if (hk >= 0) {
-                key[kl] = 0;
-                k = PyBytes_FromStringAndSize((const char *)key, kl + 1 + hk);
-            } else {
-                /* opaque: key = prefix + whole header (kind 1 = Ethernet, 11/12 = IP header) */
-                key[kl] = hp == 1 ? 1 : (uint8_t)hp;
-                k = PyBytes_FromStringAndSize(NULL, kl + 1 + hlen);
-                if (k) {
-                    memcpy(PyBytes_AS_STRING(k), key, kl + 1);
-                    memcpy(PyBytes_AS_STRING(k) + kl + 1, h, hlen);
-                }
-            }
+            /* parsed: key = prefix + kind 0 + header fields; opaque: prefix + kind (1 = Ethernet, 11/12 = IP
+             * header) + the whole header */
+            key[kl] = hk >= 0 ? 0 : (hp == 1 ? 1 : (uint8_t)hp);
+            const uint8_t *tail = hk >= 0 ? NULL : h;
+            size_t plen = (size_t)(hk >= 0 ? kl + 1 + hk : kl + 1), tlen = hk >= 0 ? 0 : hlen;
+            if (agg->fold)
+                return fold_add(agg->fold, agg->ts_ns, key, plen, tail, tlen, h, hlen, rate, frame_len, in_val,
+                                out_val, b + agent_off, agent_len, src_idx, stripped, hp);
+            PyObject *k = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(plen + tlen));
             if (!k) return -1;
-            PyObject *v = PyDict_GetItemWithError(agg, k);
+            memcpy(PyBytes_AS_STRING(k), key, plen);
+            if (tlen) memcpy(PyBytes_AS_STRING(k) + plen, tail, tlen);
+            PyObject *v = PyDict_GetItemWithError(agg->dict, k);
             if (v) {
                 PyObject *cnt = PyList_GET_ITEM(v, 0);
                 PyObject *nc = PyLong_FromSsize_t(PyLong_AsSsize_t(cnt) + 1);
@@ -318,7 +505,7 @@ static int aggregate_sample(PyObject *agg, const uint8_t *b, Py_ssize_t agent_of
             } else {
                 v = Py_BuildValue("[iy#IIIIy#III]", 1, (const char *)h, (Py_ssize_t)hlen, rate, frame_len,
                                   in_val, out_val, (const char *)(b + agent_off), agent_len, src_idx, stripped, hp);
-                if (!v || PyDict_SetItem(agg, k, v) < 0) { Py_XDECREF(v); Py_DECREF(k); return -1; }
+                if (!v || PyDict_SetItem(agg->dict, k, v) < 0) { Py_XDECREF(v); Py_DECREF(k); return -1; }
                 Py_DECREF(v);
             }
             Py_DECREF(k);
@@ -329,21 +516,37 @@ static int aggregate_sample(PyObject *agg, const uint8_t *b, Py_ssize_t agent_of
     return 0;
 }
 
+/* agg: None, a dict or a SampleFold -> sink (sink->dict and sink->fold NULL for None). -1 on a wrong type. */
+static int make_sink(PyObject *agg, int64_t ts_ns, sink_t *sink) {
+    sink->dict = NULL;
+    sink->fold = NULL;
+    sink->ts_ns = ts_ns;
+    if (!agg || agg == Py_None) return 0;
+    if (PyDict_Check(agg)) sink->dict = agg;
+    else if (Py_IS_TYPE(agg, &FoldType)) sink->fold = (FoldObject *)agg;
+    else {
+        PyErr_SetString(PyExc_TypeError, "agg must be a dict or a SampleFold");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *py_scan(PyObject *self, PyObject *args) {
     Py_buffer view;
     PyObject *agg = NULL;
-    if (!PyArg_ParseTuple(args, "y*|O", &view, &agg)) return NULL;
-    if (agg == Py_None) agg = NULL;
-    if (agg && !PyDict_Check(agg)) {
+    long long ts_ns = 0;
+    sink_t sink;
+    if (!PyArg_ParseTuple(args, "y*|OL", &view, &agg, &ts_ns)) return NULL;
+    if (make_sink(agg, ts_ns, &sink) < 0) {
         PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_TypeError, "agg must be a dict");
         return NULL;
     }
+    const sink_t *to = sink.dict || sink.fold ? &sink : NULL;
     walk_out w = {0, 0, 0, 0};
     int pyerr = 0;
     const uint8_t *b = view.buf;
     const char *e = walk(b, view.len, NULL, &w, &pyerr);
-    if (!e && agg) e = walk(b, view.len, agg, &w, &pyerr);
+    if (!e && to) e = walk(b, view.len, to, &w, &pyerr);
     PyObject *res;
     if (pyerr) res = NULL;
     else if (e) res = Py_BuildValue("(sIIy#)", e, 0, 0, "", (Py_ssize_t)0);
@@ -353,7 +556,7 @@ static PyObject *py_scan(PyObject *self, PyObject *args) {
     return res;
 }
 
-/* recv_scan(fd, agg, max_datagrams, seqs) -> (received, groups, bad, counters)
+/* recv_scan(fd, agg, max_datagrams, seqs, ts_ns=0, max_keys=0) -> (received, groups, bad, counters)
  *
  * Reads up to max_datagrams from a non-blocking UDP socket with recvmmsg (64 per system call, into a reusable
  * buffer), scans and aggregates each datagram like scan(), and keeps the per-datagram bookkeeping in C:
@@ -364,7 +567,9 @@ static PyObject *py_scan(PyObject *self, PyObject *args) {
  *   jump of more than 1,000,000 (agent restart), and a reordered datagram is no loss.
  * - bad: (sender, reason) per malformed datagram;  counters: (sender, datagram) per datagram with counter
  *   samples (decoded in Python).
- * `sender` is the packed source address (4 or 16 bytes). Stops at EAGAIN. */
+ * `sender` is the packed source address (4 or 16 bytes). `agg` is a dict or a SampleFold (samples stamped
+ * ts_ns). Stops at EAGAIN, or once a SampleFold holds max_keys keys (when max_keys > 0): bounded memory until
+ * the caller drains it. */
 #define BATCH 64
 #define DGRAM_MAX 65536
 #define MAX_SEQ_KEYS 10000
@@ -433,7 +638,15 @@ static int group_start(group_t *g, PyObject *seqs, const char *sb, Py_ssize_t sl
 static PyObject *py_recv_scan(PyObject *self, PyObject *args) {
     int fd, maxd;
     PyObject *agg, *seqs;
-    if (!PyArg_ParseTuple(args, "iO!iO!", &fd, &PyDict_Type, &agg, &maxd, &PyDict_Type, &seqs)) return NULL;
+    long long ts_ns = 0;
+    Py_ssize_t max_keys = 0;
+    sink_t sink;
+    if (!PyArg_ParseTuple(args, "iOiO!|Ln", &fd, &agg, &maxd, &PyDict_Type, &seqs, &ts_ns, &max_keys)) return NULL;
+    if (make_sink(agg, ts_ns, &sink) < 0) return NULL;
+    if (!sink.dict && !sink.fold) {
+        PyErr_SetString(PyExc_TypeError, "agg must be a dict or a SampleFold");
+        return NULL;
+    }
     if (!rbufs) {
         rbufs = PyMem_RawMalloc((size_t)BATCH * DGRAM_MAX);
         if (!rbufs) return PyErr_NoMemory();
@@ -479,7 +692,7 @@ static PyObject *py_recv_scan(PyObject *self, PyObject *args) {
             walk_out w = {0, 0, 0, 0};
             int pyerr = 0;
             const char *e = walk(b, len, NULL, &w, &pyerr);
-            if (!e) e = walk(b, len, agg, &w, &pyerr);
+            if (!e) e = walk(b, len, &sink, &w, &pyerr);
             if (pyerr) goto fail;
             if (e) {
                 PyObject *t = Py_BuildValue("(y#s)", sb, sl, e);
@@ -509,6 +722,7 @@ static PyObject *py_recv_scan(PyObject *self, PyObject *args) {
         }
         total += n;
         if (n < want) break;
+        if (max_keys > 0 && sink.fold && sink.fold->n >= max_keys) break;
     }
     if (group_flush(&g, groups, seqs) < 0) goto fail;
     return Py_BuildValue("(iNNN)", total, groups, bad, counters);
@@ -521,13 +735,26 @@ fail:
 
 static PyMethodDef methods[] = {
     {"recv_scan", py_recv_scan, METH_VARARGS,
-     "recv_scan(fd, agg, max_datagrams, seqs) -> (received, groups, bad, counters): recvmmsg + scan + aggregate,\n"
-     "up to max_datagrams, until the socket is empty (see the comment in _fastsflow.c)."},
+     "recv_scan(fd, agg, max_datagrams, seqs, ts_ns=0, max_keys=0) -> (received, groups, bad, counters):\n"
+     "recvmmsg + scan + aggregate, up to max_datagrams, until the socket is empty (see _fastsflow.c)."},
     {"scan", py_scan, METH_VARARGS,
-     "scan(data, agg=None) -> (reason|None, flow_samples, counter_samples, agent_bytes)\n"
-     "Validate an sFlow v5 datagram; when valid and agg is a dict, aggregate its flow samples into it."},
+     "scan(data, agg=None, ts_ns=0) -> (reason|None, flow_samples, counter_samples, agent_bytes)\n"
+     "Validate an sFlow v5 datagram; when valid and agg is a dict or a SampleFold, aggregate its flow samples."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastsflow", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__fastsflow(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastsflow(void) {
+    if (getrandom(&hash_seed, sizeof(hash_seed), GRND_NONBLOCK) != sizeof(hash_seed))
+        hash_seed = (uint64_t)(uintptr_t)&hash_seed ^ 0x9e3779b97f4a7c15ULL;
+    if (PyType_Ready(&FoldType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&FoldType);
+    if (PyModule_AddObject(m, "SampleFold", (PyObject *)&FoldType) < 0) {
+        Py_DECREF(&FoldType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,8 +1,11 @@
 """The collector's core, without I/O: datagrams in, flow updates and interface counters out.
 
-`SFlowCollector.feed(datagram, sender)` validates a datagram and folds its flow samples into a batch
-(C scanner, `_fastsflow.scan`); `process(ts_ms)` runs the batch through the flow logic of probe-flow
-(`netsonde.flow.table.FlowTable`), scaling packets and bytes by the sampling rate. Flows are keyed as Skydive
+`SFlowCollector.feed(datagram, sender, ts_ms)` validates a datagram and folds its flow samples into a batch
+(C scanner, `_fastsflow.scan`, into a `SampleFold`: one row per distinct key with its sample count and the
+times of its first and last sample; `fold.py` is its readable reference); `feed_socket` does the same for all
+datagrams waiting on a socket. `process(ts_ms)` runs the batch through the flow logic of probe-flow
+(`netsonde.flow.table.FlowTable`), scaling packets and bytes by the sampling rate; flows' Start/Last are the
+feed times (`ts_ms`) of their samples. Flows are keyed as Skydive
 keys them: one table per capture node (the OVS bridge a sample's input port belongs to, or the node of an
 `sflow` capture), so both directions of a conversation on one bridge are one flow (ABPackets and BAPackets);
 `updates(now_ms)` returns the flows touched since the previous call,
@@ -32,13 +35,15 @@ from .decode import (
     CounterSample, EthernetInterfaceCounters, GenericInterfaceCounters, OpenFlowPort, PortName, SFlowDecodeError,
     decode_datagram,
 )
+from .fold import SampleFold
 
 try:
+    from ._fastsflow import SampleFold as _CSampleFold
     from ._fastsflow import recv_scan as _recv_scan
     from ._fastsflow import scan as _scan
 except ImportError as _exc:  # not built: an error, unless NETSONDE_ALLOW_SLOW_PATH=1 allows the Python path
     slow_path_allowed("netsonde.flow.sflow._fastsflow", _exc)
-    _scan = _recv_scan = None
+    _scan = _recv_scan = _CSampleFold = None
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,8 @@ scan_available = _scan is not None
 recv_available = _recv_scan is not None
 MAX_SENDERS = 10_000
 """Distinct sender addresses with their own stats; more are counted together as "other"."""
+MAX_FOLD_KEYS = 200_000
+"""Distinct sample keys held before the flow tables run (`process`): a flood of distinct samples is bounded."""
 _SEQ = struct.Struct(">II")
 
 
@@ -106,7 +113,8 @@ class SFlowCollector:
         """(NodeTID, capture ID) -> table: one per bridge and capture."""
         self._rates: dict[int, int] = {}
         """id(table) -> last sampling rate seen."""
-        self._agg: dict[bytes, list] = {}  # type: ignore[type-arg]
+        self._fold: SampleFold = _CSampleFold() if _scan is not None else SampleFold()
+        """Samples folded per key since the last `process` (C: `_fastsflow.SampleFold`; reference: fold.py)."""
         self._agents: dict[bytes, str] = {}
         self._counter_state: dict[tuple[str, int], tuple[dict[str, int], int]] = {}
         self._counters: list[InterfaceMetrics] = []
@@ -122,20 +130,24 @@ class SFlowCollector:
     def feed(self, data: bytes, sender: str = "", ts_ms: int = 0) -> bool:
         """Take one datagram. Returns False (and counts it for `sender`) when it is malformed."""
         if _scan is not None:
-            reason, nflow, ncounter, agent = _scan(data, self._agg)
+            reason, nflow, ncounter, agent = _scan(data, self._fold, ts_ms * 1_000_000)
         else:
-            reason, nflow, ncounter, agent = self._scan_python(data)
+            reason, nflow, ncounter, agent = self._scan_python(data, ts_ms * 1_000_000)
         sub = seq = 0
         if reason is None:
             sub, seq = _SEQ.unpack_from(data, 8 + len(agent))
-        return self._account(sender, reason, nflow, ncounter, agent, sub, seq, data, ts_ms)
+        ok = self._account(sender, reason, nflow, ncounter, agent, sub, seq, data, ts_ms)
+        if len(self._fold) >= MAX_FOLD_KEYS:
+            self.process(ts_ms)
+        return ok
 
     def feed_socket(self, fd: int, ts_ms: int, max_datagrams: int = 512) -> int:
         """Read up to `max_datagrams` waiting on a non-blocking UDP socket and take them all; returns how many
         were read. recvmmsg, scanning and the per-datagram bookkeeping (counts, sequence gaps) run in C; Python
         only sees one row per run of datagrams from one agent, plus bad and counter-carrying datagrams.
         Only with the C extension (`recv_available`)."""
-        received, groups, bad, counters = _recv_scan(fd, self._agg, max_datagrams, self._seqs)
+        received, groups, bad, counters = _recv_scan(fd, self._fold, max_datagrams, self._seqs, ts_ms * 1_000_000,
+                                                     MAX_FOLD_KEYS)
         for sender_b, datagrams, nflow, ncounter, lost in groups:
             st = self._stats_for(self._sender(sender_b))
             st.datagrams += datagrams
@@ -146,6 +158,8 @@ class SFlowCollector:
             self._bad(self._sender(sender_b), reason)
         for _sender_b, data in counters:
             self._take_counters(data, ts_ms)
+        if len(self._fold) >= MAX_FOLD_KEYS:
+            self.process(ts_ms)
         return int(received)
 
     def _sender(self, raw: bytes) -> str:
@@ -205,8 +219,8 @@ class SFlowCollector:
             self._take_counters(data, ts_ms)
         return True
 
-    def _scan_python(self, data: bytes) -> tuple[str | None, int, int, bytes]:
-        """Fallback without the C extension: decode fully and feed the same aggregate shape."""
+    def _scan_python(self, data: bytes, ts_ns: int) -> tuple[str | None, int, int, bytes]:
+        """Fallback without the C extension: decode fully and fold the samples keyed by their whole header."""
         try:
             dg = decode_datagram(data)
         except SFlowDecodeError as e:
@@ -219,15 +233,11 @@ class SFlowCollector:
                 nflow += 1
                 for r in s.records:
                     if isinstance(r, RawPacketHeader) and r.protocol in (1, 11, 12):
-                        key = b"py" + bytes([r.protocol]) + agent_b + repr((s.source_id_type, s.source_id_index, s.input_format, s.input,
-                                                      s.output_format, s.output, s.sampling_rate,
-                                                      r.frame_length, r.stripped)).encode() + r.header
-                        v = self._agg.get(key)
-                        if v is None:
-                            self._agg[key] = [1, r.header, s.sampling_rate, r.frame_length, s.input, s.output,
-                                              agent_b, s.source_id_index, r.stripped, r.protocol]
-                        else:
-                            v[0] += 1
+                        key = b"py" + bytes([r.protocol]) + agent_b + repr((
+                            s.source_id_type, s.source_id_index, s.input_format, s.input, s.output_format,
+                            s.output, s.sampling_rate, r.frame_length, r.stripped)).encode() + r.header
+                        self._fold.add(key, r.header, s.sampling_rate, r.frame_length, s.input, s.output, agent_b,
+                                       s.source_id_index, r.stripped, r.protocol, ts_ns)
                         break
             elif isinstance(s, CounterSample):
                 ncounter += 1
@@ -241,15 +251,15 @@ class SFlowCollector:
 
     # --- flows ----------------------------------------------------------------------------------------
     def process(self, ts_ms: int) -> int:
-        """Run the pending batch through the flow tables; returns the number of aggregates processed."""
-        agg = self._agg
-        if not agg:
+        """Run the pending batch through the flow tables; returns the number of aggregates processed.
+        Samples fed without a time (ts_ms 0) count as seen at `ts_ms`."""
+        if not len(self._fold):
             return 0
-        self._agg = {}
+        rows = self._fold.drain()
         ts_ns = ts_ms * 1_000_000
         per_table: dict[int, tuple[FlowTable, list[tuple[bytes, bytes, int, int, int, int]]]] = {}
         resolved: dict[tuple[bytes, int, int], FlowTable | None] = {}
-        for key, (n, header, rate, frame_len, in_if, out_if, agent_b, _src, stripped, proto) in agg.items():
+        for key, n, header, rate, frame_len, in_if, out_if, agent_b, _src, stripped, proto, t0, t1 in rows:
             try:
                 table = resolved[(agent_b, in_if, out_if)]
             except KeyError:
@@ -261,17 +271,19 @@ class SFlowCollector:
             wire_len = max(frame_len - stripped, len(header))  # without the FCS, as AF_PACKET counts
             packets = n * rate
             self._rates[id(table)] = rate
+            if not t0:
+                t0 = t1 = ts_ns
             if proto != 1:  # a raw IPv4/IPv6 header (routers): no link layer
                 for _ in range(n):  # IP headers are keyed whole: n is almost always 1
-                    table.process_ip_packet(header, ts_ms, wire_len, rate)
+                    table.process_ip_packet(header, t1 // 1_000_000, wire_len, rate)
                 continue
             item = per_table.get(id(table))
             if item is None:
                 item = per_table[id(table)] = (table, [])
-            item[1].append((key, header, packets, packets * wire_len, ts_ns, ts_ns))
+            item[1].append((key, header, packets, packets * wire_len, t0, t1))
         for table, items in per_table.values():
             _process(table, items)
-        return len(agg)
+        return len(rows)
 
     def _table(self, agent: str, in_if: int, out_if: int) -> FlowTable | None:
         """The table of the bridge the sample's input port belongs to (or, when the input is unknown, e.g. a
