@@ -110,19 +110,20 @@ def crud_commands(group: click.Group, path: str, listed: str, shown: str, delete
     def list_all(ctx: ClientContext, fmt: str | None) -> None:
         _call(ctx, lambda http: http.get(ctx.url(f"/api/{path}")), fmt)
 
-    @group.command("get", help=shown)
-    @click.argument("id_", metavar="ID")
-    @format_option()
-    @pass_client
-    def get_one(ctx: ClientContext, id_: str, fmt: str | None) -> None:
-        _call(ctx, lambda http: http.get(ctx.url(f"/api/{path}/{id_}")), fmt)
+    for verb, text in (("get", shown), ("delete", deleted)):
+        _by_id_command(group, path, verb, text)
 
-    @group.command("delete", help=deleted)
+
+def _by_id_command(group: click.Group, path: str, verb: str, text: str) -> None:
+    """`get ID` / `delete ID`: the HTTP method of the same name on `/api/<path>/<ID>`."""
+    method = verb.upper()
+
+    @group.command(verb, help=text)
     @click.argument("id_", metavar="ID")
     @format_option()
     @pass_client
-    def delete_one(ctx: ClientContext, id_: str, fmt: str | None) -> None:
-        _call(ctx, lambda http: http.delete(ctx.url(f"/api/{path}/{id_}")), fmt)
+    def by_id(ctx: ClientContext, id_: str, fmt: str | None) -> None:
+        _call(ctx, lambda http: http.request(method, ctx.url(f"/api/{path}/{id_}")), fmt)
 
 
 @client.group(help="the graph")

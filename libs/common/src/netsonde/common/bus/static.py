@@ -154,32 +154,26 @@ def _int_field(obj: dict[str, Any], name: str) -> int:
 def node_from_json(obj: Any) -> GraphElement:
     """A node as Skydive's POST /api/node takes it: ID, Metadata.Name and Metadata.Type required; Host,
     Origin, CreatedAt, UpdatedAt optional (graph-builder fills what is missing)."""
-    if not isinstance(obj, dict):
-        raise StaticError("a node must be a JSON object")
-    ident = _require_str(obj, "ID", obj.get("ID"))
-    meta = _metadata(obj)
-    _require_str(obj, "Metadata.Name", meta.get("Name"))
-    _require_str(obj, "Metadata.Type", meta.get("Type"))
-    return GraphElement(
-        ID=ident,
-        Metadata=meta,
-        Host=_opt_str(obj, "Host"),
-        Origin=_opt_str(obj, "Origin"),
-        CreatedAt=_int_field(obj, "CreatedAt"),
-        UpdatedAt=_int_field(obj, "UpdatedAt"),
-        Revision=0,
-    )
+    return _element_from_json(obj, "a node", ("Name", "Type"), ())
 
 
 def edge_from_json(obj: Any) -> GraphElement:
     """An edge as Skydive's POST /api/edge takes it: ID, Parent, Child and Metadata.RelationType required."""
+    return _element_from_json(obj, "an edge", ("RelationType",), ("Parent", "Child"))
+
+
+def _element_from_json(
+    obj: Any, what: str, meta_keys: tuple[str, ...], ends: tuple[str, ...]
+) -> GraphElement:
+    """A node or an edge: ID, the `meta_keys` of Metadata and the `ends` (Parent, Child) required, in that
+    order (the first one missing is the error); Host, Origin, CreatedAt, UpdatedAt optional."""
     if not isinstance(obj, dict):
-        raise StaticError("an edge must be a JSON object")
+        raise StaticError(f"{what} must be a JSON object")
     ident = _require_str(obj, "ID", obj.get("ID"))
     meta = _metadata(obj)
-    _require_str(obj, "Metadata.RelationType", meta.get("RelationType"))
-    parent = _require_str(obj, "Parent", obj.get("Parent"))
-    child = _require_str(obj, "Child", obj.get("Child"))
+    for key in meta_keys:
+        _require_str(obj, f"Metadata.{key}", meta.get(key))
+    link = {name: _require_str(obj, name, obj.get(name)) for name in ends}
     return GraphElement(
         ID=ident,
         Metadata=meta,
@@ -188,8 +182,8 @@ def edge_from_json(obj: Any) -> GraphElement:
         CreatedAt=_int_field(obj, "CreatedAt"),
         UpdatedAt=_int_field(obj, "UpdatedAt"),
         Revision=0,
-        Parent=parent,
-        Child=child,
+        Parent=link.get("Parent", ""),
+        Child=link.get("Child", ""),
     )
 
 
