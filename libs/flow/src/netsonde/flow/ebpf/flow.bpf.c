@@ -22,7 +22,7 @@
 
 #define STAT_RINGBUF 0 /* packets sent through the ring buffer (map full) */
 #define STAT_LOST 1    /* packets neither in the map nor in the ring buffer */
-#define STAT_NEW_FAIL 2
+#define STAT_TUNNEL_NEW 2 /* entries created in tunnel_flows (user space reads that map only when it has some) */
 
 /* 64 bytes (a multiple of 4: the kernel hashes it with jhash2 and compares it in words) */
 struct flow_key {
@@ -344,8 +344,11 @@ static __always_inline int count_in(void *map, void *key, struct tunnel_key *t, 
 	nv->last_ns = now;
 	nv->wire_len = skb->len;
 	nv->sample_len = sample_into(skb, nv->sample);
-	if (bpf_map_update_elem(map, key, nv, BPF_NOEXIST) == 0)
+	if (bpf_map_update_elem(map, key, nv, BPF_NOEXIST) == 0) {
+		if (map == (void *)&tunnel_flows)
+			count_stat(STAT_TUNNEL_NEW);
 		return TC_ACT_OK;
+	}
 	/* another CPU created it meanwhile, or the map is full */
 	v = bpf_map_lookup_elem(map, key);
 	if (v) {

@@ -45,7 +45,7 @@ VAL_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8"), ("first_ns", "<u8"),
 """struct flow_val, for decoding a whole batch of values in one pass."""
 _VAL = struct.Struct(f"=QQQQII{SAMPLE_LEN}s")
 _RING = struct.Struct(f"={TUNNEL_KEY_SIZE}s4xQII{SAMPLE_LEN}s")
-STAT_RINGBUF, STAT_LOST = 0, 1
+STAT_RINGBUF, STAT_LOST, STAT_TUNNEL_NEW = 0, 1, 2
 
 BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
 BPF_TC_F_REPLACE = 1
@@ -158,6 +158,9 @@ class FlowProgram:
         self.tunnel_map_fd = lib.bpf_object__find_map_fd_by_name(obj, b"tunnel_flows")
         self._maps = ((self.map_fd, KEY_SIZE), (self.tunnel_map_fd, TUNNEL_KEY_SIZE))
         self._bufs: dict[int, tuple[Any, np.ndarray]] = {}
+        self._tunnels_created = 0
+        self._tunnel_entries = 0
+        """The tunnel map is walked (all its buckets: ~0.2 ms even empty) only when it may hold entries."""
         self.stats_fd = lib.bpf_object__find_map_fd_by_name(obj, b"stats")
         self._ring_fd = lib.bpf_object__find_map_fd_by_name(obj, b"overflow")
         self._hooks: list[_TcHook] = []
@@ -250,7 +253,13 @@ class FlowProgram:
     def read_maps(self) -> list[MapRead]:
         """Both flow maps (plain, tunnels), each read BATCH entries per syscall (bpf_map_lookup_batch) into
         reused buffers and decoded in one numpy pass: no Python object per entry."""
-        return [self._read(fd, ksize) for fd, ksize in self._maps]
+        reads = [self._read(self.map_fd, KEY_SIZE)]
+        created = self.stat(STAT_TUNNEL_NEW)
+        if self._tunnel_entries or created != self._tunnels_created:
+            m = self._read(self.tunnel_map_fd, TUNNEL_KEY_SIZE)
+            self._tunnels_created, self._tunnel_entries = created, len(m.vals)
+            reads.append(m)
+        return reads
 
     def _read(self, fd: int, ksize: int) -> MapRead:
         lib = libbpf()
