@@ -17,7 +17,7 @@ EBPF_OBJ := libs/flow/src/netsonde/flow/ebpf/flow.bpf.o
 EBPF_DROPS_OBJ := libs/flow/src/netsonde/flow/ebpf/drops.bpf.o
 RATCHET_RULES := E,W,F,I,UP,B
 
-.PHONY: help deps deps-bench install ui allinone demo demo-down test test-unit test-compose compose-deps bench lint clean
+.PHONY: help deps deps-bench install ui allinone demo demo-down demo-screenshot test test-unit test-compose compose-deps bench lint clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ demo: install ## Two simulated hosts, a VXLAN tunnel, captures and a ping, next 
 
 demo-down: ## Remove everything `make demo` created
 	$(PY) -m netsonde.cli.demo down
+
+demo-screenshot: ## With `make allinone` and `make demo` running: the README picture (docs/img/ui-map.png)
+	$(PY) -m netsonde.cli.screenshot --output docs/img/ui-map.png
 
 lint: $(STAMP) ## ruff on every tracked file; format check, stricter ruff and mypy --strict on lint-ratchet.txt
 	@tracked=$$(git ls-files '*.py' | while read -r f; do [ -e "$$f" ] && echo "$$f"; done); \
