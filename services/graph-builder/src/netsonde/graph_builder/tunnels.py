@@ -102,9 +102,22 @@ class TunnelLinks:
 
     def __init__(self, builder: GraphBuilder) -> None:
         self.b = builder
+        self._mine: set[str] | None = None
+        """IDs of the tunnel edges made so far (found once by a scan: a restored graph holds some), so a probe
+        message costs a lookup of these instead of a scan of every edge."""
 
     def current(self) -> dict[str, GraphElement]:
-        return {eid: e for eid, e in self.b.graph.edges.items() if e.Origin == ORIGIN}
+        graph = self.b.graph
+        if self._mine is None:
+            self._mine = {eid for eid, e in graph.edges.items() if e.Origin == ORIGIN}
+        out = {}
+        for eid in list(self._mine):
+            e = graph.edges.get(eid)
+            if e is None or e.Origin != ORIGIN:
+                self._mine.discard(eid)
+            else:
+                out[eid] = e
+        return out
 
     def sync(self) -> int:
         """Add, update or delete tunnel edges; returns how many changed (events are queued in the builder)."""
@@ -125,5 +138,7 @@ class TunnelLinks:
                 continue
             host = self.b.graph.nodes[edge.Parent].Host
             self.b._upsert_edge(host, None, edge, origin=ORIGIN)
+            if self._mine is not None:
+                self._mine.add(eid)
             changed += 1
         return changed

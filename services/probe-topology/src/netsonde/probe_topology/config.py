@@ -30,7 +30,8 @@ class ProbeTopologyConfig(BaseConfig):
     flush_interval_s: float = 0.02
     """A change is published at most this long after it was seen (a burst is coalesced in one delta)."""
     flush_quiet_s: float = 0.001
-    """...and as soon as no other change came for this long (the events of one command arrive within it)."""
+    """While changes keep coming, one is published once no other came for this long (after an idle period of
+    flush_interval_s, as soon as no other event is queued)."""
     neighbor_flush_interval_s: float = 1.0
     """Changes of neighbour entries alone (ARP/NDP state churn) are published at most this often."""
     delta_max_items: int = 500

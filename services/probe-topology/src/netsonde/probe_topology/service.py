@@ -1,8 +1,9 @@
 """ProbeTopologyService: watchers (netlink per namespace, netns discovery, OVSDB) -> host state -> NATS.
 
 Change detection is event-driven (netlink multicast groups, inotify on the netns dirs, OVSDB update
-notifications). After a change the service waits until no other change came for `flush_quiet_s` (at most
-`flush_interval_s`, so a burst becomes one delta), updates the host state (only the interfaces that changed,
+notifications). After a change that follows an idle period the service publishes as soon as no other event
+is queued; while changes keep coming, once none came for `flush_quiet_s` (at most `flush_interval_s`, so a
+burst becomes one delta), updates the host state (only the interfaces that changed,
 `incremental.py`; a full rebuild when namespaces, OVS or containers changed) and publishes its difference
 with the last published state. Polling is used only
 for link counters (`metrics_interval_s`) and for namespaces held only by processes (`netns_scan_interval_s`).
@@ -329,15 +330,20 @@ class ProbeTopologyService(Service):
     async def _flush_loop(self) -> None:
         while True:
             await self._dirty.wait()
-            # Coalesce: wait until no change came for flush_quiet_s (the events of one command arrive within
-            # it), at most flush_interval_s after the first one, so a burst becomes one delta per interval.
-            deadline = time.monotonic() + self.config.flush_interval_s
+            # Coalesce. After an idle period, publish once one pass of the event loop brought nothing more (the
+            # kernel queues the events of one command together, and they were read in that pass). While changes
+            # keep coming, wait until none came for flush_quiet_s, at most flush_interval_s after the first one,
+            # so a burst becomes one delta per interval.
+            start = time.monotonic()
+            deadline = start + self.config.flush_interval_s
+            window = 0.0 if start - self._last_flush_end >= self.config.flush_interval_s else self.config.flush_quiet_s
             seen = self._changes_seen
             while True:
-                await asyncio.sleep(self.config.flush_quiet_s)
+                await asyncio.sleep(window)
                 if self._changes_seen == seen or time.monotonic() >= deadline:
                     break
                 seen = self._changes_seen
+                window = self.config.flush_quiet_s
             # Never sooner after the previous flush than the last update took, so a long burst on a big host
             # costs at most about half a core instead of back-to-back rebuilds.
             pause = max(self._last_build_s, self._backoff_s) - (time.monotonic() - self._last_flush_end)
