@@ -1,7 +1,7 @@
-"""Kernel drop reasons on `ebpf` captures (issue 17 point 5, capture option DropReasons): real drops the kernel
-labels (UDP to a closed port: NO_SOCKET; an nftables drop rule: NETFILTER_DROP) in a test namespace, counted
-per flow by the kfree_skb program, exact per direction and reason; at the probe (capture + table) and end to
-end through the services and Gremlin; a program the kernel refuses is a capture error, not a crash."""
+"""Kernel drop reasons on `ebpf` captures (issue 17 point 5, capture option DropReasons): real drops the
+kernel labels (UDP to a closed port: NO_SOCKET; an nftables drop rule: NETFILTER_DROP) in a test namespace,
+counted per flow by the kfree_skb program, exact per direction and reason; at the probe (capture + table) and
+end to end through the services and Gremlin; a program the kernel refuses is a capture error, not a crash."""
 
 from __future__ import annotations
 
@@ -39,8 +39,15 @@ CLOSED, FILTERED = 43000, 43100
 
 def nft_drop(ns: str, port: int) -> None:
     """An nftables input rule in namespace `ns` that drops UDP to `port`."""
-    sh("ip", "netns", "exec", ns, "nft", "add table inet nsdrop; add chain inet nsdrop in "
-       "{ type filter hook input priority 0; }; add rule inet nsdrop in udp dport " + str(port) + " drop")
+    sh(
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "nft",
+        "add table inet nsdrop; add chain inet nsdrop in "
+        "{ type filter hook input priority 0; }; add rule inet nsdrop in udp dport " + str(port) + " drop",
+    )
 
 
 def udp_flows(flows: list[Any]) -> dict[int, Any]:
@@ -65,8 +72,9 @@ def test_reason_names_come_from_this_kernels_btf() -> None:
     assert by_name["NOT_SPECIFIED"] == 2 and by_name["NO_SOCKET"] == 3  # this kernel's values (6.x)
 
 
-def test_closed_port_and_netfilter_drops_counted_per_flow(veths: Veths,
-                                                          drop_capture: tuple[EbpfCapture, FlowTable]) -> None:
+def test_closed_port_and_netfilter_drops_counted_per_flow(
+    veths: Veths, drop_capture: tuple[EbpfCapture, FlowTable]
+) -> None:
     cap, table = drop_capture
     nft_drop(veths.b, FILTERED)
     veths.udp(range(CLOSED, CLOSED + 1), count=3)  # nobody listens: NO_SOCKET
@@ -75,23 +83,95 @@ def test_closed_port_and_netfilter_drops_counted_per_flow(veths: Veths,
     time.sleep(0.2)
     cap.poll()
     first = udp_flows(table.updates(int(time.time() * 1000)))
-    got = {p: (f.Metric.ABPackets, f.Metric.ABDrops, f.Metric.BADrops, f.DropReasons) for p, f in first.items()}
-    assert got == {CLOSED: (3, 3, 0, {"NO_SOCKET": 3}), FILTERED: (4, 4, 0, {"NETFILTER_DROP": 4}),
-                   FILTERED + 1: (2, 2, 0, {"NO_SOCKET": 2})}
+    got = {
+        p: (f.Metric.ABPackets, f.Metric.ABDrops, f.Metric.BADrops, f.DropReasons) for p, f in first.items()
+    }
+    assert got == {
+        CLOSED: (3, 3, 0, {"NO_SOCKET": 3}),
+        FILTERED: (4, 4, 0, {"NETFILTER_DROP": 4}),
+        FILTERED + 1: (2, 2, 0, {"NO_SOCKET": 2}),
+    }
     assert first[CLOSED].LastUpdateMetric.ABDrops == 3
     # the ICMP port unreachable answers b sends are not drops
-    assert all(not f.DropReasons and f.Metric.ABDrops == f.Metric.BADrops == 0
-               for f in table.snapshot() if f.LayersPath != "Ethernet/IPv4/UDP")
+    assert all(
+        not f.DropReasons and f.Metric.ABDrops == f.Metric.BADrops == 0
+        for f in table.snapshot()
+        if f.LayersPath != "Ethernet/IPv4/UDP"
+    )
     # two more to the closed port from one socket: the same flow, totals and the delta of this update
-    veths.in_a("python3", "-c", "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-               f"s.bind(('{veths.ipa}', 40999))\n" + f"for i in range(2): s.sendto(b'y', ('{veths.ipb}', {CLOSED}))")
+    veths.in_a(
+        "python3",
+        "-c",
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+        f"s.bind(('{veths.ipa}', 40999))\n" + f"for i in range(2): s.sendto(b'y', ('{veths.ipb}', {CLOSED}))",
+    )
     time.sleep(0.2)
     cap.poll()
     again = [f for f in table.updates(int(time.time() * 1000)) if f.Transport and f.Transport.A == 40999]
-    assert [(f.Metric.ABPackets, f.Metric.ABDrops, f.LastUpdateMetric.ABDrops, f.DropReasons) for f in again] == [
-        (2, 2, 2, {"NO_SOCKET": 2})]
+    assert [
+        (f.Metric.ABPackets, f.Metric.ABDrops, f.LastUpdateMetric.ABDrops, f.DropReasons) for f in again
+    ] == [(2, 2, 2, {"NO_SOCKET": 2})]
     assert cap.kernel_drops is not None and cap.kernel_drops.dropped == 11
     assert table.stats.events.get("drops_unmatched", 0) == 0
+
+
+def test_ipv6_udp_and_tcp_to_closed_ports(veths: Veths, drop_capture: tuple[EbpfCapture, FlowTable]) -> None:
+    """IPv6 headers and TCP ports are keyed too: 2 UDP datagrams and 1 TCP SYN to closed ports over IPv6."""
+    cap, table = drop_capture
+    for ns, v, ip in ((veths.a, veths.va, "fd00:77::1"), (veths.b, veths.vb, "fd00:77::2")):
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{v}.disable_ipv6=0")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/64", "dev", v, "nodad")
+    veths.in_a(
+        "python3",
+        "-c",
+        "import socket\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n"
+        "for i in range(2): s.sendto(b'z', ('fd00:77::2', 43200))\n"
+        "t=socket.socket(socket.AF_INET6,socket.SOCK_STREAM)\n"
+        "try: t.connect(('fd00:77::2', 43201))\nexcept ConnectionRefusedError: pass\n",
+    )
+    time.sleep(0.2)
+    cap.poll()
+    got = {
+        (f.Transport.Protocol, f.Transport.B): (f.Metric.ABPackets, f.Metric.ABDrops, f.DropReasons)
+        for f in table.updates(int(time.time() * 1000))
+        if f.Network and f.Network.Protocol == "IPV6" and f.Transport and f.Transport.B in (43200, 43201)
+    }
+    # the refused connect: one SYN, answered by a RST (not a drop) on the same flow
+    assert got == {("UDP", 43200): (2, 2, {"NO_SOCKET": 2}), ("TCP", 43201): (1, 1, {"NO_SOCKET": 1})}
+
+
+def test_local_output_drop_without_a_flow_is_counted_unmatched(
+    veths: Veths, drop_capture: tuple[EbpfCapture, FlowTable]
+) -> None:
+    """A datagram b sends that its own nftables OUTPUT rule drops never reaches the interface (no TC program
+    saw it, so no flow): the drop (found through the route's device) waits PENDING_POLLS polls, then counts in
+    the table's drops_unmatched event."""
+    cap, table = drop_capture
+    sh(
+        "ip",
+        "netns",
+        "exec",
+        veths.b,
+        "nft",
+        "add table inet nsout; add chain inet nsout out "
+        "{ type filter hook output priority 0; }; add rule inet nsout out udp dport 43300 drop",
+    )
+    sh(
+        "ip",
+        "netns",
+        "exec",
+        veths.b,
+        "python3",
+        "-c",
+        "import socket\ns=socket.socket(socket.AF_INET,"
+        f"socket.SOCK_DGRAM)\nfor i in range(5):\n    try: s.sendto(b'o', ('{veths.ipa}', 43300))\n"
+        "    except PermissionError: pass\n",
+    )
+    time.sleep(0.2)
+    for _ in range(3):
+        cap.poll()
+    assert table.stats.events.get("drops_unmatched") == 5
+    assert not [f for f in table.updates(int(time.time() * 1000)) if f.Transport and f.Transport.B == 43300]
 
 
 def test_without_the_option_no_drop_fields(veths: Veths) -> None:
@@ -109,8 +189,9 @@ def test_without_the_option_no_drop_fields(veths: Veths) -> None:
     assert (f.Metric.ABPackets, f.Metric.ABDrops, f.DropReasons) == (3, 0, {})
 
 
-def test_a_refused_program_is_a_capture_error(veths: Veths, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_refused_program_is_a_capture_error(
+    veths: Veths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The object built for a tracepoint this kernel does not have (kfree_skb renamed in the ELF): the kernel
     refuses it; the capture reports why, the TC program it had attached is gone again."""
     bad = tmp_path / "drops.bpf.o"
@@ -119,11 +200,16 @@ def test_a_refused_program_is_a_capture_error(veths: Veths, tmp_path: Path,
     bad.write_bytes(raw.replace(b"tp_btf/kfree_skb", b"tp_btf/kfree_skz"))
     monkeypatch.setattr(drops_mod, "OBJECT_PATH", bad)
     ns = f"/var/run/netns/{veths.b}"
-    with pytest.raises(CaptureError, match=r"^ebpf on evb\w+: load the kfree_skb program \(kernel refused it\)"):
+    with pytest.raises(
+        CaptureError, match=r"^ebpf on evb\w+: load the kfree_skb program \(kernel refused it\)"
+    ):
         EbpfCapture(veths.vb, FlowTable("t"), ns, drop_reasons=True).start()
     assert "clsact" not in sh("ip", "netns", "exec", veths.b, "tc", "qdisc", "show", "dev", veths.vb)
-    node = {"ID": "n-vb", "Host": "h1", "Metadata": {"Name": veths.vb, "Type": "veth", "TID": "t-vb",
-                                                     "NetNsPath": ns}}
+    node = {
+        "ID": "n-vb",
+        "Host": "h1",
+        "Metadata": {"Name": veths.vb, "Type": "veth", "TID": "t-vb", "NetNsPath": ns},
+    }
     statuses: list[Any] = []
     ctl = CaptureController("h1", lambda q: [node], on_status=statuses.append)
     ctl.put(Capture(UUID="c-bad", GremlinQuery="G.V()", Type="ebpf", DropReasons=True))
@@ -136,7 +222,8 @@ def test_a_refused_program_is_a_capture_error(veths: Veths, tmp_path: Path,
     ctl.put(Capture(UUID="c-af", GremlinQuery="G.V()", DropReasons=True))
     ctl.reconcile()
     assert [(s.state, s.error) for s in statuses if s.capture_id == "c-af"] == [
-        ("error", "capture type afpacket (default for node type veth) does not support option(s) DropReasons")]
+        ("error", "capture type afpacket (default for node type veth) does not support option(s) DropReasons")
+    ]
 
 
 @pytest.mark.slow
@@ -145,8 +232,9 @@ def test_end_to_end_drops_through_gremlin(stack: tuple[int, int], pair: Pair) ->
     Metric.ABDrops 3 and DropReasons {NO_SOCKET: 3}, found by Has('Metric.ABDrops', 3) and
     Has('DropReasons.NO_SOCKET', 3); afpacket with DropReasons is a 400 naming the option and the type."""
     api = stack[0]
-    status, out = api_call(api, "/api/capture", {"GremlinQuery": "G.V()", "Type": "afpacket", "DropReasons": True},
-                           "POST")
+    status, out = api_call(
+        api, "/api/capture", {"GremlinQuery": "G.V()", "Type": "afpacket", "DropReasons": True}, "POST"
+    )
     assert status == 400 and out == "capture type afpacket does not support option(s) DropReasons"
     cap = create(api, GremlinQuery=f"G.V().Has('Name', '{pair.vb}')", Type="ebpf", DropReasons=True)
     assert cap["DropReasons"] is True
@@ -154,8 +242,10 @@ def test_end_to_end_drops_through_gremlin(stack: tuple[int, int], pair: Pair) ->
         pair.up()
         got = wait_until(lambda: captures_of(api, pair.vb), 30, f"the capture on {pair.vb}")
         assert [(c["ID"], c["State"], c["Type"]) for c in got] == [(cap["UUID"], "active", "ebpf")]
-        code = ("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-                f"for i in range(3): s.sendto(b'x'*20, ('{pair.ipb}', {CLOSED}))")
+        code = (
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            f"for i in range(3): s.sendto(b'x'*20, ('{pair.ipb}', {CLOSED}))"
+        )
         sh("ip", "netns", "exec", pair.a, "python3", "-c", code)
         base = f"G.V().Has('Name', '{pair.vb}').Flows()"
 
@@ -170,11 +260,14 @@ def test_end_to_end_drops_through_gremlin(stack: tuple[int, int], pair: Pair) ->
         assert f["DropReasons"] == {"NO_SOCKET": 3}
         assert [x["UUID"] for x in gremlin(api, f"{base}.Has('DropReasons.NO_SOCKET', 3)")] == [f["UUID"]]
         assert gremlin(api, f"{base}.Has('DropReasons.NETFILTER_DROP', 3)") == []
+        assert [x["UUID"] for x in gremlin(api, f"{base}.Has('DropReasons')")] == [f["UUID"]]
+        assert f["UUID"] not in [x["UUID"] for x in gremlin(api, f"{base}.HasNot('DropReasons')")]
         # the flow's path: its one hop (vb) carries the kernel's reasons
         status, path = api_call(api, f"/api/flowpath/{f['TrackingID']}?settle=1s")
         assert status == 200, path
         assert [(h["Name"], h["ABPackets"], h["DropReasons"]) for h in path["Hops"]] == [
-            (pair.vb, 3, {"NO_SOCKET": 3})]
+            (pair.vb, 3, {"NO_SOCKET": 3})
+        ]
         # flows without drops carry none of the fields
         others = gremlin(api, f"{base}.Has('Metric.ABDrops', 0)") or []
         assert all("DropReasons" not in o and "ABDrops" not in o["Metric"] for o in others)

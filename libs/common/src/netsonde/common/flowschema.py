@@ -193,30 +193,13 @@ EXTRA_FIELDS: dict[str, tuple[str, str]] = _extra_fields()
 """Extra-layer field path -> (SQL expression over `Extra`, ClickHouse type)."""
 _EXPR_TYPES: dict[str, str] = dict(EXTRA_FIELDS.values())
 
-class _FieldColumns(dict[str, tuple[str, ...]]):
-    """The fixed field paths, plus one family with open keys: `DropReasons.<NAME>` (the kernel's reason names)
-    resolves to a lookup in the DropReasons map (`drop_reason_column`)."""
-
-    def __missing__(self, key: str) -> tuple[str, ...]:
-        col = drop_reason_column(key)
-        if col is None:
-            raise KeyError(key)
-        return (col,)
-
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-
-FIELD_TO_COLUMN: dict[str, tuple[str, ...]] = _FieldColumns(
-    {**_field_map(), **{k: (e,) for k, (e, _) in EXTRA_FIELDS.items()}})
+FIELD_TO_COLUMN: dict[str, tuple[str, ...]] = {**_field_map(), **{k: (e,) for k, (e, _) in EXTRA_FIELDS.items()}}
 """Skydive flow field path -> SQL column expressions of `flows` (constants, safe to embed in SQL).
 
 One expression for a plain field (`'Network.A'` -> `('NetworkA',)`); two for a layer named alone, which
 Skydive reads as "A or B" (`'Network'` -> `('NetworkA', 'NetworkB')`). TCPMetric/IPMetric counters map to
 map lookups (`"TCPMetric['ABSynStart']"`). Values must be passed as query parameters of `column_type(expr)`.
+`DropReasons.<NAME>` has open keys (the kernel's reason names): `drop_reason_column` resolves it.
 """
 
 METRIC_FIELD_TO_COLUMN: dict[str, str] = {m: m for m in _METRIC_FIELDS}

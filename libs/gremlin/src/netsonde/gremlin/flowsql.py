@@ -135,6 +135,8 @@ class SqlParams:
 
 def columns_for(step: Step, key: str, arg: ast.Arg | None = None) -> tuple[str, ...]:
     cols = fs.FIELD_TO_COLUMN.get(key)
+    if cols is None and (drop := fs.drop_reason_column(key)) is not None:
+        cols = (drop,)  # DropReasons.<kernel reason name>: open keys, a lookup in the map
     if cols is None:
         known = ", ".join(
             sorted(k for k in fs.FIELD_TO_COLUMN if "[" not in k and not k.startswith(("TCPM", "IPM")))
@@ -173,6 +175,7 @@ PRESENCE_SQL = {
     "ICMP": "ICMPType != ''",
     "TCPMetric": "notEmpty(TCPMetric)",
     "IPMetric": "notEmpty(IPMetric)",
+    "DropReasons": "notEmpty(DropReasons)",
     "Metric": "1",
     "LastUpdateMetric": "1",
 }

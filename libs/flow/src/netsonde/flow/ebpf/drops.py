@@ -24,8 +24,17 @@ from typing import Any
 
 from .loader import EbpfError, _err, libbpf
 
-__all__ = ["DropKey", "DropProgram", "OBJECT_PATH", "STAT_COUNTED", "STAT_FULL", "STAT_NOT_IP",
-           "STAT_UNSPECIFIED", "current_netns_inode", "drop_reason_names"]
+__all__ = [
+    "DropKey",
+    "DropProgram",
+    "OBJECT_PATH",
+    "STAT_COUNTED",
+    "STAT_FULL",
+    "STAT_NOT_IP",
+    "STAT_UNSPECIFIED",
+    "current_netns_inode",
+    "drop_reason_names",
+]
 
 OBJECT_PATH = Path(__file__).with_name("drops.bpf.o")
 SOURCE_PATH = Path(__file__).with_name("drops.bpf.c")
@@ -106,7 +115,7 @@ def drop_reason_names(btf_path: str = VMLINUX_BTF) -> dict[int, str]:
                 f = rec.unpack_from(raw, j * rec.size)
                 value = f[1] & 0xFFFFFFFF if kind == BTF_KIND_ENUM else f[1] | f[2] << 32
                 name = (lib.btf__name_by_offset(btf, f[0]) or b"").decode()
-                out[value] = name[len(_PREFIX):] if name.startswith(_PREFIX) else name
+                out[value] = name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
             break
     finally:
         lib.btf__free(btf)
@@ -151,7 +160,9 @@ class DropProgram:
         skb:kfree_skb."""
         object_path = object_path or OBJECT_PATH
         if not object_path.exists():
-            raise EbpfError(f"{object_path} not built (run `make install`: clang compiles {SOURCE_PATH.name})")
+            raise EbpfError(
+                f"{object_path} not built (run `make install`: clang compiles {SOURCE_PATH.name})"
+            )
         lib = _signatures(libbpf())
         drop_reason_names()  # a kernel without the enum fails here, before anything is loaded
         ctypes.set_errno(0)
@@ -203,9 +214,18 @@ class DropProgram:
     def _decode(self, raw: bytes) -> DropKey:
         src, dst, sport, dport, icmp_id, family, proto, itype, icode, _pad, reason = _KEY.unpack(raw)
         fam, n = (socket.AF_INET, 4) if family == 4 else (socket.AF_INET6, 16)
-        return DropKey(family, proto, socket.inet_ntop(fam, src[:n]), socket.inet_ntop(fam, dst[:n]),
-                       socket.ntohs(sport), socket.ntohs(dport), itype, icode, socket.ntohs(icmp_id),
-                       reason_name(reason, self.names))
+        return DropKey(
+            family,
+            proto,
+            socket.inet_ntop(fam, src[:n]),
+            socket.inet_ntop(fam, dst[:n]),
+            socket.ntohs(sport),
+            socket.ntohs(dport),
+            itype,
+            icode,
+            socket.ntohs(icmp_id),
+            reason_name(reason, self.names),
+        )
 
     def stat(self, idx: int) -> int:
         """A counter of the per-CPU `drop_stats` array, summed over CPUs."""
@@ -224,4 +244,3 @@ class DropProgram:
         if self._obj:
             lib.bpf_object__close(self._obj)
             self._obj = None
-
