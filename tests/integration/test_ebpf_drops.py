@@ -5,6 +5,9 @@ end to end through the services and Gremlin; a program the kernel refuses is a c
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -236,8 +239,11 @@ def test_end_to_end_drops_through_gremlin(stack: tuple[int, int], pair: Pair) ->
         api, "/api/capture", {"GremlinQuery": "G.V()", "Type": "afpacket", "DropReasons": True}, "POST"
     )
     assert status == 400 and out == "capture type afpacket does not support option(s) DropReasons"
-    cap = create(api, GremlinQuery=f"G.V().Has('Name', '{pair.vb}')", Type="ebpf", DropReasons=True)
-    assert cap["DropReasons"] is True
+    # created with the CLI's flag
+    cli = [sys.executable, "-m", "netsonde.cli", "client", "--analyzer", f"127.0.0.1:{api}", "capture", "create",
+           "--gremlin", f"G.V().Has('Name', '{pair.vb}')", "--type", "ebpf", "--drop-reasons"]
+    cap = json.loads(subprocess.run(cli, check=True, capture_output=True, text=True, timeout=60).stdout)
+    assert cap["DropReasons"] is True and cap["Type"] == "ebpf"
     try:
         pair.up()
         got = wait_until(lambda: captures_of(api, pair.vb), 30, f"the capture on {pair.vb}")
