@@ -240,8 +240,21 @@ def test_end_to_end_drops_through_gremlin(stack: tuple[int, int], pair: Pair) ->
     )
     assert status == 400 and out == "capture type afpacket does not support option(s) DropReasons"
     # created with the CLI's flag
-    cli = [sys.executable, "-m", "netsonde.cli", "client", "--analyzer", f"127.0.0.1:{api}", "capture", "create",
-           "--gremlin", f"G.V().Has('Name', '{pair.vb}')", "--type", "ebpf", "--drop-reasons"]
+    cli = [
+        sys.executable,
+        "-m",
+        "netsonde.cli",
+        "client",
+        "--analyzer",
+        f"127.0.0.1:{api}",
+        "capture",
+        "create",
+        "--gremlin",
+        f"G.V().Has('Name', '{pair.vb}')",
+        "--type",
+        "ebpf",
+        "--drop-reasons",
+    ]
     cap = json.loads(subprocess.run(cli, check=True, capture_output=True, text=True, timeout=60).stdout)
     assert cap["DropReasons"] is True and cap["Type"] == "ebpf"
     try:
