@@ -22,10 +22,11 @@ class SFlowCollectorConfig(BaseConfig):
     read_coalesce_s: float = 0.02
     """While datagrams keep coming, read the socket this often (fewer, larger reads; shortened when the socket
     buffer would fill first; 0: read at every epoll wake-up)."""
-    process_interval_s: float = 0.05
-    """How often pending samples go through the flow tables (also after every `process_datagrams`)."""
-    process_datagrams: int = 2000
-    """Run the flow tables as soon as this many datagrams are pending."""
+    process_interval_s: float = 0.5
+    """How often pending samples go through the flow tables and counter samples are published (also after
+    every `process_datagrams`, and before each flow update). Samples keep the time they were read at."""
+    process_datagrams: int = 100_000
+    """Run the flow tables as soon as this many datagrams are pending (distinct sample keys are bounded too)."""
     update_interval_s: float = 10.0
     """Flow updates are published this often (Skydive's flow.update)."""
     expire_s: float = 600.0

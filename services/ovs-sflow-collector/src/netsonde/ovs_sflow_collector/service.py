@@ -253,7 +253,7 @@ class SFlowCollectorService(Service):
     async def _ticker(self) -> None:
         next_update = time.monotonic() + self.cfg.update_interval_s
         while True:
-            await asyncio.sleep(self.cfg.process_interval_s)
+            await asyncio.sleep(min(self.cfg.process_interval_s, max(0.0, next_update - time.monotonic())))
             self._process()
             await self._publish_counters()
             if time.monotonic() >= next_update:
