@@ -329,6 +329,36 @@ def test_map_panel_capture_and_time_slider(
         page.page.click("#time-live")
         page.page.wait_for_function("document.getElementById('time-label').className === 'live'")
 
+        # the instant the veth was deleted: drawn as a "removed" ghost against the change before it
+        now_ms = int(time.time() * 1000)
+        deleted = wait_until(
+            lambda: [
+                t
+                for t in gremlin(api, f"G.Context({now_ms}, 300).V().Has('Name','{vb}').Values('@DeletedAt')") or []
+                if t
+            ],
+            20,
+            f"the deletion of {vb} in the history",
+        )
+        classes = (
+            "n => { const x = window.netsonde.map.cy.nodes().filter(e => e.data('name') === n)[0];"
+            " return x ? x.classes() : null; }"
+        )
+        go(deleted[0] + 1)
+        assert page.page.evaluate(classes, vb) is None, "after its deletion instant the veth is not drawn"
+        go(deleted[0])
+        assert "removed" in page.page.evaluate(classes, vb), "the veth is a removed ghost at its deletion instant"
+        page.shot(shots, "07c-slider-removed.png")
+        # one revision back: an instant before the deletion; play: the instant moves forward on its own, then stops
+        page.page.click("button[aria-label='previous revision']")
+        page.page.wait_for_function("d => window.netsonde.map.at < d", arg=deleted[0], timeout=10_000)
+        at0 = page.page.evaluate("window.netsonde.map.at")
+        page.page.click("#time-play")
+        page.page.wait_for_function("a => window.netsonde.map.at > a", arg=at0, timeout=10_000)
+        page.page.click("#time-play")
+        page.page.click("#time-live")
+        page.page.wait_for_function("document.getElementById('time-label').className === 'live'")
+
         assert page.errors == [], "\n".join(page.failed)
 
         # the Gremlin console: an error names its position (the browser logs the 400), node results go on the map

@@ -77,6 +77,7 @@ export class Timeline {
   async goLive(): Promise<void> {
     this.stopPlay();
     this.current = undefined;
+    this.instants = [];  // changes keep coming while live: the next trip into the past reads them again
     this.slider.value = "1000";
     this.label.className = "live";
     this.label.textContent = "LIVE";
