@@ -3,7 +3,8 @@
 The probe runs in-process on a private NATS server; the receiving side is nats-py + msgpack. Single changes:
 one veth pair at a time, latency until both ends are in a received delta. Burst: N veth pairs from one
 `ip -batch`; time until every end is received, messages used, and the probe's CPU time meanwhile.
-Rebuild: time of one full state rebuild (`builder.build`) with the burst's interfaces present.
+Rebuild: time of one full state rebuild (`builder.build`) with the burst's interfaces present, and of the
+incremental update the probe makes after one veth pair is added at that size (`incremental.py`).
 """
 
 from __future__ import annotations
@@ -62,10 +63,22 @@ async def _measure(nats_url: str, tries: int, burst: int) -> dict[str, object]:
         out["build_s"] = statistics.median(builds)
         out["n_nodes"] = len(state.nodes)
         out["n_edges"] = len(state.edges)
+        updates = []
+        for i in range(5):  # single changes on the big state: what the probe redoes for each
+            await asyncio.sleep(0.05)
+            incremental = svc.tracker.incremental_builds
+            a, b = f"u{tag}{i}a", f"u{tag}{i}b"
+            sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+            await until(lambda: m.one(Name=a) is not None and m.one(Name=b) is not None, 10)
+            if svc.tracker.incremental_builds > incremental:
+                updates.append(svc._last_build_s)
+        out["update_s"] = statistics.median(updates) if updates else float("nan")
+        out["updates"] = len(updates)
     finally:
         sh("ip", "-force", "-batch", "-", check=False,
            input="".join(f"link del q{tag}{i:03d}a\n" for i in range(tries))
-           + "".join(f"link del w{tag}{i:04d}a\n" for i in range(burst)))
+           + "".join(f"link del w{tag}{i:04d}a\n" for i in range(burst))
+           + "".join(f"link del u{tag}{i}a\n" for i in range(5)))
         await svc.stop()
         await m.close()
     return out
@@ -90,5 +103,8 @@ def run(small: bool) -> Result:
     res.rows.append(["netlink overruns during the burst", r["overruns"], "32 MB receive buffer"])
     res.rows.append([f"one state rebuild, ms ({r['n_nodes']} nodes, {r['n_edges']} edges)",
                      float(r["build_s"]) * 1000, "median of 5"])  # type: ignore[arg-type]
+    res.rows.append(["incremental update after one veth pair is added at that size, ms",
+                     float(r["update_s"]) * 1000,  # type: ignore[arg-type]
+                     f"median of {r['updates']}; what the probe redoes after a single change"])
     res.notes.append("Run on the machine's root namespace, which other work may share; the probe is in-process.")
     return res
