@@ -159,22 +159,24 @@ def test_local_output_drop_without_a_flow_is_counted_unmatched(
         "add table inet nsout; add chain inet nsout out "
         "{ type filter hook output priority 0; }; add rule inet nsout out udp dport 43300 drop",
     )
-    sh(
-        "ip",
-        "netns",
-        "exec",
-        veths.b,
-        "python3",
-        "-c",
+    send = (
         "import socket\ns=socket.socket(socket.AF_INET,"
-        f"socket.SOCK_DGRAM)\nfor i in range(5):\n    try: s.sendto(b'o', ('{veths.ipa}', 43300))\n"
-        "    except PermissionError: pass\n",
+        f"socket.SOCK_DGRAM)\nfor i in range(N):\n    try: s.sendto(b'o', ('{veths.ipa}', 43300))\n"
+        "    except PermissionError: pass\n"
     )
+    sh("ip", "netns", "exec", veths.b, "python3", "-c", "N = 5\n" + send)
     time.sleep(0.2)
     for _ in range(3):
         cap.poll()
     assert table.stats.events.get("drops_unmatched") == 5
     assert not [f for f in table.updates(int(time.time() * 1000)) if f.Transport and f.Transport.B == 43300]
+    # still waiting when the capture stops: counted too
+    sh("ip", "netns", "exec", veths.b, "python3", "-c", "N = 2\n" + send)
+    time.sleep(0.2)
+    cap.poll()
+    assert table.stats.events.get("drops_unmatched") == 5
+    cap.stop()
+    assert table.stats.events.get("drops_unmatched") == 7
 
 
 def test_without_the_option_no_drop_fields(veths: Veths) -> None:

@@ -106,6 +106,11 @@ class KernelDrops:
                 events[name] = n
 
     def close(self) -> None:
+        """Detach; drops still waiting for a flow count as unmatched (the capture is gone)."""
+        if self._pending:
+            events = self.table.stats.events
+            events["drops_unmatched"] = events.get("drops_unmatched", 0) + sum(n for _, n, _ in self._pending)
+            self._pending = []
         self.program.close()
 
 
