@@ -178,3 +178,31 @@ def test_c_path_is_safe_from_several_threads() -> None:
     assert len(results) == 60
     for r in results:
         assert r.native == expected.native and r.enriched == expected.enriched and r.rows == 2000
+
+
+def test_c_path_reads_any_key_order_and_checks_what_follows_the_flows() -> None:
+    """The C path reads the flows in one pass when host, batch_id and ts come first (msgspec's order) and
+    checks the keys after them only then: a bad `v` or trailing bytes after the flows must still reject the
+    whole message (its rows rolled back), and any other key order must give the same rows."""
+    lk = EndpointLookup()
+    lk.load(graph())
+    f = msgspec.to_builtins(flow("tid-a", "02:00:00:00:00:0a", "02:00:00:00:00:0b", "10.0.0.1", "10.0.0.2"))
+    enc = msgspec.msgpack.encode
+    msgs = [
+        enc({"host": "h1", "batch_id": "a", "ts": 1, "flows": [f, f], "v": 1, "later": {"k": [1, 2]}}),
+        enc({"flows": [f], "ts": 2, "batch_id": "b", "host": "h1"}),  # flows first: two passes
+        enc({"host": "h1", "batch_id": "c", "ts": 3, "flows": [f, f, f], "v": 2}),  # version after the flows
+        enc({"host": "h1", "batch_id": "d", "ts": 4, "flows": [f], "v": 1}) + b"\x00",  # trailing byte
+        enc({"host": "h1", "ts": 5, "flows": [f], "batch_id": "e"}),  # batch_id after the flows
+    ]
+    fast = pipeline.process(msgs, lk, fast=True)
+    slow = pipeline.process(msgs, lk, fast=False)
+    assert fast.rows == slow.rows == 4
+    assert fast.rejected == slow.rejected == [(2, "version"), (3, "msgpack")]
+    assert fast.ts == slow.ts == [1, 2, 0, 0, 5]
+    assert fast.columns is None  # nothing went through the Python path
+    for a, b in zip(fast.enriched, slow.enriched):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert msgspec.msgpack.decode(a, type=FlowUpdateBatch) == msgspec.msgpack.decode(b, type=FlowUpdateBatch)
+    assert msgspec.msgpack.decode(fast.enriched[0])["later"] == {"k": [1, 2]}  # keys after the flows are kept

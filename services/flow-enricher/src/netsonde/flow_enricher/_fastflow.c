@@ -629,7 +629,27 @@ static int emit_enriched_flow(buf_t *out, flow_t *f, const uint8_t *end, PyObjec
 }
 
 /* ---------------------------------------------------------------- one message */
-typedef struct { sv_t host, batch_id; int64_t ts, v; const uint8_t *flows_at, *flows_end; uint32_t nflows; } batch_t;
+typedef struct {
+    sv_t host, batch_id; int64_t ts, v; const uint8_t *flows_at, *flows_end; uint32_t nflows, keys_after;
+} batch_t;
+/* flows_end is NULL when host, batch_id and ts come before `flows` (msgspec's order): the flows are then read
+ * once, by process_message, which reads the `keys_after` keys that follow them afterwards (rd_batch_tail),
+ * instead of a validating skip over every flow first and the real read after. */
+
+/* The keys after the flows, read once the flows are: only `v` (or unknown keys) may follow them here. */
+static int rd_batch_tail(rd_t *r, batch_t *b) {
+    sv_t k;
+    for (uint32_t i = 0; i < b->keys_after; i++) {
+        if (rd_str(r, &k)) return -1;
+        if (keyeq(k, "v")) { if (rd_int(r, &b->v)) return -1; }
+        else if (keyeq(k, "host") || keyeq(k, "batch_id") || keyeq(k, "ts") || keyeq(k, "flows"))
+            FAIL(r, "duplicate batch key");
+        else if (skip(r, 1)) return -1;
+    }
+    if (r->p != r->end) FAIL(r, "trailing bytes");
+    if (b->v != 1) FAIL(r, "version");
+    return 0;
+}
 
 static int rd_batch(rd_t *r, batch_t *b) {
     uint32_t n; sv_t k; int have = 0;
@@ -645,9 +665,12 @@ static int rd_batch(rd_t *r, batch_t *b) {
         else if (keyeq(k, "flows")) {
             b->flows_at = r->p;
             if (rd_array(r, &b->nflows)) return -1;
+            have |= 8;
+            if (have == 15) { b->flows_end = NULL; b->keys_after = n - i - 1; r->p = r->end; return 0; }
+            /* host, batch_id or ts come after the flows (not msgspec's order): a first pass finds where the
+             * flows end, so that they are known before the flows are read */
             for (uint32_t j = 0; j < b->nflows; j++) if (skip(r, 1)) return -1;
             b->flows_end = r->p;
-            have |= 8;
         } else if (skip(r, 1)) return -1;
     }
     if (have != 15) FAIL(r, "batch lacks host, batch_id, ts or flows");
@@ -712,6 +735,10 @@ static int process_message(tables_t *t, lookups_t *L, const uint8_t *data, size_
     }
     Py_DECREF(batch_host);
     if (rc) return rc;
+    if (!b.flows_end) {  /* one pass: what follows the flows is read now (its rows are rolled back on error) */
+        b.flows_end = fr.p;
+        if (rd_batch_tail(&fr, &b)) { *err = fr.err; return -1; }
+    }
     if (put(enr, b.flows_end, (data + len) - b.flows_end)) return -2;
     return 0;
 }
