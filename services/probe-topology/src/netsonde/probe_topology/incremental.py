@@ -11,14 +11,25 @@ test_probe_topology_incremental.py compares the result with a full build on real
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from netsonde.common import ids
 from netsonde.common.bus.topology import ProbeEdge, ProbeNode
 
-from .builder import (LAYER2, OWNERSHIP, HostState, LinkContext, NsSource, build_tracked, interface_md,
-                      link_relations, make_edge, ns_tables)
+from .builder import (
+    LAYER2,
+    OWNERSHIP,
+    HostState,
+    LinkContext,
+    NsSource,
+    build_tracked,
+    interface_md,
+    link_relations,
+    make_edge,
+    ns_tables,
+)
 from .ovsdb import OvsState
 
 
@@ -48,14 +59,14 @@ class IncrementalBuilder:
         self.host_metadata = host_metadata
         self.state: HostState | None = None
         self.created: dict[str, set[str]] = {}
-        """Interface node -> edges its visit made (its ownership edge, to its master, parent, veth peer)."""
+        """Interface node -> edges its visit made (ownership, to its master, parent, veth peer)."""
         self.creators: dict[str, set[str]] = {}
         """Edge -> interfaces whose visit made it (both ends for a veth)."""
         self.incident: dict[str, set[str]] = {}
         """Interface node -> edges between interfaces that touch it."""
         self.signature: dict[str, tuple[Any, ...] | None] = {}
         self.index_of: dict[str, tuple[int, int]] = {}
-        """Interface node -> (namespace inode, ifindex), for every interface seen since the last full build."""
+        """Interface node -> (namespace inode, ifindex): every interface seen since the last full build."""
         self._ns_key: frozenset[tuple[int, str, str, str]] = frozenset()
         self._ovs: OvsState | None = None
         self._ovs_names: frozenset[str] = frozenset()
@@ -86,7 +97,9 @@ class IncrementalBuilder:
                 self.index_of[nid] = (src.ns.inode, i)
         self._ns_key = _ns_key(sources)
         self._ovs = ovs
-        self._ovs_names = frozenset(i.name for i in ovs.interfaces.values()) if ovs is not None else frozenset()
+        self._ovs_names = (
+            frozenset(i.name for i in ovs.interfaces.values()) if ovs is not None else frozenset()
+        )
         self._tables = {src.ns.inode: ns_tables(src) for src in sources}
         self.full_builds += 1
         return state
@@ -101,8 +114,13 @@ class IncrementalBuilder:
     def update(self, namespaces: Iterable[NsSource], ovs: OvsState | None, full: bool = False) -> Update:
         """The state after the watchers' changes since the last call: incremental when it can be."""
         sources = list(namespaces)
-        if full or self.state is None or ovs is not self._ovs or _ns_key(sources) != self._ns_key \
-                or any(src.dirty_all for src in sources if hasattr(src, "dirty_all")):
+        if (
+            full
+            or self.state is None
+            or ovs is not self._ovs
+            or _ns_key(sources) != self._ns_key
+            or any(src.dirty_all for src in sources if hasattr(src, "dirty_all"))
+        ):
             return Update(self.rebuild(sources, ovs), True)
         ctx = LinkContext(self.host, sources)
         dirty: set[tuple[NsSource, int]] = set()
@@ -113,7 +131,7 @@ class IncrementalBuilder:
             tables[src.ns.inode] = now
             before = self._tables.get(src.ns.inode)
             if before is not None:
-                for old, new in zip(before, now):
+                for old, new in zip(before, now, strict=True):
                     if old is not new:
                         dirty.update((src, i) for i in old.keys() | new.keys() if old.get(i) != new.get(i))
         self._tables = tables
@@ -124,16 +142,22 @@ class IncrementalBuilder:
             self.index_of[nid] = (src.ns.inode, i)
         redo = set(where)
         # edges other interfaces made towards a changed one depend on what it is (or that it exists)
-        relinked = [nid for nid, (src, i) in where.items() if _signature(src.links.get(i)) != self.signature.get(nid)]
+        relinked = [
+            nid for nid, (src, i) in where.items() if _signature(src.links.get(i)) != self.signature.get(nid)
+        ]
         for nid in relinked:
             for eid in self.incident.get(nid, ()):
                 redo |= self.creators.get(eid, set())
-        if relinked:  # links that name a changed ifindex (as master, parent or veth peer) but made no edge yet
+        # links that name a changed ifindex (as master, parent or veth peer) but made no edge to it yet
+        if relinked:
             wanted = {i for _src, i in where.values()}
             for src in sources:
                 for i, link in src.links.items():
-                    if link.get("MasterIndex") in wanted or link.get("ParentIndex") in wanted \
-                            or link.get("PeerIfIndex") in wanted:
+                    if (
+                        link.get("MasterIndex") in wanted
+                        or link.get("ParentIndex") in wanted
+                        or link.get("PeerIfIndex") in wanted
+                    ):
                         nid = ctx.iface_id(src.ns.inode, i)
                         self.index_of[nid] = (src.ns.inode, i)
                         redo.add(nid)
@@ -208,8 +232,11 @@ class IncrementalBuilder:
             node_md["Host"] = self.host
             md[nid] = node_md
             ns = src.ns
-            owner = host_id if ns.kind == "root" else ids.netns_node_id(self.host, ns.path, ns.inode,
-                                                                         ns.kind == "named")
+            owner = (
+                host_id
+                if ns.kind == "root"
+                else ids.netns_node_id(self.host, ns.path, ns.inode, ns.kind == "named")
+            )
             owner_of[nid] = owner
             self._made(up, nid, make_edge(owner, nid, OWNERSHIP))
             self.signature[nid] = _signature(link)
@@ -227,7 +254,9 @@ class IncrementalBuilder:
                         up.nodes.add(target)
         for nid, node_md in md.items():
             owner_tid = str(nodes[owner_of[nid]].Metadata["TID"])
-            node_md["TID"] = ids.child_tid(owner_tid, str(node_md.get("Name", "")), str(node_md.get("Type", "")))
+            node_md["TID"] = ids.child_tid(
+                owner_tid, str(node_md.get("Name", "")), str(node_md.get("Type", ""))
+            )
             nodes[nid] = ProbeNode(ID=nid, Metadata=node_md)
         self.state = up.state
         self.incremental_builds += 1
@@ -257,7 +286,7 @@ def _take_dirty(src: NsSource) -> set[int]:
     taken = set(dirty)
     dirty.clear()
     if hasattr(src, "dirty_all"):
-        src.dirty_all = False  # type: ignore[attr-defined]
+        src.dirty_all = False
     return taken
 
 
