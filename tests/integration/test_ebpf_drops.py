@@ -282,6 +282,10 @@ def test_end_to_end_drops_through_gremlin(stack: tuple[int, int], pair: Pair) ->
         assert [x["UUID"] for x in gremlin(api, f"{base}.Has('DropReasons.NO_SOCKET', 3)")] == [f["UUID"]]
         assert gremlin(api, f"{base}.Has('DropReasons.NETFILTER_DROP', 3)") == []
         assert [x["UUID"] for x in gremlin(api, f"{base}.Has('DropReasons')")] == [f["UUID"]]
+        status, out = api_call(
+            api, "/api/topology", {"GremlinQuery": f"{base}.Has('DropReasons', 3)"}, "POST"
+        )
+        assert status == 400 and "DropReasons is a set of counters" in out, (status, out)
         assert f["UUID"] not in [x["UUID"] for x in gremlin(api, f"{base}.HasNot('DropReasons')")]
         # the flow's path: its one hop (vb) carries the kernel's reasons
         status, path = api_call(api, f"/api/flowpath/{f['TrackingID']}?settle=1s")

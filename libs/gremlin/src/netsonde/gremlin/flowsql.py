@@ -188,6 +188,11 @@ def predicate_sql(step: Step, key: str, pred: Predicate, params: SqlParams) -> s
         cond = PRESENCE_SQL[key]
         return cond if isinstance(pred, HasPredicate) else f"NOT ({cond})"
     cols = columns_for(step, key)
+    if fs.FLOW_COLUMN_TYPES.get(cols[0], "").startswith("Map("):  # TCPMetric, IPMetric, DropReasons
+        raise step.error(
+            f"{key} is a set of counters: Has('{key}') / HasNot('{key}') test it, a value goes "
+            f"with one counter ('{key}.<name>')"
+        )
     if isinstance(pred, HasPredicate):
         return _present_sql(key, cols[0])
     if isinstance(pred, HasNotPredicate):
