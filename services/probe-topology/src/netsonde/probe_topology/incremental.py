@@ -135,7 +135,8 @@ class IncrementalBuilder:
                     if old is not new:
                         dirty.update((src, i) for i in old.keys() | new.keys() if old.get(i) != new.get(i))
         self._tables = tables
-        if not dirty:
+        if not dirty:  # a new state all the same: the caller may still change it (the host node)
+            self.state = HostState(dict(self.state.nodes), dict(self.state.edges))
             return Update(self.state, False)
         where: dict[str, tuple[NsSource, int]] = {ctx.iface_id(src.ns.inode, i): (src, i) for src, i in dirty}
         for nid, (src, i) in where.items():

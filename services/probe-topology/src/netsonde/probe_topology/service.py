@@ -21,21 +21,19 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
+from netsonde.common import ids
 from netsonde.common.bus.codec import encode
 from netsonde.common.bus.subjects import Subjects
-from netsonde.common.bus.topology import ResyncRequest, TopologyMessage, state_digest
+from netsonde.common.bus.topology import ProbeNode, ResyncRequest, TopologyMessage, state_digest
 from netsonde.common.logs import OnceLogger
 from netsonde.common.natsconn import connect
 from netsonde.common.service import Service
 
 from . import netns as netns_mod
-from netsonde.common import ids
-from netsonde.common.bus.topology import ProbeNode
-
 from .builder import HostState, build
-from .incremental import IncrementalBuilder, Update
 from .config import ProbeTopologyConfig
 from .docker import ContainerWatcher
+from .incremental import IncrementalBuilder, Update
 from .netns import Inotify, NetNs
 from .nswatch import NsWatcher
 from .ovsdb import OvsdbWatcher, OvsState
