@@ -6,13 +6,17 @@ Measured, against one nats-server (-js, file storage) and the embedded store, ev
    (what the enricher's C path sends).
 2. The enricher's own cost: the C path and the Python reference path on pre-encoded messages, in this
    process (CPU time per flow update, no I/O).
-3. Backlog drain with 1, 2, 3 enricher replicas (`python -m netsonde.flow_enricher`, one durable consumer):
+3. Backlog drain with 1 and 2 enricher replicas (`python -m netsonde.flow_enricher`, one durable consumer):
    a burst of flow updates is published as fast as possible while the replicas run; wall rate, and flow
    updates per CPU-second of the enricher processes (utime + stime from /proc) = "per enricher core".
-4. Paced rates with one replica: updates published at fixed rates (100 updates per message, `ts` stamped at
-   publish); end-to-end lag = publish -> stored in ClickHouse and acked, from the enricher's lag histogram.
+4. Paced rates with one replica, sustained for several seconds: updates published at fixed rates (500 updates
+   per message, as probe-flow and the sFlow collector pack them; `ts` stamped at publish, every update a new
+   flow UUID); end-to-end lag = publish -> stored in ClickHouse and acked, from the enricher's lag histogram.
+For every pipeline row: CPU-seconds per million updates of the enricher(s), the store process (HTTP + the
+ClickHouse engine, its merges included) and nats-server, and the 1-min load average at the end of the row.
 The machine has 2 cores shared by nats-server, the store (ClickHouse engine), the publisher and the
-replicas: wall rates are bounded by that; CPU-second figures are the enricher's own.
+replicas (and by other jobs: see the load): wall rates are bounded by that; CPU-second figures are each
+process's own.
 """
 
 from __future__ import annotations
@@ -41,12 +45,13 @@ from netsonde.flow_enricher.writer import FlowWriter
 from .result import Result
 from .services import ServiceProcs
 
-FLOWS_PER_MSG = 100
+FLOWS_PER_MSG = 500
+"""Flow updates per bus message: what probe-flow (`publish_batch_flows`) and the sFlow collector send."""
 NODES = 50
 
 
 def make_messages(n_msgs: int, host: str = "h1", seed: int = 0) -> list[bytes]:
-    """Realistic updates: 50 capture points, TCP/UDP 5-tuples, totals and deltas; ~480 B per update."""
+    """Realistic updates: 50 capture points, TCP/UDP 5-tuples, totals and deltas; ~500 B per update."""
     now = int(time.time() * 1000)
     out = []
     for m in range(n_msgs):
@@ -81,6 +86,18 @@ def stamp(msg: bytes, off: int) -> bytes:
     b = bytearray(msg)
     struct.pack_into(">Q", b, off, int(time.time() * 1000))
     return bytes(b)
+
+
+_UUID_KEY = b"\xa4UUID\xb0"  # msgpack "UUID" then a 16-byte fixstr
+
+
+def variant(msg: bytes, cycle: int) -> bytes:
+    """`msg` with every flow UUID prefixed by `cycle` (4 hex digits; still valid msgpack, `ts` unmoved): a
+    pool of messages published over and over then stores new flows each time, as ReplacingMergeTree would
+    otherwise collapse the repeats."""
+    if cycle == 0:
+        return msg
+    return msg.replace(_UUID_KEY, b"\xa4UUID\xb4" + b"%04x" % (cycle % 65536))
 
 
 def make_lookup() -> EndpointLookup:
@@ -178,52 +195,64 @@ def in_process(rows: int) -> list[list[Any]]:
 
 # --- 3 + 4: the pipeline with real processes --------------------------------------------------------------
 
-async def publish(nc: Any, subject: str, msgs: list[bytes], rate_msgs: float | None) -> float:
-    """Publish to JetStream (async acks, bounded in flight); paced when rate_msgs is set. Returns seconds."""
+async def publish(nc: Any, subject: str, msgs: list[bytes], rate_msgs: float | None,
+                  total_msgs: int | None = None) -> float:
+    """Publish to JetStream (async acks, bounded in flight); paced when rate_msgs is set. With `total_msgs`,
+    that many messages, cycling through `msgs` (each cycle a `variant`). Returns seconds."""
     js = nc.jetstream(publish_async_max_pending=2000)
     offs = [ts_offset(m) for m in msgs]
     t0 = time.monotonic()
-    for k, m in enumerate(msgs):
+    for k in range(total_msgs if total_msgs is not None else len(msgs)):
         if rate_msgs:
             due = t0 + k / rate_msgs
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        await js.publish_async(subject, stamp(m, offs[k]))
+        cycle, i = divmod(k, len(msgs))
+        await js.publish_async(subject, stamp(variant(msgs[i], cycle), offs[i]))
     await js.publish_async_completed()
     return time.monotonic() - t0
 
 
 async def pipeline_run(nats_url: str, store_url: str, replicas: int, msgs: list[bytes], rate_flows: float | None,
-                       tag: str) -> dict[str, Any]:
+                       tag: str, total_msgs: int | None = None,
+                       watch: dict[str, int] | None = None) -> dict[str, Any]:
+    """Start `replicas` enrichers, publish `msgs` (or `total_msgs` messages cycling through them) at
+    `rate_flows` updates/s (None: as fast as possible) and wait until all are stored. Returns counts, wall
+    time, enricher CPU-seconds, lag quantiles and the CPU-seconds of the `watch` processes (name -> pid)."""
     prefix = f"bb{tag}"
     subjects = Subjects(prefix)
     procs = ServiceProcs(nats_url, store_url, prefix=prefix)
     nc = await nats.connect(nats_url)
+    watch = watch or {}
     try:
         await ensure_flow_stream(nc.jetstream(), subjects, max_bytes=8 * 1024**3)
         ports = [procs.start("flow_enricher", clickhouse_database=f"bench_{tag}", graph_feed="false",
                              host_id=f"r{i}") for i in range(replicas)]
         pids = [p.pid for p in procs.procs]
         cpu0 = [cpu_seconds(pid) for pid in pids]
-        total = len(msgs) * FLOWS_PER_MSG
+        other0 = {name: cpu_seconds(pid) for name, pid in watch.items()}
+        n_msgs = total_msgs if total_msgs is not None else len(msgs)
+        total = n_msgs * FLOWS_PER_MSG
         t0 = time.monotonic()
         pub_s = await publish(nc, subjects.flows("h1"), msgs,
-                              rate_flows / FLOWS_PER_MSG if rate_flows else None)
+                              rate_flows / FLOWS_PER_MSG if rate_flows else None, total_msgs)
         deadline = time.monotonic() + 120
         stored = 0.0
         while time.monotonic() < deadline:
             stored = sum(scrape(p).get("flows_stored_total", 0.0) for p in ports)
             if stored >= total:
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.25)  # the scrapes cost the enricher CPU too: not too often
         wall = time.monotonic() - t0
         cpu = sum(cpu_seconds(pid) - c for pid, c in zip(pids, cpu0))
+        others = {name: cpu_seconds(pid) - other0[name] for name, pid in watch.items()}
         metrics = [scrape(p) for p in ports]
         buckets = lag_buckets(metrics)
-        return {"stored": stored, "total": total, "wall": wall, "pub_s": pub_s, "cpu": cpu,
+        return {"stored": stored, "total": total, "wall": wall, "pub_s": pub_s, "cpu": cpu, "others": others,
                 "p50": lag_quantile(buckets, 0.5), "p99": lag_quantile(buckets, 0.99),
-                "per_replica": [m.get("flows_stored_total", 0.0) for m in metrics]}
+                "per_replica": [m.get("flows_stored_total", 0.0) for m in metrics],
+                "load": os.getloadavg()[0]}
     finally:
         await nc.close()
         procs.stop()
@@ -238,46 +267,67 @@ async def pipeline_run(nats_url: str, store_url: str, replicas: int, msgs: list[
         await nc2.close()
 
 
+def _row(label: str, out: dict[str, Any]) -> list[Any]:
+    per_m = 1e6 / out["total"]
+    others = out["others"]
+    return [label, out["total"], out["total"] / out["wall"], out["total"] / out["cpu"],
+            f"{out['cpu'] * per_m:.2f} / {others.get('store', float('nan')) * per_m:.2f} / "
+            f"{others.get('nats', float('nan')) * per_m:.2f}",
+            f"{out['p50']:g} / {out['p99']:g}", f"{out['load']:.2f}"]
+
+
 def run(small: bool) -> Result:
     res = Result(
         title="Bus to store: JetStream -> flow-enricher -> ClickHouse",
-        columns=["measurement", "flow updates", "flow updates/s (wall)", "per enricher CPU-second", "lag p50 / p99 (s)"])
+        columns=["measurement", "flow updates", "flow updates/s (wall)", "per enricher CPU-second",
+                 "CPU-s per million: enricher / store / nats", "lag p50 / p99 (s)", "load (1 min)"])
     nats_proc = start_nats()
     store = start_store()
+    watch = {"store": store.popen.pid, "nats": nats_proc.popen.pid}
+    sustained: list[tuple[int, dict[str, Any]]] = []
     try:
         ceil_rows = 20_000 if small else 200_000
         rows = ceiling(store.url, ceil_rows)
-        res.rows.extend(rows)
+        res.rows.extend(r + ["", f"{os.getloadavg()[0]:.2f}"] for r in rows)
         native_ceiling = rows[1][2]
-        res.rows.extend(in_process(10_000 if small else 100_000))
-        burst = make_messages(200 if small else 6_000, seed=3)
-        for r in ([1] if small else [1, 2, 3]):
-            out = asyncio.run(pipeline_run(nats_proc.url, store.url, r, burst, None, f"d{r}{os.getpid()}"))
+        res.rows.extend(r + ["", f"{os.getloadavg()[0]:.2f}"] for r in in_process(10_000 if small else 100_000))
+        burst = make_messages(40 if small else 1_200, seed=3)
+        for r in ([1] if small else [1, 2]):
+            out = asyncio.run(pipeline_run(nats_proc.url, store.url, r, burst, None, f"d{r}{os.getpid()}",
+                                           watch=watch))
             assert out["stored"] >= out["total"], out
-            res.rows.append([f"backlog burst, {r} replica(s) (split {[int(x) for x in out['per_replica']]})",
-                             out["total"], out["total"] / out["wall"], out["total"] / out["cpu"],
-                             f"{out['p50']:g} / {out['p99']:g}"])
+            res.rows.append(_row(f"backlog burst, {r} replica(s) (split {[int(x) for x in out['per_replica']]})",
+                                 out))
             if r == 1:
                 per_core = out["total"] / out["cpu"]
-        rates = [10_000] if small else [50_000, 100_000, 200_000]
+        pool = make_messages(20 if small else 400, seed=4)
+        seconds = 2 if small else 15
+        rates = [10_000] if small else [100_000, 200_000, 250_000]
         for rate in rates:
-            n_msgs = int(rate * (2 if small else 8) / FLOWS_PER_MSG)
-            msgs = make_messages(n_msgs, seed=4)
-            out = asyncio.run(pipeline_run(nats_proc.url, store.url, 1, msgs, rate, f"p{rate}{os.getpid()}"))
+            n_msgs = int(rate * seconds / FLOWS_PER_MSG)
+            out = asyncio.run(pipeline_run(nats_proc.url, store.url, 1, pool, rate, f"p{rate}{os.getpid()}",
+                                           total_msgs=n_msgs, watch=watch))
             assert out["stored"] >= out["total"], out
-            res.rows.append([f"paced {rate:,} updates/s offered, 1 replica (published in {out['pub_s']:.1f} s)",
-                             out["total"], out["total"] / out["wall"], out["total"] / out["cpu"],
-                             f"{out['p50']:g} / {out['p99']:g}"])
-        res.notes.append(f"{FLOWS_PER_MSG} flow updates per JetStream message (~480 B per update, msgpack); "
-                         "inserts of ~50 000 updates into flows + flow_metrics (ReplacingMergeTree).")
-        res.notes.append(f"One replica: {per_core:,.0f} flow updates per enricher CPU-second (goal 200 000). "
-                         f"The engine behind the store took the 50-column flows table as a ready Native block at "
-                         f"{native_ceiling:,.0f} rows/s here: the enricher core is within "
-                         f"{max(native_ceiling / per_core, 1):.1f}x of that ceiling; against the baselines' "
-                         f"in-process chdb figure for a 20-column table (~2.05 M rows/s) it is "
-                         f"{2_050_000 / per_core:.1f}x (goal: within 5x).")
+            sustained.append((rate, out))
+            res.rows.append(_row(f"paced {rate:,} updates/s offered for {seconds} s, 1 replica "
+                                 f"(published in {out['pub_s']:.1f} s)", out))
+        res.notes.append(f"{FLOWS_PER_MSG} flow updates per JetStream message (~250 kB, msgpack), as probe-flow "
+                         "and the sFlow collector pack them; the enricher inserts ~200 000 updates (or what "
+                         "0.5 s brought) at a time into flows + flow_metrics (ReplacingMergeTree).")
+        res.notes.append(f"Backlog, one replica: {per_core:,.0f} flow updates per enricher CPU-second (goal "
+                         f"500 000). The engine behind the store took the 50-column flows table as a ready "
+                         f"Native block at {native_ceiling:,.0f} rows/s in this run.")
+        met = [rate for rate, out in sustained if out["pub_s"] <= 1.05 * seconds and out["p99"] <= 2]
+        res.notes.append("Sustained (goal 250 000 updates/s with lag p99 <= 2 s): "
+                         + (f"met up to {max(met):,} updates/s offered in this run." if met else
+                            "not met at any offered rate in this run.")
+                         + " A rate counts as sustained when it was published on schedule (JetStream "
+                         "acked every publish in time) and everything was stored with lag p99 <= 2 s; the wall "
+                         "rate counts to the last insert, so it includes up to one insert interval of tail.")
         res.notes.append("Lag = publish time (ts stamped at publish) to insert accepted + acked, from the "
                          "enricher's lag histogram; values are bucket upper bounds (0.05, 0.1, 0.25, 0.5, 1, 2, 5 s...).")
+        res.notes.append("Store CPU includes the ClickHouse engine's background merges that ran during the row; "
+                         "nats-server's includes the republished enriched messages (core NATS, ~same size).")
         res.notes.append("Replicas share 2 cores with nats-server, the store and the publisher: more replicas add "
                          "no cores here, so the wall rate cannot grow; the per-CPU-second figure shows the cost "
                          "of splitting the work.")
