@@ -19,10 +19,10 @@ class SFlowCollectorConfig(BaseConfig):
     """SO_RCVBUF of the socket: room for bursts (the kernel caps it at net.core.rmem_max unless root)."""
     recvmmsg: bool = True
     """Read the socket with recvmmsg in the C extension (64 datagrams per system call); false: recvfrom loop."""
-    read_coalesce_s: float = 0.02
+    read_coalesce_s: float = 0.05
     """While datagrams keep coming, read the socket this often (fewer, larger reads; shortened when the socket
     buffer would fill first; 0: read at every epoll wake-up)."""
-    process_interval_s: float = 0.5
+    process_interval_s: float = 1.0
     """How often pending samples go through the flow tables and counter samples are published (also after
     every `process_datagrams`, and before each flow update). Samples keep the time they were read at."""
     process_datagrams: int = 100_000

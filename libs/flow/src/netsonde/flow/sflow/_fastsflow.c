@@ -313,25 +313,33 @@ struct FoldObject {
 #define FOLD_MIN_CAP 1024
 static uint64_t hash_seed;
 
-static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+/* A wyhash-style hash: one 64x64->128-bit multiply per 16 bytes (keys are ~50-100 bytes). */
+static inline uint64_t mum(uint64_t a, uint64_t b) {
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
+static inline uint64_t rd64le(const uint8_t *p) { uint64_t w; memcpy(&w, p, 8); return w; }
+static inline uint64_t rd32le(const uint8_t *p) { uint32_t w; memcpy(&w, p, 4); return w; }
+
+#define HS1 0xa0761d6478bd642fULL
+#define HS2 0xe7037ed1a0b428dbULL
+#define HS3 0x8ebc6af09c88c6e3ULL
 
 static inline uint64_t hash_more(uint64_t h, const uint8_t *p, size_t n) {
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        h = rotl64(h ^ (w * 0x87c37b91114253d5ULL), 31) * 0x4cf5ad432745937fULL;
-        p += 8;
-        n -= 8;
+    uint64_t len = n;
+    while (n > 16) {
+        h = mum(rd64le(p) ^ HS1, rd64le(p + 8) ^ h);
+        p += 16;
+        n -= 16;
     }
-    uint64_t w = 0;
-    memcpy(&w, p, n);
-    return rotl64(h ^ (w * 0x87c37b91114253d5ULL) ^ n, 31) * 0x4cf5ad432745937fULL;
+    uint64_t a = 0, b = 0;
+    if (n >= 8) { a = rd64le(p); b = rd64le(p + n - 8); }
+    else if (n >= 4) { a = rd32le(p); b = rd32le(p + n - 4); }
+    else if (n) { a = ((uint64_t)p[0] << 16) | ((uint64_t)p[n >> 1] << 8) | p[n - 1]; }
+    return mum(HS3 ^ len, mum(a ^ HS2, b ^ h));
 }
 
-static inline uint64_t hash_end(uint64_t h) {
-    h ^= h >> 33; h *= 0xff51afd7ed558ccdULL; h ^= h >> 33; h *= 0xc4ceb9fe1a85ec53ULL; h ^= h >> 33;
-    return h;
-}
+static inline uint64_t hash_end(uint64_t h) { return h ^ (h >> 29); }
 
 static int fold_grow(FoldObject *f) {
     Py_ssize_t cap = f->cap ? f->cap * 2 : FOLD_MIN_CAP;
