@@ -39,6 +39,7 @@ from .writer import FlowWriter
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 20.0
+REPUBLISH_FLUSH_BYTES = 2 * 1024 * 1024
 
 DROPS = {"redeliveries": "redeliveries_total", "rejects": "bad_messages_total",
          "insert_failures": "insert_errors_total", "stream_discarded": "stream_discarded_total"}
@@ -275,11 +276,7 @@ class FlowEnricherService(Service):
             if ts:
                 self.m_lag.observe(max(0.0, (now_ms - ts) / 1000))
         if self.cfg.publish_enriched:
-            subject = self.subjects.flows_enriched
-            for payload in built.enriched:
-                if payload is not None:
-                    with contextlib.suppress(Exception):
-                        await self.nc.publish(subject, payload)
+            await self._republish(built.enriched)
         nbytes = sum(len(d) for d in data)
         if built.rows and nbytes:
             self._rows_per_byte = 0.8 * self._rows_per_byte + 0.2 * built.rows / nbytes
@@ -290,6 +287,22 @@ class FlowEnricherService(Service):
         self.stored_batches += stored
         self.m_flows.inc(built.rows)
         self.m_batches.inc(stored)
+
+    async def _republish(self, enriched: list[bytes | None]) -> None:
+        """Publish the enriched batches, flushing every REPUBLISH_FLUSH_BYTES: nats-py otherwise queues a
+        whole flush (~100 MB) before its writer runs, and asyncio's socket buffer then moves the unsent
+        rest after every send (measured: ~13% of the enricher's CPU)."""
+        subject = self.subjects.flows_enriched
+        unflushed = 0
+        for payload in enriched:
+            if payload is None:
+                continue
+            with contextlib.suppress(Exception):
+                await self.nc.publish(subject, payload)
+                unflushed += len(payload)
+                if unflushed >= REPUBLISH_FLUSH_BYTES:
+                    unflushed = 0
+                    await self.nc.flush(timeout=10)
 
     def _build(self, data: list[bytes]) -> Processed:
         return process(data, self.lookup, self.cfg.fast_path)

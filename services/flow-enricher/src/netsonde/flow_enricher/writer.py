@@ -79,8 +79,11 @@ class FlowWriter:
         return cols.rows
 
     def insert_native(self, table: str, block: bytes, column_names: list[str]) -> None:
-        """Send a ready ClickHouse Native block (from the C path) to `table`."""
-        self._client().raw_insert(table, column_names, insert_block=block, fmt="Native", settings=INSERT_SETTINGS)
+        """Send a ready ClickHouse Native block (from the C path) to `table`. Given as a memoryview, the block
+        is sent as it is, the INSERT going in the URL: as bytes, clickhouse-connect would copy the whole block
+        (~90 MB per 200 000 flows) to put the statement in front of it."""
+        self._client().raw_insert(table, column_names, insert_block=memoryview(block), fmt="Native",
+                                  settings=INSERT_SETTINGS)
 
     def insert_processed(self, p: Any) -> int:
         """Insert what `pipeline.process` built: Native blocks, then Python-path columns; returns flow rows.
