@@ -268,9 +268,9 @@ def run(small: bool) -> Result:
                          + "; ".join(ratios) + ".")
     res.notes.append(f"Corpus: {path.name}, {len(dgs)} datagrams, {flow_samples} flow samples "
                      f"({per_dgram:.1f} per datagram), replayed cyclically; sender pinned to CPU0, tool to CPU1.")
-    res.notes.append("Netsonde is measured end to end: socket reads (recvmmsg, every 20 ms while datagrams come), "
-                     "C scanner and sample fold, probe-flow's FlowTable every 0.5 s, and FlowUpdateBatch publishes "
-                     "to JetStream every second (nats-server CPU not included).")
+    res.notes.append("Netsonde is measured end to end: socket reads (recvmmsg, every 50 ms while datagrams come), "
+                     "C scanner and sample fold, probe-flow's FlowTable and FlowUpdateBatch publishes to JetStream "
+                     "every second (nats-server CPU not included).")
     res.notes.append("For reference (baselines.md, not used in the ratios): a naive Python struct decoder does "
                      "41k datagrams per second without socket I/O.")
     return res

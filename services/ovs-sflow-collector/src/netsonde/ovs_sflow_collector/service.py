@@ -193,9 +193,15 @@ class SFlowCollectorService(Service):
 
     def _read_and_wait(self) -> None:
         t = time.monotonic()
-        n = self._drain_socket()
-        if self._pending >= self.cfg.process_datagrams:
-            self._process()
+        n = 0
+        try:
+            n = self._drain_socket()
+            if self._pending >= self.cfg.process_datagrams:
+                self._process()
+        finally:  # whatever happened, the socket is read again (an error is logged by the event loop)
+            self._schedule_read(n, t)
+
+    def _schedule_read(self, n: int, t: float) -> None:
         if self.cfg.read_coalesce_s <= 0 or self.sock is None or self.stopping:
             return
         loop = asyncio.get_running_loop()
