@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from netsonde.common import ids
-from netsonde.common.bus.topology import ProbeEdge, ProbeNode, TopologyMessage, state_digest
+from netsonde.common.bus.topology import DigestCache, ProbeEdge, ProbeNode, TopologyMessage, state_digest
 from netsonde.probe_topology.builder import build
 from netsonde.probe_topology.netns import NetNs
 from netsonde.probe_topology.ovsdb import OvsBridge, OvsInterface, OvsPort, OvsState
@@ -252,3 +252,22 @@ def test_state_digest_matches_its_documented_algorithm():
     assert state_digest([], []) == hashlib.sha1(b"").hexdigest()
     changed = [ProbeNode(ID="n2", Metadata={"b": [2, 1], "a": {"z": 1, "y": "é"}}), nodes[1]]
     assert state_digest(changed, edges) != state_digest(nodes, edges)
+
+
+def test_digest_cache_matches_state_digest_across_changes():
+    """The cached digest (probe and graph-builder) equals the documented algorithm after replacements,
+    additions and deletions of nodes and edges, and sees a replaced element whose content changed."""
+    cache = DigestCache()
+    nodes = {f"n{i}": ProbeNode(ID=f"n{i}", Metadata={"Name": f"x{i}", "F": {"b": 1, "a": [1, 2]}}) for i in range(50)}
+    edges = {f"e{i}": ProbeEdge(ID=f"e{i}", Parent=f"n{i}", Child=f"n{i + 1}", Metadata={"RelationType": "layer2"})
+             for i in range(40)}
+    digests = set()
+    for step in range(20):
+        got = cache.digest(nodes.values(), edges.values())
+        assert got == state_digest(nodes.values(), edges.values()), step
+        digests.add(got)
+        nodes[f"n{step}"] = ProbeNode(ID=f"n{step}", Metadata={**nodes[f"n{step}"].Metadata, "v": step})
+        nodes.pop(f"n{49 - step}")
+        edges[f"x{step}"] = ProbeEdge(ID=f"x{step}", Parent="a", Child="b", Metadata={})
+        edges[f"e{step}"] = ProbeEdge(ID=f"e{step}", Parent="p", Child="q", Metadata={"RelationType": "ownership"})
+    assert len(digests) == 20

@@ -28,6 +28,8 @@ class HostState:
     """node ID -> metadata as the probe sent it (before overlays)."""
     edges: dict[str, topo.ProbeEdge] = field(default_factory=dict)
     full_parts: dict[int, topo.TopologyMessage] = field(default_factory=dict)
+    digests: topo.DigestCache = field(default_factory=topo.DigestCache)
+    """Checks the probe's digests without redoing the JSON of unchanged elements (stalls the event loop)."""
 
 
 @dataclass
@@ -103,10 +105,9 @@ class GraphBuilder:
             for edge in msg.edges:
                 self._upsert_edge(msg.host, host, edge)
         elif msg.kind == "digest":
-            digest_fn = getattr(topo, "state_digest", None)
-            if in_sequence and digest_fn is not None and msg.digest:
-                mine = digest_fn([topo.ProbeNode(ID=k, Metadata=v) for k, v in host.nodes.items()],
-                                 list(host.edges.values()))
+            if in_sequence and msg.digest:
+                mine = host.digests.digest([topo.ProbeNode(ID=k, Metadata=v) for k, v in host.nodes.items()],
+                                           host.edges.values())
                 if mine != msg.digest:
                     in_sequence = False
         if not in_sequence:

@@ -24,7 +24,7 @@ from nats.aio.client import Client as NATS
 from netsonde.common import ids
 from netsonde.common.bus.codec import encode
 from netsonde.common.bus.subjects import Subjects
-from netsonde.common.bus.topology import ProbeNode, ResyncRequest, TopologyMessage, state_digest
+from netsonde.common.bus.topology import DigestCache, ProbeNode, ResyncRequest, TopologyMessage
 from netsonde.common.logs import OnceLogger
 from netsonde.common.natsconn import connect
 from netsonde.common.service import Service
@@ -67,6 +67,7 @@ class ProbeTopologyService(Service):
         self.tracker = IncrementalBuilder(self.host, self.hostname, config.metadata)
         self._structure_changed = False
         """Namespaces, OVS or containers changed: the next update is a full build."""
+        self._digests = DigestCache()
         self._need_full = False
         self._full_reason = ""
         self._inotify: Inotify | None = None
@@ -386,7 +387,7 @@ class ProbeTopologyService(Service):
             state = self._update_state(full=True).state
             whole = Delta(list(state.nodes.values()), list(state.edges.values()))
             parts = split(whole, 1 << 30, self.config.message_max_bytes) or [Delta()]
-            digest = state_digest(state.nodes.values(), state.edges.values())
+            digest = self._digests.digest(state.nodes.values(), state.edges.values())
             try:
                 for i, part in enumerate(parts):
                     await self._send("full", part, part_index=i, parts=len(parts),
@@ -401,7 +402,7 @@ class ProbeTopologyService(Service):
 
     async def publish_digest(self) -> None:
         async with self._flush_lock:
-            digest = state_digest(self.published.nodes.values(), self.published.edges.values())
+            digest = self._digests.digest(self.published.nodes.values(), self.published.edges.values())
             try:
                 await self._send("digest", Delta(), digest=digest)
             except Exception as exc:  # noqa: BLE001
