@@ -104,18 +104,21 @@ class EbpfCapture(BaseCapture):
         assert prog is not None
         off = monotonic_to_wall_offset_ns()
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        aggs: list[Aggregate] = []
+        parts: list[list[Aggregate]] = []  # each in the order of first packets
         packets = 0
         for m in prog.read_maps():
-            packets += self._fold(prog, m, now, off, drain, aggs)
+            packets += self._fold(prog, m, now, off, drain, parts)
+        ring: list[Aggregate] = []
+        parts.append(ring)
         self._read_ns = now
         for key, ts, wire, sample in prog.overflow():
-            aggs.append((key, _frame(sample, wire), 1, wire, ts + off, ts + off))
+            ring.append((key, _frame(sample, wire), 1, wire, ts + off, ts + off))
             packets += 1
+        # in the order of the entries' first packets, as AF_PACKET sees them: an echo request before its reply
+        # (RTT), a SYN before its SYN-ACK (a map's own order is its hash buckets'); merged only when needed
+        parts = [p for p in parts if p]
+        aggs = parts[0] if len(parts) == 1 else sorted((a for p in parts for a in p), key=itemgetter(4))
         if aggs:
-            # in the order of the entries' first packets, as AF_PACKET sees them: an echo request before its
-            # reply (RTT), a SYN before its SYN-ACK (the map's order is its hash buckets')
-            aggs.sort(key=itemgetter(4))
             with self.lock:
                 self.table.process_aggregates(aggs)
         if self.kernel_drops is not None:  # after the counts: a dropped packet's flow exists by now
@@ -125,8 +128,10 @@ class EbpfCapture(BaseCapture):
         self.packets_dropped = prog.stat(STAT_LOST)
         return packets
 
-    def _fold(self, prog: FlowProgram, m: MapRead, now: int, off: int, drain: bool, aggs: list[Aggregate]) -> int:
-        """Append the new counts of one map read to `aggs`; take evicted entries out of the map.
+    def _fold(self, prog: FlowProgram, m: MapRead, now: int, off: int, drain: bool,
+              parts: list[list[Aggregate]]) -> int:
+        """Append the new counts of one map read to `parts` (evicted entries, then the others, each list in
+        the order of first packets); take evicted entries out of the map.
 
         Vectorized first: only entries whose last packet came after the previous read (minus a margin for a
         packet counted while that read ran) or that are evicted reach Python. An entry skipped by mistake
@@ -145,9 +150,13 @@ class EbpfCapture(BaseCapture):
                 evict[cand[np.argsort(last[cand], kind="stable")[:live - self.max_flows // 2]]] = True
         changed = last >= self._read_ns - _RACE_MARGIN_NS
         seen, ks, kb = self._seen, m.key_size, m.keys
+        first = m.vals["first_ns"]
         packets = 0
+        evicted: list[Aggregate] = []
+        parts.append(evicted)
         # evicted entries (idle, pressure, drain: few per poll): taken out of the map, their last counts folded
-        for i in np.flatnonzero(evict).tolist():
+        ev_idx = np.flatnonzero(evict)
+        for i in ev_idx[np.argsort(first[ev_idx], kind="stable")].tolist():
             key = kb[i * ks:(i + 1) * ks]
             v = prog.take(key)  # the counts up to the removal
             self.evicted += 1
@@ -158,12 +167,15 @@ class EbpfCapture(BaseCapture):
             frame = done[2] if done else _sample_frame(rec)
             dp, db = (p - done[0], b - done[1]) if done else (p, b)
             if dp > 0 or db > 0:
-                aggs.append((key, frame, dp, db, int(rec["first_ns"]) + off, t1 + off))
+                evicted.append((key, frame, dp, db, int(rec["first_ns"]) + off, t1 + off))
                 packets += dp
         # entries that changed since the previous read (in a busy map, nearly all of them): the hot loop
         idx = np.flatnonzero(changed & ~evict)
         if not len(idx):
             return packets
+        idx = idx[np.argsort(first[idx], kind="stable")]
+        aggs: list[Aggregate] = []
+        parts.append(aggs)
         sub = m.vals[idx]
         get, append = seen.get, aggs.append
         for j, (i, p, b, t0, t1) in enumerate(zip(idx.tolist(), sub["packets"].tolist(), sub["bytes"].tolist(),
