@@ -41,6 +41,8 @@ DUMPS: dict[str, tuple[int, int, str]] = {
 RTM_NEWNSID, RTM_GETNSID = 88, 90
 NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
 NLMSG_ERROR, NLMSG_DONE = 2, 3
+READ_BUDGET_S = 0.005
+"""Most time one wake-up spends reading a namespace's socket before letting other work run."""
 
 
 class NsWatcher:
@@ -249,9 +251,14 @@ class NsWatcher:
         changed = False
         neigh_changed = False
         sock = self._sock
-        for _ in range(256):  # bounded per wake-up so one busy namespace cannot starve the loop
+        # bounded per wake-up (256 datagrams or READ_BUDGET_S, the socket stays readable) so one busy namespace
+        # or a refresh dump of a big one (with its ethtool reads) cannot hold back the other changes
+        budget_end = time.perf_counter() + READ_BUDGET_S
+        for _ in range(256):
             if sock is None:
                 return
+            if time.perf_counter() > budget_end:
+                break
             try:
                 data = sock.recv(1 << 20)
             except BlockingIOError:
