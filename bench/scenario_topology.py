@@ -4,7 +4,7 @@ probe-topology, graph-builder (history on, into the store) and query-api run as 
 NATS, as in `netsonde allinone`. Single changes: one veth pair at a time (100 for each measure), alternately
 timed by polling the API every 2 ms and by a WebSocket subscriber alone (polling would slow the delivery it
 measures). Burst: 1 000 veth pairs created by one `ip -batch`; time until the API counts all 2 000 ends, and
-graph-builder events/s. Loaded: the WebSocket latency again (100 single changes) while the bus-to-store
+graph-builder events/s (last, after the loaded measure). Loaded: the WebSocket latency again (100 single changes) while the bus-to-store
 scenario's load runs on the same cores: its own generator and pipeline (`scenario_bus_to_store.pipeline_run`:
 JetStream -> one flow-enricher process -> the store) at 100 000 flow updates/s offered, on the same NATS
 server and store. The 1-min load average is taken before and after each measure.
@@ -87,18 +87,20 @@ async def _measure(api: int, gb: int, tries: int, burst: int) -> tuple[list[floa
                     if name in seen:
                         ws_lat.append(seen[name] - t0)
                 await asyncio.sleep(0.05)
-            with tempfile.NamedTemporaryFile("w", suffix=".batch", delete=False) as f:
-                for i in range(burst):
-                    f.write(f"link add bx{tag}{i} type veth peer name by{tag}{i}\n")
-            events0 = graph_events(gb)
-            t0 = time.perf_counter()
-            subprocess.run(["ip", "-batch", f.name], check=True)
-            q = f"G.V().Has('Name', Regex('b[xy]{tag}.*')).Count()"
-            while await count(q) != 2 * burst:
-                await asyncio.sleep(0.01)
-            burst_s = time.perf_counter() - t0
-            burst_events = graph_events(gb) - events0
-            os.unlink(f.name)
+            burst_s = burst_events = 0.0
+            if burst:
+                with tempfile.NamedTemporaryFile("w", suffix=".batch", delete=False) as f:
+                    for i in range(burst):
+                        f.write(f"link add bx{tag}{i} type veth peer name by{tag}{i}\n")
+                events0 = graph_events(gb)
+                t0 = time.perf_counter()
+                subprocess.run(["ip", "-batch", f.name], check=True)
+                q = f"G.V().Has('Name', Regex('b[xy]{tag}.*')).Count()"
+                while await count(q) != 2 * burst:
+                    await asyncio.sleep(0.01)
+                burst_s = time.perf_counter() - t0
+                burst_events = graph_events(gb) - events0
+                os.unlink(f.name)
         finally:
             listener.cancel()
             await ws.close()
@@ -238,11 +240,13 @@ def run(small: bool) -> Result:
         api = procs.start("query_api", snapshot_timeout_s="5")
         time.sleep(1.0)
         load0 = os.getloadavg()[0]
-        api_lat, ws_lat, burst_s, burst_events = asyncio.run(_measure(api, gb, tries, burst))
+        api_lat, ws_lat, _, _ = asyncio.run(_measure(api, gb, tries, 0))
         nl_lat = asyncio.run(_ws_tries(api, tries // 2, ("netlink",)))["netlink"]
         load1 = os.getloadavg()[0]
         loaded_lat, load = asyncio.run(_loaded(api, nats.url, store.url, loaded_tries, load_s))
         load2 = os.getloadavg()[0]
+        time.sleep(2.0)  # the load's last inserts and merges settle before the burst
+        _, _, burst_s, burst_events = asyncio.run(_measure(api, gb, 0, burst))
     finally:
         procs.stop()
         store.stop()
