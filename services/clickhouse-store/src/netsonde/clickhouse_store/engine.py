@@ -44,6 +44,12 @@ T = TypeVar("T")
 DDL_KINDS = frozenset(
     {"CREATE", "DROP", "ALTER", "RENAME", "EXCHANGE", "TRUNCATE", "DETACH", "ATTACH", "UNDROP"}
 )
+# Server-wide MergeTree defaults of the embedded engine, as a ClickHouse admin sets them in <merge_tree>
+# (a table's own SETTINGS still win). merge_selector_base 10 (ClickHouse's default is 5) waits for more parts
+# of a size before merging them: measured with 100 000-row flow inserts, the engine spent 25% less CPU per row
+# (merges rewrite each row fewer times), leaving ~10 parts per table instead of ~5 (docs/store.md).
+MERGE_TREE_DEFAULTS = {"merge_selector_base": "10"}
+SERVER_CONFIG = "netsonde-store.xml"
 # Squash the whole batch into one block per partition before writing anything.
 ATOMIC_INSERT_SETTINGS = {
     "min_insert_block_size_rows": "18446744073709551615",
@@ -98,6 +104,7 @@ class Engine:
         self._idle = asyncio.Event()
         self._closed = False
         self._lock = threading.Lock()
+        self._conn_string = str(self.data_dir)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -107,6 +114,7 @@ class Engine:
         for stale in self.tmp_dir.glob("insert-*"):  # spooled by a previous run that died
             with contextlib.suppress(OSError):
                 stale.unlink()
+        self._write_server_config()
         loop = asyncio.get_running_loop()
         first = await loop.run_in_executor(self._executor, self._open)
         res = first.run("SELECT version(), timezone()", "TabSeparated").bytes().decode().strip().split("\t")
@@ -138,8 +146,15 @@ class Engine:
         self._idle.set()
         log.info("engine ready", extra={"data_dir": str(self.data_dir), "version": self.version})
 
+    def _write_server_config(self) -> None:
+        """The engine's server config (chdb reads it from `?config-file=` in the connection string)."""
+        settings = "".join(f"<{k}>{v}</{k}>" for k, v in MERGE_TREE_DEFAULTS.items())
+        path = self.data_dir / SERVER_CONFIG
+        path.write_text(f"<clickhouse><merge_tree>{settings}</merge_tree></clickhouse>\n")
+        self._conn_string = f"{self.data_dir}?config-file={path}"
+
     def _open(self) -> Conn:
-        conn = Conn(str(self.data_dir))
+        conn = Conn(self._conn_string)
         with self._lock:
             self._all.append(conn)
         return conn
