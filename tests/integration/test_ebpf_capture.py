@@ -5,6 +5,7 @@ same packet and byte counts. Then end to end through the services and Gremlin, a
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from typing import Any, Iterator
 
@@ -65,6 +66,13 @@ def veths(unique: str) -> Iterator[Veths]:
     v.down()
 
 
+def ebpf_attached(ns: str, ifname: str) -> bool:
+    """The capture's programs on the interface: TCX links (kernel 6.6+) or the clsact qdisc of the fallback."""
+    code = f"from netsonde.flow.ebpf.loader import tcx_programs; print(len(tcx_programs('{ifname}')))"
+    tcx = int(sh("ip", "netns", "exec", ns, sys.executable, "-c", code))
+    return tcx > 0 or "clsact" in sh("ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", ifname)
+
+
 def qdiscs(v: Veths) -> str:
     return v.in_a("tc", "qdisc", "show", "dev", v.va)
 
@@ -82,13 +90,14 @@ def run_both(v: Veths, traffic: Any, max_flows: int = 65536) -> tuple[list[Any],
     af.start()
     eb.start()
     try:
-        assert "clsact" in qdiscs(v)
+        assert ebpf_attached(v.a, v.va)
         time.sleep(0.3)
         traffic()
         time.sleep(0.5)
     finally:
         af.stop()
         eb.stop()
+    assert not ebpf_attached(v.a, v.va), "the programs stay attached after the capture stopped"
     assert "clsact" not in qdiscs(v), "the clsact qdisc stays after the capture stopped"
     return t_af.flush(), t_eb.flush(), eb
 
@@ -219,7 +228,7 @@ def test_end_to_end_through_gremlin_equals_afpacket(stack: tuple[int, int], pair
         for name, cap, kind in ((pair.va, eb, "ebpf"), (pair.vb, af, "afpacket")):
             got = wait_until(lambda: captures_of(api, name), 30, f"the capture on {name}")
             assert [(c["ID"], c["State"], c["Type"]) for c in got] == [(cap["UUID"], "active", kind)]
-        assert "clsact" in sh("ip", "netns", "exec", pair.a, "tc", "qdisc", "show", "dev", pair.va)
+        assert ebpf_attached(pair.a, pair.va)
         pair.ping(5)
 
         def ping_flow(name: str) -> dict[str, Any] | None:
@@ -241,6 +250,6 @@ def test_end_to_end_through_gremlin_equals_afpacket(stack: tuple[int, int], pair
     finally:
         delete(api, eb["UUID"])
         delete(api, af["UUID"])
-    wait_until(lambda: "clsact" not in sh("ip", "netns", "exec", pair.a, "tc", "qdisc", "show", "dev", pair.va),
-               30, "the clsact qdisc removed after DELETE")
+    wait_until(lambda: not ebpf_attached(pair.a, pair.va), 30, "the programs detached after DELETE")
+    assert "clsact" not in sh("ip", "netns", "exec", pair.a, "tc", "qdisc", "show", "dev", pair.va)
     assert "bpf" not in sh("ip", "netns", "exec", pair.a, "tc", "filter", "show", "dev", pair.va, "ingress")

@@ -6,7 +6,9 @@
  * space derives the flow exactly as from a captured packet. Plain packets go to `flows` (64-byte key),
  * tunnelled ones to `tunnel_flows` (the key plus the inner headers). When the map is full the packet goes to a ring
  * buffer instead (one record per packet); when that is full too, it is only counted (stats[STAT_LOST]).
- * The program never drops or changes a packet (always TC_ACT_OK).
+ * The program never drops or changes a packet: it returns TC_ACT_UNSPEC (TCX_NEXT), so whatever else is
+ * attached after it (other TCX programs, clsact filters) still runs.
+ * Attached through TCX links (kernel 6.6+), else as cls_bpf filters on a clsact qdisc.
  * Built by `make install` (clang -target bpf); loaded by netsonde.flow.ebpf.loader. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -333,11 +335,11 @@ static __always_inline int count_in(void *map, void *key, struct tunnel_key *t, 
 		__sync_fetch_and_add(&v->packets, 1);
 		__sync_fetch_and_add(&v->bytes, skb->len);
 		v->last_ns = now;
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	struct flow_val *nv = bpf_map_lookup_elem(&scratch, &zero);
 	if (!nv)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	nv->packets = 1;
 	nv->bytes = skb->len;
 	nv->first_ns = now;
@@ -347,7 +349,7 @@ static __always_inline int count_in(void *map, void *key, struct tunnel_key *t, 
 	if (bpf_map_update_elem(map, key, nv, BPF_NOEXIST) == 0) {
 		if (map == (void *)&tunnel_flows)
 			count_stat(STAT_TUNNEL_NEW);
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	/* another CPU created it meanwhile, or the map is full */
 	v = bpf_map_lookup_elem(map, key);
@@ -355,12 +357,12 @@ static __always_inline int count_in(void *map, void *key, struct tunnel_key *t, 
 		__sync_fetch_and_add(&v->packets, 1);
 		__sync_fetch_and_add(&v->bytes, skb->len);
 		v->last_ns = now;
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	struct ring_rec *r = bpf_ringbuf_reserve(&overflow, sizeof(*r), 0);
 	if (!r) {
 		count_stat(STAT_LOST);
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	__builtin_memcpy(&r->key, t, sizeof(*t));
 	r->ts_ns = now;
@@ -369,7 +371,7 @@ static __always_inline int count_in(void *map, void *key, struct tunnel_key *t, 
 	__builtin_memcpy(r->sample, nv->sample, SAMPLE_LEN);
 	bpf_ringbuf_submit(r, 0);
 	count_stat(STAT_RINGBUF);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 static __always_inline int account(struct __sk_buff *skb)
@@ -382,7 +384,7 @@ static __always_inline int account(struct __sk_buff *skb)
 	if (linear < skb->len && linear < SAMPLE_LEN)
 		bpf_skb_pull_data(skb, skb->len < SAMPLE_LEN ? skb->len : SAMPLE_LEN);
 	if (parse(skb, &k) < 0)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	if (k.outer.tunnel)
 		return count_in(&tunnel_flows, &k, &k, skb);
 	return count_in(&flows, &k.outer, &k, skb);
