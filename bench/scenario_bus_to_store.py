@@ -13,7 +13,8 @@ Measured, against one nats-server (-js, file storage) and the embedded store, ev
    per message, as probe-flow and the sFlow collector pack them; `ts` stamped at publish, every update a new
    flow UUID); end-to-end lag = publish -> stored in ClickHouse and acked, from the enricher's lag histogram.
 For every pipeline row: CPU-seconds per million updates of the enricher(s), the store process (HTTP + the
-ClickHouse engine, its merges included) and nats-server, and the 1-min load average at the end of the row.
+ClickHouse engine, its merges included), nats-server and the publisher (this process), and the 1-min load
+average at the end of the row.
 The machine has 2 cores shared by nats-server, the store (ClickHouse engine), the publisher and the
 replicas (and by other jobs: see the load): wall rates are bounded by that; CPU-second figures are each
 process's own.
@@ -232,6 +233,7 @@ async def pipeline_run(nats_url: str, store_url: str, replicas: int, msgs: list[
         pids = [p.pid for p in procs.procs]
         cpu0 = [cpu_seconds(pid) for pid in pids]
         other0 = {name: cpu_seconds(pid) for name, pid in watch.items()}
+        pub0 = time.process_time()
         n_msgs = total_msgs if total_msgs is not None else len(msgs)
         total = n_msgs * FLOWS_PER_MSG
         t0 = time.monotonic()
@@ -247,6 +249,7 @@ async def pipeline_run(nats_url: str, store_url: str, replicas: int, msgs: list[
         wall = time.monotonic() - t0
         cpu = sum(cpu_seconds(pid) - c for pid, c in zip(pids, cpu0))
         others = {name: cpu_seconds(pid) - other0[name] for name, pid in watch.items()}
+        others["publisher"] = time.process_time() - pub0  # this process: publishing (and the scrapes)
         metrics = [scrape(p) for p in ports]
         buckets = lag_buckets(metrics)
         return {"stored": stored, "total": total, "wall": wall, "pub_s": pub_s, "cpu": cpu, "others": others,
@@ -271,8 +274,8 @@ def _row(label: str, out: dict[str, Any]) -> list[Any]:
     per_m = 1e6 / out["total"]
     others = out["others"]
     return [label, out["total"], out["total"] / out["wall"], out["total"] / out["cpu"],
-            f"{out['cpu'] * per_m:.2f} / {others.get('store', float('nan')) * per_m:.2f} / "
-            f"{others.get('nats', float('nan')) * per_m:.2f}",
+            " / ".join(f"{x * per_m:.2f}" for x in (out["cpu"], others.get("store", float("nan")),
+                                                     others.get("nats", float("nan")), others["publisher"])),
             f"{out['p50']:g} / {out['p99']:g}", f"{out['load']:.2f}"]
 
 
@@ -280,7 +283,7 @@ def run(small: bool) -> Result:
     res = Result(
         title="Bus to store: JetStream -> flow-enricher -> ClickHouse",
         columns=["measurement", "flow updates", "flow updates/s (wall)", "per enricher CPU-second",
-                 "CPU-s per million: enricher / store / nats", "lag p50 / p99 (s)", "load (1 min)"])
+                 "CPU-s per million: enricher / store / nats / publisher", "lag p50 / p99 (s)", "load (1 min)"])
     nats_proc = start_nats()
     store = start_store()
     watch = {"store": store.popen.pid, "nats": nats_proc.popen.pid}
@@ -324,6 +327,12 @@ def run(small: bool) -> Result:
                          + " A rate counts as sustained when it was published on schedule (JetStream "
                          "acked every publish in time) and everything was stored with lag p99 <= 2 s; the wall "
                          "rate counts to the last insert, so it includes up to one insert interval of tail.")
+        rate, out = sustained[-1]
+        total_cpu = out["cpu"] + sum(out["others"].values())
+        res.notes.append(f"At {rate:,} updates/s offered, the four processes together used "
+                         f"{total_cpu * 1e6 / out['total']:.2f} CPU-seconds per million updates: 2 cores could "
+                         f"carry at most {2 * out['total'] / total_cpu:,.0f} updates/s with nothing else running "
+                         f"(1-min load {out['load']:.2f} at the end of that row).")
         res.notes.append("Lag = publish time (ts stamped at publish) to insert accepted + acked, from the "
                          "enricher's lag histogram; values are bucket upper bounds (0.05, 0.1, 0.25, 0.5, 1, 2, 5 s...).")
         res.notes.append("Store CPU includes the ClickHouse engine's background merges that ran during the row; "
