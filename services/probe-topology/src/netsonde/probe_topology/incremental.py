@@ -19,7 +19,6 @@ from netsonde.common import ids
 from netsonde.common.bus.topology import ProbeEdge, ProbeNode
 
 from .builder import (
-    LAYER2,
     OWNERSHIP,
     HostState,
     LinkContext,
@@ -295,4 +294,4 @@ def _ns_key(sources: list[NsSource]) -> frozenset[tuple[int, str, str, str]]:
     return frozenset((s.ns.inode, s.ns.path, s.ns.kind, s.ns.name) for s in sources)
 
 
-__all__ = ["IncrementalBuilder", "Update", "LAYER2"]
+__all__ = ["IncrementalBuilder", "Update"]
