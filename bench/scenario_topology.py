@@ -171,10 +171,9 @@ def _load_process(nats_url: str, store_url: str, rate: int, seconds: float, tag:
     """The load's own process (as the bus-to-store scenario runs beside the services, not inside the client
     that times the events: in a thread here its publisher would hold the client's GIL)."""
     try:
-        base = bus_load.make_messages(300, seed=5)  # 30 000 updates, cycled: the load, not the data, matters
+        base = bus_load.make_messages(60, seed=5)  # cycled by pipeline_run (fresh flow IDs each cycle)
         n_msgs = int(rate * seconds / bus_load.FLOWS_PER_MSG)
-        msgs = (base * (n_msgs // len(base) + 1))[:n_msgs]
-        out.put(asyncio.run(bus_load.pipeline_run(nats_url, store_url, 1, msgs, rate, tag)))
+        out.put(asyncio.run(bus_load.pipeline_run(nats_url, store_url, 1, base, rate, tag, total_msgs=n_msgs)))
     except BaseException as exc:  # noqa: BLE001 - reported by the scenario
         out.put({"error": repr(exc)})
 
