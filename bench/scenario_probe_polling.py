@@ -76,7 +76,7 @@ async def _refresh(svc: ProbeTopologyService) -> tuple[float, float]:
             raise RuntimeError(f"namespace {w.ns.name or 'root'} did not finish its dumps in 60 s")
     synced = time.monotonic()
     deadline = synced + 1  # a refresh that changed nothing causes no flush at all
-    while svc._last_flush < synced and time.monotonic() < deadline:  # the flush loop picks the change up
+    while svc._last_flush_end < synced and time.monotonic() < deadline:  # the flush loop has published it
         await asyncio.sleep(0.002)
     async with svc._flush_lock:  # ... and has rebuilt and published
         pass
