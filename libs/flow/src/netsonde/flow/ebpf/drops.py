@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .loader import EbpfError, _err, libbpf
+from .loader import EbpfError, _err, libbpf, percpu_counter
 
 __all__ = [
     "DropKey",
@@ -229,11 +229,7 @@ class DropProgram:
 
     def stat(self, idx: int) -> int:
         """A counter of the per-CPU `drop_stats` array, summed over CPUs."""
-        k = ctypes.c_uint32(idx)
-        vals = (ctypes.c_uint64 * self.ncpus)()
-        if libbpf().bpf_map_lookup_elem(self.stats_fd, ctypes.byref(k), vals) != 0:
-            return 0
-        return int(sum(vals))
+        return percpu_counter(self.stats_fd, idx, self.ncpus)
 
     def close(self) -> None:
         """Detach from the tracepoint and free the maps (idempotent)."""

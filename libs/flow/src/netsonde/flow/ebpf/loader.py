@@ -364,11 +364,16 @@ class FlowProgram:
 
     def stat(self, idx: int) -> int:
         """A counter of the per-CPU stats array, summed over CPUs."""
-        k = ctypes.c_uint32(idx)
-        vals = (ctypes.c_uint64 * self.ncpus)()
-        if libbpf().bpf_map_lookup_elem(self.stats_fd, ctypes.byref(k), vals) != 0:
-            return 0
-        return int(sum(vals))
+        return percpu_counter(self.stats_fd, idx, self.ncpus)
+
+
+def percpu_counter(map_fd: int, idx: int, ncpus: int) -> int:
+    """Entry `idx` of a BPF_MAP_TYPE_PERCPU_ARRAY of u64 counters, summed over CPUs (0 if unreadable)."""
+    k = ctypes.c_uint32(idx)
+    vals = (ctypes.c_uint64 * ncpus)()
+    if libbpf().bpf_map_lookup_elem(map_fd, ctypes.byref(k), vals) != 0:
+        return 0
+    return int(sum(vals))
 
 
 def _value(raw: bytes) -> FlowValue:
