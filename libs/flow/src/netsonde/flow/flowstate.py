@@ -7,7 +7,7 @@ Kept apart from the table so the modules that work on flows (`options.py`, the b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from netsonde.common.bus.flows import RawPacket
 
@@ -48,7 +48,7 @@ class FlowState:
                  "mac_a", "mac_b", "vlan", "net_proto", "ip_a", "ip_b", "net_id", "tr_proto", "port_a",
                  "port_b", "tr_id", "tunnel", "icmp_type", "icmp_code", "icmp_id", "ab_p", "ab_b", "ba_p",
                  "ba_b", "start", "last", "rtt", "rtt_t0", "sent", "tcp", "frags", "frag_err", "finish",
-                 "touched", "raw", "raw_count", "fastkeys", "sampling", "dpi", "extra", "drops")
+                 "touched", "raw", "raw_count", "fastkeys", "sampling", "dpi", "extra", "drops", "template")
 
     def __init__(self) -> None:
         self.ab_p = self.ab_b = self.ba_p = self.ba_b = 0
@@ -69,6 +69,9 @@ class FlowState:
         """Extra layers (DNS, DHCPv4, VRRPv2) decoded by the ExtraLayers option."""
         self.drops: FlowDrops | None = None
         """Kernel drops of the flow (capture option DropReasons, kerneldrops.py); None without any."""
+        self.template: Any = None
+        """The Flow fields fixed when the flow is created (IDs, Start, Link/Network/Transport/ICMP layers),
+        built once per flow (flowreport.py); every update is a copy of it with the counters set."""
 
     def is_ab(self, seg: Segment) -> bool:
         if self.net_proto and self.ip_a != self.ip_b:
