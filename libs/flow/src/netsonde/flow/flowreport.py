@@ -54,11 +54,19 @@ class FlowReport:
             self._opts.expire(now_ms * 1_000_000)
         start = self._last_update_ms
         out = []
+        # expire() scans the table only if some flow is idle for at least the shortest timeout (the scan of
+        # every flow at every update is otherwise the same cost again as building the updates)
+        cut = now_ms - min(self.finished_hold_ms, self.expire_ms, *self.app_timeouts_ms.values())
+        idle = False
+        to_flow, append = self._to_flow, out.append
         for fs in self.flows.values():
             if fs.touched:
-                out.append(self._to_flow(fs, start, now_ms))
+                append(to_flow(fs, start, now_ms))
+            if fs.last <= cut:
+                idle = True
         self._last_update_ms = now_ms
-        out.extend(self.expire(now_ms))
+        if idle:
+            out.extend(self.expire(now_ms))
         return out
 
     def expire(self, now_ms: int) -> list[Flow]:
@@ -131,10 +139,11 @@ class FlowReport:
 
     def _to_flow(self, fs: FlowState, win_start: int, win_end: int, consume: bool = True) -> Flow:
         sab_p, sab_b, sba_p, sba_b = fs.sent
-        metric = FlowMetric(ABPackets=fs.ab_p, ABBytes=fs.ab_b, BAPackets=fs.ba_p, BABytes=fs.ba_b,
-                            Start=fs.start, Last=fs.last, RTT=fs.rtt)
-        lum = FlowMetric(ABPackets=fs.ab_p - sab_p, ABBytes=fs.ab_b - sab_b, BAPackets=fs.ba_p - sba_p,
-                         BABytes=fs.ba_b - sba_b, Start=max(win_start, fs.start), Last=win_end, RTT=fs.rtt)
+        start = fs.start
+        # positional: ABPackets, ABBytes, BAPackets, BABytes, Start, Last, RTT (FlowMetric's field order)
+        metric = FlowMetric(fs.ab_p, fs.ab_b, fs.ba_p, fs.ba_b, start, fs.last, fs.rtt)
+        lum = FlowMetric(fs.ab_p - sab_p, fs.ab_b - sab_b, fs.ba_p - sba_p, fs.ba_b - sba_b,
+                         win_start if win_start > start else start, win_end, fs.rtt)
         tcpm = None
         if fs.tcp is not None:
             t = fs.tcp
@@ -143,14 +152,15 @@ class FlowReport:
         elif self.extra_tcp_metric and fs.tr_proto == "TCP":
             tcpm = TCPMetric()
         ipm = IPMetric(Fragments=fs.frags, FragmentErrors=fs.frag_err) if fs.frags else None
-        extra: dict = {"NDPI": {"Protocol": fs.dpi[0], "Category": fs.dpi[1]}} if fs.dpi else {}
+        extra: dict | None = {"NDPI": {"Protocol": fs.dpi[0], "Category": fs.dpi[1]}} if fs.dpi else None
         if self._opts is not None:
             layers, reasm = self._opts.flow_fields(fs)
-            extra.update(layers)
+            if layers:
+                extra = {**extra, **layers} if extra else dict(layers)
             if reasm:
                 tcpm = msgspec.structs.replace(tcpm or TCPMetric(), **reasm)
-        raw = fs.raw or []
-        reasons: dict[str, int] = {}
+        raw = fs.raw
+        reasons: dict[str, int] | None = None
         if fs.drops is not None:  # kernel drop reasons (kerneldrops.py)
             d = fs.drops
             metric.ABDrops, metric.BADrops = d.ab, d.ba
@@ -161,9 +171,16 @@ class FlowReport:
         tmpl = fs.template
         if tmpl is None:
             tmpl = fs.template = self._template(fs)
-        flow = _replace(tmpl, Application=fs.application, Last=fs.last, Metric=metric, LastUpdateMetric=lum,
-                        TCPMetric=tcpm, IPMetric=ipm, FinishType=fs.finish, RawPacketsCaptured=fs.raw_count,
-                        LastRawPackets=raw, SamplingRate=fs.sampling, Extra=extra, DropReasons=reasons)
+        if extra or raw or reasons:
+            flow = _replace(tmpl, Application=fs.application, Last=fs.last, Metric=metric, LastUpdateMetric=lum,
+                            TCPMetric=tcpm, IPMetric=ipm, FinishType=fs.finish, RawPacketsCaptured=fs.raw_count,
+                            LastRawPackets=raw or [], SamplingRate=fs.sampling, Extra=extra or {},
+                            DropReasons=reasons or {})
+        else:  # the common case: the template's empty Extra, DropReasons, LastRawPackets (never modified) are
+            # shared, so the update holds no new container (fewer objects for the garbage collector to track)
+            flow = _replace(tmpl, Application=fs.application, Last=fs.last, Metric=metric, LastUpdateMetric=lum,
+                            TCPMetric=tcpm, IPMetric=ipm, FinishType=fs.finish, RawPacketsCaptured=fs.raw_count,
+                            SamplingRate=fs.sampling)
         if consume:
             fs.sent = (fs.ab_p, fs.ab_b, fs.ba_p, fs.ba_b)
             fs.touched = False

@@ -60,8 +60,8 @@ class EbpfCapture(BaseCapture):
         self.idle_ns = int(idle_s * 1e9)
         self.max_flows = max_flows
         self.program: FlowProgram | None = None
-        self._seen: dict[bytes, tuple[int, int, bytes]] = {}
-        """key -> (packets, bytes) already folded into the table (the map's counters are cumulative), and the
+        self._seen: dict[bytes, list] = {}
+        """key -> [packets, bytes] already folded into the table (the map's counters are cumulative), and the
         entry's sample frame (the table decodes it again only if it expired the flow meanwhile)."""
         self._read_ns = 0
         """CLOCK_MONOTONIC when the previous read of the maps started."""
@@ -178,17 +178,22 @@ class EbpfCapture(BaseCapture):
         parts.append(aggs)
         sub = m.vals[idx]
         get, append = seen.get, aggs.append
-        for j, (i, p, b, t0, t1) in enumerate(zip(idx.tolist(), sub["packets"].tolist(), sub["bytes"].tolist(),
-                                                  sub["first_ns"].tolist(), sub["last_ns"].tolist())):
-            key = kb[i * ks:(i + 1) * ks]
+        # one numpy pass per column (keys as fixed-size byte strings, times made wall-clock): no per-entry slicing
+        keys = np.frombuffer(kb, dtype=f"V{ks}")[idx].tolist()
+        wall0 = (sub["first_ns"].astype(np.int64) + off).tolist()
+        wall1 = (sub["last_ns"].astype(np.int64) + off).tolist()
+        for j, (key, p, b, t0, t1) in enumerate(zip(keys, sub["packets"].tolist(), sub["bytes"].tolist(),
+                                                    wall0, wall1)):
             done = get(key)
             if done is None:  # first sight: the sample, padded to the packet's length, decoded once
                 frame = _sample_frame(sub[j])
-                seen[key] = (p, b, frame)
-                append((key, frame, p, b, t0 + off, t1 + off))
+                seen[key] = [p, b, frame]
+                append((key, frame, p, b, t0, t1))
                 packets += p
             elif p != done[0] or b != done[1]:  # (a read can fall between the kernel's two additions)
-                seen[key] = (p, b, done[2])
-                append((key, done[2], p - done[0], b - done[1], t0 + off, t1 + off))
-                packets += p - done[0]
+                dp = p - done[0]
+                append((key, done[2], dp, b - done[1], t0, t1))
+                done[0] = p  # updated in place: no new entry per flow and read
+                done[1] = b
+                packets += dp
         return packets
