@@ -236,16 +236,17 @@ class Bed:
             raise ValueError(name)
         time.sleep(1.5)  # let the tool finish starting (its start-up CPU is not counted)
         self.send(FLOWS, 10_000)  # warm-up: one packet per flow, so the window measures known flows
-        time.sleep(2.5 if name == "netsonde-ebpf" else 0.5)  # (the ebpf capture folds them at its next read)
         netsonde = name in ("netsonde", "netsonde-ebpf")
+        time.sleep(2.5 if netsonde else 0.5)  # (the ebpf capture folds them at its next read)
         if netsonde:
             _mark(proc)
         rx0, k0 = self.rx_packets(), self.rx.read()
         cpu0 = cpu_ns(proc.pid)
         elapsed = self.send(packets, pps)
         k1 = self.rx.read()
-        # let the tool drain its buffers; the ebpf capture reads its map every 2 s: all its folding in the window
-        time.sleep(3.0 if name in ("pmacctd", "nfstream", "netsonde-ebpf") else 1.0)
+        # let the tool drain its buffers. Both Netsonde probes get the same window: the traffic plus one update
+        # period (2 s), in which the ebpf capture's next map read folds the last packets (it reads every 2 s)
+        time.sleep(3.0 if name in ("pmacctd", "nfstream") else 2.0 if netsonde else 1.0)
         cpu1 = cpu_ns(proc.pid)
         if netsonde:
             _mark(proc)
