@@ -1,7 +1,7 @@
 from netsonde.common.service import main_for
 
 from .config import FlowEnricherConfig
-from .service import FlowEnricherService, tune_malloc
+from .service import FlowEnricherService, tune_process
 
-tune_malloc()
+tune_process()
 main_for(FlowEnricherService, FlowEnricherConfig)

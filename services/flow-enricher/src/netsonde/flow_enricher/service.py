@@ -57,8 +57,35 @@ def tune_malloc() -> None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(-3, 512 * 1024 * 1024)   # M_MMAP_THRESHOLD: big blocks from the heap, reused
         libc.mallopt(-1, 1024 * 1024 * 1024)  # M_TRIM_THRESHOLD: do not give the heap back after each flush
+        libc.mallopt(-8, 1)  # M_ARENA_MAX: one arena. A worker thread's arena holds at most 64 MB, so the
+        # bigger blocks a flush builds there were mmapped and unmapped every time (page faults again)
     except (OSError, AttributeError):
         pass  # not glibc: defaults
+
+
+NATS_READ_BYTES = 512 * 1024
+
+
+def tune_process() -> None:
+    """Process-wide settings for the enricher's throughput (measured on a backlog drain, docs/flow-storage.md).
+    Called by `python -m netsonde.flow_enricher` before it connects, not on import.
+
+    - malloc: see `tune_malloc`.
+    - nats-py reads the socket 32 kB at a time into a stream buffer of the same limit: with 250 kB messages
+      the transport paused and resumed reading (two epoll_ctl calls) and the parser ran ~8 times per message.
+      Its module constant is read at connect and on every read, so a bigger value here takes effect.
+    - the cyclic garbage collector walked every live object each few thousand allocations (nats-py builds a
+      few objects per message); the objects of the running service are frozen out of it, and it runs less
+      often. Nothing the enricher builds per message holds a reference cycle.
+    """
+    import gc
+
+    import nats.aio.client
+
+    tune_malloc()
+    nats.aio.client.DEFAULT_BUFFER_SIZE = max(nats.aio.client.DEFAULT_BUFFER_SIZE, NATS_READ_BYTES)
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 50)
 
 
 def _delivered(msg: Msg) -> int:
@@ -240,12 +267,17 @@ class FlowEnricherService(Service):
         """Insert until ClickHouse accepts, then ack and republish. Gives up (leaving the messages unacked,
         hence redelivered later) only when the service stops and the grace period is over."""
         data = [m.data for m in pending]
+        nbytes = sum(len(d) for d in data)
         delay = 0.2
         built: Processed | None = None
         started = time.monotonic()
         while True:
             try:
-                built = await asyncio.to_thread(self._build, data) if built is None else built
+                if built is None:
+                    built = await asyncio.to_thread(self._build, data)
+                    data = []
+                    for msg in pending:  # built: the payloads are not needed any more (~100 MB per flush)
+                        msg.data = b""
                 await asyncio.to_thread(self.writer.insert_processed, built)
                 break
             except Exception as exc:
@@ -277,7 +309,6 @@ class FlowEnricherService(Service):
                 self.m_lag.observe(max(0.0, (now_ms - ts) / 1000))
         if self.cfg.publish_enriched:
             await self._republish(built.enriched)
-        nbytes = sum(len(d) for d in data)
         if built.rows and nbytes:
             self._rows_per_byte = 0.8 * self._rows_per_byte + 0.2 * built.rows / nbytes
         if built.unresolved:
