@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from itertools import compress
 from operator import itemgetter
 
 import numpy as np
@@ -60,9 +61,8 @@ class EbpfCapture(BaseCapture):
         self.idle_ns = int(idle_s * 1e9)
         self.max_flows = max_flows
         self.program: FlowProgram | None = None
-        self._seen: dict[bytes, list] = {}
-        """key -> [packets, bytes] already folded into the table (the map's counters are cumulative), and the
-        entry's sample frame (the table decodes it again only if it expired the flow meanwhile)."""
+        self._seen = _Folded()
+        """Per map entry, the counts already folded into the table (the map's counters are cumulative)."""
         self._read_ns = 0
         """CLOCK_MONOTONIC when the previous read of the maps started."""
         self.evicted = 0
@@ -160,7 +160,7 @@ class EbpfCapture(BaseCapture):
             key = kb[i * ks:(i + 1) * ks]
             v = prog.take(key)  # the counts up to the removal
             self.evicted += 1
-            done = seen.pop(key, None)
+            done = seen.pop(key)
             rec = m.vals[i]
             p, b, t1 = (v.packets, v.byte_count, v.last_ns) if v else (int(rec["packets"]), int(rec["bytes"]),
                                                                         int(rec["last_ns"]))
@@ -177,23 +177,58 @@ class EbpfCapture(BaseCapture):
         aggs: list[Aggregate] = []
         parts.append(aggs)
         sub = m.vals[idx]
-        get, append = seen.get, aggs.append
-        # one numpy pass per column (keys as fixed-size byte strings, times made wall-clock): no per-entry slicing
+        # one numpy pass per column (keys as fixed-size byte strings, times made wall-clock); the deltas against
+        # the folded counts in one vectorized pass: no Python loop per entry but two list comprehensions
         keys = np.frombuffer(kb, dtype=f"V{ks}")[idx].tolist()
-        wall0 = (sub["first_ns"].astype(np.int64) + off).tolist()
-        wall1 = (sub["last_ns"].astype(np.int64) + off).tolist()
-        for j, (key, p, b, t0, t1) in enumerate(zip(keys, sub["packets"].tolist(), sub["bytes"].tolist(),
-                                                    wall0, wall1)):
-            done = get(key)
-            if done is None:  # first sight: the sample, padded to the packet's length, decoded once
-                frame = _sample_frame(sub[j])
-                seen[key] = [p, b, frame]
-                append((key, frame, p, b, t0, t1))
-                packets += p
-            elif p != done[0] or b != done[1]:  # (a read can fall between the kernel's two additions)
-                dp = p - done[0]
-                append((key, done[2], dp, b - done[1], t0, t1))
-                done[0] = p  # updated in place: no new entry per flow and read
-                done[1] = b
-                packets += dp
-        return packets
+        slot_of = seen.slot_of.get
+        slots = [slot_of(k, -1) for k in keys]
+        if -1 in slots:  # first sight: the sample, padded to the packet's length (decoded once by the table)
+            for j, sl in enumerate(slots):
+                if sl < 0:
+                    slots[j] = seen.add(keys[j], _sample_frame(sub[j]))
+        sl_arr = np.array(slots, dtype=np.intp)
+        pk, by = sub["packets"].astype(np.int64), sub["bytes"].astype(np.int64)
+        dp, db = pk - seen.packets[sl_arr], by - seen.bytes[sl_arr]
+        seen.packets[sl_arr], seen.bytes[sl_arr] = pk, by
+        frames = seen.frames
+        rows = zip(keys, [frames[sl] for sl in slots], dp.tolist(), db.tolist(),
+                   (sub["first_ns"].astype(np.int64) + off).tolist(), (sub["last_ns"].astype(np.int64) + off).tolist())
+        moved = (dp != 0) | (db != 0)  # (a read can fall between the kernel's two additions: either may move)
+        aggs.extend(rows if moved.all() else compress(rows, moved.tolist()))
+        return packets + int(dp[moved].sum())
+
+
+class _Folded:
+    """Per kernel map key, the packets and bytes already folded into the table and the entry's sample frame,
+    kept in numpy arrays by slot so a read's deltas are one vectorized subtraction."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.slot_of: dict[bytes, int] = {}
+        self.packets = np.zeros(size, dtype=np.int64)
+        self.bytes = np.zeros(size, dtype=np.int64)
+        self.frames: list[bytes] = [b""] * size
+        self._free = list(range(size - 1, -1, -1))
+
+    def add(self, key: bytes, frame: bytes) -> int:
+        """A slot for a new key (folded counts 0)."""
+        if not self._free:
+            n = len(self.frames)
+            self.packets = np.concatenate([self.packets, np.zeros(n, dtype=np.int64)])
+            self.bytes = np.concatenate([self.bytes, np.zeros(n, dtype=np.int64)])
+            self.frames.extend([b""] * n)
+            self._free = list(range(2 * n - 1, n - 1, -1))
+        sl = self._free.pop()
+        self.slot_of[key] = sl
+        self.frames[sl] = frame
+        return sl
+
+    def pop(self, key: bytes) -> tuple[int, int, bytes] | None:
+        """(packets, bytes, frame) of a key leaving the map; its slot is freed."""
+        sl = self.slot_of.pop(key, None)
+        if sl is None:
+            return None
+        done = (int(self.packets[sl]), int(self.bytes[sl]), self.frames[sl])
+        self.packets[sl] = self.bytes[sl] = 0
+        self.frames[sl] = b""
+        self._free.append(sl)
+        return done
