@@ -761,13 +761,14 @@ static PyObject *process(PyObject *self, PyObject *args) {
     mark_t *mk = malloc(sizeof(mark_t));
     PyObject *enriched = PyList_New(nm), *errors = PyList_New(0), *tss = PyList_New(nm), *res = NULL;
     long unresolved = 0;
+    buf_t enr = {0};  /* one buffer for every enriched message of the call: no malloc + free per message */
     if (!t || !mk || !enriched || !errors || !tss) { PyErr_NoMemory(); goto done; }
     for (Py_ssize_t i = 0; i < nm; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
         char *data; Py_ssize_t len;
         if (PyBytes_AsStringAndSize(item, &data, &len)) goto done;
         mark(t, mk);
-        buf_t enr = {0};
+        enr.len = 0;
         if (buf_reserve(&enr, (size_t)len + (size_t)len / 4 + 64)) goto done;
         const char *err = NULL; int64_t ts = 0; long unres = 0;
         Py_INCREF(item);  /* keep the bytes alive: the views point into them */
@@ -775,10 +776,9 @@ static PyObject *process(PyObject *self, PyObject *args) {
         /* the NodeTID cache holds views into this message: drop it */
         Py_CLEAR(L.last_nid); Py_CLEAR(L.last_host); L.last_tid.n = (size_t)-1; L.last_batch_host_n = (size_t)-1;
         Py_DECREF(item);
-        if (rc == -2) { buf_free(&enr); goto done; }
+        if (rc == -2) goto done;
         if (rc == -1) {
             rollback(t, mk);
-            buf_free(&enr);
             Py_INCREF(Py_None);
             PyList_SET_ITEM(enriched, i, Py_None);
             PyList_SET_ITEM(tss, i, PyLong_FromLong(0));
@@ -789,7 +789,6 @@ static PyObject *process(PyObject *self, PyObject *args) {
         }
         unresolved += unres;
         PyObject *eb = PyBytes_FromStringAndSize(enr.p, enr.len);
-        buf_free(&enr);
         if (!eb) goto done;
         PyList_SET_ITEM(enriched, i, eb);
         PyList_SET_ITEM(tss, i, PyLong_FromLongLong(ts));
@@ -809,6 +808,7 @@ static PyObject *process(PyObject *self, PyObject *args) {
         else { Py_XDECREF(fb); Py_XDECREF(mb); }
     }
 done:
+    buf_free(&enr);
     Py_XDECREF(L.last_nid); Py_XDECREF(L.last_host);
     if (own) { if (t) { tables_free(t); free(t); } }
     else {
