@@ -318,7 +318,7 @@ class FlowProgram:
                 raise _err("read the flow map", rc)
             n = count.value
             if n:
-                keys.append(kbuf.raw[:n * ksize])
+                keys.append(ctypes.string_at(kbuf, n * ksize))  # (not .raw: that copies the whole buffer)
                 vals.append(vbuf[:n].copy())
             if rc:  # -ENOENT: the last batch
                 break
