@@ -188,14 +188,15 @@ class EbpfCapture(BaseCapture):
                     slots[j] = seen.add(keys[j], _sample_frame(sub[j]))
         sl_arr = np.array(slots, dtype=np.intp)
         pk, by = sub["packets"].astype(np.int64), sub["bytes"].astype(np.int64)
-        dp, db = pk - seen.packets[sl_arr], by - seen.bytes[sl_arr]
+        d_pk: np.ndarray = pk - seen.packets[sl_arr]
+        d_by: np.ndarray = by - seen.bytes[sl_arr]
         seen.packets[sl_arr], seen.bytes[sl_arr] = pk, by
         frames = seen.frames
-        rows = zip(keys, [frames[sl] for sl in slots], dp.tolist(), db.tolist(),
+        rows = zip(keys, [frames[sl] for sl in slots], d_pk.tolist(), d_by.tolist(),
                    (sub["first_ns"].astype(np.int64) + off).tolist(), (sub["last_ns"].astype(np.int64) + off).tolist())
-        moved = (dp != 0) | (db != 0)  # (a read can fall between the kernel's two additions: either may move)
+        moved: np.ndarray = (d_pk != 0) | (d_by != 0)  # (a read can fall between the kernel's two additions: either may move)
         aggs.extend(rows if moved.all() else compress(rows, moved.tolist()))
-        return packets + int(dp[moved].sum())
+        return packets + int(d_pk[moved].sum())
 
 
 class _Folded:
