@@ -63,6 +63,34 @@ def tune_malloc() -> None:
         pass  # not glibc: defaults
 
 
+HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb"
+
+
+def exec_with_hugepage_malloc() -> None:
+    """Restart this process (same pid, same arguments) with glibc's malloc asking for transparent huge pages
+    (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`; glibc reads it only at start). A backlog drain touches
+    ~600 MB of fresh heap: with 4 kB pages the page faults were ~13% of the enricher's CPU (perf), with
+    2 MB pages they are gone (measured 450 k -> 535 k updates per enricher CPU-second). Does nothing if the
+    variable already names the tunable (set it to 0 to opt out), or on a system without glibc or THP."""
+    import os
+    import sys
+
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if HUGEPAGE_TUNABLE in tunables or not sys.platform.startswith("linux"):
+        return
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            if "[never]" in f.read():
+                return
+    except OSError:
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=":".join(t for t in (tunables, f"{HUGEPAGE_TUNABLE}=1") if t))
+    try:
+        os.execve(sys.executable, sys.orig_argv, env)
+    except OSError as exc:  # keep running without huge pages rather than not at all
+        log.warning("could not restart with huge-page malloc: %r", exc)
+
+
 NATS_READ_BYTES = 512 * 1024
 
 
@@ -279,6 +307,8 @@ class FlowEnricherService(Service):
                     for msg in pending:  # built: the payloads are not needed any more (~100 MB per flush)
                         msg.data = b""
                 await asyncio.to_thread(self.writer.insert_processed, built)
+                built.native.clear()  # stored: free the blocks (~110 MB per flush) before the republish
+                built.columns = None
                 break
             except Exception as exc:
                 self.m_insert_errors.inc()
@@ -325,9 +355,10 @@ class FlowEnricherService(Service):
         rest after every send (measured: ~13% of the enricher's CPU)."""
         subject = self.subjects.flows_enriched
         unflushed = 0
-        for payload in enriched:
+        for i, payload in enumerate(enriched):
             if payload is None:
                 continue
+            enriched[i] = None  # freed once nats-py has written it
             with contextlib.suppress(Exception):
                 await self.nc.publish(subject, payload)
                 unflushed += len(payload)
