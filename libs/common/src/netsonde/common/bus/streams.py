@@ -76,8 +76,11 @@ async def ensure_flow_stream(
             "created flow stream", extra={"stream": name, "max_age_s": max_age_s, "max_bytes": max_bytes}
         )
         return info
-    except Exception:
-        return await js.stream_info(name)  # another process created it between our check and our add
+    except Exception as exc:
+        try:  # another process created it between our check and our add
+            return await js.stream_info(name)
+        except NotFoundError:
+            raise RuntimeError(f"cannot create the flow stream {name}: {exc}") from exc
 
 
 async def open_bucket(js: JetStreamContext, name: str) -> KeyValue:

@@ -87,13 +87,24 @@ class Proc:
             return ""
 
 
+JETSTREAM_TEST_STORE = "10TB"
+"""The test server's JetStream storage limit. Each stream reserves its `max_bytes` against it (2 GiB per flow
+stream), and by default nats-server takes 75 % of the free disk: a suite creating a few dozen streams on a
+smaller disk would be refused with "insufficient storage resources" though it writes a few MB."""
+
+
 def start_nats(workdir: Path | None = None, port: int | None = None) -> Proc:
     """nats-server with JetStream on a free port; ready when it accepts connections."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="netsonde-nats-"))
     port = port or free_port()
     log_path = workdir / "nats.log"
+    conf = workdir / "nats.conf"
+    conf.write_text(
+        f'listen: "127.0.0.1:{port}"\n'
+        f'jetstream {{\n  store_dir: "{workdir / "js"}"\n  max_file_store: {JETSTREAM_TEST_STORE}\n}}\n'
+    )
     popen = subprocess.Popen(
-        [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(workdir / "js")],
+        [find_nats_server(), "-c", str(conf)],
         stdout=open(log_path, "wb"),
         stderr=subprocess.STDOUT,
     )
