@@ -9,6 +9,7 @@ Screenshots of each step go to a temporary directory printed at the start (NETSO
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -76,9 +77,13 @@ def shots() -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def stack(nats_url: str, clickhouse_url: str) -> Iterator[tuple[int, str]]:
-    """graph-builder, probe-topology, query-api, flow-enricher and probe-flow as processes; yields the API port and the prefix."""
+@contextlib.contextmanager
+def ui_services(
+    nats_url: str, clickhouse_url: str, name: str, alerts: bool = False, **topology: str
+) -> Iterator[tuple[int, str]]:
+    """Netsonde's services as processes under a fresh prefix `<name><tag>` (graph-builder, probe-topology with
+    `topology` settings, query-api, flow-enricher, probe-flow, and alert-evaluator with `alerts`); yields the API
+    port and the prefix once the host is in the API."""
     bundle = (
         Path(__file__).resolve().parents[2]
         / "services/query-api/src/netsonde/query_api/static/ui/manifest.json"
@@ -86,19 +91,28 @@ def stack(nats_url: str, clickhouse_url: str) -> Iterator[tuple[int, str]]:
     assert bundle.is_file(), f"the web UI bundle is not built ({bundle}): run `make ui`"
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: `make deps` installs Debian's chromium"
     tag = f"{int(time.time() * 1000) % 10**9:09d}"
-    prefix = f"ui{tag}"
+    prefix = f"{name}{tag}"
     procs = ServiceProcs(nats_url, clickhouse_url, prefix=prefix)
-    procs.env["NETSONDE_CLICKHOUSE_DATABASE"] = f"ui_{tag}"
+    procs.env["NETSONDE_CLICKHOUSE_DATABASE"] = f"{name}_{tag}"
     try:
         procs.start("graph_builder", history_flush_interval_s="0.2")
-        procs.start("probe_topology", ovsdb="", process_netns="false", metrics_interval_s="1")
+        procs.start("probe_topology", ovsdb="", process_netns="false", metrics_interval_s="1", **topology)
         api = procs.start("query_api")
         procs.start("flow_enricher")
         procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1")
+        if alerts:
+            procs.start("alert_evaluator")
         wait_until(lambda: gremlin(api, "G.V().Has('Type','host').Count()") == 1, 30, "the host in the API")
         yield api, prefix
     finally:
         procs.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(nats_url: str, clickhouse_url: str) -> Iterator[tuple[int, str]]:
+    """graph-builder, probe-topology, query-api, flow-enricher and probe-flow as processes; yields the API port and the prefix."""
+    with ui_services(nats_url, clickhouse_url, "ui") as api_prefix:
+        yield api_prefix
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +348,8 @@ def test_map_panel_capture_and_time_slider(
         deleted = wait_until(
             lambda: [
                 t
-                for t in gremlin(api, f"G.Context({now_ms}, 300).V().Has('Name','{vb}').Values('@DeletedAt')") or []
+                for t in gremlin(api, f"G.Context({now_ms}, 300).V().Has('Name','{vb}').Values('@DeletedAt')")
+                or []
                 if t
             ],
             20,
@@ -347,7 +362,9 @@ def test_map_panel_capture_and_time_slider(
         go(deleted[0] + 1)
         assert page.page.evaluate(classes, vb) is None, "after its deletion instant the veth is not drawn"
         go(deleted[0])
-        assert "removed" in page.page.evaluate(classes, vb), "the veth is a removed ghost at its deletion instant"
+        assert "removed" in page.page.evaluate(classes, vb), (
+            "the veth is a removed ghost at its deletion instant"
+        )
         page.shot(shots, "07c-slider-removed.png")
         # one revision back: an instant before the deletion; play: the instant moves forward on its own, then stops
         page.page.click("button[aria-label='previous revision']")

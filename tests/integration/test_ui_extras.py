@@ -20,7 +20,6 @@ from typing import Any, Iterator
 
 import pytest
 
-from bench.services import ServiceProcs
 from netsonde.common.bus import topology as topo
 from tests.integration.test_containers import ENGINE, Podman, engine  # noqa: F401 (fixture)
 from tests.integration.test_ui import (  # noqa: F401 (fixtures)
@@ -32,6 +31,7 @@ from tests.integration.test_ui import (  # noqa: F401 (fixtures)
     publish,
     sh,
     shots,
+    ui_services,
     wait_until,
 )
 
@@ -42,29 +42,8 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 def stack(nats_url: str, clickhouse_url: str, engine: str) -> Iterator[tuple[int, str]]:
     """graph-builder, probe-topology (with podman's Docker API, set up by deploy/podman-setup.sh), query-api,
     flow-enricher, probe-flow and alert-evaluator as processes."""
-    bundle = (
-        Path(__file__).resolve().parents[2]
-        / "services/query-api/src/netsonde/query_api/static/ui/manifest.json"
-    )
-    assert bundle.is_file(), f"the web UI bundle is not built ({bundle}): run `make ui`"
-    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: `make deps` installs Debian's chromium"
-    tag = f"{int(time.time() * 1000) % 10**9:09d}"
-    prefix = f"uix{tag}"
-    procs = ServiceProcs(nats_url, clickhouse_url, prefix=prefix)
-    procs.env["NETSONDE_CLICKHOUSE_DATABASE"] = f"uix_{tag}"
-    try:
-        procs.start("graph_builder", history_flush_interval_s="0.2")
-        procs.start(
-            "probe_topology", ovsdb="", process_netns="false", metrics_interval_s="1", docker_socket=engine
-        )
-        api = procs.start("query_api")
-        procs.start("flow_enricher")
-        procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1")
-        procs.start("alert_evaluator")
-        wait_until(lambda: gremlin(api, "G.V().Has('Type','host').Count()") == 1, 30, "the host in the API")
-        yield api, prefix
-    finally:
-        procs.stop()
+    with ui_services(nats_url, clickhouse_url, "uix", alerts=True, docker_socket=engine) as api_prefix:
+        yield api_prefix
 
 
 def alert_state(api: int, uuid: str) -> str:

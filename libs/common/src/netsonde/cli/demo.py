@@ -18,13 +18,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from netsonde.common.simhost import SimHost, SimHostError, find_host, start_host
+from netsonde.common.testing import wait_until
 
 HOSTS = ("host-a", "host-b")
 UNDERLAY = "192.168.50"
@@ -169,17 +169,11 @@ def gremlin(analyzer: str, query: str) -> Any:
 
 
 def _wait(fn: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except OSError as exc:
-            last = exc
-        time.sleep(0.3)
-    raise SystemExit(f"demo: timed out waiting for {what} (last answer: {last!r})")
+    """`wait_until`, ending the demo with its message when the time is up."""
+    try:
+        return wait_until(fn, timeout, what)
+    except AssertionError as exc:
+        raise SystemExit(f"demo: {exc}") from None
 
 
 def up(args: argparse.Namespace) -> int:

@@ -63,19 +63,7 @@ class ShortestPathTo(Step):
         while queue:
             nid = queue.popleft()
             ctx.tick()
-            for e in view.out_edges(nid):
-                if efl is not None and not efl.match(e):
-                    continue
-                nxt = e.Child
-                if nxt not in prev:
-                    prev[nxt] = nid
-                    if is_target(nxt):
-                        return _unwind(prev, nxt)
-                    queue.append(nxt)
-            for e in view.in_edges(nid):
-                if efl is not None and not efl.match(e):
-                    continue
-                nxt = e.Parent
+            for nxt in _neighbours(view, nid, efl):
                 if nxt not in prev:
                     prev[nxt] = nid
                     if is_target(nxt):
