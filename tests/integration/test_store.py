@@ -8,14 +8,17 @@ test the store itself, so they run in both modes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import ipaddress
 import json
 import threading
+import time
 import uuid
 import zlib
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
@@ -683,3 +686,41 @@ def test_user_and_password(tmp_path: Any) -> None:
         popen.terminate()
         popen.wait(30)
         log.close()
+
+
+def _thread_nice(pid: int) -> dict[str, set[int]]:
+    """Thread name -> the nice values its threads have now (field 19 of /proc/<pid>/task/<tid>/stat)."""
+    out: dict[str, set[int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            comm = (task / "comm").read_text().strip()
+            out.setdefault(comm, set()).add(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
+    return out
+
+
+def test_background_merges_run_behind_inserts(tmp_path: Any) -> None:
+    """The engine merges at nice 10 (`SERVER_SETTINGS`): while the parts of 12 inserts are merged in the
+    background, the kernel shows the merging threads at nice 10; the store's own threads stay at 0."""
+    proc = start_store(workdir=tmp_path, port=free_port())
+    try:
+        c = connect(proc.url, "default")
+        setting = c.command("SELECT value FROM system.server_settings WHERE name = 'os_threads_nice_value_merge_mutate'")
+        assert str(setting) == "10"
+        c.command("CREATE DATABASE m")
+        c.command("CREATE TABLE m.t (a UInt32, s String) ENGINE = MergeTree ORDER BY a")
+        for i in range(12):  # 12 parts of 200 000 rows (~20 MB): a merge long enough to be seen running
+            c.command(f"INSERT INTO m.t SELECT number * 12 + {i}, randomPrintableASCII(100) FROM numbers(200000)")
+        seen: set[int] = set()
+        deadline = time.monotonic() + 60
+        parts = 12
+        while time.monotonic() < deadline and parts >= 12:
+            seen |= _thread_nice(proc.popen.pid).get("MergeMutate", set())
+            parts = int(c.command("SELECT count() FROM system.parts WHERE database = 'm' AND active"))
+            time.sleep(0.005)
+        assert parts < 12, "no background merge ran within 60 s"
+        assert 10 in seen, seen
+        assert c.command("SELECT count(), sum(a) FROM m.t") == ["2400000", str(sum(range(2_400_000)))]
+        assert _thread_nice(proc.popen.pid)["python"] == {0}
+        c.close()
+    finally:
+        proc.stop()

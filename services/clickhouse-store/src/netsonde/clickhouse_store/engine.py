@@ -49,6 +49,10 @@ DDL_KINDS = frozenset(
 # of a size before merging them: measured with 100 000-row flow inserts, the engine spent 25% less CPU per row
 # (merges rewrite each row fewer times), leaving ~10 parts per table instead of ~5 (docs/store.md).
 MERGE_TREE_DEFAULTS = {"merge_selector_base": "10"}
+# Server settings of the embedded engine. Background merges run at nice 10: on a busy host they take the
+# CPU that inserts, queries and the other services leave (an insert waiting behind a merge is flow lag),
+# and all of an idle one (docs/store.md).
+SERVER_SETTINGS = {"os_threads_nice_value_merge_mutate": "10"}
 SERVER_CONFIG = "netsonde-store.xml"
 # Squash the whole batch into one block per partition before writing anything.
 ATOMIC_INSERT_SETTINGS = {
@@ -150,7 +154,8 @@ class Engine:
         """The engine's server config (chdb reads it from `?config-file=` in the connection string)."""
         settings = "".join(f"<{k}>{v}</{k}>" for k, v in MERGE_TREE_DEFAULTS.items())
         path = self.data_dir / SERVER_CONFIG
-        path.write_text(f"<clickhouse><merge_tree>{settings}</merge_tree></clickhouse>\n")
+        server = "".join(f"<{k}>{v}</{k}>" for k, v in SERVER_SETTINGS.items())
+        path.write_text(f"<clickhouse>{server}<merge_tree>{settings}</merge_tree></clickhouse>\n")
         self._conn_string = f"{self.data_dir}?config-file={path}"
 
     def _open(self) -> Conn:
