@@ -19,6 +19,7 @@ from scapy.layers.dns import DNS, DNSQR
 
 from netsonde.flow.capture import AfPacketCapture
 from netsonde.flow.table import FlowTable
+from tests.integration.netns_veth import sh, veth_into_namespace
 
 pytestmark = pytest.mark.root
 
@@ -37,27 +38,10 @@ s.sendto(q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + q[12:qend] + answ
 """
 
 
-def sh(*cmd: str) -> None:
-    subprocess.run(list(cmd), check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture
 def veth(unique: str) -> Iterator[dict[str, str]]:
-    n = 100 + int(unique[:4], 16) % 100
-    v = {"ns": f"fo-{unique}", "host": f"foh{unique[:8]}", "peer": f"fop{unique[:8]}",
-         "ip": f"10.{n}.1.1", "peer_ip": f"10.{n}.1.2"}
-    sh("ip", "netns", "add", v["ns"])
-    try:
-        sh("ip", "link", "add", v["host"], "type", "veth", "peer", "name", v["peer"])
-        sh("ip", "link", "set", v["peer"], "netns", v["ns"])
-        sh("ip", "addr", "add", f"{v['ip']}/24", "dev", v["host"])
-        sh("ip", "link", "set", v["host"], "up")
-        sh("ip", "-n", v["ns"], "addr", "add", f"{v['peer_ip']}/24", "dev", v["peer"])
-        sh("ip", "-n", v["ns"], "link", "set", v["peer"], "up")
+    with veth_into_namespace(unique, "fo", 1) as v:
         yield v
-    finally:
-        subprocess.run(["ip", "link", "del", v["host"]], capture_output=True)
-        subprocess.run(["ip", "netns", "del", v["ns"]], capture_output=True)
 
 
 def captured(v: dict[str, str], table: FlowTable, bpf: str, traffic) -> list:

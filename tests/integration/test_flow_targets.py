@@ -18,32 +18,16 @@ from netsonde.common.bus.captures import Capture
 from netsonde.common.testing import free_port
 from netsonde.flow.capture import AfPacketCapture
 from netsonde.flow.targets import TargetError, check_target, table_for_capture
+from tests.integration.netns_veth import sh, veth_into_namespace
 
 pytestmark = pytest.mark.root
-
-
-def sh(*cmd: str) -> None:
-    subprocess.run(list(cmd), check=True, capture_output=True, timeout=30)
 
 
 @pytest.fixture
 def veth(unique: str) -> Iterator[dict[str, str]]:
     """A veth pair: `host` end in this namespace (10.<n>.0.1), peer in namespace `ns` (10.<n>.0.2)."""
-    n = 100 + int(unique[:4], 16) % 100
-    v = {"ns": f"tg-{unique}", "host": f"tgh{unique[:8]}", "peer": f"tgp{unique[:8]}",
-         "ip": f"10.{n}.0.1", "peer_ip": f"10.{n}.0.2"}
-    sh("ip", "netns", "add", v["ns"])
-    try:
-        sh("ip", "link", "add", v["host"], "type", "veth", "peer", "name", v["peer"])
-        sh("ip", "link", "set", v["peer"], "netns", v["ns"])
-        sh("ip", "addr", "add", f"{v['ip']}/24", "dev", v["host"])
-        sh("ip", "link", "set", v["host"], "up")
-        sh("ip", "-n", v["ns"], "addr", "add", f"{v['peer_ip']}/24", "dev", v["peer"])
-        sh("ip", "-n", v["ns"], "link", "set", v["peer"], "up")
+    with veth_into_namespace(unique, "tg", 0) as v:
         yield v
-    finally:
-        subprocess.run(["ip", "link", "del", v["host"]], capture_output=True)
-        subprocess.run(["ip", "netns", "del", v["ns"]], capture_output=True)
 
 
 def ping(v: dict[str, str], count: int = 5) -> None:
