@@ -12,8 +12,8 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .decode import FIN, ICMP_REQUESTS, RST, SYN, DecodeError, decode_ethernet
-from .flowstate import FlowState, TableStats
+from .decode import DecodeError, decode_ethernet
+from .flowstate import AggLevel, FlowState, TableStats
 
 if TYPE_CHECKING:
     from .decode import Segment
@@ -27,7 +27,7 @@ class FastFold:
     _acc: Any
     """The C `_fastpath.Accumulator`, or None without the extension."""
     _fast: dict[bytes, tuple[FlowState, bool]]
-    _agg: dict[bytes, list[tuple[FlowState, bool, int, int, int, int]]]
+    _agg: dict[bytes, list[AggLevel]]
     _per_frame: bool
 
     if TYPE_CHECKING:
@@ -35,7 +35,9 @@ class FastFold:
                           sampling_rate: int = 1, ts_ns: int | None = None) -> bool: ...
         def _lookup(self, seg: Segment, parent: str, ts_ms: int) -> FlowState | None: ...
         def _bad(self, kind: str) -> None: ...
-        def _tcp_flags(self, fs: FlowState, ab: bool, flags: int, ttl: int, t_ns: int) -> None: ...
+        @staticmethod
+        def has_events(flags: int, icmp: int) -> bool: ...
+        def _events(self, fs: FlowState, ab: bool, flags: int, ttl: int, icmp: int, t_ns: int) -> None: ...
 
     def process_frames(self, frames: list[tuple[bytes, int, int]]) -> None:
         """The batch hot path: account (frame, ts_ns, wire_len) tuples (pcap replay, libpcap captures)."""
@@ -72,7 +74,7 @@ class FastFold:
             stats.packets += npk
             stats.bytes += nby
             ms1 = t1 // 1_000_000
-            for fs, ab, flags, ttl, icmp, hdr in chain:
+            for fs, ab, events, flags, ttl, icmp, hdr in chain:
                 b = nby - npk * hdr
                 if ab:
                     fs.ab_p += npk
@@ -83,30 +85,25 @@ class FastFold:
                 if ms1 > fs.last:
                     fs.last = ms1
                 fs.touched = True
-                if flags > 0:
-                    if flags & (SYN | FIN | RST):
-                        self._tcp_flags(fs, ab, flags, ttl, t0)
-                elif icmp >= 0 and not fs.rtt:
-                    if icmp in ICMP_REQUESTS:
-                        if ab and not fs.rtt_t0:
-                            fs.rtt_t0 = t0
-                    elif fs.rtt_t0 and not ab:
-                        fs.rtt = max(1, t0 - fs.rtt_t0)
+                if events:
+                    self._events(fs, ab, flags, ttl, icmp, t0)
 
-    def _agg_miss(self, fk: bytes, sample: bytes, ts_ns: int) -> list | None:
+    def _agg_miss(self, fk: bytes, sample: bytes, ts_ns: int) -> list[AggLevel] | None:
         try:
             segs = decode_ethernet(sample)
         except (DecodeError, IndexError, struct.error) as e:
             self._bad(e.kind if isinstance(e, DecodeError) else "malformed")
             return None
-        chain = []
+        chain: list[AggLevel] = []
         parent = ""
         outer = segs[0].length
         for seg in segs:
             fs = self._lookup(seg, parent, ts_ns // 1_000_000)
             if fs is None:
                 return None
-            chain.append((fs, fs.is_ab(seg), seg.tcp_flags, seg.ttl, seg.icmp_raw_type, outer - seg.length))
+            flags, icmp = seg.tcp_flags, seg.icmp_raw_type
+            chain.append((fs, fs.is_ab(seg), self.has_events(flags, icmp), flags, seg.ttl, icmp,
+                          outer - seg.length))
             if fs.fastkeys is None:
                 fs.fastkeys = []
             fs.fastkeys.append(fk)
@@ -166,15 +163,7 @@ class FastFold:
             fs.fastkeys = []
         fs.fastkeys.append(fk)
         fs.touched = True
-        if seg.tcp_flags > 0:
-            if seg.tcp_flags & (SYN | FIN | RST):
-                self._tcp_flags(fs, ab, seg.tcp_flags, seg.ttl, ts_ns)
-        elif seg.icmp_raw_type >= 0 and not fs.rtt:
-            if seg.icmp_raw_type in ICMP_REQUESTS:
-                if ab and not fs.rtt_t0:
-                    fs.rtt_t0 = ts_ns
-            elif fs.rtt_t0 and not ab:
-                fs.rtt = max(1, ts_ns - fs.rtt_t0)
+        self._events(fs, ab, seg.tcp_flags, seg.ttl, seg.icmp_raw_type, ts_ns)
 
     def harvest(self) -> None:
         """Move the counters gathered in C since the previous call into the flows (done by updates())."""

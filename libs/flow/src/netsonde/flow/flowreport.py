@@ -13,7 +13,7 @@ import msgspec
 
 from netsonde.common.bus.flows import Flow, FlowLayer, FlowMetric, ICMPLayer, IPMetric, TCPMetric
 
-from .flowstate import FlowState, TableStats
+from .flowstate import AggLevel, FlowState, TableStats
 
 if TYPE_CHECKING:
     from .options import PacketOptions
@@ -39,7 +39,7 @@ class FlowReport:
     _dpi: Any
     _opts: PacketOptions | None
     _fast: dict[bytes, tuple[FlowState, bool]]
-    _agg: dict[bytes, list[tuple[FlowState, bool, int, int, int, int]]]
+    _agg: dict[bytes, list[AggLevel]]
     _frag_owner: dict[tuple[bytes, bytes, int], FlowState]
     _last_update_ms: int
 

@@ -79,3 +79,8 @@ class FlowState:
         if self.net_proto and not self.tunnel and self.port_a != self.port_b:
             return seg.sport == self.port_a
         return seg.mac_src == self.mac_a
+
+
+AggLevel = tuple[FlowState, bool, bool, int, int, int, int]
+"""One encapsulation level of a pre-folded header (`process_aggregates`): (flow, packet is A->B, header has
+a TCP/ICMP event to note, TCP flags, TTL, ICMP type, bytes of the outer headers)."""

@@ -28,7 +28,7 @@ from netsonde.common.native import slow_path_allowed
 from .decode import ACK, FIN, ICMP_REQUESTS, RST, SYN, DecodeError, Segment, decode_ethernet, decode_ip
 from .fastfold import FastFold
 from .flowreport import FlowReport
-from .flowstate import DEFAULT_APP_TIMEOUTS_MS, FlowState, TableStats
+from .flowstate import DEFAULT_APP_TIMEOUTS_MS, AggLevel, FlowState, TableStats
 
 try:
     from . import _fastpath
@@ -76,7 +76,7 @@ class FlowTable(FastFold, FlowReport):
         self.stats = TableStats()
         self._fast: dict[bytes, tuple[FlowState, bool]] = {}
         self._acc = _fastpath.Accumulator() if _fastpath is not None else None
-        self._agg: dict[bytes, list[tuple[FlowState, bool, int, int, int, int]]] = {}
+        self._agg: dict[bytes, list[AggLevel]] = {}
         self._frag_owner: dict[tuple[bytes, bytes, int], FlowState] = {}
         self._last_update_ms = 0
         self._opts = None
@@ -194,18 +194,29 @@ class FlowTable(FastFold, FlowReport):
         if ts_ms > fs.last:
             fs.last = ts_ms
         fs.touched = True
-        t_ns = ts_ns if ts_ns is not None else ts_ms * 1_000_000
-        if seg.tcp_flags >= 0:
-            if seg.tcp_flags & (SYN | FIN | RST):
-                self._tcp_flags(fs, ab, seg.tcp_flags, seg.ttl, t_ns)
-        elif seg.icmp_raw_type >= 0 and not fs.rtt:
-            if seg.icmp_raw_type in ICMP_REQUESTS:
-                if ab and not fs.rtt_t0:
-                    fs.rtt_t0 = t_ns
-            elif fs.rtt_t0 and not ab:
-                fs.rtt = max(1, t_ns - fs.rtt_t0)
+        self._events(fs, ab, seg.tcp_flags, seg.ttl, seg.icmp_raw_type,
+                     ts_ns if ts_ns is not None else ts_ms * 1_000_000)
 
-    def _tcp_flags(self, fs: FlowState, ab: bool, flags: int, ttl: int, t_ns: int) -> None:
+    @staticmethod
+    def has_events(flags: int, icmp: int) -> bool:
+        """Whether a header (TCP flags or -1, ICMP type or -1) can change anything in `_events`."""
+        return (flags > 0 and bool(flags & (SYN | FIN | RST))) or icmp >= 0
+
+    def _events(self, fs: FlowState, ab: bool, flags: int, ttl: int, icmp: int, t_ns: int) -> None:
+        """Note what a packet's header says about its conversation: the RTT (SYN -> SYN/ACK, ICMP request ->
+        reply), the FinishType (FIN, RST), the TCPMetric times. The one home of this logic, for the
+        per-frame path (`_count`) and the batch intake (`fastfold.py`, on a fastkey's first packet and on
+        each pre-folded aggregate)."""
+        if flags <= 0:  # not TCP (-1), or no flag set
+            if icmp >= 0 and not fs.rtt:
+                if icmp in ICMP_REQUESTS:
+                    if ab and not fs.rtt_t0:
+                        fs.rtt_t0 = t_ns
+                elif fs.rtt_t0 and not ab:
+                    fs.rtt = max(1, t_ns - fs.rtt_t0)
+            return
+        if not flags & (SYN | FIN | RST):
+            return
         if flags & SYN:
             if not flags & ACK:
                 if ab and not fs.rtt_t0:
