@@ -5,7 +5,6 @@ State error, Skydive's own Python client)."""
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import time
@@ -18,7 +17,7 @@ import pytest
 from scapy.all import ICMP, IP, UDP, Ether, wrpcap
 
 from bench.services import ServiceProcs
-from netsonde.common.testing import wait_until as _wait_until
+from tests.integration.query_api_http import api_call, gremlin, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -27,28 +26,6 @@ PCAP = Path(__file__).resolve().parents[1] / "data" / "eth-ip4-arp-dns-req-http-
 
 def sh(*cmd: str) -> str:
     return subprocess.run(list(cmd), check=True, capture_output=True, text=True, timeout=60).stdout
-
-
-def api_call(port: int, path: str, body: Any = None, method: str = "GET") -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read()
-            return r.status, (json.loads(raw) if raw and r.headers.get_content_type() == "application/json"
-                              else raw.decode())
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def gremlin(port: int, q: str) -> Any:
-    status, out = api_call(port, "/api/topology", {"GremlinQuery": q}, "POST")
-    assert status == 200, out
-    return out
-
-
-def wait_until(fn: Any, timeout: float, what: str) -> Any:
-    return _wait_until(fn, timeout, what, retry_on=(OSError, AssertionError))
 
 
 @pytest.fixture(scope="module")

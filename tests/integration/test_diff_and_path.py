@@ -16,8 +16,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from typing import Any
 
 import pytest
@@ -28,6 +26,8 @@ from netsonde.gremlin.diff import format_change
 
 from test_time_travel import gremlin, services  # tests/integration/test_time_travel.py
 from netsonde.common.testing import wait_until
+from tests.integration.query_api_http import api_get
+from tests.integration.query_api_http import gremlin as api_gremlin
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -144,22 +144,6 @@ async def _eq(coro: Any, expected: Any) -> bool:
 
 
 # --- loss ---------------------------------------------------------------------------------------------------
-def api_get(port: int, path: str, **params: str) -> Any:
-    url = f"http://127.0.0.1:{port}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.loads(r.read())
-
-
-def api_gremlin(port: int, q: str) -> Any:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/topology", method="POST",
-                                 data=json.dumps({"GremlinQuery": q}).encode())
-    with urllib.request.urlopen(req, timeout=30) as r:
-        body = r.read()
-    return json.loads(body) if body else None
-
-
-
-
 @pytest.fixture
 def routed_chain(unique: str):
     """A (a) -- (r1) R (r2) -- (rb) br (pb) -- (b) B: A and B in two subnets, R routes, br in the root ns."""

@@ -144,7 +144,8 @@ def post(port: int, path: str, body: dict) -> tuple[int, object]:
 def test_capture_options_and_target_through_the_services(nats_url: str, clickhouse_url: str, unique: str, veth,
                                                          nfacctd, gre_receiver) -> None:
     from bench.services import ServiceProcs
-    from tests.integration.test_flows_e2e import gremlin, wait_until
+    from netsonde.common.testing import wait_until
+    from tests.integration.query_api_http import gremlin
 
     nf_port, nf_out = nfacctd
     procs = ServiceProcs(nats_url, clickhouse_url, prefix=f"o{unique}")

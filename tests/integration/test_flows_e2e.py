@@ -14,6 +14,7 @@ import pytest
 
 from bench.services import ServiceProcs
 from netsonde.common.testing import wait_until
+from tests.integration.query_api_http import gremlin
 
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -21,16 +22,6 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 def sh(*cmd: str) -> str:
     return subprocess.run(list(cmd), check=True, capture_output=True, text=True, timeout=60).stdout
-
-
-def gremlin(port: int, q: str):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/topology", method="POST",
-                                 data=json.dumps({"GremlinQuery": q}).encode())
-    with urllib.request.urlopen(req, timeout=30) as r:
-        body = r.read()
-    return json.loads(body) if body else None
-
-
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from bench.services import ServiceProcs
-from tests.integration.test_flows_e2e import gremlin, wait_until
+from netsonde.common.testing import wait_until
+from tests.integration.query_api_http import gremlin
 
 PCAP = Path(__file__).resolve().parents[1] / "data" / "eth-ip4-arp-dns-req-http-google.pcap"
 IN_2016 = 1454659514

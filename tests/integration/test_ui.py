@@ -15,8 +15,6 @@ import os
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,6 +24,7 @@ import pytest
 from bench.services import ServiceProcs
 from netsonde.common.bus import Subjects, encode
 from netsonde.common.bus import topology as topo
+from tests.integration.query_api_http import api_call, gremlin, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -34,39 +33,6 @@ CHROMIUM = "/usr/bin/chromium"
 
 def sh(*cmd: str) -> str:
     return subprocess.run(list(cmd), check=True, capture_output=True, text=True, timeout=30).stdout
-
-
-def api_call(port: int, path: str, body: Any = None, method: str = "GET") -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read()
-            return r.status, json.loads(raw) if raw and "json" in r.headers.get(
-                "Content-Type", ""
-            ) else raw.decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def gremlin(port: int, q: str) -> Any:
-    status, out = api_call(port, "/api/topology", {"GremlinQuery": q}, "POST")
-    assert status == 200, out
-    return out
-
-
-def wait_until(fn: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except (OSError, AssertionError) as exc:
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture(scope="module")
