@@ -279,11 +279,7 @@ def _ipv6(b: bytes, off: int, seg: Segment, segs: list[Segment]) -> None:
 
 def _ip_payload(b: bytes, off: int, end: int, proto: int, seg: Segment, segs: list[Segment]) -> None:
     if proto == 6:
-        if end - off < 20:
-            raise DecodeError("truncated")
-        seg.layers.append("TCP")
-        seg.tr_proto = "TCP"
-        seg.sport, seg.dport = _U16x2.unpack_from(b, off)
+        _ports(b, off, end, seg, "TCP", 20)
         seg.tcp_flags = b[off + 13]
         seg.tcp_seq = _U32.unpack_from(b, off + 4)[0]
         app = TCP_APPS.get(seg.dport) or TCP_APPS.get(seg.sport)
@@ -292,11 +288,7 @@ def _ip_payload(b: bytes, off: int, end: int, proto: int, seg: Segment, segs: li
         if app and end - off > doff:
             seg.layers.append(app)
     elif proto == 17:
-        if end - off < 8:
-            raise DecodeError("truncated")
-        seg.layers.append("UDP")
-        seg.tr_proto = "UDP"
-        sport, dport = seg.sport, seg.dport = _U16x2.unpack_from(b, off)
+        sport, dport = _ports(b, off, end, seg, "UDP", 8)
         off += 8
         seg.pay_off = off
         if dport == PORT_VXLAN:
@@ -311,38 +303,15 @@ def _ip_payload(b: bytes, off: int, end: int, proto: int, seg: Segment, segs: li
             if app and end > off:
                 seg.layers.append(app)
     elif proto == 1:
-        if end - off < 8:
-            raise DecodeError("truncated")
-        t = b[off]
-        seg.layers.append("ICMPv4")
-        seg.icmp_raw_type = t
-        seg.icmp_type = ICMP4_TYPES.get(t, "UNKNOWN")
-        seg.icmp_code = b[off + 1]
-        if t in (0, 8, 13, 14):
-            seg.icmp_id = _U16.unpack_from(b, off + 4)[0]
+        _icmp(b, off, end, seg, "ICMPv4", 8, ICMP4_TYPES, _ICMP4_WITH_ID)
     elif proto == 58:
-        if end - off < 4:
-            raise DecodeError("truncated")
-        t = b[off]
-        seg.layers.append("ICMPv6")
-        seg.icmp_raw_type = t
-        seg.icmp_type = ICMP6_TYPES.get(t, "UNKNOWN")
-        seg.icmp_code = b[off + 1]
-        sub = ICMP6_LAYER.get(t)
+        sub = ICMP6_LAYER.get(_icmp(b, off, end, seg, "ICMPv6", 4, ICMP6_TYPES, _ICMP6_WITH_ID))
         if sub:
             seg.layers.append(sub)
-        if t in (128, 129):
-            if end - off < 8:
-                raise DecodeError("truncated")
-            seg.icmp_id = _U16.unpack_from(b, off + 4)[0]
     elif proto == 47:
         _gre(b, off, end, seg, segs)
     elif proto == 132:
-        if end - off < 12:
-            raise DecodeError("truncated")
-        seg.layers.append("SCTP")
-        seg.tr_proto = "SCTP"
-        seg.sport, seg.dport = _U16x2.unpack_from(b, off)
+        _ports(b, off, end, seg, "SCTP", 12)
     elif proto == 4:  # IP in IP: not split by Skydive, decoded as nested layers of the same flow
         seg.layers.append("IPv4")
     elif proto == 41:
@@ -350,6 +319,38 @@ def _ip_payload(b: bytes, off: int, end: int, proto: int, seg: Segment, segs: li
     else:
         seg.layers.append(IP_PROTO_NAMES.get(proto, "Unknown"))
         seg.pay_off = off
+
+
+def _ports(b: bytes, off: int, end: int, seg: Segment, proto: str, min_len: int) -> tuple[int, int]:
+    """The start of a TCP / UDP / SCTP header (`min_len` bytes at least): the layer and its ports."""
+    if end - off < min_len:
+        raise DecodeError("truncated")
+    seg.layers.append(proto)
+    seg.tr_proto = proto
+    sport, dport = seg.sport, seg.dport = _U16x2.unpack_from(b, off)
+    return sport, dport
+
+
+_ICMP4_WITH_ID = frozenset((0, 8, 13, 14))
+_ICMP6_WITH_ID = frozenset((128, 129))
+"""ICMP types that carry an identifier (echo, timestamp): it is part of the flow key."""
+
+
+def _icmp(b: bytes, off: int, end: int, seg: Segment, layer: str, min_len: int, types: dict[int, str],
+          with_id: frozenset[int]) -> int:
+    """The ICMPv4 / ICMPv6 header: type, code and (echo, timestamp) identifier. Returns the type."""
+    if end - off < min_len:
+        raise DecodeError("truncated")
+    t = b[off]
+    seg.layers.append(layer)
+    seg.icmp_raw_type = t
+    seg.icmp_type = types.get(t, "UNKNOWN")
+    seg.icmp_code = b[off + 1]
+    if t in with_id:
+        if end - off < 8:
+            raise DecodeError("truncated")
+        seg.icmp_id = _U16.unpack_from(b, off + 4)[0]
+    return t
 
 
 def _vxlan(b: bytes, off: int, end: int, seg: Segment, segs: list[Segment]) -> None:
