@@ -74,7 +74,9 @@ class EthernetFrameData:
 
 
 @dataclass(slots=True)
-class IPv4Data:
+class _IPData:
+    """The fields flow records 3 (IPv4 data) and 4 (IPv6 data) share."""
+
     length: int
     protocol: int
     src_ip: str
@@ -82,18 +84,19 @@ class IPv4Data:
     src_port: int
     dst_port: int
     tcp_flags: int
+
+
+@dataclass(slots=True)
+class IPv4Data(_IPData):
+    """Flow record 3."""
+
     tos: int
 
 
 @dataclass(slots=True)
-class IPv6Data:
-    length: int
-    protocol: int
-    src_ip: str
-    dst_ip: str
-    src_port: int
-    dst_port: int
-    tcp_flags: int
+class IPv6Data(_IPData):
+    """Flow record 4."""
+
     priority: int
 
 
@@ -198,13 +201,19 @@ CounterRecord = GenericInterfaceCounters | EthernetInterfaceCounters | OpenFlowP
 
 
 @dataclass(slots=True)
-class FlowSample:
-    """Flow sample (format 1) or expanded flow sample (format 3), normalised to the expanded fields."""
+class _SampleHeader:
+    """The fields flow and counter samples share (the compact formats normalised to the expanded ones)."""
 
     expanded: bool
     sequence: int
     source_id_type: int
     source_id_index: int
+
+
+@dataclass(slots=True)
+class FlowSample(_SampleHeader):
+    """Flow sample (format 1) or expanded flow sample (format 3)."""
+
     sampling_rate: int
     sample_pool: int
     drops: int
@@ -217,11 +226,9 @@ class FlowSample:
 
 
 @dataclass(slots=True)
-class CounterSample:
-    expanded: bool
-    sequence: int
-    source_id_type: int
-    source_id_index: int
+class CounterSample(_SampleHeader):
+    """Counter sample (format 2) or expanded counter sample (format 4)."""
+
     records: list[CounterRecord] = field(default_factory=list)
 
 
@@ -238,6 +245,11 @@ class Datagram:
 
 def _mac(b: bytes) -> str:
     return b.hex(":")
+
+
+def _need(off: int, n: int, end: int, what: str) -> None:
+    if off + n > end:
+        raise SFlowDecodeError("truncated", what)
 
 
 def _address(buf: bytes, off: int, end: int) -> tuple[str, int]:
@@ -258,9 +270,14 @@ def _address(buf: bytes, off: int, end: int) -> tuple[str, int]:
     raise SFlowDecodeError("address_type", str(atype))
 
 
-def _need(off: int, n: int, end: int, what: str) -> None:
-    if off + n > end:
-        raise SFlowDecodeError("truncated", what)
+def _ip_data(cls: type[IPv4Data] | type[IPv6Data], addr: type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address],
+             n: int, buf: bytes, off: int, end: int, what: str) -> IPv4Data | IPv6Data:
+    """Flow records 3 and 4: length, protocol, two `n`-byte addresses, ports, TCP flags, TOS/priority."""
+    _need(off, 8 + 2 * n + 16, end, what)
+    ln, proto = _2U32.unpack_from(buf, off)
+    src, dst, ports = off + 8, off + 8 + n, off + 8 + 2 * n
+    sp, dp, flags, last = _HDR.unpack_from(buf, ports)
+    return cls(ln, proto, str(addr(buf[src:dst])), str(addr(buf[dst:ports])), sp, dp, flags, last)
 
 
 def _count(n: int, min_size: int, off: int, end: int, what: str) -> None:
@@ -285,17 +302,9 @@ def _flow_record(fmt: int, buf: bytes, off: int, end: int) -> FlowRecord:
             (etype,) = _U32.unpack_from(buf, off + 20)
             return EthernetFrameData(flen, _mac(buf[off + 4:off + 10]), _mac(buf[off + 12:off + 18]), etype)
         if format_ == 3:
-            _need(off, 32, end, "ipv4 data")
-            ln, proto = _2U32.unpack_from(buf, off)
-            sp, dp, flags, tos = _HDR.unpack_from(buf, off + 16)
-            return IPv4Data(ln, proto, str(ipaddress.IPv4Address(buf[off + 8:off + 12])),
-                            str(ipaddress.IPv4Address(buf[off + 12:off + 16])), sp, dp, flags, tos)
+            return _ip_data(IPv4Data, ipaddress.IPv4Address, 4, buf, off, end, "ipv4 data")
         if format_ == 4:
-            _need(off, 56, end, "ipv6 data")
-            ln, proto = _2U32.unpack_from(buf, off)
-            sp, dp, flags, prio = _HDR.unpack_from(buf, off + 40)
-            return IPv6Data(ln, proto, str(ipaddress.IPv6Address(buf[off + 8:off + 24])),
-                            str(ipaddress.IPv6Address(buf[off + 24:off + 40])), sp, dp, flags, prio)
+            return _ip_data(IPv6Data, ipaddress.IPv6Address, 16, buf, off, end, "ipv6 data")
         if format_ == 1001:
             _need(off, 16, end, "extended switch")
             return ExtendedSwitch(*_HDR.unpack_from(buf, off))
