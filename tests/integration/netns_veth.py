@@ -1,5 +1,5 @@
-"""Kernel set-up shared by the integration tests: a shell step that fails loudly, and a veth pair from this
-namespace into a fresh network namespace, each end addressed and up, removed afterwards."""
+"""Kernel set-up shared by the integration tests: a shell step that fails loudly, a veth pair from this
+namespace into a fresh network namespace, and `Topo`, namespaces joined by veths; all removed afterwards."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ from contextlib import contextmanager
 def sh(*cmd: str) -> str:
     """Run one command (argv form); a non-zero exit raises with its output. Returns its stdout."""
     return subprocess.run(list(cmd), check=True, capture_output=True, text=True, timeout=60).stdout
+
+
+def shell(cmd: str) -> str:
+    """Run one shell command line (`&&` chains allowed); a non-zero exit raises. Returns its stdout."""
+    return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True).stdout
 
 
 @contextmanager
@@ -34,3 +39,46 @@ def veth_into_namespace(unique: str, tag: str, subnet: int) -> Iterator[dict[str
     finally:
         subprocess.run(["ip", "link", "del", v["host"]], capture_output=True)
         subprocess.run(["ip", "netns", "del", v["ns"]], capture_output=True)
+
+
+class Topo:
+    """Namespaces (`nf<tag><unique>`) and the veths between them, made for one test; `close()` (or leaving a
+    `with` block) deletes the namespaces and with them every link in them."""
+
+    def __init__(self, unique: str) -> None:
+        self.u = unique[:6]
+        self.netns: list[str] = []
+
+    def __enter__(self) -> Topo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ns(self, tag: str) -> str:
+        name = f"nf{tag}{self.u}"
+        shell(f"ip netns add {name}")
+        self.netns.append(name)
+        shell(f"ip -n {name} link set lo up")
+        return name
+
+    @staticmethod
+    def path(ns: str) -> str:
+        return f"/var/run/netns/{ns}"
+
+    def veth(self, a_ns: str, a: str, b_ns: str, b: str) -> None:
+        shell(f"ip link add {a} netns {a_ns} type veth peer name {b} netns {b_ns}")
+        shell(f"ip -n {a_ns} link set {a} up && ip -n {b_ns} link set {b} up")
+
+    def joined_pair(self, link: str, subnet: str) -> tuple[str, str, str, str]:
+        """Namespaces `a` and `b` joined by veth `<link>a<u>` (in a, <subnet>.1/24) - `<link>b<u>` (in b,
+        <subnet>.2/24); returns (nsA, ifA, nsB, ifB)."""
+        a, b = self.ns("a"), self.ns("b")
+        ia, ib = f"{link}a{self.u}", f"{link}b{self.u}"
+        self.veth(a, ia, b, ib)
+        shell(f"ip -n {a} addr add {subnet}.1/24 dev {ia} && ip -n {b} addr add {subnet}.2/24 dev {ib}")
+        return a, ia, b, ib
+
+    def close(self) -> None:
+        for n in self.netns:
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)

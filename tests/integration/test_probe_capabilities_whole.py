@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import msgpack
-import nats
 import pytest
 
 from netsonde.common.bus import Subjects, encode
@@ -30,7 +28,9 @@ from netsonde.graph_builder.config import GraphBuilderConfig
 from netsonde.graph_builder.service import GraphBuilderService
 from netsonde.query_api.config import QueryApiConfig
 from netsonde.query_api.service import QueryApiService
-from tests.integration.test_probe_flow_capture import Topo, sh
+from tests.integration.capture_bus import CaptureBus, flow_batches
+from tests.integration.netns_veth import Topo
+from tests.integration.netns_veth import shell as sh
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -123,15 +123,8 @@ async def bench(nats_url: str, unique: str, tmp_path: Path) -> AsyncIterator[Ben
 @pytest.fixture
 def namespaces(unique: str) -> Iterator[tuple[Topo, str, str, str, str]]:
     """Two namespaces joined by a veth pair, 10.79.0.1/24 <-> 10.79.0.2/24."""
-    topo = Topo(unique)
-    try:
-        a, b = topo.ns("a"), topo.ns("b")
-        ia, ib = f"ca{topo.u}", f"cb{topo.u}"
-        topo.veth(a, ia, b, ib)
-        sh(f"ip -n {a} addr add 10.79.0.1/24 dev {ia} && ip -n {b} addr add 10.79.0.2/24 dev {ib}")
-        yield topo, a, ia, b, ib
-    finally:
-        topo.close()
+    with Topo(unique) as topo:
+        yield topo, *topo.joined_pair("c", "10.79.0")
 
 
 def _mask(caps: tuple[str, ...]) -> int:
@@ -180,15 +173,8 @@ async def _capture_ping(bench: Bench, probe: Probe, a: str, b: str, ib: str, uni
     """Capture ICMP on `ib` (selected by a Gremlin query in the graph), ping `count` times from `a`; returns
     the capture statuses and the (AB, BA) packets of the ping's flow read from the flow stream."""
     subjects = Subjects(bench.prefix)
-    nc = await nats.connect(bench.nats_url)
-    js = nc.jetstream()
-    statuses: list[dict] = []
-
-    async def on_status(m) -> None:
-        statuses.append(msgpack.unpackb(m.data))
-
-    await nc.subscribe(subjects.capture_status, cb=on_status)
-    kv = await js.key_value(subjects.capture_bucket)
+    bus = await CaptureBus.open(bench.nats_url, subjects)
+    nc, js, kv, statuses = bus.nc, bus.js, bus.kv, bus.statuses
     cap = Capture(UUID=f"cap-{unique}", GremlinQuery=f"G.V().Has('Name', '{ib}')", BPFFilter="icmp")
     await kv.put(cap.UUID, encode(cap))
     try:
@@ -198,18 +184,11 @@ async def _capture_ping(bench: Bench, probe: Probe, a: str, b: str, ib: str, uni
         sh(f"ip netns exec {a} ping -c {count} -i 0.2 -W 1 {target}")
         sub = await js.pull_subscribe(subjects.flows(bench.host), durable=f"w{unique}", stream=subjects.flow_stream)
         ab = ba = 0
-        deadline = time.monotonic() + 15
-        while (ab, ba) != (count, count) and time.monotonic() < deadline:
-            try:
-                msgs = await sub.fetch(10, timeout=1)
-            except nats.errors.TimeoutError:
-                continue
-            for m in msgs:
-                for f in msgpack.unpackb(m.data)["flows"]:
-                    if f.get("Application") == "ICMPv4" or f.get("ICMP"):
-                        ab += f["LastUpdateMetric"].get("ABPackets", 0)
-                        ba += f["LastUpdateMetric"].get("BAPackets", 0)
-                await m.ack()
+        async for _, batch in flow_batches(sub, lambda: (ab, ba) == (count, count)):
+            for f in batch["flows"]:
+                if f.get("Application") == "ICMPv4" or f.get("ICMP"):
+                    ab += f["LastUpdateMetric"].get("ABPackets", 0)
+                    ba += f["LastUpdateMetric"].get("BAPackets", 0)
         return statuses, (ab, ba)
     finally:
         await kv.delete(cap.UUID)

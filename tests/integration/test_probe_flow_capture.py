@@ -6,7 +6,6 @@ a real vxlan device, and GRE/GENEVE/MPLS/802.1Q with crafted frames injected int
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -20,58 +19,24 @@ from netsonde.flow.capture import AfPacketCapture, BPFError, PcapCapture
 from netsonde.flow.inject import inject_packets
 from netsonde.flow.table import FlowTable
 
+from tests.integration.netns_veth import Topo
+from tests.integration.netns_veth import shell as sh
 from tests.integration.probe_flow_tools import tshark_conversations
 
 
 pytestmark = [pytest.mark.root]
 
 
-def sh(cmd: str) -> str:
-    return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True).stdout
-
-
-class Topo:
-    """Namespaces and links made for one test, all deleted on teardown."""
-
-    def __init__(self, unique: str) -> None:
-        self.u = unique[:6]
-        self.netns: list[str] = []
-
-    def ns(self, tag: str) -> str:
-        name = f"nf{tag}{self.u}"
-        sh(f"ip netns add {name}")
-        self.netns.append(name)
-        sh(f"ip -n {name} link set lo up")
-        return name
-
-    @staticmethod
-    def path(ns: str) -> str:
-        return f"/var/run/netns/{ns}"
-
-    def veth(self, a_ns: str, a: str, b_ns: str, b: str) -> None:
-        sh(f"ip link add {a} netns {a_ns} type veth peer name {b} netns {b_ns}")
-        sh(f"ip -n {a_ns} link set {a} up && ip -n {b_ns} link set {b} up")
-
-    def close(self) -> None:
-        for n in self.netns:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True)
-
-
 @pytest.fixture
 def topo(unique: str) -> Iterator[Topo]:
-    t = Topo(unique)
-    yield t
-    t.close()
+    with Topo(unique) as t:
+        yield t
 
 
 @pytest.fixture
 def pair(topo: Topo) -> tuple[Topo, str, str, str, str]:
     """Two namespaces joined by a veth pair: (topo, nsA, ifA, nsB, ifB), 10.77.0.1/24 <-> 10.77.0.2/24."""
-    a, b = topo.ns("a"), topo.ns("b")
-    ia, ib = f"va{topo.u}", f"vb{topo.u}"
-    topo.veth(a, ia, b, ib)
-    sh(f"ip -n {a} addr add 10.77.0.1/24 dev {ia} && ip -n {b} addr add 10.77.0.2/24 dev {ib}")
-    return topo, a, ia, b, ib
+    return topo, *topo.joined_pair("v", "10.77.0")
 
 
 def _wait_packets(cap, n: int, timeout: float = 5.0) -> None:

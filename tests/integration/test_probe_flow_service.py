@@ -17,7 +17,8 @@ from netsonde.common.bus.captures import Capture
 from netsonde.common.service import wait_for
 from netsonde.probe_flow.config import ProbeFlowConfig
 from netsonde.probe_flow.service import ProbeFlowService
-from tests.integration.test_probe_flow_capture import Topo, sh
+from tests.integration.capture_bus import CaptureBus, flow_batches
+from tests.integration.netns_veth import Topo
 
 pytestmark = [pytest.mark.root]
 
@@ -36,12 +37,8 @@ async def probe(nats_url: str, unique: str):
 
 
 async def test_capture_from_kv_to_flow_stream(probe: ProbeFlowService, nats_url: str, unique: str):
-    topo = Topo(unique)
-    try:
-        a, b = topo.ns("a"), topo.ns("b")
-        ia, ib = f"va{topo.u}", f"vb{topo.u}"
-        topo.veth(a, ia, b, ib)
-        sh(f"ip -n {a} addr add 10.88.0.1/24 dev {ia} && ip -n {b} addr add 10.88.0.2/24 dev {ib}")
+    with Topo(unique) as topo:
+        a, ia, b, ib = topo.joined_pair("v", "10.88.0")
         host = probe.cfg.host_id
         node = {"ID": f"node-{unique}", "Host": host,
                 "Metadata": {"Name": ib, "Type": "veth", "TID": f"tid-{unique}", "NetNsPath": topo.path(b),
@@ -54,15 +51,8 @@ async def test_capture_from_kv_to_flow_stream(probe: ProbeFlowService, nats_url:
 
         probe.controller.select_nodes = select
         subjects = Subjects(probe.cfg.subject_prefix)
-        nc = await nats.connect(nats_url)
-        js = nc.jetstream()
-        statuses: list[dict] = []
-
-        async def on_status(m) -> None:
-            statuses.append(msgpack.unpackb(m.data))
-
-        await nc.subscribe(subjects.capture_status, cb=on_status)
-        kv = await js.key_value(subjects.capture_bucket)
+        bus = await CaptureBus.open(nats_url, subjects)
+        nc, js, kv, statuses = bus.nc, bus.js, bus.kv, bus.statuses
         cap = Capture(UUID=f"cap-{unique}", GremlinQuery=f"G.V().Has('Name', '{ib}')", BPFFilter="icmp",
                       ExtraTCPMetric=True)
         await kv.put(cap.UUID, encode(cap))
@@ -75,21 +65,13 @@ async def test_capture_from_kv_to_flow_stream(probe: ProbeFlowService, nats_url:
         sub = await js.pull_subscribe(subjects.flows(host), durable=f"t{unique}", stream=subjects.flow_stream)
         ab = ba = 0
         seen: list[dict] = []
-        deadline = time.monotonic() + 15
-        while (ab, ba) != (3, 3) and time.monotonic() < deadline:
-            try:
-                msgs = await sub.fetch(10, timeout=1)
-            except nats.errors.TimeoutError:
-                continue
-            for m in msgs:
-                batch = msgpack.unpackb(m.data)
-                assert m.headers["Nats-Msg-Id"] == batch["batch_id"] and batch["host"] == host
-                for f in batch["flows"]:
-                    seen.append(f)
-                    if f.get("ICMP", {}).get("ID") == 777:
-                        ab += f["LastUpdateMetric"].get("ABPackets", 0)
-                        ba += f["LastUpdateMetric"].get("BAPackets", 0)
-                await m.ack()
+        async for m, batch in flow_batches(sub, lambda: (ab, ba) == (3, 3)):
+            assert m.headers["Nats-Msg-Id"] == batch["batch_id"] and batch["host"] == host
+            for f in batch["flows"]:
+                seen.append(f)
+                if f.get("ICMP", {}).get("ID") == 777:
+                    ab += f["LastUpdateMetric"].get("ABPackets", 0)
+                    ba += f["LastUpdateMetric"].get("BAPackets", 0)
         assert (ab, ba) == (3, 3), seen
         f = [f for f in seen if f.get("ICMP", {}).get("ID") == 777][-1]
         assert f["NodeTID"] == f"tid-{unique}" and f["CaptureID"] == cap.UUID
@@ -99,8 +81,6 @@ async def test_capture_from_kv_to_flow_stream(probe: ProbeFlowService, nats_url:
         assert await wait_for(lambda: any(s["state"] == "stopped" for s in statuses), 10), statuses
         assert not probe.controller.running
         await nc.close()
-    finally:
-        topo.close()
 
 
 async def test_pcap_upload_and_injection_api(probe: ProbeFlowService, nats_url: str, unique: str):
@@ -137,12 +117,8 @@ async def test_injection_over_nats_reaches_a_capture(probe: ProbeFlowService, na
     """query-api's way in: a msgpack PacketInjection on Subjects.packet_inject(host), Src chosen by a query."""
     from netsonde.flow.capture import AfPacketCapture
     from netsonde.flow.table import FlowTable
-    topo = Topo(unique)
-    try:
-        a, b = topo.ns("a"), topo.ns("b")
-        ia, ib = f"va{topo.u}", f"vb{topo.u}"
-        topo.veth(a, ia, b, ib)
-        sh(f"ip -n {a} addr add 10.89.0.1/24 dev {ia} && ip -n {b} addr add 10.89.0.2/24 dev {ib}")
+    with Topo(unique) as topo:
+        a, ia, b, ib = topo.joined_pair("v", "10.89.0")
         src = {"ID": "src", "Host": probe.cfg.host_id,
                "Metadata": {"Name": ia, "Type": "veth", "NetNsPath": topo.path(a), "Host": probe.cfg.host_id}}
         probe.select_nodes = lambda q: [src] if "src" in q else []  # type: ignore[method-assign]
@@ -164,5 +140,3 @@ async def test_injection_over_nats_reaches_a_capture(probe: ProbeFlowService, na
             flows = cap.table.updates(int(time.time() * 1000))
         assert [(f.Transport.A, f.Transport.B, f.Metric.ABPackets, f.Metric.ABBytes) for f in flows] == \
             [(4444, 5555, 4, 800)]
-    finally:
-        topo.close()
