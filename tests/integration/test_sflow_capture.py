@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 import uuid
+from functools import partial
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -22,6 +23,7 @@ from netsonde.probe_flow.sflowsocket import SFlowSocketCapture
 
 from tests.unit.test_sflow_collector import ETH_ICMP, REPLY, expected_totals, raw_record
 from tests.unit.test_sflow_decode import DATAGRAMS, datagram, flow_sample, u32
+from tests.integration.static_stack import gremlin as http_gremlin
 
 pytestmark = [pytest.mark.root]
 
@@ -220,10 +222,7 @@ async def test_sflow_capture_end_to_end_through_the_api(link: Link, unique: str,
             await svc.start()
             services.append(svc)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
-            async def gremlin(q: str) -> Any:
-                r = await http.post("/api/topology", json={"GremlinQuery": q})
-                assert r.status_code == 200, r.text
-                return r.json()
+            gremlin = partial(http_gremlin, http)  # one Gremlin query, answered 200
 
             node_q = f"G.V().Has('Name', '{link.inner}', 'Type', 'veth')"
             r = await http.post("/api/capture", json={"GremlinQuery": node_q, "Type": "sflow"})

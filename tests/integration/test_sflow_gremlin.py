@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from functools import partial
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ from netsonde.query_api.service import QueryApiService
 from netsonde.ovs_sflow_collector.config import SFlowCollectorConfig
 from netsonde.ovs_sflow_collector.service import SFlowCollectorService
 from tests.integration.ovs_fixture import OvsDaemons, attach_netns_pair, detach_netns_pair, ovs  # noqa: F401
+from tests.integration.static_stack import gremlin as http_gremlin
 
 pytestmark = [pytest.mark.root, pytest.mark.ovs, pytest.mark.slow]
 
@@ -57,10 +59,7 @@ async def test_ovssflow_flows_through_gremlin(ovs: OvsDaemons, nats_url: str, cl
         await api.start()
         services.append(api)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
-            async def gremlin(q: str) -> Any:
-                r = await http.post("/api/topology", json={"GremlinQuery": q})
-                assert r.status_code == 200, r.text
-                return r.json()
+            gremlin = partial(http_gremlin, http)  # one Gremlin query, answered 200
 
             async def count(q: str, n: int) -> bool:
                 r = await http.post("/api/topology", json={"GremlinQuery": q})

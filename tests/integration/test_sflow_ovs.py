@@ -27,6 +27,7 @@ from netsonde.probe_topology.service import ProbeTopologyService
 from netsonde.ovs_sflow_collector.config import SFlowCollectorConfig
 from netsonde.ovs_sflow_collector.ovs import bridge_tid, port_tid
 from netsonde.ovs_sflow_collector.service import SFlowCollectorService
+from tests.integration.capture_bus import waiting_batches
 from tests.integration.ovs_fixture import OvsDaemons, attach_netns_pair, detach_netns_pair, ovs  # noqa: F401
 
 pytestmark = [pytest.mark.root, pytest.mark.ovs]
@@ -118,16 +119,10 @@ async def test_ovssflow_flows_per_bridge_and_counters(ovs: OvsDaemons, nats_url:
 
         async def icmp_seen() -> bool:
             await svc.publish_now()
-            try:
-                msgs = await sub.fetch(100, timeout=0.5)
-            except Exception:
-                msgs = []
-            for m in msgs:
-                batch = msgpack.unpackb(m.data)
+            async for batch in waiting_batches(sub, 100):
                 assert batch["host"] == host and batch["v"] == 1
                 for f in batch["flows"]:
                     flows[(f["NodeTID"], f["UUID"])] = f  # the latest update of each flow
-                await m.ack()
             return sum(f["Metric"].get("ABPackets", 0) + f["Metric"].get("BAPackets", 0) for f in icmp_flows()) >= 20
         assert await wait_for(icmp_seen, 20, interval=0.3), list(flows.values())[:3]
         await asyncio.sleep(1.5)  # nothing more may come: the counts below are exact, not minimums

@@ -6,13 +6,13 @@ import socket
 from typing import Any
 
 import httpx
-import msgpack
 import nats
 
 from netsonde.common.bus import Subjects
 from netsonde.common.service import wait_for
 from netsonde.ovs_sflow_collector.config import SFlowCollectorConfig
 from netsonde.ovs_sflow_collector.service import SFlowCollectorService
+from tests.integration.capture_bus import waiting_batches
 from tests.unit.test_sflow_decode import DATAGRAMS
 from tests.unit.test_sflow_collector import expected_totals
 
@@ -45,14 +45,8 @@ async def test_two_collectors_share_the_flow_stream(nats_url: str, unique: str) 
         batches: dict[str, dict[str, Any]] = {}
 
         async def all_counted() -> bool:
-            try:
-                msgs = await sub.fetch(50, timeout=0.5)
-            except Exception:
-                msgs = []
-            for m in msgs:
-                b = msgpack.unpackb(m.data)
+            async for b in waiting_batches(sub, 50):
                 batches[b["batch_id"]] = b
-                await m.ack()
             flows = [f for b in batches.values() for f in b["flows"]]
             return (sum(f["Metric"].get("ABPackets", 0) + f["Metric"].get("BAPackets", 0) for f in flows),
                     sum(f["Metric"].get("ABBytes", 0) + f["Metric"].get("BABytes", 0) for f in flows)) \
