@@ -37,10 +37,18 @@ class Stack:
         self.api = QueryApiService(QueryApiConfig.load(**common, http_port=self.port))
         await self.api.start()
 
-    async def start_probe(self) -> None:
+    async def start_probe(self, **settings: Any) -> None:
+        """probe-topology without OVSDB nor other namespaces' processes; `settings` add to its config."""
         common = {k: v for k, v in self.common.items() if not k.startswith("rule_")}
-        self.probe = ProbeTopologyService(ProbeTopologyConfig.load(**common, ovsdb="", process_netns=False))
+        self.probe = ProbeTopologyService(ProbeTopologyConfig.load(**common, ovsdb="", process_netns=False,
+                                                                   **settings))
         await self.probe.start()
+
+    async def start_host(self, **probe_settings: Any) -> None:
+        """graph-builder, probe-topology and query-api, in that order: one host's topology behind the API."""
+        await self.start_gb()
+        await self.start_probe(**probe_settings)
+        await self.start_api()
 
     async def stop(self) -> None:
         for svc in (self.api, self.probe, self.gb):
@@ -48,8 +56,8 @@ class Stack:
                 await svc.stop()
 
 
-def client(s: Stack) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=20)
+def client(s: Stack, timeout: float = 20) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=timeout)
 
 
 async def gremlin(http: httpx.AsyncClient, q: str):

@@ -14,14 +14,8 @@ import httpx
 import pytest
 
 from netsonde.common.service import wait_for
-from netsonde.common.testing import free_port
-from netsonde.graph_builder.config import GraphBuilderConfig
-from netsonde.graph_builder.service import GraphBuilderService
-from netsonde.probe_topology.config import ProbeTopologyConfig
-from netsonde.probe_topology.service import ProbeTopologyService
 from netsonde.probe_topology.testing import sh, start_probe, until
-from netsonde.query_api.config import QueryApiConfig
-from netsonde.query_api.service import QueryApiService
+from tests.integration.static_stack import Stack, client
 
 pytestmark = [pytest.mark.root]
 
@@ -169,22 +163,12 @@ async def test_counter_deltas_of_a_real_ping(nats_url, unique, pair):
 
 @pytest.fixture
 async def stack(nats_url: str, clickhouse_url: str, unique: str):
-    prefix, db = f"im{unique}", f"im_{unique}"
-    common = dict(env={}, nats_url=nats_url, subject_prefix=prefix, host_id=f"host-{unique}",
-                  clickhouse_url=clickhouse_url, clickhouse_database=db)
-    gb = GraphBuilderService(GraphBuilderConfig.load(**common, history_flush_interval_s=0.2))
-    await gb.start()
-    probe = ProbeTopologyService(ProbeTopologyConfig.load(**common, ovsdb="", process_netns=False,
-                                                          metrics_interval_s=1.0, metadata=HOST_METADATA))
-    await probe.start()
-    port = free_port()
-    api = QueryApiService(QueryApiConfig.load(**common, http_port=port))
-    await api.start()
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
+    s = Stack(dict(env={}, nats_url=nats_url, subject_prefix=f"im{unique}", host_id=f"host-{unique}",
+                   clickhouse_url=clickhouse_url, clickhouse_database=f"im_{unique}"))
+    await s.start_host(metrics_interval_s=1.0, metadata=HOST_METADATA)
+    async with client(s) as http:
         yield http, f"host-{unique}"
-    await api.stop()
-    await probe.stop()
-    await gb.stop()
+    await s.stop()
 
 
 async def _q(http: httpx.AsyncClient, q: str) -> Any:

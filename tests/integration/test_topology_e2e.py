@@ -14,13 +14,7 @@ import httpx
 import pytest
 
 from netsonde.common.service import wait_for
-from netsonde.common.testing import free_port
-from netsonde.graph_builder.config import GraphBuilderConfig
-from netsonde.graph_builder.service import GraphBuilderService
-from netsonde.probe_topology.config import ProbeTopologyConfig
-from netsonde.probe_topology.service import ProbeTopologyService
-from netsonde.query_api.config import QueryApiConfig
-from netsonde.query_api.service import QueryApiService
+from tests.integration.static_stack import Stack, client
 
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -32,21 +26,12 @@ def ip(*args: str) -> None:
 
 @pytest.fixture
 async def host_stack(nats_url: str, clickhouse_url: str, unique: str):
-    prefix, db = f"e{unique}", f"e2e_{unique}"
-    common = dict(env={}, nats_url=nats_url, subject_prefix=prefix, host_id=f"host-{unique}",
-                  clickhouse_url=clickhouse_url, clickhouse_database=db)
-    gb = GraphBuilderService(GraphBuilderConfig.load(**common, history_flush_interval_s=0.2))
-    await gb.start()
-    probe = ProbeTopologyService(ProbeTopologyConfig.load(**common, ovsdb="", process_netns=False))
-    await probe.start()
-    port = free_port()
-    api = QueryApiService(QueryApiConfig.load(**common, http_port=port))
-    await api.start()
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-        yield http, port, gb
-    await api.stop()
-    await probe.stop()
-    await gb.stop()
+    s = Stack(dict(env={}, nats_url=nats_url, subject_prefix=f"e{unique}", host_id=f"host-{unique}",
+                   clickhouse_url=clickhouse_url, clickhouse_database=f"e2e_{unique}"))
+    await s.start_host()
+    async with client(s, timeout=10) as http:
+        yield http, s.port, s.gb
+    await s.stop()
 
 
 @pytest.fixture
