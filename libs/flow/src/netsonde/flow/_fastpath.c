@@ -144,13 +144,14 @@ static int make_key(const uint8_t *d, uint32_t caplen, uint8_t *key)
     return 1; /* other ethertypes: the flow is the MAC pair and ethertype */
 }
 
-static int add_slow(ctx_t *c, const uint8_t *d, uint32_t caplen, uint64_t ts, uint32_t wire, long vlan)
+/* Appends (frame, ts_ns, wire_len, vlan or -1) to `slow`, the frames left to the full Python decoder. */
+static int add_slow(PyObject *slow, const uint8_t *d, uint32_t caplen, uint64_t ts, uint32_t wire, long vlan)
 {
     PyObject *t = Py_BuildValue("(y#KIl)", (const char *)d, (Py_ssize_t)caplen, (unsigned long long)ts,
                                 (unsigned int)wire, vlan);
     if (!t)
         return -1;
-    int r = PyList_Append(c->slow, t);
+    int r = PyList_Append(slow, t);
     Py_DECREF(t);
     return r;
 }
@@ -160,7 +161,7 @@ static int fold_one(ctx_t *c, const uint8_t *d, uint32_t caplen, uint32_t wire, 
     uint8_t key[KEYLEN] __attribute__((aligned(8)));
     c->packets++;
     if (vlan >= 0 || c->fill >= MAXFILL || !make_key(d, caplen, key))
-        return add_slow(c, d, caplen, ts, wire, vlan);
+        return add_slow(c->slow, d, caplen, ts, wire, vlan);
     uint64_t h = hash_key(key);
     uint32_t i = (uint32_t)h & (TABSIZE - 1);
     for (;;) {
@@ -235,7 +236,92 @@ static void ctx_abort(ctx_t *c)
     Py_XDECREF(c->slow);
 }
 
+/* ------------------------------------------------------------------------------------------------------
+ * The TPACKET_V3 block walk, shared by fold_block and Accumulator.fold_block (the readable reference is
+ * `walk_block` in fastfold.py; tests/unit/test_flow_fastpath.py holds the two against each other).
+ * A block is a struct tpacket_block_desc (packet count at +12, first packet offset at +16), then packets,
+ * each a struct tpacket3_hdr chained by tp_next_offset. Every offset is checked against the block length.
+ * ---------------------------------------------------------------------------------------------------- */
 #define TP_STATUS_VLAN_VALID (1 << 4)
+
+typedef struct {
+    const uint8_t *b;
+    uint64_t blen;
+    uint32_t left; /* packets the block descriptor still announces (0 once a bad offset ended the walk) */
+    uint32_t off;  /* offset of the next packet header */
+} tp3_walk_t;
+
+typedef struct {
+    const uint8_t *frame;
+    uint32_t snap; /* bytes captured */
+    uint32_t wire; /* length on the wire */
+    uint64_t ts;   /* ns */
+    long vlan;     /* the tag the kernel stripped into metadata (TPID << 16 | TCI), or -1 */
+} tp3_pkt_t;
+
+/* 0, or -1 with ValueError when the buffer cannot even hold a block descriptor. */
+static int tp3_begin(tp3_walk_t *w, const uint8_t *b, Py_ssize_t blen)
+{
+    if (blen < 48) {
+        PyErr_SetString(PyExc_ValueError, "block too short");
+        return -1;
+    }
+    w->b = b;
+    w->blen = (uint64_t)blen;
+    w->left = *(const uint32_t *)(b + 12);
+    w->off = *(const uint32_t *)(b + 16);
+    return 0;
+}
+
+/* 1 and the next packet in *p, or 0 at the end of the block (or at the first offset out of it). */
+static inline int tp3_next(tp3_walk_t *w, tp3_pkt_t *p)
+{
+    if (!w->left || (uint64_t)w->off + 48 > w->blen)
+        return 0;
+    const uint8_t *h = w->b + w->off;
+    uint32_t next = *(const uint32_t *)(h + 0);
+    uint32_t sec = *(const uint32_t *)(h + 4);
+    uint32_t nsec = *(const uint32_t *)(h + 8);
+    uint32_t snap = *(const uint32_t *)(h + 12);
+    uint32_t status = *(const uint32_t *)(h + 20);
+    uint16_t mac = *(const uint16_t *)(h + 24);
+    if ((uint64_t)w->off + mac + snap > w->blen)
+        return 0;
+    p->frame = h + mac;
+    p->snap = snap;
+    p->wire = *(const uint32_t *)(h + 16);
+    p->ts = (uint64_t)sec * 1000000000ULL + nsec;
+    p->vlan = -1;
+    if (status & TP_STATUS_VLAN_VALID) {
+        uint32_t tci = *(const uint32_t *)(h + 32);
+        uint16_t tpid = *(const uint16_t *)(h + 36);
+        p->vlan = (long)(tci & 0xFFFF) | ((long)(tpid ? tpid : 0x8100) << 16);
+    }
+    w->left--;
+    if (!next || (uint64_t)w->off + next > w->blen)
+        w->left = 0; /* the next header must lie further inside the block (a bad one cannot loop or wrap) */
+    else
+        w->off += next;
+    return 1;
+}
+
+/* One (frame, ts_ns, wire_len) item of a frame list: 0, or -1 with TypeError/OverflowError. */
+static inline int frame_item(PyObject *item, const uint8_t **d, uint32_t *caplen, uint64_t *ts, uint32_t *wire)
+{
+    const char *data;
+    Py_ssize_t dl;
+    unsigned long long t;
+    unsigned int w;
+    if (!PyArg_ParseTuple(item, "y#KI", &data, &dl, &t, &w))
+        return -1;
+    *d = (const uint8_t *)data;
+    *caplen = (uint32_t)dl;
+    *ts = t;
+    *wire = w;
+    return 0;
+}
+
+#define FRAMES_EXPECTED "fold_frames expects a sequence of (frame, ts_ns, wire_len)"
 
 PyDoc_STRVAR(fold_block_doc,
              "fold_block(block) -> (aggregates, slow, packets)\n\n"
@@ -248,43 +334,17 @@ static PyObject *fold_block(PyObject *self, PyObject *arg)
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    const uint8_t *b = view.buf;
-    Py_ssize_t blen = view.len;
     ctx_t c;
+    tp3_walk_t w;
+    tp3_pkt_t p;
     PyObject *res = NULL;
-    if (blen < 48) {
-        PyErr_SetString(PyExc_ValueError, "block too short");
+    if (tp3_begin(&w, view.buf, view.len) < 0 || ctx_init(&c) < 0)
         goto out;
-    }
-    if (ctx_init(&c) < 0)
-        goto out;
-    uint32_t num = *(const uint32_t *)(b + 12);
-    uint32_t off = *(const uint32_t *)(b + 16);
-    for (uint32_t k = 0; k < num; k++) {
-        if ((uint64_t)off + 48 > (uint64_t)blen)
-            break;
-        const uint8_t *h = b + off;
-        uint32_t next = *(const uint32_t *)(h + 0);
-        uint32_t sec = *(const uint32_t *)(h + 4);
-        uint32_t nsec = *(const uint32_t *)(h + 8);
-        uint32_t snap = *(const uint32_t *)(h + 12);
-        uint32_t len = *(const uint32_t *)(h + 16);
-        uint32_t status = *(const uint32_t *)(h + 20);
-        uint16_t mac = *(const uint16_t *)(h + 24);
-        uint32_t tci = *(const uint32_t *)(h + 32);
-        uint16_t tpid = *(const uint16_t *)(h + 36);
-        long vlan = -1;
-        if (status & TP_STATUS_VLAN_VALID)
-            vlan = (long)(tci & 0xFFFF) | ((long)(tpid ? tpid : 0x8100) << 16);
-        if ((uint64_t)off + mac + snap > (uint64_t)blen)
-            break;
-        if (fold_one(&c, h + mac, snap, len, (uint64_t)sec * 1000000000ULL + nsec, vlan) < 0) {
+    while (tp3_next(&w, &p)) {
+        if (fold_one(&c, p.frame, p.snap, p.wire, p.ts, p.vlan) < 0) {
             ctx_abort(&c);
             goto out;
         }
-        if (!next || (uint64_t)off + next > (uint64_t)blen)
-            break; /* the next header must lie further inside the block (a bad one cannot loop or wrap) */
-        off += next;
     }
     res = finish(&c);
     Py_DECREF(c.slow);
@@ -299,7 +359,7 @@ PyDoc_STRVAR(fold_frames_doc,
 
 static PyObject *fold_frames(PyObject *self, PyObject *arg)
 {
-    PyObject *seq = PySequence_Fast(arg, "fold_frames expects a sequence of (frame, ts_ns, wire_len)");
+    PyObject *seq = PySequence_Fast(arg, FRAMES_EXPECTED);
     if (!seq)
         return NULL;
     ctx_t c;
@@ -310,12 +370,10 @@ static PyObject *fold_frames(PyObject *self, PyObject *arg)
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
     for (Py_ssize_t i = 0; i < n; i++) {
-        const char *d;
-        Py_ssize_t dl;
-        unsigned long long ts;
-        unsigned int wire;
-        if (!PyArg_ParseTuple(items[i], "y#KI", &d, &dl, &ts, &wire) ||
-            fold_one(&c, (const uint8_t *)d, (uint32_t)dl, wire, ts, -1) < 0) {
+        const uint8_t *d;
+        uint32_t caplen, wire;
+        uint64_t ts;
+        if (frame_item(items[i], &d, &caplen, &ts, &wire) < 0 || fold_one(&c, d, caplen, wire, ts, -1) < 0) {
             ctx_abort(&c);
             Py_DECREF(seq);
             return NULL;
@@ -474,13 +532,7 @@ static int acc_one(Acc *a, acc_out_t *o, const uint8_t *d, uint32_t caplen, uint
     a->packets++;
     if (vlan >= 0 || !make_key(d, caplen, key)) {
         a->slow++;
-        PyObject *t = Py_BuildValue("(y#KIl)", (const char *)d, (Py_ssize_t)caplen, (unsigned long long)ts,
-                                    (unsigned int)wire, vlan);
-        if (!t)
-            return -1;
-        int r = PyList_Append(o->slow, t);
-        Py_DECREF(t);
-        return r;
+        return add_slow(o->slow, d, caplen, ts, wire, vlan);
     }
     int r = acc_count(a, key, wire, ts);
     if (r < 0)
@@ -522,46 +574,20 @@ static PyObject *Acc_fold_block(Acc *a, PyObject *arg)
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    const uint8_t *b = view.buf;
-    Py_ssize_t blen = view.len;
     acc_out_t o;
+    tp3_walk_t w;
+    tp3_pkt_t p;
     PyObject *res = NULL;
     unsigned long long n = 0;
-    if (blen < 48) {
-        PyErr_SetString(PyExc_ValueError, "block too short");
+    if (tp3_begin(&w, view.buf, view.len) < 0 || acc_out_init(&o) < 0)
         goto out;
-    }
-    if (acc_out_init(&o) < 0)
-        goto out;
-    uint32_t num = *(const uint32_t *)(b + 12);
-    uint32_t off = *(const uint32_t *)(b + 16);
-    for (uint32_t k = 0; k < num; k++) {
-        if ((uint64_t)off + 48 > (uint64_t)blen)
-            break;
-        const uint8_t *h = b + off;
-        uint32_t next = *(const uint32_t *)(h + 0);
-        uint32_t sec = *(const uint32_t *)(h + 4);
-        uint32_t nsec = *(const uint32_t *)(h + 8);
-        uint32_t snap = *(const uint32_t *)(h + 12);
-        uint32_t len = *(const uint32_t *)(h + 16);
-        uint32_t status = *(const uint32_t *)(h + 20);
-        uint16_t mac = *(const uint16_t *)(h + 24);
-        uint32_t tci = *(const uint32_t *)(h + 32);
-        uint16_t tpid = *(const uint16_t *)(h + 36);
-        long vlan = -1;
-        if (status & TP_STATUS_VLAN_VALID)
-            vlan = (long)(tci & 0xFFFF) | ((long)(tpid ? tpid : 0x8100) << 16);
-        if ((uint64_t)off + mac + snap > (uint64_t)blen)
-            break;
+    while (tp3_next(&w, &p)) {
         n++;
-        if (acc_one(a, &o, h + mac, snap, len, (uint64_t)sec * 1000000000ULL + nsec, vlan) < 0) {
+        if (acc_one(a, &o, p.frame, p.snap, p.wire, p.ts, p.vlan) < 0) {
             Py_DECREF(o.fresh);
             Py_DECREF(o.slow);
             goto out;
         }
-        if (!next || (uint64_t)off + next > (uint64_t)blen)
-            break; /* the next header must lie further inside the block (a bad one cannot loop or wrap) */
-        off += next;
     }
     res = acc_result(&o, n);
 out:
@@ -571,7 +597,7 @@ out:
 
 static PyObject *Acc_fold_frames(Acc *a, PyObject *arg)
 {
-    PyObject *seq = PySequence_Fast(arg, "fold_frames expects a sequence of (frame, ts_ns, wire_len)");
+    PyObject *seq = PySequence_Fast(arg, FRAMES_EXPECTED);
     if (!seq)
         return NULL;
     acc_out_t o;
@@ -582,12 +608,10 @@ static PyObject *Acc_fold_frames(Acc *a, PyObject *arg)
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
     for (Py_ssize_t i = 0; i < n; i++) {
-        const char *d;
-        Py_ssize_t dl;
-        unsigned long long ts;
-        unsigned int wire;
-        if (!PyArg_ParseTuple(items[i], "y#KI", &d, &dl, &ts, &wire) ||
-            acc_one(a, &o, (const uint8_t *)d, (uint32_t)dl, wire, ts, -1) < 0) {
+        const uint8_t *d;
+        uint32_t caplen, wire;
+        uint64_t ts;
+        if (frame_item(items[i], &d, &caplen, &ts, &wire) < 0 || acc_one(a, &o, d, caplen, wire, ts, -1) < 0) {
             Py_DECREF(o.fresh);
             Py_DECREF(o.slow);
             Py_DECREF(seq);
