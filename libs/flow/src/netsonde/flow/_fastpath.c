@@ -156,8 +156,12 @@ static int add_slow(PyObject *slow, const uint8_t *d, uint32_t caplen, uint64_t 
     return r;
 }
 
-static int fold_one(ctx_t *c, const uint8_t *d, uint32_t caplen, uint32_t wire, uint64_t ts, long vlan)
+/* What a fold does with one packet: fold_one (the stateless fold) or acc_one (the Accumulator). */
+typedef int (*fold_fn)(void *state, const uint8_t *d, uint32_t caplen, uint32_t wire, uint64_t ts, long vlan);
+
+static int fold_one(void *state, const uint8_t *d, uint32_t caplen, uint32_t wire, uint64_t ts, long vlan)
 {
+    ctx_t *c = state;
     uint8_t key[KEYLEN] __attribute__((aligned(8)));
     c->packets++;
     if (vlan >= 0 || c->fill >= MAXFILL || !make_key(d, caplen, key))
@@ -323,6 +327,37 @@ static inline int frame_item(PyObject *item, const uint8_t **d, uint32_t *caplen
 
 #define FRAMES_EXPECTED "fold_frames expects a sequence of (frame, ts_ns, wire_len)"
 
+/* Folds every packet of a TPACKET_V3 block: the packet count, or -1 with an exception set. */
+static inline long long feed_block(const Py_buffer *view, fold_fn one, void *state)
+{
+    tp3_walk_t w;
+    tp3_pkt_t p;
+    long long n = 0;
+    if (tp3_begin(&w, view->buf, view->len) < 0)
+        return -1;
+    while (tp3_next(&w, &p)) {
+        n++;
+        if (one(state, p.frame, p.snap, p.wire, p.ts, p.vlan) < 0)
+            return -1;
+    }
+    return n;
+}
+
+/* Folds every (frame, ts_ns, wire_len) of `seq` (a PySequence_Fast): the count, or -1 with an exception set. */
+static inline long long feed_frames(PyObject *seq, fold_fn one, void *state)
+{
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *d;
+        uint32_t caplen, wire;
+        uint64_t ts;
+        if (frame_item(items[i], &d, &caplen, &ts, &wire) < 0 || one(state, d, caplen, wire, ts, -1) < 0)
+            return -1;
+    }
+    return n;
+}
+
 PyDoc_STRVAR(fold_block_doc,
              "fold_block(block) -> (aggregates, slow, packets)\n\n"
              "Walk one TPACKET_V3 block (a buffer holding struct tpacket_block_desc and its packets).\n"
@@ -335,20 +370,15 @@ static PyObject *fold_block(PyObject *self, PyObject *arg)
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     ctx_t c;
-    tp3_walk_t w;
-    tp3_pkt_t p;
     PyObject *res = NULL;
-    if (tp3_begin(&w, view.buf, view.len) < 0 || ctx_init(&c) < 0)
-        goto out;
-    while (tp3_next(&w, &p)) {
-        if (fold_one(&c, p.frame, p.snap, p.wire, p.ts, p.vlan) < 0) {
+    if (ctx_init(&c) == 0) {
+        if (feed_block(&view, fold_one, &c) < 0) {
             ctx_abort(&c);
-            goto out;
+        } else { /* samples point into the block: build the result while it is held */
+            res = finish(&c);
+            Py_DECREF(c.slow);
         }
     }
-    res = finish(&c);
-    Py_DECREF(c.slow);
-out:
     PyBuffer_Release(&view);
     return res;
 }
@@ -363,25 +393,15 @@ static PyObject *fold_frames(PyObject *self, PyObject *arg)
     if (!seq)
         return NULL;
     ctx_t c;
-    if (ctx_init(&c) < 0) {
-        Py_DECREF(seq);
-        return NULL;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const uint8_t *d;
-        uint32_t caplen, wire;
-        uint64_t ts;
-        if (frame_item(items[i], &d, &caplen, &ts, &wire) < 0 || fold_one(&c, d, caplen, wire, ts, -1) < 0) {
+    PyObject *res = NULL;
+    if (ctx_init(&c) == 0) {
+        if (feed_frames(seq, fold_one, &c) < 0) {
             ctx_abort(&c);
-            Py_DECREF(seq);
-            return NULL;
+        } else { /* samples point into the frames: build the result while `seq` still holds them */
+            res = finish(&c);
+            Py_DECREF(c.slow);
         }
     }
-    /* samples point into the frames: build the result while `seq` still holds them */
-    PyObject *res = finish(&c);
-    Py_DECREF(c.slow);
     Py_DECREF(seq);
     return res;
 }
@@ -522,12 +542,15 @@ static int acc_count(Acc *a, const uint8_t *key, uint32_t wire, uint64_t ts)
 }
 
 typedef struct {
+    Acc *acc;
     PyObject *fresh;
     PyObject *slow;
 } acc_out_t;
 
-static int acc_one(Acc *a, acc_out_t *o, const uint8_t *d, uint32_t caplen, uint32_t wire, uint64_t ts, long vlan)
+static int acc_one(void *state, const uint8_t *d, uint32_t caplen, uint32_t wire, uint64_t ts, long vlan)
 {
+    acc_out_t *o = state;
+    Acc *a = o->acc;
     uint8_t key[KEYLEN] __attribute__((aligned(8)));
     a->packets++;
     if (vlan >= 0 || !make_key(d, caplen, key)) {
@@ -549,16 +572,18 @@ static int acc_one(Acc *a, acc_out_t *o, const uint8_t *d, uint32_t caplen, uint
     return 0;
 }
 
-static PyObject *acc_result(acc_out_t *o, unsigned long long n)
+/* (fresh, slow, n) when n >= 0; NULL (the exception already set) when n < 0. Releases the lists. */
+static PyObject *acc_result(acc_out_t *o, long long n)
 {
-    PyObject *r = Py_BuildValue("(OOK)", o->fresh, o->slow, n);
+    PyObject *r = n < 0 ? NULL : Py_BuildValue("(OOK)", o->fresh, o->slow, (unsigned long long)n);
     Py_DECREF(o->fresh);
     Py_DECREF(o->slow);
     return r;
 }
 
-static int acc_out_init(acc_out_t *o)
+static int acc_out_init(acc_out_t *o, Acc *a)
 {
+    o->acc = a;
     o->fresh = PyList_New(0);
     o->slow = PyList_New(0);
     if (!o->fresh || !o->slow) {
@@ -575,22 +600,9 @@ static PyObject *Acc_fold_block(Acc *a, PyObject *arg)
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     acc_out_t o;
-    tp3_walk_t w;
-    tp3_pkt_t p;
     PyObject *res = NULL;
-    unsigned long long n = 0;
-    if (tp3_begin(&w, view.buf, view.len) < 0 || acc_out_init(&o) < 0)
-        goto out;
-    while (tp3_next(&w, &p)) {
-        n++;
-        if (acc_one(a, &o, p.frame, p.snap, p.wire, p.ts, p.vlan) < 0) {
-            Py_DECREF(o.fresh);
-            Py_DECREF(o.slow);
-            goto out;
-        }
-    }
-    res = acc_result(&o, n);
-out:
+    if (acc_out_init(&o, a) == 0)
+        res = acc_result(&o, feed_block(&view, acc_one, &o));
     PyBuffer_Release(&view);
     return res;
 }
@@ -601,25 +613,11 @@ static PyObject *Acc_fold_frames(Acc *a, PyObject *arg)
     if (!seq)
         return NULL;
     acc_out_t o;
-    if (acc_out_init(&o) < 0) {
-        Py_DECREF(seq);
-        return NULL;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const uint8_t *d;
-        uint32_t caplen, wire;
-        uint64_t ts;
-        if (frame_item(items[i], &d, &caplen, &ts, &wire) < 0 || acc_one(a, &o, d, caplen, wire, ts, -1) < 0) {
-            Py_DECREF(o.fresh);
-            Py_DECREF(o.slow);
-            Py_DECREF(seq);
-            return NULL;
-        }
-    }
+    PyObject *res = NULL;
+    if (acc_out_init(&o, a) == 0)
+        res = acc_result(&o, feed_frames(seq, acc_one, &o));
     Py_DECREF(seq);
-    return acc_result(&o, (unsigned long long)n);
+    return res;
 }
 
 static PyObject *Acc_drain(Acc *a, PyObject *noarg)
