@@ -52,6 +52,38 @@ static inline uint64_t hash_key(const uint8_t *k)
     return h;
 }
 
+/* The transport part of a fastkey, the same after IPv4 and IPv6: ports and TCP SYN/FIN/RST/ACK, or ICMP
+ * type/code/id (`icmp` = 1 for ICMPv4, 58 for ICMPv6). 1 when filled, 0 when the frame needs the full
+ * decoder (truncated, a tunnel's UDP port), -1 for any other protocol (the caller decides). */
+static inline int l4_key(uint8_t proto, uint8_t icmp, const uint8_t *l4, uint32_t avail, uint8_t *key)
+{
+    if (proto == 6) {
+        if (avail < 20)
+            return 0;
+        memcpy(key + 52, l4, 4);
+        key[16] = l4[13] & 0x17;
+        return 1;
+    }
+    if (proto == 17) {
+        if (avail < 8)
+            return 0;
+        uint16_t dp = rd16(l4 + 2);
+        if (dp == 4789 || dp == 6081 || dp == 6635)
+            return 0; /* tunnel */
+        memcpy(key + 52, l4, 4);
+        return 1;
+    }
+    if (proto == icmp) {
+        if (avail < 8)
+            return 0;
+        key[17] = l4[0];
+        key[18] = l4[1];
+        memcpy(key + 52, l4 + 4, 2);
+        return 1;
+    }
+    return -1;
+}
+
 /* Returns 1 and fills key when the frame is plain enough for folding, else 0. */
 static int make_key(const uint8_t *d, uint32_t caplen, uint8_t *key)
 {
@@ -77,32 +109,14 @@ static int make_key(const uint8_t *d, uint32_t caplen, uint8_t *key)
         key[14] = proto;
         key[15] = ip[8]; /* TTL */
         memcpy(key + 20, ip + 12, 8);
-        const uint8_t *l4 = ip + ihl;
         uint32_t avail = caplen - 14 - ihl;
         if (tot - ihl < avail)
             avail = tot - ihl;
-        if (proto == 6) {
-            if (avail < 20)
-                return 0;
-            memcpy(key + 52, l4, 4);
-            key[16] = l4[13] & 0x17;
-        } else if (proto == 17) {
-            if (avail < 8)
-                return 0;
-            uint16_t dp = rd16(l4 + 2);
-            if (dp == 4789 || dp == 6081 || dp == 6635)
-                return 0; /* tunnel */
-            memcpy(key + 52, l4, 4);
-        } else if (proto == 1) {
-            if (avail < 8)
-                return 0;
-            key[17] = l4[0];
-            key[18] = l4[1];
-            memcpy(key + 52, l4 + 4, 2);
-        } else if (proto == 47 || proto == 4 || proto == 41 || proto == 132) {
-            return 0;
-        }
-        return 1;
+        int r = l4_key(proto, 1, ip + ihl, avail, key);
+        if (r >= 0)
+            return r;
+        /* GRE, IP in IP, SCTP: full decoder; other protocols: the flow is the address pair */
+        return !(proto == 47 || proto == 4 || proto == 41 || proto == 132);
     } else if (et == 0x86DD) {
         const uint8_t *ip = d + 14;
         if (caplen < 54 || (ip[0] >> 4) != 6)
@@ -112,32 +126,10 @@ static int make_key(const uint8_t *d, uint32_t caplen, uint8_t *key)
         key[14] = nh;
         key[15] = ip[7];
         memcpy(key + 20, ip + 8, 32);
-        const uint8_t *l4 = ip + 40;
         uint32_t avail = caplen - 54;
         if (plen && plen < avail)
             avail = plen;
-        if (nh == 6) {
-            if (avail < 20)
-                return 0;
-            memcpy(key + 52, l4, 4);
-            key[16] = l4[13] & 0x17;
-        } else if (nh == 17) {
-            if (avail < 8)
-                return 0;
-            uint16_t dp = rd16(l4 + 2);
-            if (dp == 4789 || dp == 6081 || dp == 6635)
-                return 0;
-            memcpy(key + 52, l4, 4);
-        } else if (nh == 58) {
-            if (avail < 8)
-                return 0;
-            key[17] = l4[0];
-            key[18] = l4[1];
-            memcpy(key + 52, l4 + 4, 2);
-        } else {
-            return 0; /* extension headers and the rest: full decoder */
-        }
-        return 1;
+        return l4_key(nh, 58, ip + 40, avail, key) == 1; /* extension headers and the rest: full decoder */
     } else if (et == 0x8100 || et == 0x88A8 || et == 0x9100 || et == 0x8847 || et == 0x8848) {
         return 0;
     }
