@@ -19,27 +19,35 @@ def shell(cmd: str) -> str:
 
 
 @contextmanager
+def veth_pair_into(ns: str, host: str, peer: str, host_cidr: str, peer_cidr: str) -> Iterator[None]:
+    """Namespace `ns` with veth end `peer` (address `peer_cidr`) in it, end `host` (`host_cidr`) here, both up.
+    Both the link and the namespace go on exit, and if a step fails on the way."""
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", host, "type", "veth", "peer", "name", peer)
+        sh("ip", "link", "set", peer, "netns", ns)
+        sh("ip", "addr", "add", host_cidr, "dev", host)
+        sh("ip", "link", "set", host, "up")
+        sh("ip", "-n", ns, "addr", "add", peer_cidr, "dev", peer)
+        sh("ip", "-n", ns, "link", "set", peer, "up")
+        yield
+    finally:
+        subprocess.run(["ip", "link", "del", host], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@contextmanager
 def veth_into_namespace(unique: str, tag: str, subnet: int) -> Iterator[dict[str, str]]:
-    """A veth pair: `host` end here (10.<n>.<subnet>.1/24), `peer` end in namespace `ns` (10.<n>.<subnet>.2/24).
+    """veth_pair_into with names and /24 addresses from `unique`: `host` end here (10.<n>.<subnet>.1), `peer`
+    end in namespace `ns` (10.<n>.<subnet>.2).
 
     Names are `<tag>-<unique>` (namespace), `<tag>h<unique>` and `<tag>p<unique>` (ends), so parallel runs
-    never collide; <n> (100-199) comes from `unique` too. Both the link and the namespace go on exit."""
+    never collide; <n> (100-199) comes from `unique` too."""
     n = 100 + int(unique[:4], 16) % 100
     v = {"ns": f"{tag}-{unique}", "host": f"{tag}h{unique[:8]}", "peer": f"{tag}p{unique[:8]}",
          "ip": f"10.{n}.{subnet}.1", "peer_ip": f"10.{n}.{subnet}.2"}
-    sh("ip", "netns", "add", v["ns"])
-    try:
-        sh("ip", "link", "add", v["host"], "type", "veth", "peer", "name", v["peer"])
-        sh("ip", "link", "set", v["peer"], "netns", v["ns"])
-        sh("ip", "addr", "add", f"{v['ip']}/24", "dev", v["host"])
-        sh("ip", "link", "set", v["host"], "up")
-        sh("ip", "-n", v["ns"], "addr", "add", f"{v['peer_ip']}/24", "dev", v["peer"])
-        sh("ip", "-n", v["ns"], "link", "set", v["peer"], "up")
+    with veth_pair_into(v["ns"], v["host"], v["peer"], f"{v['ip']}/24", f"{v['peer_ip']}/24"):
         yield v
-    finally:
-        subprocess.run(["ip", "link", "del", v["host"]], capture_output=True)
-        subprocess.run(["ip", "netns", "del", v["ns"]], capture_output=True)
-
 
 class Topo:
     """Namespaces (`nf<tag><unique>`) and the veths between them, made for one test; `close()` (or leaving a

@@ -16,7 +16,6 @@ import json
 import signal
 import socket
 import struct
-import subprocess
 import tempfile
 import time
 import urllib.request
@@ -30,6 +29,7 @@ import pytest
 from netsonde.common.bus import Subjects
 from netsonde.common.testing import Proc, free_port, start_nats, start_store
 from tests.integration.fault_pipeline import FLOWS_PER_POST, Services, flows_pcap, wait_stored
+from tests.integration.netns_veth import veth_pair_into
 from tests.unit.test_sflow_decode import DATAGRAMS
 
 pytestmark = [pytest.mark.slow]
@@ -180,10 +180,6 @@ def test_each_drop_counted_in_api_status(own_bus_and_store: tuple[Proc, Proc], u
         svc.stop()
 
 
-def sh(*cmd: str) -> None:
-    subprocess.run(list(cmd), check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture
 def udp_target(unique: str) -> Iterator[dict[str, str]]:
     """veth `va` (root namespace, captured) to `vb` in a namespace; a /30 of its own per test."""
@@ -191,16 +187,8 @@ def udp_target(unique: str) -> Iterator[dict[str, str]]:
     octet = int(unique[:2], 16) % 200 + 20
     n = {"ns": f"dn-{u}", "va": f"dva{u}", "vb": f"dvb{u}", "ipa": f"10.{octet}.{int(unique[2:4], 16)}.1",
          "ipb": f"10.{octet}.{int(unique[2:4], 16)}.2"}
-    sh("ip", "netns", "add", n["ns"])
-    sh("ip", "link", "add", n["va"], "type", "veth", "peer", "name", n["vb"])
-    sh("ip", "link", "set", n["vb"], "netns", n["ns"])
-    sh("ip", "addr", "add", f"{n['ipa']}/30", "dev", n["va"])
-    sh("ip", "link", "set", n["va"], "up")
-    sh("ip", "-n", n["ns"], "addr", "add", f"{n['ipb']}/30", "dev", n["vb"])
-    sh("ip", "-n", n["ns"], "link", "set", n["vb"], "up")
-    yield n
-    subprocess.run(["ip", "link", "del", n["va"]], capture_output=True)
-    subprocess.run(["ip", "netns", "del", n["ns"]], capture_output=True)
+    with veth_pair_into(n["ns"], n["va"], n["vb"], f"{n['ipa']}/30", f"{n['ipb']}/30"):
+        yield n
 
 
 def _udp(s: socket.socket, dst: str, ports: range, repeat: int = 1, pause_s: float = 0.0) -> None:
