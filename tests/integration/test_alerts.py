@@ -345,6 +345,7 @@ def flood_namespaces(unique: str):
 async def test_periodic_flow_alert_fires_during_a_ping_flood(nats_url: str, clickhouse_url: str, unique: str,
                                                              flood_namespaces: dict[str, str]) -> None:
     from bench.services import ServiceProcs
+    from tests.integration.flow_stack import TOPOLOGY_PLAIN, start_flow_stack
 
     n = flood_namespaces
     prefix = f"alf{unique}"
@@ -355,11 +356,7 @@ async def test_periodic_flow_alert_fires_during_a_ping_flood(nats_url: str, clic
     await hooks.start()
     flood: subprocess.Popen[bytes] | None = None
     try:
-        procs.start("graph_builder")
-        procs.start("probe_topology", ovsdb="", process_netns="true")
-        api = procs.start("query_api")
-        procs.start("flow_enricher")
-        procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1")
+        api, _ = start_flow_stack(procs, topology={**TOPOLOGY_PLAIN, "process_netns": "true"})
         procs.start("alert_evaluator")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api}", timeout=30) as http:
             await wait_until(lambda: _gremlin_count(http, f"G.V().Has('Name','{n['va']}')"), 30, "the veth",

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 from bench.services import ServiceProcs
+from tests.integration.flow_stack import TOPOLOGY_PLAIN, start_flow_stack
 from tests.integration.ovs_fixture import OvsDaemons, attach_netns_pair, detach_netns_pair, ovs  # noqa: F401
 from tests.integration.test_captures_standing import (PCAP, api_call, captures_of, create, delete, gremlin,
                                                       send_stream, sh, wait_until)
@@ -25,11 +26,7 @@ def stack(nats_url: str, clickhouse_url: str, ovs: OvsDaemons) -> Iterator[int]:
     procs = ServiceProcs(nats_url, clickhouse_url, prefix=f"co{tag}")
     procs.env["NETSONDE_CLICKHOUSE_DATABASE"] = f"captures_ovs_{tag}"
     try:
-        procs.start("graph_builder")
-        procs.start("probe_topology", ovsdb=ovs.db, process_netns="false")
-        api = procs.start("query_api")
-        procs.start("flow_enricher")
-        procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1", ovsdb=ovs.db)
+        api, _ = start_flow_stack(procs, topology={**TOPOLOGY_PLAIN, "ovsdb": ovs.db}, probe_flow={"ovsdb": ovs.db})
         procs.start("ovs_sflow_collector", listen_host="127.0.0.1", listen_port="0", ovs_db=ovs.db,
                     update_interval_s="1", reconcile_interval_s="0.5")
         wait_until(lambda: gremlin(api, "G.V().Has('Type','host').Count()") == 1, 30, "the host in the API")

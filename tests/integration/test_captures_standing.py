@@ -17,6 +17,7 @@ import pytest
 from scapy.all import ICMP, IP, UDP, Ether, wrpcap
 
 from bench.services import ServiceProcs
+from tests.integration.flow_stack import start_flow_stack
 from tests.integration.query_api_http import api_call, gremlin, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -36,11 +37,7 @@ def stack(nats_url: str, clickhouse_url: str) -> Iterator[tuple[int, int]]:
     procs = ServiceProcs(nats_url, clickhouse_url, prefix=f"cs{tag}")
     procs.env["NETSONDE_CLICKHOUSE_DATABASE"] = f"captures_{tag}"
     try:
-        procs.start("graph_builder")
-        procs.start("probe_topology", ovsdb="", process_netns="false")
-        api = procs.start("query_api")
-        procs.start("flow_enricher")
-        probe = procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1")
+        api, probe = start_flow_stack(procs)
         wait_until(lambda: gremlin(api, "G.V().Has('Type','host').Count()") == 1, 30, "the host in the API")
         yield api, probe
     finally:

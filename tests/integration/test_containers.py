@@ -24,6 +24,8 @@ from typing import Any, Iterator
 import pytest
 
 from bench.services import ServiceProcs
+from tests.integration.flow_stack import start_flow_stack
+from tests.integration.query_api_http import api_get, gremlin
 from netsonde.probe_topology.testing import Mirror, sh, start_probe, until
 from netsonde.common.testing import wait_until
 
@@ -275,32 +277,13 @@ async def test_engine_missing_killed_and_back(engine: str, nats_url: str, unique
             os.unlink(sock)
 
 
-def gremlin(port: int, q: str) -> Any:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/topology", method="POST",
-                                 data=json.dumps({"GremlinQuery": q}).encode())
-    with urllib.request.urlopen(req, timeout=30) as r:
-        body = r.read()
-    return json.loads(body) if body else None
-
-
-def api_get(port: int, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
-        return json.loads(r.read())
-
-
-
-
 def test_gremlin_and_flows_of_a_container(engine: str, nats_url: str, clickhouse_url: str, unique: str,
                                           pm: Podman) -> None:
     name = f"nsd-{unique}-web"
     procs = ServiceProcs(nats_url, clickhouse_url, prefix=f"c{unique}")
     procs.env["NETSONDE_CLICKHOUSE_DATABASE"] = f"containers_{unique}"
     try:
-        procs.start("graph_builder")
-        procs.start("probe_topology", ovsdb="", docker_socket=engine)
-        api = procs.start("query_api")
-        procs.start("flow_enricher")
-        procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1")
+        api, _ = start_flow_stack(procs, topology={"ovsdb": "", "docker_socket": engine})
         info = pm.run(name, "--label", "app=web", "--cap-add", "NET_RAW")  # NET_RAW: ping in the container
         web = f"G.V().Has('Type','container','Docker.Labels.app','web','Name','{name}')"
         wait_until(lambda: gremlin(api, f"{web}.Out().Out().Count()") == 2, 30, "the container's interfaces")

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from bench.services import ServiceProcs
+from tests.integration.flow_stack import cli_capture_create, start_flow_stack
 from netsonde.common.service import wait_for
 from netsonde.gremlin.diff import format_change
 
@@ -183,19 +183,11 @@ def test_loss_on_the_middle_hop(nats_url: str, clickhouse_url: str, unique: str,
     procs = ServiceProcs(nats_url, clickhouse_url, prefix=f"l{unique}")
     procs.env["NETSONDE_CLICKHOUSE_DATABASE"] = f"loss_{unique}"
     try:
-        procs.start("graph_builder")
-        procs.start("probe_topology", ovsdb="", process_netns="false")
-        api = procs.start("query_api")
-        procs.start("flow_enricher")
-        procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1")
+        api, _ = start_flow_stack(procs)
         wait_until(lambda: api_gremlin(api, f"G.V().Has('Name', Within('{n['a']}', '{n['r2']}', '{n['b']}'))"
                                             ".Count()") == 3, 30, "the three interfaces in the API")
-        out = subprocess.run([sys.executable, "-m", "netsonde.cli", "client", "--analyzer", f"127.0.0.1:{api}",
-                              "capture", "create", "--gremlin",
-                              f"G.V().Has('Name', Within('{n['a']}', '{n['r2']}', '{n['b']}'))", "--bpf", "icmp"],
-                             capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        capture = json.loads(out.stdout)
+        capture = cli_capture_create(api, f"G.V().Has('Name', Within('{n['a']}', '{n['r2']}', '{n['b']}'))",
+                                     "--bpf", "icmp")
         wait_until(lambda: api_gremlin(api, f"G.V().Has('Captures.ID','{capture['UUID']}').Count()") == 3, 30,
                    "the capture on the three interfaces")
         time.sleep(1.0)  # the sockets are open once Captures shows; one more tick for the ring

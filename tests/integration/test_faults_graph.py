@@ -14,17 +14,10 @@ import pytest
 
 from tests.integration.fault_pipeline import Services
 from netsonde.common.testing import wait_until as _wait_until
+from tests.integration.query_api_http import gremlin
 from typing import Any
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-
-def gremlin(port: int, q: str) -> object:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/topology", method="POST",
-                                 data=json.dumps({"GremlinQuery": q}).encode())
-    with urllib.request.urlopen(req, timeout=30) as r:
-        body = r.read()
-    return json.loads(body) if body else None
 
 
 def ids_and_mtu(port: int, va: str, vb: str) -> dict[str, tuple[str, int]]:

@@ -144,6 +144,7 @@ def post(port: int, path: str, body: dict) -> tuple[int, object]:
 def test_capture_options_and_target_through_the_services(nats_url: str, clickhouse_url: str, unique: str, veth,
                                                          nfacctd, gre_receiver) -> None:
     from bench.services import ServiceProcs
+    from tests.integration.flow_stack import cli_capture_create, start_flow_stack
     from netsonde.common.testing import wait_until
     from tests.integration.query_api_http import gremlin
 
@@ -151,22 +152,14 @@ def test_capture_options_and_target_through_the_services(nats_url: str, clickhou
     procs = ServiceProcs(nats_url, clickhouse_url, prefix=f"o{unique}")
     procs.env["NETSONDE_CLICKHOUSE_DATABASE"] = f"flow_options_{unique}"
     try:
-        procs.start("graph_builder")
-        procs.start("probe_topology", ovsdb="", process_netns="false")
-        api = procs.start("query_api")
-        procs.start("flow_enricher")
-        probe = procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1")
+        api, probe = start_flow_stack(procs)
         # an option the type cannot honour is refused, naming both
         code, text = post(api, "/api/capture", {"GremlinQuery": f"G.V().Has('Name','{veth['host']}')",
                                                 "Type": "ovssflow", "IPDefrag": True})
         assert code == 400 and "IPDefrag" in str(text) and "ovssflow" in str(text)
         sel = f"G.V().Has('Name','{veth['host']}')"
-        out = subprocess.run([sys.executable, "-m", "netsonde.cli", "client", "--analyzer", f"127.0.0.1:{api}",
-                              "capture", "create", "--gremlin", sel, "--ip-defrag", "--extra-layer", "DNS",
-                              "--bpf", "udp port 53 or icmp or (ip[6:2] & 0x3fff != 0)"],
-                             capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        cap = json.loads(out.stdout)
+        cap = cli_capture_create(api, sel, "--ip-defrag", "--extra-layer", "DNS",
+                                 "--bpf", "udp port 53 or icmp or (ip[6:2] & 0x3fff != 0)")
         assert (cap["ExtraLayers"], cap["IPDefrag"]) == (2, True)  # Skydive's ["DNS"] form, as its bitmask
         code, text = post(api, "/api/capture", {"GremlinQuery": sel, "TargetType": "netflow9", "Target": "h:1"})
         assert code == 400 and "netflow9" in str(text)

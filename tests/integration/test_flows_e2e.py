@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.services import ServiceProcs
+from tests.integration.flow_stack import cli_capture_create, start_flow_stack
 from netsonde.common.testing import wait_until
 from tests.integration.query_api_http import gremlin
 
@@ -54,19 +55,11 @@ def test_capture_ping_flows_hops_and_history(nats_url: str, clickhouse_url: str,
     procs = ServiceProcs(nats_url, clickhouse_url, prefix=f"f{unique}")
     procs.env["NETSONDE_CLICKHOUSE_DATABASE"] = f"flows_e2e_{unique}"
     try:
-        procs.start("graph_builder")
-        procs.start("probe_topology", ovsdb="", process_netns="false")
-        api = procs.start("query_api")
-        procs.start("flow_enricher")
-        procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1")
+        api, _ = start_flow_stack(procs)
         wait_until(lambda: gremlin(api, f"G.V().Has('Name','{n['va']}').Count()") == 1, 30, "the veth in the API")
 
-        out = subprocess.run([sys.executable, "-m", "netsonde.cli", "client", "--analyzer", f"127.0.0.1:{api}",
-                              "capture", "create", "--gremlin",
-                              f"G.V().Has('Name', Within('{n['va']}', '{n['vb']}', '{n['br']}'))", "--bpf", "icmp"],
-                             capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        capture = json.loads(out.stdout)
+        capture = cli_capture_create(api, f"G.V().Has('Name', Within('{n['va']}', '{n['vb']}', '{n['br']}'))",
+                                     "--bpf", "icmp")
         assert capture["BPFFilter"] == "icmp"
         # the capture shows on the three nodes
         wait_until(lambda: gremlin(api, f"G.V().Has('Captures.ID','{capture['UUID']}').Count()") == 3, 30,

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import pytest
 
 from bench.services import ServiceProcs
+from tests.integration.flow_stack import TOPOLOGY_PLAIN, start_flow_stack
 from netsonde.common.bus import Subjects, encode
 from netsonde.common.bus import topology as topo
 from tests.integration.query_api_http import api_call, gremlin, wait_until
@@ -61,11 +62,8 @@ def ui_services(
     procs = ServiceProcs(nats_url, clickhouse_url, prefix=prefix)
     procs.env["NETSONDE_CLICKHOUSE_DATABASE"] = f"{name}_{tag}"
     try:
-        procs.start("graph_builder", history_flush_interval_s="0.2")
-        procs.start("probe_topology", ovsdb="", process_netns="false", metrics_interval_s="1", **topology)
-        api = procs.start("query_api")
-        procs.start("flow_enricher")
-        procs.start("probe_flow", update_interval_s="1", reconcile_interval_s="1")
+        api, _ = start_flow_stack(procs, graph_builder={"history_flush_interval_s": "0.2"},
+                                  topology={**TOPOLOGY_PLAIN, "metrics_interval_s": "1", **topology})
         if alerts:
             procs.start("alert_evaluator")
         wait_until(lambda: gremlin(api, "G.V().Has('Type','host').Count()") == 1, 30, "the host in the API")
