@@ -23,7 +23,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import PcapWriter
 
 from netsonde.common.clickhouse import connect
-from netsonde.common.testing import free_port
+from netsonde.common.testing import free_port, stop_process
 
 FLOWS_PER_POST = 20
 
@@ -80,13 +80,7 @@ class ServiceProc:
         self.start()
 
     def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        stop_process(self.popen, 30)
 
     def metric(self, name: str) -> float:
         """Sum of every sample of one Prometheus metric (all label sets) from /metrics."""

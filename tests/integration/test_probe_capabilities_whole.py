@@ -23,7 +23,7 @@ import pytest
 from netsonde.common.bus import Subjects, encode
 from netsonde.common.bus.captures import Capture
 from netsonde.common.service import wait_for
-from netsonde.common.testing import free_port
+from netsonde.common.testing import free_port, stop_process
 from netsonde.graph_builder.config import GraphBuilderConfig
 from netsonde.graph_builder.service import GraphBuilderService
 from netsonde.query_api.config import QueryApiConfig
@@ -71,13 +71,7 @@ class Probe:
         return self.log_path.read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        stop_process(self.popen, 20)
 
 
 @dataclass

@@ -58,6 +58,18 @@ def find_nats_server() -> str:
     raise RuntimeError("nats-server not found: run `make deps` (apt-get install nats-server)")
 
 
+def stop_process(popen: subprocess.Popen[bytes] | None, grace_s: float) -> None:
+    """SIGTERM a child that still runs, and SIGKILL it if it has not exited after `grace_s` seconds (a
+    service gets the time its own shutdown needs, but a hung one never blocks a test's teardown)."""
+    if popen is not None and popen.poll() is None:
+        popen.terminate()
+        try:
+            popen.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(5)
+
+
 @dataclass
 class Proc:
     """A child process with its data dir; `stop()` terminates it and removes the dir."""
@@ -70,13 +82,7 @@ class Proc:
     extra: dict[str, object] = field(default_factory=dict)
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        stop_process(self.popen, 15)
         if not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
