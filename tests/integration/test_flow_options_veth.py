@@ -213,7 +213,13 @@ def test_capture_options_and_target_through_the_services(nats_url: str, clickhou
         assert sorted(len(m["frame"]) for m in mirrored) == [82] * 6 + [256] * 12  # cut to HeaderSize 256
         assert sum(m["t"] for m in mirrored) == 12
 
-        # no IPDefrag on that capture: 9 fragments each way, IP bytes 1500 + 1500 + 68 per echo
+        # no IPDefrag on that capture: 9 fragments each way, IP bytes 1500 + 1500 + 68 per echo. First what the
+        # probe sent (dPkts / dOctets of its records), then what nfacctd totalled: a mismatch names its side.
+        deadline = time.monotonic() + 10
+        while (sent := (metric("netflow_packets"), metric("netflow_bytes"))) != (18.0, 6 * 3068.0) and \
+                time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert sent == (18.0, 6 * 3068.0), f"the probe exported {sent} (packets, bytes), not (18, {6 * 3068})"
         expected = {(veth["ip"], veth["peer_ip"], "icmp"): (9, 3 * 3068),
                     (veth["peer_ip"], veth["ip"], "icmp"): (9, 3 * 3068)}
         if totals != expected:  # say which purges and which probe counters disagree before failing

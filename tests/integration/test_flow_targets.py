@@ -98,7 +98,8 @@ def test_netflow_v5_target_feeds_nfacctd(veth, nfacctd) -> None:
     totals = nfacctd_totals(out, 2)
     assert totals == {(veth["ip"], veth["peer_ip"], "icmp"): (5, 5 * 84),
                       (veth["peer_ip"], veth["ip"], "icmp"): (5, 5 * 84)}
-    assert table.stats.events == {"netflow_records": 2, "netflow_datagrams": 1}
+    assert table.stats.events == {"netflow_records": 2, "netflow_datagrams": 1, "netflow_packets": 10,
+                                  "netflow_bytes": 10 * 84}
     # a second update with no new packet exports nothing more; a new ping exports only its delta
     table.updates(int(time.time() * 1000))
     assert table.exporter.records == 2

@@ -6,6 +6,9 @@ unidirectional), with that update's packets and layer-3 bytes (`LastUpdateMetric
 off), first/last seen as SysUptime of the exporter (the table's creation), 30 records per datagram
 (Cisco's v5 limit), `flow_sequence` = records sent before the datagram. NetFlow v5 only carries IPv4:
 other flows (IPv6, ARP ...) are not exported and are counted (`netflow_not_ipv4` in `stats.events`).
+`netflow_packets` / `netflow_bytes` are the dPkts / dOctets of the records actually sent, so a collector's
+totals can be checked against what the probe sent (a datagram that fails to send is counted in
+`netflow_send_errors`, not there, and never sent again).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from .address import parse_target
 MAX_RECORDS = 30
 _HEADER = struct.Struct("!HHIIIIBBH")
 _RECORD = struct.Struct("!4s4s4sHHIIIIHHBBBBHHBBH")
+_COUNTS = struct.Struct("!II")
+"""dPkts, dOctets: at offset 16 of a record."""
 _PROTO = {"TCP": 6, "UDP": 17, "SCTP": 132}
 _ETH_HEADER = 14
 
@@ -89,6 +94,8 @@ class NetFlowV5Exporter:
         self.boot_ms = int(time.time() * 1000)
         self.sequence = 0
         self.datagrams = self.records = self.send_errors = self.not_ipv4 = 0
+        self.packets = self.bytes = 0
+        """dPkts and dOctets of the records sent (what a collector must total)."""
 
     def export(self, flows: list[Flow]) -> None:
         recs: list[bytes] = []
@@ -119,6 +126,10 @@ class NetFlowV5Exporter:
             self.sequence += len(chunk)
             self.datagrams += 1
             self.records += len(chunk)
+            for rec in chunk:
+                pkts, octets = _COUNTS.unpack_from(rec, 16)
+                self.packets += pkts
+                self.bytes += octets
 
     def close(self) -> None:
         self.sock.close()
@@ -148,6 +159,8 @@ class NetFlowV5Table(FlowTable):
             ev = self.stats.events
             ev["netflow_records"] = self.exporter.records
             ev["netflow_datagrams"] = self.exporter.datagrams
+            ev["netflow_packets"] = self.exporter.packets
+            ev["netflow_bytes"] = self.exporter.bytes
             if self.exporter.send_errors:
                 ev["netflow_send_errors"] = self.exporter.send_errors
             if self.exporter.not_ipv4:
