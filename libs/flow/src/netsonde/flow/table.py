@@ -194,8 +194,9 @@ class FlowTable(FastFold, FlowReport):
         if ts_ms > fs.last:
             fs.last = ts_ms
         fs.touched = True
-        self._events(fs, ab, seg.tcp_flags, seg.ttl, seg.icmp_raw_type,
-                     ts_ns if ts_ns is not None else ts_ms * 1_000_000)
+        if seg.tcp_flags > 0 or seg.icmp_raw_type >= 0:  # UDP and the rest skip the call (per-packet cost)
+            self._events(fs, ab, seg.tcp_flags, seg.ttl, seg.icmp_raw_type,
+                         ts_ns if ts_ns is not None else ts_ms * 1_000_000)
 
     @staticmethod
     def has_events(flags: int, icmp: int) -> bool:
