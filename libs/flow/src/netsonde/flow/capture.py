@@ -52,6 +52,8 @@ TP_STATUS_USER = 1
 DLT_EN10MB = 1
 
 DEFAULT_SNAPLEN = 256
+DRAIN_TIMEOUT_S = 1.0
+"""At stop, the longest a capture spends counting what its ring or socket still holds."""
 MAX_SNAPLEN = 4096
 
 
@@ -169,6 +171,13 @@ class BaseCapture:
         pass
 
 
+def _release_block(ring: Any, base: int) -> None:
+    """Hand a block back to the kernel; its packet count is zeroed first, so a block handed back but not
+    reopened by the kernel (nothing arrived since) reads as empty in `_drain`."""
+    struct.pack_into("=I", ring, base + 12, 0)
+    struct.pack_into("=I", ring, base + 8, TP_STATUS_KERNEL)
+
+
 class AfPacketCapture(BaseCapture):
     """AF_PACKET socket with a TPACKET_V3 mmap ring; whole blocks go to `FlowTable.process_block`."""
 
@@ -232,11 +241,40 @@ class AfPacketCapture(BaseCapture):
                 with self.lock:
                     n = table.process_block(view[base:base + bs])
                 self.packets_received += n
-                struct.pack_into("=I", ring, base + 8, TP_STATUS_KERNEL)
+                _release_block(ring, base)
                 i = (i + 1) % self.block_nr
+            self._drain(view, i)
         finally:
             view.release()
             self._read_stats()
+
+    def _drain(self, view: memoryview, i: int) -> None:
+        """At stop: count what the ring still holds. Unbinding the socket (protocol 0) takes it off the
+        interface and waits for the packets being written (the kernel's synchronize_net), so the ring then
+        holds exactly the packets seen up to the stop: the retired blocks from `i` on, then the block the
+        kernel is filling (its descriptor counts the packets already in it; its timeout has not retired it
+        yet). Bounded by DRAIN_TIMEOUT_S: what is left past it is counted as dropped."""
+        assert self.sock is not None
+        try:
+            self.sock.bind((self.ifname, 0))
+        except OSError as e:  # interface gone: the kernel unhooked the socket already
+            log.debug("capture on %s: unbind at stop: %s", self.ifname, e)
+        ring, bs = self.ring, self.block_size
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        for _ in range(self.block_nr):
+            base = i * bs
+            status, npkts = struct.unpack_from("=II", view, base + 8)
+            if npkts == 0:  # an empty open block, or one handed back and not opened since: the end
+                break
+            if time.monotonic() > deadline:
+                self.packets_dropped += npkts
+            else:
+                with self.lock:
+                    self.packets_received += self.table.process_block(view[base:base + bs])
+            if not status & TP_STATUS_USER:  # the block being filled: nothing after it
+                break
+            _release_block(ring, base)
+            i = (i + 1) % self.block_nr
 
     def _read_stats(self) -> None:
         if self.sock is None:
@@ -317,6 +355,14 @@ class PcapCapture(BaseCapture):
                 batch = []
             if rc == 0:  # nothing pending (non-blocking): wait for the socket
                 poller.poll(100)
+        # at stop: what libpcap's ring still holds (non-blocking reads until it is empty), bounded in time
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            rc = lib.pcap_next_ex(self._p, ctypes.byref(hdr), ctypes.byref(data))
+            if rc != 1:
+                break
+            h = hdr.contents
+            batch.append((ctypes.string_at(data, h.caplen), h.tv_sec * 1_000_000_000 + h.tv_usec * 1000, h.len))
         stats = (ctypes.c_uint * 3)()
         if lib.pcap_stats(self._p, stats) == 0:
             self.packets_dropped = stats[1] + stats[2]
