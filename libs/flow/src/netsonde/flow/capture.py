@@ -134,6 +134,15 @@ class BaseCapture:
             self._thread.join(1)
             raise CaptureError(self.error)
 
+    def swap_table(self, table: FlowTable) -> FlowTable:
+        """Count into `table` from now on and return the previous table. The socket stays open, so no
+        packet is missed or counted twice across the swap (a restart would close it and open a new one:
+        packets between the two are lost). Packets the thread has not read yet (at most the ring's block
+        timeout) go to the new table."""
+        with self.lock:
+            old, self.table = self.table, table
+        return old
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -225,7 +234,6 @@ class AfPacketCapture(BaseCapture):
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN | select.POLLERR)
         i = 0
-        table = self.table
         last_stats = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -238,8 +246,8 @@ class AfPacketCapture(BaseCapture):
                         self._read_stats()
                         last_stats = now
                     continue
-                with self.lock:
-                    n = table.process_block(view[base:base + bs])
+                with self.lock:  # self.table inside the lock: swap_table may replace it
+                    n = self.table.process_block(view[base:base + bs])
                 self.packets_received += n
                 _release_block(ring, base)
                 i = (i + 1) % self.block_nr
@@ -336,7 +344,6 @@ class PcapCapture(BaseCapture):
         hdr = ctypes.POINTER(_PcapPkthdr)()
         data = ctypes.POINTER(ctypes.c_ubyte)()
         batch: list[tuple[bytes, int, int]] = []
-        table = self.table
         poller = select.poll()
         poller.register(lib.pcap_get_selectable_fd(self._p), select.POLLIN)
         while not self._stop.is_set():
@@ -350,7 +357,7 @@ class PcapCapture(BaseCapture):
                 raise CaptureError(f"pcap_next_ex: {lib.pcap_geterr(self._p).decode(errors='replace')}")
             if batch:
                 with self.lock:
-                    table.process_batch(batch)
+                    self.table.process_batch(batch)
                 self.packets_received += len(batch)
                 batch = []
             if rc == 0:  # nothing pending (non-blocking): wait for the socket
@@ -368,7 +375,7 @@ class PcapCapture(BaseCapture):
             self.packets_dropped = stats[1] + stats[2]
         if batch:
             with self.lock:
-                table.process_batch(batch)
+                self.table.process_batch(batch)
             self.packets_received += len(batch)
 
     def _close(self) -> None:

@@ -35,6 +35,7 @@ from netsonde.flow.capture import PACKET_READERS, BaseCapture, BPFError, Capture
 from netsonde.flow.table import FlowTable
 from netsonde.flow.targets import table_for_capture
 
+from .capturecounters import Counters, add_into, reader_counters, table_counters
 from .ebpfcapture import EbpfCapture
 from .mirror import MIRROR_KEY, MirrorError, OvsMirrors, mirror_port_name
 from .pcapsocket import PcapSocketCapture
@@ -125,6 +126,8 @@ class CaptureController:
         self._stale_mirrors_checked = False
         self.pending_flows: list[Flow] = []
         """Flows flushed from stopped captures, waiting for the next publish."""
+        self.retired: Counters = {}
+        """What stopped captures and replaced tables counted (capturecounters.py): `counter_totals` adds it."""
         self._lock = threading.RLock()
 
     # --- definitions ------------------------------------------------------------------------------------
@@ -215,6 +218,8 @@ class CaptureController:
                 changed = self.fingerprints.get(key) != fp
                 rc = self.running.get(key)
                 if rc is not None and changed:
+                    if self._swap_table(key, rc, cap, node, ctype, fp):
+                        continue  # same interface, new node identity: the reader keeps its socket
                     self._stop(key, "stopped")  # definition or interface changed: restart
                     rc = None
                 if rc is not None:
@@ -340,6 +345,31 @@ class CaptureController:
                  rc.node.get("Metadata", {}).get("Name"))
         self._status_of(rc)
 
+    def _swap_table(self, key: tuple[str, str], rc: RunningCapture, cap: Capture, node: dict[str, Any], ctype: str,
+                    fp: tuple[Any, ...]) -> bool:
+        """Restart in place when only the node's identity changed (TID, UUID) and the interface is the same
+        (name, namespace, IfIndex): the afpacket / pcap reader keeps its socket and counts into a new table
+        (with the new TID), the old table is flushed. Closing the socket and opening a new one would lose
+        the packets in between (tens of ms: the new ring is allocated). False: restart as usual."""
+        old = self.fingerprints.get(key)
+        if (rc.kind not in SWAPPABLE or ctype != rc.kind or rc.reader is None or not rc.reader.running
+                or old is None or old[:4] != fp[:4] or _ifindex(rc.node) != _ifindex(node)):
+            return False
+        md = node.get("Metadata", {})
+        try:
+            table = self._new_table(cap, str(md.get("TID") or node.get("ID", "")))
+        except (RuntimeError, ValueError):
+            return False
+        previous = rc.reader.swap_table(table)
+        self.pending_flows.extend(previous.flush())
+        add_into(self.retired, table_counters(previous))
+        rc.table, rc.node = table, node
+        self.fingerprints[key] = fp
+        log.info("capture %s on %s: node identity changed, new table (TID %s)", cap.UUID, md.get("Name"),
+                 md.get("TID"))
+        self._status_of(rc)
+        return True
+
     def _stop(self, key: tuple[str, str], state: str, error: str = "") -> None:
         rc = self.running.pop(key)
         log.info("capture %s stopped on %s (%s)", rc.capture.UUID, rc.node.get("Metadata", {}).get("Name"),
@@ -350,6 +380,8 @@ class CaptureController:
             with rc.reader.lock:
                 assert rc.table is not None
                 self.pending_flows.extend(rc.table.flush())
+                add_into(self.retired, table_counters(rc.table))
+            add_into(self.retired, reader_counters(rc.reader))
         if rc.mirror:
             try:
                 self.mirrors.remove(rc.mirror)
@@ -377,6 +409,17 @@ class CaptureController:
                     with rc.reader.lock:
                         out.extend(rc.table.updates(now_ms))
             return out
+
+    def counter_totals(self) -> Counters:
+        """Everything this host's captures counted: the running ones plus `retired` (never goes down)."""
+        with self._lock:
+            total = dict(self.retired)
+            for rc in self.running.values():
+                if rc.reader is not None and rc.table is not None:
+                    with rc.reader.lock:
+                        add_into(total, table_counters(rc.table))
+                    add_into(total, reader_counters(rc.reader))
+            return total
 
     def statuses(self) -> list[CaptureStatus]:
         """The state of every (capture, node) of this host (sent every 10 s, so graph-builder re-learns it)."""
@@ -415,6 +458,14 @@ class CaptureController:
         self.on_status(CaptureStatus(host=self.host, node_id=str(node.get("ID", "")), capture_id=cap.UUID,
                                      state=state, type=type, error=error, packets_received=received,
                                      packets_dropped=dropped))
+
+
+SWAPPABLE = ("afpacket", "pcap")
+"""Capture types whose reader can count into a new table without closing its socket (`swap_table`)."""
+
+
+def _ifindex(node: dict[str, Any]) -> Any:
+    return node.get("Metadata", {}).get("IfIndex")
 
 
 def _link_up(ifname: str) -> None:

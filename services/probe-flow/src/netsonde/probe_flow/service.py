@@ -189,39 +189,27 @@ class ProbeFlowService(Service):
                                      self.m_publish_errors)
 
     def _export_stats(self) -> None:
-        packets = drops = nflows = stream_errors = refused = 0
-        bad: dict[str, int] = {}
-        events: dict[str, int] = {}
+        """Move the Prometheus counters up to what every capture counted, stopped and restarted ones
+        included (`CaptureController.counter_totals`: a stopped capture's counts stay in the total)."""
+        nflows = 0
         for rc in list(self.controller.running.values()):
-            if rc.table is None or rc.reader is None:
-                continue
-            st = rc.table.stats
-            packets += st.packets
-            nflows += len(rc.table)
-            drops += rc.reader.packets_dropped
-            refused += st.flows_dropped
-            stream_errors += getattr(rc.reader, "stream_errors", 0)
-            for k, v in st.decode_errors.items():
-                bad[k] = bad.get(k, 0) + v
-            for k, v in st.events.items():
-                events[k] = events.get(k, 0) + v
+            if rc.table is not None and rc.reader is not None:
+                nflows += len(rc.table)
         self.m_table_flows.set(nflows)
-        for key, value, inc in (("p", packets, self.m_packets.inc), ("d", drops, self.m_kernel_drops.inc),
-                                ("s", stream_errors, self.m_stream_errors.inc), ("r", refused, self.m_table_full.inc)):
+        for key, value in self.controller.counter_totals().items():
             prev = self._exported.get(key, 0)
             if value > prev:
-                inc(value - prev)
-            self._exported[key] = value
-        for k, v in bad.items():
-            prev = self._exported.get("b" + k, 0)
-            if v > prev:
-                self.m_bad.labels(k).inc(v - prev)
-            self._exported["b" + k] = v
-        for k, v in events.items():
-            prev = self._exported.get("e" + k, 0)
-            if v > prev:
-                self.m_option_events.labels(k).inc(v - prev)
-            self._exported["e" + k] = v
+                self._counter(key).inc(value - prev)
+                self._exported[key] = value
+
+    def _counter(self, key: str) -> Any:
+        """The Prometheus counter (with its label) of a `capturecounters` key."""
+        if key.startswith("bad/"):
+            return self.m_bad.labels(key[4:])
+        if key.startswith("event/"):
+            return self.m_option_events.labels(key[6:])
+        return {"packets": self.m_packets, "kernel_drops": self.m_kernel_drops,
+                "stream_errors": self.m_stream_errors, "flows_refused": self.m_table_full}[key]
 
     async def publish_flows(self, flows: list[Flow]) -> int:
         """Publish flow updates in FlowUpdateBatch messages (idempotent batch IDs); returns batches sent."""
