@@ -170,11 +170,17 @@ def test_skydive_python_client(netsonde: int, unique: str) -> None:
         # deletions: the static node, then the real veth
         rest.node_delete(nid)
         ws.expect("NodeDeleted", lambda o: o["ID"] == nid)
-        # the filtered subscriber saw the switch come, change and go, and nothing of the veth
-        got = []
-        while not switches.messages.empty():
-            m = switches.messages.get()
-            got.append((m["Type"], m["Obj"]["ID"]))
+        # the filtered subscriber saw the switch come, change and go, and nothing of the veth (its own
+        # connection: the deletion may reach it a little after the unfiltered one)
+        got: list[tuple[str, str]] = []
+
+        def switch_deleted() -> bool:
+            while not switches.messages.empty():
+                m = switches.messages.get()
+                got.append((m["Type"], m["Obj"]["ID"]))
+            return ("NodeDeleted", nid) in got
+
+        wait_until(switch_deleted, 10, "the filtered subscriber's NodeDeleted")
         assert got == [("NodeAdded", nid), ("NodeUpdated", nid), ("NodeDeleted", nid)]
         assert nid not in {n.id for n in rest.node_list()}
         subprocess.run(["ip", "link", "del", veth], check=True)
