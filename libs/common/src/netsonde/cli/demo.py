@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from netsonde.common.childproc import wait_until
 from netsonde.common.simhost import SimHost, SimHostError, find_host, start_host
-from netsonde.common.testing import wait_until
 
 HOSTS = ("host-a", "host-b")
 UNDERLAY = "192.168.50"

@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from netsonde.common.childproc import stop_process
 from netsonde.common.netns import run_in_netns
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x04000000, 0x20000000, 0x40000000
@@ -277,15 +278,7 @@ class _Children:
         )
 
     def stop(self, what: str, timeout: float = 15) -> None:
-        proc = self.procs.pop(what, None)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(self.procs.pop(what, None), timeout)
 
     def stop_all(self) -> None:
         for what in reversed(list(self.procs)):

@@ -14,10 +14,12 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+# re-exported: the tests import them from here
+from netsonde.common.childproc import stop_process as stop_process
+from netsonde.common.childproc import wait_until as wait_until
 
 
 def free_port() -> int:
@@ -27,47 +29,11 @@ def free_port() -> int:
         return port
 
 
-def wait_until(
-    fn: Callable[[], Any],
-    timeout: float,
-    what: str,
-    interval: float = 0.3,
-    retry_on: tuple[type[BaseException], ...] = (OSError,),
-) -> Any:
-    """Poll `fn` until it returns something truthy; fail with the last answer (or error) after `timeout` s.
-
-    Errors of the `retry_on` types count as "not yet" (a service still starting refuses connections).
-    """
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except retry_on as exc:
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
 def find_nats_server() -> str:
     for candidate in (shutil.which("nats-server"), "/usr/sbin/nats-server", "/usr/bin/nats-server"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise RuntimeError("nats-server not found: run `make deps` (apt-get install nats-server)")
-
-
-def stop_process(popen: subprocess.Popen[bytes] | None, grace_s: float) -> None:
-    """SIGTERM a child that still runs, and SIGKILL it if it has not exited after `grace_s` seconds (a
-    service gets the time its own shutdown needs, but a hung one never blocks a test's teardown)."""
-    if popen is not None and popen.poll() is None:
-        popen.terminate()
-        try:
-            popen.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait(5)
 
 
 @dataclass
